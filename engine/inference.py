@@ -1,0 +1,167 @@
+"""Whole-volume segmentation, slice by slice along the third (axial) array axis, in batches.
+
+A `Segmenter` owns one loaded network. `segment()` takes a numpy volume and gives back a uint8
+label map on the same grid (and optionally the per-voxel softmax entropy as an uncertainty map),
+reporting progress through a callback and stopping when a cancel token is set. It never touches a
+widget; the GUI calls it from its engine thread.
+
+Speed: slices with no foreground are labelled background without running the network, and the
+network runs on the in-plane bounding box of the foreground (plus a margin) rather than the
+full slice.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .mx_env import default_context, get_mx
+from .preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
+from .training import CancelToken, Cancelled
+from .weights import ModelInfo, read_model_dir, shipped_model_dir
+
+log = logging.getLogger(__name__)
+
+CROP_MARGIN = 16
+
+
+@dataclass
+class SegmentConfig:
+    batch_size: int = 8
+    crop_to_foreground: bool = True
+    uncertainty: bool = False
+    slices: tuple[int, ...] | None = None  # only these axial slices (others left 0)
+
+
+@dataclass
+class SegmentResult:
+    labels: np.ndarray  # uint8, volume shape
+    uncertainty: np.ndarray | None  # float32 entropy in nats, volume shape, or None
+    seconds: float
+    model: str
+    slices_run: int
+
+
+def load_network(model_dir: str | Path, ctx=None):
+    """Build the network described by a model directory and load its parameters."""
+    from .models import get_model
+
+    mx = get_mx()
+    info = read_model_dir(model_dir)
+    net = get_model(info.arch, **info.arch_kwargs)
+    ctx = ctx or default_context()
+    net.load_parameters(str(info.params_path), ctx=ctx)
+    return net, info
+
+
+def foreground_box(fg: np.ndarray, multiple: int, margin: int = CROP_MARGIN) -> tuple[slice, slice]:
+    """In-plane (x, y) box holding every slice's foreground, widened to a multiple of `multiple`."""
+    any_xy = fg.any(axis=2)
+    if not any_xy.any():
+        return slice(0, fg.shape[0]), slice(0, fg.shape[1])
+    box = []
+    for axis, n in ((1, fg.shape[0]), (0, fg.shape[1])):
+        idx = np.where(any_xy.any(axis=axis))[0]
+        lo, hi = max(0, idx[0] - margin), min(n, idx[-1] + 1 + margin)
+        size = -(-(hi - lo) // multiple) * multiple
+        if size >= n:
+            lo, hi = 0, n
+        else:
+            lo = max(0, min(lo - (size - (hi - lo)) // 2, n - size))
+            hi = lo + size
+        box.append(slice(lo, hi))
+    return box[0], box[1]
+
+
+class Segmenter:
+    """A loaded model ready to segment volumes. Not thread-safe: use from one thread."""
+
+    def __init__(self, model_dir: str | Path | None = None, arch: str = "enet", ctx=None,
+                 hybridize: bool = True):
+        self.ctx = ctx or default_context()
+        self.model_dir = Path(model_dir) if model_dir else shipped_model_dir(arch)
+        self.net, self.info = load_network(self.model_dir, self.ctx)
+        if hybridize:
+            self.net.hybridize(static_alloc=True, static_shape=True)
+        self.multiple = int(self.net.multiple)
+
+    @classmethod
+    def from_network(cls, net, info: ModelInfo, ctx=None) -> "Segmenter":
+        self = cls.__new__(cls)
+        self.ctx = ctx or get_mx().cpu()
+        self.model_dir = info.directory
+        self.net, self.info = net, info
+        self.multiple = int(net.multiple)
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.info.arch} ({self.info.version})"
+
+    def predict_slices(self, slices: np.ndarray, uncertainty: bool = False):
+        """Normalised slices (N, H, W) -> labels (N, H, W) uint8 [, entropy (N, H, W)]."""
+        mx = get_mx()
+        pad = SlicePadding.for_shape(slices.shape[1:], self.multiple)
+        x = mx.nd.array(pad.pad(slices)[:, None], ctx=self.ctx)
+        logits = self.net(x)
+        if uncertainty:
+            prob = mx.nd.softmax(logits, axis=1)
+            ent = -mx.nd.sum(prob * mx.nd.log(mx.nd.maximum(prob, 1e-8)), axis=1)
+            lab = mx.nd.argmax(logits, axis=1)
+            return pad.unpad(lab.asnumpy().astype(np.uint8)), pad.unpad(ent.asnumpy())
+        lab = mx.nd.argmax(logits, axis=1).asnumpy().astype(np.uint8)
+        return pad.unpad(lab), None
+
+    def segment(self, volume: np.ndarray, config: SegmentConfig | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                cancel: CancelToken | None = None) -> SegmentResult:
+        cfg = config or SegmentConfig()
+        t0 = time.time()
+        vol = np.asarray(volume, dtype=np.float32)
+        if vol.ndim != 3:
+            raise ValueError(f"expected a 3-D volume, got shape {vol.shape}")
+        scale = normalisation_scale(vol)
+        fg = foreground_mask(vol)
+        labels = np.zeros(vol.shape, dtype=np.uint8)
+        unc = np.zeros(vol.shape, dtype=np.float32) if cfg.uncertainty else None
+        wanted = range(vol.shape[2]) if cfg.slices is None else [k for k in cfg.slices if 0 <= k < vol.shape[2]]
+        todo = [k for k in wanted if fg[:, :, k].any()]
+        if cfg.crop_to_foreground:
+            bx, by = foreground_box(fg, self.multiple)
+        else:
+            bx, by = slice(0, vol.shape[0]), slice(0, vol.shape[1])
+        total = len(todo)
+        done = 0
+        if progress:
+            progress(0, total)
+        bs = max(1, int(cfg.batch_size))
+        for start in range(0, total, bs):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled()
+            ks = todo[start:start + bs]
+            batch = normalise(np.moveaxis(vol[bx, by][:, :, ks], 2, 0), scale)
+            lab, ent = self.predict_slices(batch, cfg.uncertainty)
+            labels[bx, by, ks] = np.moveaxis(lab, 0, 2)
+            if unc is not None:
+                unc[bx, by, ks] = np.moveaxis(ent, 0, 2)
+            done += len(ks)
+            if progress:
+                progress(done, total)
+        secs = time.time() - t0
+        log.info("segmented %s in %.2f s with %s (%d slices run)", vol.shape, secs, self.name, total)
+        return SegmentResult(labels, unc, secs, self.name, total)
+
+
+def least_certain_slices(uncertainty: np.ndarray, count: int = 10, mask: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """Axial slices ranked by mean uncertainty over the foreground (or mask): [(k, score)]."""
+    u = np.asarray(uncertainty, dtype=np.float32)
+    m = (u > 0) if mask is None else mask
+    sums = (u * m).sum(axis=(0, 1))
+    counts = m.sum(axis=(0, 1))
+    score = np.divide(sums, counts, out=np.zeros_like(sums, dtype=np.float64), where=counts > 50)
+    order = np.argsort(-score)
+    return [(int(k), float(score[k])) for k in order[:count] if score[k] > 0]

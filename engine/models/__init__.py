@@ -1,0 +1,22 @@
+"""Model registry in the style of GluonCV's model zoo: `get_model(name, **kw)`."""
+from __future__ import annotations
+
+MODEL_NAMES = ("unet", "enet")
+
+
+def get_model(name: str, classes: int = 4, **kw):
+    """Build a network by name. Unknown names raise ValueError listing the valid ones."""
+    key = name.lower().strip()
+    if key == "unet":
+        from .unet import UNet
+
+        return UNet(classes=classes, **kw)
+    if key == "enet":
+        from .enet import ENet
+
+        return ENet(classes=classes, **kw)
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+
+
+def count_parameters(net) -> int:
+    return int(sum(p.data().size for p in net.collect_params().values()))

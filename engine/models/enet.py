@@ -1,0 +1,150 @@
+"""ENet (Paszke et al. 2016, "ENet: A Deep Neural Network Architecture for Real-Time Semantic
+Segmentation"): initial block, bottleneck stages 1-5 with dilated and asymmetric convolutions,
+per-channel PReLU, spatial dropout (0.01 in stage 1, 0.1 after), max-unpooling in the decoder and a
+final transposed convolution. About 0.36 M parameters.
+
+Departures from the paper, each for a reason:
+- Spatial dropout is `Dropout(axes=(2, 3))`: one mask per sample and channel, rescaled by 1/(1-p)
+  (the seed tutorial shared one mask over the batch and did not rescale).
+- MXNet has no max-unpooling with indices. `_unpool` rebuilds it exactly from the encoder's
+  pre-pooling features: a position is kept where it equals the max of its 2x2 window.
+- Channel concatenations whose first input is not a multiple of 16 channels (the initial block's
+  15 conv + 1 pooled channels of a grey-scale input) kill MXNet 1.9.1 with SIGFPE in
+  MKLDNNConcatBackward when training hybridized. `_channel_concat` builds such concatenations from
+  zero-padding along the channel axis and an elementwise add instead, which is the same function
+  and never reaches oneDNN's concat. tests/engine/test_models.py trains a step to cover it.
+"""
+from __future__ import annotations
+
+from ..mx_env import get_mx
+
+mx = get_mx()
+nn = mx.gluon.nn
+
+
+def _pad_channels(F, x, before: int, after: int):
+    """Zero-pad axis 1 of NCHW. MXNet's pad only pads the last two axes, so move C there."""
+    x = F.transpose(x, axes=(0, 2, 1, 3))  # N H C W
+    x = F.pad(x, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, before, after, 0, 0))
+    return F.transpose(x, axes=(0, 2, 1, 3))
+
+
+def _channel_concat(F, a, a_channels: int, b, b_channels: int):
+    """concat([a, b], dim=1) without oneDNN's concat (see module docstring)."""
+    return F.elemwise_add(_pad_channels(F, a, 0, b_channels), _pad_channels(F, b, a_channels, 0))
+
+
+def _unpool(F, x, pre_pool):
+    """Max-unpool x (N,C,H,W) to (N,C,2H,2W) at the argmax positions of pre_pool's 2x2 windows."""
+    pooled = F.Pooling(pre_pool, kernel=(2, 2), stride=(2, 2), pool_type="max")
+    mask = F.BlockGrad(F.broadcast_equal(pre_pool, F.UpSampling(pooled, scale=2, sample_type="nearest")))
+    return F.elemwise_mul(F.UpSampling(x, scale=2, sample_type="nearest"), mask)
+
+
+class InitialBlock(mx.gluon.HybridBlock):
+    def __init__(self, in_channels: int = 1, out_channels: int = 16, **kw):
+        super().__init__(**kw)
+        self.conv_channels = out_channels - in_channels
+        self.in_channels = in_channels
+        self.conv = nn.Conv2D(self.conv_channels, 3, strides=2, padding=1, use_bias=False)
+        self.bn = nn.BatchNorm()
+        self.act = nn.PReLU(in_channels=out_channels)
+
+    def hybrid_forward(self, F, x):
+        conv = self.conv(x)
+        pool = F.Pooling(x, kernel=(2, 2), stride=(2, 2), pool_type="max")
+        if self.conv_channels % 16 == 0:
+            y = F.concat(conv, pool, dim=1)
+        else:
+            y = _channel_concat(F, conv, self.conv_channels, pool, self.in_channels)
+        return self.act(self.bn(y))
+
+
+class Bottleneck(mx.gluon.HybridBlock):
+    """kind: regular | dilated | asymmetric | down | up."""
+
+    def __init__(self, in_channels: int, out_channels: int, kind: str = "regular", dilation: int = 1,
+                 dropout: float = 0.1, **kw):
+        super().__init__(**kw)
+        self.kind = kind
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.dropout = dropout
+        internal = out_channels // 4 if kind != "up" else in_channels // 4
+        with self.name_scope():
+            if kind == "down":
+                self.proj = nn.Conv2D(internal, 2, strides=2, use_bias=False)
+            else:
+                self.proj = nn.Conv2D(internal, 1, use_bias=False)
+            self.bn1 = nn.BatchNorm()
+            self.act1 = nn.PReLU(in_channels=internal)
+            if kind == "asymmetric":
+                self.conv = nn.HybridSequential()
+                self.conv.add(nn.Conv2D(internal, (5, 1), padding=(2, 0), use_bias=False),
+                              nn.Conv2D(internal, (1, 5), padding=(0, 2), use_bias=False))
+            elif kind == "up":
+                self.conv = nn.Conv2DTranspose(internal, 2, strides=2, use_bias=False)
+            else:
+                self.conv = nn.Conv2D(internal, 3, padding=dilation, dilation=dilation, use_bias=False)
+            self.bn2 = nn.BatchNorm()
+            self.act2 = nn.PReLU(in_channels=internal)
+            self.expand = nn.Conv2D(out_channels, 1, use_bias=False)
+            self.bn3 = nn.BatchNorm()
+            if kind == "up":
+                self.main_conv = nn.Conv2D(out_channels, 1, use_bias=False)
+                self.main_bn = nn.BatchNorm()
+            self.act_out = nn.PReLU(in_channels=out_channels)
+
+    def hybrid_forward(self, F, x, pre_pool=None):
+        ext = self.act1(self.bn1(self.proj(x)))
+        ext = self.act2(self.bn2(self.conv(ext)))
+        ext = self.bn3(self.expand(ext))
+        if self.dropout > 0:
+            ext = F.Dropout(ext, p=self.dropout, axes=(2, 3))  # spatial: mask per sample & channel
+        if self.kind == "down":
+            main = F.Pooling(x, kernel=(2, 2), stride=(2, 2), pool_type="max")
+            main = _pad_channels(F, main, 0, self.out_channels - self.in_channels)
+        elif self.kind == "up":
+            main = _unpool(F, self.main_bn(self.main_conv(x)), pre_pool)
+        else:
+            main = x
+        return self.act_out(F.elemwise_add(main, ext))
+
+
+class ENet(mx.gluon.HybridBlock):
+    """Input (N, in_channels, H, W), H and W multiples of 8; output (N, classes, H, W) logits."""
+
+    multiple = 8
+
+    def __init__(self, classes: int = 4, in_channels: int = 1, **kw):
+        super().__init__(**kw)
+        with self.name_scope():
+            self.initial = InitialBlock(in_channels, 16)
+            self.b10 = Bottleneck(16, 64, "down", dropout=0.01)
+            self.stage1 = nn.HybridSequential()
+            for _ in range(4):
+                self.stage1.add(Bottleneck(64, 64, dropout=0.01))
+            self.b20 = Bottleneck(64, 128, "down")
+            self.stage23 = nn.HybridSequential()
+            for _ in range(2):
+                self.stage23.add(
+                    Bottleneck(128, 128), Bottleneck(128, 128, "dilated", 2),
+                    Bottleneck(128, 128, "asymmetric"), Bottleneck(128, 128, "dilated", 4),
+                    Bottleneck(128, 128), Bottleneck(128, 128, "dilated", 8),
+                    Bottleneck(128, 128, "asymmetric"), Bottleneck(128, 128, "dilated", 16),
+                )
+            self.b40 = Bottleneck(128, 64, "up")
+            self.stage4 = nn.HybridSequential()
+            self.stage4.add(Bottleneck(64, 64), Bottleneck(64, 64))
+            self.b50 = Bottleneck(64, 16, "up")
+            self.stage5 = nn.HybridSequential()
+            self.stage5.add(Bottleneck(16, 16))
+            self.fullconv = nn.Conv2DTranspose(classes, 2, strides=2)
+
+    def hybrid_forward(self, F, x):
+        x0 = self.initial(x)
+        x1 = self.stage1(self.b10(x0))
+        x2 = self.stage23(self.b20(x1))
+        y = self.stage4(self.b40(x2, x1))
+        y = self.stage5(self.b50(y, x0))
+        return self.fullconv(y)

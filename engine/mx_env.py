@@ -1,0 +1,51 @@
+"""Load MXNet with the thread settings chosen before it starts (MXNet reads them only at load).
+
+`OMP_NUM_THREADS` unset made MXNet 1.9.1 use one core of two here, about 2x slower; a spinning
+OpenMP thread next to a busy GUI thread made convolutions up to 4x slower. So: all cores for
+headless work; in the GUI (`interactive=True`) a passive waiting policy, so idle OpenMP workers
+sleep instead of spinning against the GUI thread. Import mxnet only through `get_mx()`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+_mx = None
+
+
+def configure_threads(interactive: bool = False, threads: int | None = None) -> None:
+    """Set OpenMP/MXNet thread variables unless the user set them. Must run before mxnet loads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = threads or cores
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE" if interactive else "ACTIVE")
+    # MXNet's own engine: one worker avoids oversubscribing the cores with OpenMP inside each op.
+    os.environ.setdefault("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
+
+
+def get_mx():
+    """The mxnet module, imported once after configure_threads()."""
+    global _mx
+    if _mx is None:
+        if "OMP_NUM_THREADS" not in os.environ:
+            configure_threads()
+        import mxnet as mx  # noqa: PLC0415  (deliberately late: env must be set first)
+
+        _mx = mx
+        log.info("mxnet %s loaded, OMP_NUM_THREADS=%s", mx.__version__, os.environ.get("OMP_NUM_THREADS"))
+    return _mx
+
+
+def gpu_available() -> bool:
+    mx = get_mx()
+    try:
+        return mx.context.num_gpus() > 0
+    except Exception:  # CPU builds raise when asked
+        return False
+
+
+def default_context():
+    mx = get_mx()
+    return mx.gpu(0) if gpu_available() else mx.cpu()

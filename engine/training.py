@@ -1,0 +1,152 @@
+"""Training core shared by the shipped-weights script, `brainseg train` and fine-tuning.
+
+Loss: class-weighted softmax cross-entropy (the seed's weights by default) plus soft Dice over the
+tissue classes. Optimiser: Adam (lr 1e-3, beta1 0.9, beta2 0.99). Initialisation: Xavier,
+magnitude 6. Progress goes through a callback; a cancel token is checked every batch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .mx_env import get_mx
+
+log = logging.getLogger(__name__)
+
+SEED_CLASS_WEIGHTS = (1.35, 17.18, 8.29, 12.42)
+
+
+class CancelToken:
+    """Set from any thread; checked by tasks between batches."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+class Cancelled(Exception):
+    """A task stopped because its cancel token was set."""
+
+
+@dataclass
+class FitConfig:
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    warmup_steps: int = 0
+    class_weights: tuple[float, ...] = SEED_CLASS_WEIGHTS
+    dice_weight: float = 1.0
+    max_seconds: float | None = None
+    log_every: int = 20
+    train_prefixes: tuple[str, ...] | None = None  # only parameters whose name contains one of these
+
+
+@dataclass
+class FitProgress:
+    step: int
+    steps: int
+    loss: float
+    elapsed_s: float
+    lr: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def eta_s(self) -> float:
+        return self.elapsed_s / max(self.step, 1) * (self.steps - self.step)
+
+
+def init_network(net, ctx=None):
+    mx = get_mx()
+    net.initialize(mx.init.Xavier(magnitude=6), ctx=ctx or mx.cpu(), force_reinit=False)
+    return net
+
+
+def seg_loss(F, logits, labels, class_weights, dice_weight: float):
+    """Weighted softmax CE (mean over pixels) + dice_weight * (1 - mean soft Dice of classes 1..)."""
+    logp = F.log_softmax(logits, axis=1)
+    classes = len(class_weights)
+    onehot = F.one_hot(labels, classes).transpose((0, 3, 1, 2))
+    w = F.array(np.array(class_weights, dtype=np.float32), ctx=logits.context).reshape((1, classes, 1, 1))
+    ce = -F.sum(F.broadcast_mul(onehot * logp, w), axis=1)
+    ce = F.sum(ce) / F.sum(F.broadcast_mul(onehot, w))
+    if dice_weight <= 0:
+        return ce
+    prob = F.exp(logp)
+    inter = F.sum(prob * onehot, axis=(0, 2, 3))
+    denom = F.sum(prob, axis=(0, 2, 3)) + F.sum(onehot, axis=(0, 2, 3))
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return ce + dice_weight * (1.0 - F.mean(dice[1:]))
+
+
+def cosine_lr(step: int, cfg: FitConfig) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, step / max(cfg.steps, 1))
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+
+
+def make_trainer(net, cfg: FitConfig, kvstore="device"):
+    mx = get_mx()
+    params = net.collect_params()
+    if cfg.train_prefixes:
+        for name, p in params.items():
+            if not any(s in name for s in cfg.train_prefixes):
+                p.grad_req = "null"
+        params = {n: p for n, p in params.items() if p.grad_req != "null"}
+    return mx.gluon.Trainer(params, "adam", {"learning_rate": cfg.lr, "beta1": 0.9, "beta2": 0.99},
+                            kvstore=kvstore)
+
+
+def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, ctx=None,
+        on_progress: Callable[[FitProgress], None] | None = None, cancel: CancelToken | None = None,
+        trainer=None, start_step: int = 0, on_checkpoint: Callable[[int], None] | None = None,
+        checkpoint_every: int = 0, grad_scale: float = 1.0) -> int:
+    """Train on batches of (images (N,1,H,W) float32, labels (N,H,W) uint8). Returns the last step.
+
+    Stops at cfg.steps, at cfg.max_seconds, or raises Cancelled when cancel is set (checked each
+    batch; the network then holds the last completed step's weights)."""
+    mx = get_mx()
+    ctx = ctx or mx.cpu()
+    trainer = trainer or make_trainer(net, cfg)
+    t0 = time.time()
+    step = start_step
+    running = None
+    pending = None
+    for images, labels in batches:
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled()
+        if step >= cfg.steps or (cfg.max_seconds and time.time() - t0 > cfg.max_seconds):
+            break
+        lr = cosine_lr(step, cfg)
+        trainer.set_learning_rate(lr)
+        x = mx.nd.array(images, ctx=ctx)
+        y = mx.nd.array(labels, ctx=ctx, dtype="int32")
+        with mx.autograd.record():
+            loss = seg_loss(mx.nd, net(x), y, cfg.class_weights, cfg.dice_weight)
+        loss.backward()
+        trainer.step(grad_scale)
+        step += 1
+        if pending is not None:  # read the previous loss: keeps MXNet's queue one step ahead
+            val = float(pending.asscalar())
+            running = val if running is None else 0.95 * running + 0.05 * val
+        pending = loss
+        if on_progress and (step % cfg.log_every == 0 or step == cfg.steps):
+            on_progress(FitProgress(step, cfg.steps, running if running is not None else float("nan"),
+                                    time.time() - t0, lr))
+        if on_checkpoint and checkpoint_every and step % checkpoint_every == 0:
+            on_checkpoint(step)
+    mx.nd.waitall()
+    return step

@@ -1,0 +1,367 @@
+"""Reading and writing scans and label maps: Analyze 7.5 (OASIS-1), headerless OASIS .img, NIfTI.
+
+Everything goes through nibabel except headerless `.img` files, whose layout is inferred from the
+file size (the OASIS grids) and reported in `Volume.layout_note`. Any problem raises
+`VolumeReadError` naming the file and what is wrong; nothing here ever hangs on bad input.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .classes import CLASS_KEYS, NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+OASIS_SHAPE = (176, 208, 176)
+_N = int(np.prod(OASIS_SHAPE))
+# Headerless layouts we recognise, by file size. The seed tutorial wrote images as >u2.
+HEADERLESS_LAYOUTS = {
+    _N * 2: ("image", np.dtype(">i2"), "OASIS-1 image: 176x208x176 big-endian int16"),
+    _N: ("labels", np.dtype("u1"), "OASIS-1 FSL_SEG labels: 176x208x176 uint8"),
+}
+
+LABEL_SUFFIXES = ("fseg", "seg", "label", "labels", "mask")
+
+
+class VolumeReadError(Exception):
+    """A file could not be read as a volume. The message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class VolumeWriteError(Exception):
+    """A volume could not be written; the previous file (if any) is left intact."""
+
+
+@dataclass
+class Volume:
+    """One 3-D scan or label map with its geometry.
+
+    `data` is float32 for scans and uint8 for label maps, indexed [x, y, z] as stored; axial slices
+    are `data[:, :, k]` (the third array axis, as OASIS stores them).
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+    kind: str = "image"  # "image" or "labels"
+    source_dtype: str = ""
+    layout_note: str | None = None  # set when the layout had to be assumed (headerless .img)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    @property
+    def orientation(self) -> str:
+        return "".join(nib.aff2axcodes(self.affine))
+
+    @property
+    def is_labels(self) -> bool:
+        return self.kind == "labels"
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "(unsaved)"
+
+
+def _pair_paths(path: Path) -> tuple[Path, Path]:
+    """The .hdr and .img of an Analyze pair, matching the case of the given file's suffix."""
+    suffix = path.suffix
+    hdr_suffix = ".HDR" if suffix.isupper() else ".hdr"
+    img_suffix = ".IMG" if suffix.isupper() else ".img"
+    return path.with_suffix(hdr_suffix), path.with_suffix(img_suffix)
+
+
+def _guess_kind(path: Path, data: np.ndarray) -> str:
+    stem = path.name.lower()
+    if np.issubdtype(data.dtype, np.integer) or np.all(np.mod(data, 1) == 0):
+        vals = np.unique(data) if data.size <= 50_000_000 else np.array([])
+        if vals.size and vals.min() >= 0 and vals.max() < NUM_CLASSES:
+            if any(s in stem for s in LABEL_SUFFIXES) or data.dtype == np.uint8:
+                return "labels"
+    return "image"
+
+
+def _default_analyze_affine(shape: tuple[int, ...], zooms=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """The affine nibabel gives an Analyze header of this shape (so headerless == paired)."""
+    hdr = nib.AnalyzeHeader()
+    hdr.set_data_shape(shape[:3])
+    hdr.set_zooms(zooms)
+    return hdr.get_best_affine()
+
+
+def _read_headerless(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
+    size = path.stat().st_size
+    if size not in HEADERLESS_LAYOUTS:
+        known = ", ".join(f"{n:,} bytes ({d[2]})" for n, d in HEADERLESS_LAYOUTS.items())
+        raise VolumeReadError(
+            path,
+            f"no .hdr beside it and its size ({size:,} bytes) fits no known layout; known: {known}",
+        )
+    kind, dtype, note = HEADERLESS_LAYOUTS[size]
+    raw = np.fromfile(path, dtype=dtype)
+    if kind == "image" and raw.min() < 0:
+        # OASIS images are non-negative; negative values mean the seed tutorial's unsigned layout.
+        raw = raw.view(">u2")
+        dtype = np.dtype(">u2")
+        note = "seed-tutorial image: 176x208x176 big-endian uint16"
+    # Analyze stores x fastest (Fortran order), exactly as the paired file would be read.
+    data = raw.reshape(OASIS_SHAPE, order="F")
+    note = f"no header found; layout assumed from the file size: {note}"
+    log.warning("%s: %s", path, note)
+    return data, _default_analyze_affine(OASIS_SHAPE), kind, note
+
+
+def _check_analyze_size(hdr_path: Path, img_path: Path, img: nib.analyze.AnalyzeImage) -> None:
+    header = img.header
+    shape = header.get_data_shape()
+    itemsize = header.get_data_dtype().itemsize
+    expected = int(np.prod(shape)) * itemsize + int(header.get_data_offset())
+    actual = img_path.stat().st_size
+    if actual < expected:
+        raise VolumeReadError(
+            img_path,
+            f"data file is truncated: header {hdr_path.name} says {'x'.join(map(str, shape))} "
+            f"{header.get_data_dtype()} ({expected:,} bytes) but the file holds {actual:,} bytes",
+        )
+    if actual > expected:
+        raise VolumeReadError(
+            img_path,
+            f"header {hdr_path.name} says {'x'.join(map(str, shape))} {header.get_data_dtype()} "
+            f"({expected:,} bytes) but the file holds {actual:,} bytes: header and data disagree",
+        )
+
+
+def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
+    """Read a scan or label map. `kind` is "auto", "image" or "labels".
+
+    Raises VolumeReadError for every kind of bad input (missing, directory, empty, truncated,
+    header/data mismatch, unknown layout, NaN/inf, wrong dimensionality, not an image).
+    """
+    path = Path(path)
+    if kind not in ("auto", "image", "labels"):
+        raise ValueError(f"kind must be auto, image or labels, not {kind!r}")
+    if not path.exists():
+        raise VolumeReadError(path, "no such file")
+    if path.is_dir():
+        raise VolumeReadError(path, "is a directory, not a scan file")
+    layout_note = None
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".hdr", ".img"):
+            hdr_path, img_path = _pair_paths(path)
+            for p in (hdr_path, img_path):
+                if p.exists() and p.stat().st_size == 0:
+                    raise VolumeReadError(p, "file is empty")
+            if not hdr_path.exists():
+                if suffix == ".hdr":
+                    raise VolumeReadError(path, "no such file")
+                data, affine, guessed, layout_note = _read_headerless(img_path)
+                source_dtype = str(data.dtype)
+                if kind == "auto":
+                    kind = guessed
+            else:
+                if not img_path.exists():
+                    raise VolumeReadError(img_path, f"the data file of {hdr_path.name} is missing")
+                try:
+                    img = nib.load(str(hdr_path))
+                except Exception as exc:  # nibabel raises many types for junk headers
+                    raise VolumeReadError(hdr_path, f"not a valid Analyze/NIfTI header ({exc})") from exc
+                _check_analyze_size(hdr_path, img_path, img)
+                data, affine, source_dtype = _load_dataobj(path, img)
+        else:
+            if path.stat().st_size == 0:
+                raise VolumeReadError(path, "file is empty")
+            if not (suffix == ".nii" or path.name.lower().endswith(".nii.gz") or suffix == ".mgz"):
+                raise VolumeReadError(
+                    path, "not a supported scan format (.hdr/.img Analyze, .nii, .nii.gz, .mgz)"
+                )
+            try:
+                img = nib.load(str(path))
+            except Exception as exc:
+                raise VolumeReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from exc
+            data, affine, source_dtype = _load_dataobj(path, img)
+    except VolumeReadError:
+        raise
+    except MemoryError as exc:
+        raise VolumeReadError(path, "too large to fit in memory") from exc
+    except Exception as exc:
+        raise VolumeReadError(path, f"could not be read ({type(exc).__name__}: {exc})") from exc
+
+    data = _to_3d(path, data)
+    if not np.issubdtype(data.dtype, np.integer):
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise VolumeReadError(path, f"holds {int(bad.sum()):,} NaN or infinite voxels")
+    if min(data.shape) < 1:
+        raise VolumeReadError(path, f"has an empty dimension (shape {data.shape})")
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise VolumeReadError(path, "has a degenerate affine (zero voxel size)")
+    if kind == "auto":
+        kind = _guess_kind(path, data)
+    if kind == "labels":
+        data = _as_labels(path, data)
+    else:
+        data = np.ascontiguousarray(data, dtype=np.float32)
+    vol = Volume(data=data, affine=np.asarray(affine, dtype=np.float64), path=path, kind=kind,
+                 source_dtype=str(source_dtype), layout_note=layout_note)
+    log.info("read %s: %s %s voxel %s %s%s", path, kind, vol.shape,
+             tuple(round(v, 3) for v in vol.voxel_size), vol.orientation,
+             f" ({layout_note})" if layout_note else "")
+    return vol
+
+
+def _load_dataobj(path: Path, img) -> tuple[np.ndarray, np.ndarray, str]:
+    if not hasattr(img, "dataobj"):
+        raise VolumeReadError(path, "not a volume image")
+    shape = img.shape
+    if len(shape) < 3:
+        raise VolumeReadError(path, f"is {len(shape)}-D data (shape {shape}); a 3-D volume is needed")
+    source_dtype = str(img.get_data_dtype())
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, OSError, ValueError) as exc:
+        raise VolumeReadError(path, f"data could not be read: truncated or corrupt ({exc})") from exc
+    return data, img.affine, source_dtype
+
+
+def _to_3d(path: Path, data: np.ndarray) -> np.ndarray:
+    if data.ndim < 3:
+        raise VolumeReadError(path, f"is {data.ndim}-D data (shape {data.shape}); a 3-D volume is needed")
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim > 3:
+        raise VolumeReadError(
+            path, f"is {data.ndim}-D data (shape {data.shape}); only 3-D volumes (or 4-D with a "
+            "single volume) are supported"
+        )
+    return data
+
+
+def _as_labels(path: Path, data: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(data.dtype, np.integer):
+        if np.any(np.mod(data, 1) != 0):
+            raise VolumeReadError(path, "is not a label map: it holds non-integer values")
+    lo, hi = float(data.min()), float(data.max())
+    if lo < 0 or hi >= NUM_CLASSES:
+        raise VolumeReadError(
+            path, f"is not a tissue label map: values run {lo:g}..{hi:g}, expected 0..{NUM_CLASSES - 1} "
+            "(0 background, 1 CSF, 2 grey matter, 3 white matter)"
+        )
+    return np.ascontiguousarray(data, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------- writing
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) then rename tmp over path; the old file survives any failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray) -> list[Path]:
+    """Write a uint8 label map with the scan's affine. Format from the extension:
+    .nii / .nii.gz (NIfTI-1), .hdr / .img (Analyze 7.5 big-endian, 4-D singleton as OASIS FSL_SEG).
+    Every file is written atomically. Returns the files written."""
+    path = Path(path)
+    labels = np.asarray(labels, dtype=np.uint8)
+    name = path.name.lower()
+    try:
+        if name.endswith(".nii.gz") or name.endswith(".nii"):
+            img = nib.Nifti1Image(labels, affine)
+            img.header.set_data_dtype(np.uint8)
+            img.header.set_xyzt_units("mm")
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+            ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
+            atomic_write(path, lambda tmp: _save_nifti(img, tmp, ext))
+            return [path]
+        if name.endswith(".hdr") or name.endswith(".img"):
+            hdr_path, img_path = _pair_paths(path)
+            return _save_analyze(hdr_path, img_path, labels, affine)
+    except OSError as exc:
+        raise VolumeWriteError(f"{path}: could not be written ({exc})") from exc
+    raise VolumeWriteError(f"{path}: unknown output format; use .nii.gz, .nii, .hdr or .img")
+
+
+def save_image(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> list[Path]:
+    """Write a float image (e.g. an uncertainty map) as NIfTI, atomically."""
+    path = Path(path)
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+    img.set_sform(affine, code=1)
+    ext = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    atomic_write(path, lambda tmp: _save_nifti(img, tmp, ext))
+    return [path]
+
+
+def _save_nifti(img, tmp: Path, ext: str) -> None:
+    # nibabel picks the format (and gzip) from the file name, so write under a proper name first.
+    named = tmp.with_name(tmp.name + ext)
+    nib.save(img, str(named))
+    os.replace(named, tmp)
+
+
+def _save_analyze(hdr_path: Path, img_path: Path, labels: np.ndarray, affine: np.ndarray) -> list[Path]:
+    data4 = labels[..., np.newaxis]  # OASIS FSL_SEG files carry a 4th singleton axis
+    header = nib.AnalyzeHeader(endianness=">")
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape(data4.shape)
+    zooms = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    header.set_zooms(zooms + (1.0,))
+    img = nib.AnalyzeImage(data4, affine, header=header)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".brainseg-", dir=hdr_path.parent))
+    try:
+        tmp_hdr = tmpdir / hdr_path.name
+        nib.save(img, str(tmp_hdr.with_suffix(".hdr")))
+        os.replace(tmp_hdr.with_suffix(".img"), img_path)
+        os.replace(tmp_hdr.with_suffix(".hdr"), hdr_path)
+    finally:
+        for p in tmpdir.iterdir():
+            p.unlink()
+        tmpdir.rmdir()
+    return [hdr_path, img_path]
+
+
+def label_volumes(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, dict[str, float]]:
+    """Per class: voxel count, volume in mL and fraction of the intracranial volume (CSF+GM+WM)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=NUM_CLASSES)
+    icv = int(counts[1:NUM_CLASSES].sum())
+    out = {}
+    for value, key in enumerate(CLASS_KEYS):
+        n = int(counts[value])
+        out[key] = {
+            "voxels": n,
+            "ml": n * voxel_volume_ml,
+            "icv_fraction": (n / icv) if (value > 0 and icv) else None,
+        }
+    return out
