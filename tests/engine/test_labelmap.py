@@ -1,0 +1,103 @@
+"""Label map editing: strokes, fill, protection, prediction replacement, undo/redo and its caps."""
+import numpy as np
+
+from engine.labelmap import LabelMap, capsule_mask
+
+
+def test_fast_drag_leaves_no_gap():
+    lm = LabelMap(np.zeros((64, 64, 3), np.uint8))
+    lm.begin_stroke("axial", 1, 2)
+    lm.stroke_to((5.0, 5.0), 2)
+    lm.stroke_to((5.0, 55.0), 2)  # one event 50 px away
+    lm.end_stroke()
+    row = lm.labels[5, :, 1]
+    assert (row[5:56] == 2).all(), "every pixel between the two events is painted"
+
+
+def test_stroke_is_one_undo_step_and_redo_restores():
+    lm = LabelMap(np.zeros((40, 40, 4), np.uint8))
+    atom = lm.paint("axial", 2, [(10, 10), (10, 20), (20, 20)], 3, 1)
+    assert atom is not None and lm.undo_steps == 1
+    painted = lm.labels.copy()
+    assert painted[:, :, 2].sum() > 0 and painted[:, :, [0, 1, 3]].sum() == 0
+    lm.undo()
+    assert lm.labels.sum() == 0 and lm.can_redo
+    lm.redo()
+    np.testing.assert_array_equal(lm.labels, painted)
+    assert lm.edited_axial_slices() == [2]
+
+
+def test_click_that_changes_nothing_adds_no_step_and_new_edit_clears_redo():
+    lm = LabelMap(np.full((20, 20, 2), 2, np.uint8))
+    assert lm.paint("axial", 0, [(5, 5)], 2, 2) is None
+    assert lm.undo_steps == 0
+    lm.paint("axial", 0, [(5, 5)], 2, 1)
+    lm.undo()
+    assert lm.can_redo
+    lm.paint("axial", 0, [(9, 9)], 2, 3)
+    assert not lm.can_redo
+
+
+def test_protect_paints_only_the_chosen_class():
+    lab = np.zeros((30, 30, 1), np.uint8)
+    lab[:15] = 2
+    lab[15:] = 3
+    lm = LabelMap(lab)
+    lm.paint("axial", 0, [(15, 0), (15, 29)], 5, 1, protect=2)
+    assert (lm.labels[15:] == 3).all(), "white matter left untouched"
+    assert (lm.labels[10:15, :, 0] == 1).any()
+
+
+def test_fill_and_coronal_plane():
+    lab = np.zeros((20, 10, 20), np.uint8)
+    lab[:, 5, 5:15] = 2
+    lm = LabelMap(lab)
+    lm.fill("coronal", 5, (3, 8), 3)  # seed inside the class-2 band of coronal slice y=5
+    assert (lm.labels[:, 5, 5:15] == 3).all() and (lm.labels[:, 4] == 0).all()
+    assert lm.edited_axial_slices() == list(range(5, 15))
+    lm.undo()
+    assert (lm.labels[:, 5, 5:15] == 2).all()
+
+
+def test_prediction_is_one_undoable_step_and_supersedes_edits():
+    lm = LabelMap(np.zeros((16, 16, 4), np.uint8))
+    lm.paint("axial", 1, [(8, 8)], 3, 2)
+    assert lm.has_manual_edits
+    pred = np.ones((16, 16, 4), np.uint8)
+    lm.set_prediction(pred)
+    assert (lm.labels == 1).all() and not lm.has_manual_edits
+    np.testing.assert_array_equal(lm.predicted, pred)
+    lm.undo()
+    assert lm.labels[8, 8, 1] == 2 and lm.predicted is None
+    lm.redo()
+    assert (lm.labels == 1).all()
+
+
+def test_history_memory_grows_with_painted_area_not_volume():
+    small = LabelMap(np.zeros((32, 32, 8), np.uint8))
+    big = LabelMap(np.zeros((256, 256, 64), np.uint8))
+    for lm in (small, big):
+        lm.paint("axial", 3, [(10, 10), (10, 20)], 3, 1)
+    assert big.history_bytes == small.history_bytes < 2000
+
+
+def test_history_is_capped_in_bytes_and_steps():
+    lm = LabelMap(np.zeros((64, 64, 2), np.uint8), max_steps=5, max_bytes=10_000)
+    for i in range(20):
+        lm.paint("axial", 0, [(i * 3 % 60, 5), (i * 3 % 60, 60)], 2, 1 + i % 3)
+    assert lm.undo_steps <= 5 and lm.history_bytes <= 10_000
+
+
+def test_listeners_get_the_changed_box_only():
+    lm = LabelMap(np.zeros((50, 50, 5), np.uint8))
+    boxes = []
+    lm.listeners.append(boxes.append)
+    lm.paint("axial", 2, [(25, 25)], 3, 1)
+    bx = boxes[-1]
+    assert bx[2] == slice(2, 3)
+    assert bx[0].stop - bx[0].start <= 7 and bx[1].stop - bx[1].start <= 7
+
+
+def test_capsule_single_pixel_brush():
+    box, m = capsule_mask((10, 10), (4, 4), (4, 4), 0.5)
+    assert m.sum() == 1
