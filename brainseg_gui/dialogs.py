@@ -1,0 +1,42 @@
+"""Modal questions and messages, in one place so tests can answer them (monkeypatch these)."""
+from __future__ import annotations
+
+from PyQt5 import QtWidgets
+
+
+def show_error(parent, title: str, message: str) -> None:
+    QtWidgets.QMessageBox.critical(parent, title, message)
+
+
+def show_info(parent, title: str, message: str) -> None:
+    QtWidgets.QMessageBox.information(parent, title, message)
+
+
+def ask_yes_no(parent, title: str, message: str, default_yes: bool = False) -> bool:
+    buttons = QtWidgets.QMessageBox.Yes | QtWidgets.QMessageBox.No
+    default = QtWidgets.QMessageBox.Yes if default_yes else QtWidgets.QMessageBox.No
+    return QtWidgets.QMessageBox.question(parent, title, message, buttons, default) == QtWidgets.QMessageBox.Yes
+
+
+def ask_save_discard_cancel(parent, title: str, message: str) -> str:
+    """'save', 'discard' or 'cancel'."""
+    box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Warning, title, message,
+                                QtWidgets.QMessageBox.Save | QtWidgets.QMessageBox.Discard
+                                | QtWidgets.QMessageBox.Cancel, parent)
+    box.setDefaultButton(QtWidgets.QMessageBox.Save)
+    r = box.exec_()
+    return {QtWidgets.QMessageBox.Save: "save", QtWidgets.QMessageBox.Discard: "discard"}.get(r, "cancel")
+
+
+def get_open_path(parent, title: str, filters: str, directory: str = "") -> str:
+    path, _ = QtWidgets.QFileDialog.getOpenFileName(parent, title, directory, filters)
+    return path
+
+
+def get_save_path(parent, title: str, filters: str, directory: str = "") -> str:
+    path, _ = QtWidgets.QFileDialog.getSaveFileName(parent, title, directory, filters)
+    return path
+
+
+def get_directory(parent, title: str, directory: str = "") -> str:
+    return QtWidgets.QFileDialog.getExistingDirectory(parent, title, directory)

@@ -1,0 +1,103 @@
+"""The one long-lived thread on which every MXNet call of the app runs.
+
+MXNet's Python API is not thread-safe (apache/mxnet #12756, #17612), so the GUI never calls it:
+it submits jobs (plain callables taking the `EngineState`) to this thread and gets results,
+progress and errors back as queued Qt signals. The GUI thread never waits on MXNet. Each job
+gets a CancelToken; `cancel_current()` sets it and the job stops within one batch.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from PyQt5 import QtCore
+
+from engine.training import CancelToken, Cancelled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineState:
+    """Lives on the engine thread: loaded models by directory, so each loads once."""
+
+    segmenters: dict = field(default_factory=dict)
+
+    def segmenter(self, model_dir):
+        from engine.inference import Segmenter
+
+        key = str(model_dir)
+        if key not in self.segmenters:
+            self.segmenters[key] = Segmenter(model_dir)
+        return self.segmenters[key]
+
+
+@dataclass
+class Job:
+    id: int
+    name: str
+    fn: Callable[[EngineState, Callable[[Any], None], CancelToken], Any]
+    cancel: CancelToken
+
+
+class EngineThread(QtCore.QThread):
+    progress = QtCore.pyqtSignal(int, str, object)  # job id, job name, payload
+    finished_job = QtCore.pyqtSignal(int, str, object)  # job id, job name, result
+    failed = QtCore.pyqtSignal(int, str, str)  # job id, job name, message
+    cancelled = QtCore.pyqtSignal(int, str)
+    busy_changed = QtCore.pyqtSignal(bool)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._current: Job | None = None
+        self.state = EngineState()
+        self.setObjectName("brainseg-engine")
+
+    def submit(self, name: str, fn) -> int:
+        job = Job(next(self._ids), name, fn, CancelToken())
+        self._queue.put(job)
+        return job.id
+
+    def cancel_current(self) -> None:
+        job = self._current
+        if job is not None:
+            job.cancel.cancel()
+
+    @property
+    def is_busy(self) -> bool:
+        return self._current is not None
+
+    def stop(self, wait_ms: int = 10000) -> None:
+        self.cancel_current()
+        self._queue.put(None)
+        self.wait(wait_ms)
+
+    def run(self) -> None:  # runs on the engine thread
+        from engine.mx_env import get_mx
+
+        get_mx()
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            self._current = job
+            self.busy_changed.emit(True)
+            try:
+                result = job.fn(self.state, lambda payload, j=job: self.progress.emit(j.id, j.name, payload),
+                                job.cancel)
+            except Cancelled:
+                self.cancelled.emit(job.id, job.name)
+            except Exception as exc:  # reported to the GUI, never kills the thread
+                log.error("engine job %s failed:\n%s", job.name, traceback.format_exc())
+                self.failed.emit(job.id, job.name, f"{type(exc).__name__}: {exc}")
+            else:
+                self.finished_job.emit(job.id, job.name, result)
+            finally:
+                self._current = None
+                self.busy_changed.emit(False)

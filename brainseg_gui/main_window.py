@@ -1,0 +1,814 @@
+"""The main window: a thin shell that wires the views, panels, engine thread and autosave.
+
+Which steps are enabled (open, segment, edit, save/export, train) is decided in one place,
+`update_state()`, as ilastik's workflow does.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PyQt5 import QtCore, QtWidgets
+
+from engine import recovery
+from engine.classes import tissue_classes
+from engine.labelmap import LabelMap
+from engine.paths import DEMO_SCAN
+from engine.volume import Volume, VolumeReadError, VolumeWriteError, read_volume, save_labels
+
+from . import dialogs
+from .actions import ACTIONS, MOUSE_HELP, build_actions, build_menus
+from .engine_thread import EngineThread
+from .panels import SegmentPanel, ToolPanel, ToolState
+from .settings import Preferences, app_settings
+from .slice_view import SliceView, overlay_lut
+
+log = logging.getLogger(__name__)
+
+SCAN_FILTER = "Scans (*.hdr *.img *.nii *.nii.gz *.HDR *.IMG);;All files (*)"
+LABEL_FILTER = "Label maps (*.hdr *.img *.nii *.nii.gz);;All files (*)"
+AUTOSAVE_IDLE_MS = 3000
+MAX_RECENT = 10
+
+
+class MainWindow(QtWidgets.QMainWindow):
+    scanOpened = QtCore.pyqtSignal(str)
+    segmentationFinished = QtCore.pyqtSignal(object)
+    autosaved = QtCore.pyqtSignal(str)
+
+    def __init__(self, prefs: Preferences | None = None, start_engine: bool = True):
+        super().__init__()
+        self.prefs = prefs or Preferences.load()
+        self.setWindowTitle("BrainSeg[*]")
+        self.setAcceptDrops(True)
+        self.resize(1400, 900)
+        self.scan: Volume | None = None
+        self.labelmap: LabelMap | None = None
+        self.labels_path: Path | None = None
+        self.tool_state = ToolState()
+        self._autosave_thread: threading.Thread | None = None
+        self._autosaved_revision = -1
+        self._segment_job: int | None = None
+        self._segment_slices = None
+
+        self.actions = build_actions(self)
+        self.menus = build_menus(self, self.actions)
+        self._build_recent_menu()
+        self._build_views()
+        self._build_panels()
+        self._build_toolbar()
+        self._build_status()
+        self._group_actions()
+
+        self.engine = EngineThread(self)
+        self.engine.progress.connect(self._on_engine_progress)
+        self.engine.finished_job.connect(self._on_engine_finished)
+        self.engine.failed.connect(self._on_engine_failed)
+        self.engine.cancelled.connect(self._on_engine_cancelled)
+        self.engine.busy_changed.connect(lambda _b: self.update_state())
+        if start_engine:
+            self.engine.start()
+
+        self.autosave_timer = QtCore.QTimer(self)
+        self.autosave_timer.setSingleShot(True)
+        self.autosave_timer.setInterval(AUTOSAVE_IDLE_MS)
+        self.autosave_timer.timeout.connect(self.autosave)
+
+        self._restore_window_state()
+        self._choose_model_reason()
+        self.update_state()
+
+    # ================================================================== construction
+    def _build_views(self) -> None:
+        self.views = {v: SliceView(v, self.tool_state) for v in ("axial", "coronal", "sagittal")}
+        lut = overlay_lut([tc.rgb for tc in tissue_classes()])
+        for v in self.views.values():
+            v.set_lut(lut)
+            v.cursorMoved.connect(self._on_cursor_moved)
+            v.cursorSet.connect(self.set_cursor)
+            v.editFinished.connect(self._on_edit_finished)
+            v.sliceChanged.connect(self._on_slice_changed)
+            v.activated.connect(self._on_view_activated)
+        self.active_view = self.views["axial"]
+        self.histogram = pg.HistogramLUTWidget(gradientPosition="right")
+        self.histogram.setObjectName("histogram")
+        # Not linked to one view's image: its histogram would be of one slice, dominated by the
+        # zero background. We plot the volume's foreground histogram and sync levels ourselves.
+        self.histogram.item.sigLevelsChanged.connect(self._on_levels_changed)
+        self.histogram.setMinimumWidth(120)
+        hist_box = QtWidgets.QWidget()
+        hl = QtWidgets.QVBoxLayout(hist_box)
+        hl.setContentsMargins(2, 2, 2, 2)
+        title = QtWidgets.QLabel("Window / level")
+        title.setStyleSheet("font-weight: bold;")
+        hl.addWidget(title)
+        hl.addWidget(self.histogram, 1)
+        self.level_label = QtWidgets.QLabel("")
+        hl.addWidget(self.level_label)
+        self.grid = QtWidgets.QGridLayout()
+        self.grid.setSpacing(3)
+        central = QtWidgets.QWidget()
+        central.setLayout(self.grid)
+        self.grid.addWidget(self.views["axial"], 0, 0)
+        self.grid.addWidget(self.views["coronal"], 0, 1)
+        self.grid.addWidget(self.views["sagittal"], 1, 0)
+        self.grid.addWidget(hist_box, 1, 1)
+        self.hist_box = hist_box
+        self.placeholder = QtWidgets.QLabel(
+            "Open a scan: File > Open scan (Ctrl+O), drop a file here, or File > Open demo scan.")
+        self.placeholder.setAlignment(QtCore.Qt.AlignCenter)
+        self.stack = QtWidgets.QStackedWidget()
+        self.stack.addWidget(self.placeholder)
+        self.stack.addWidget(central)
+        self.setCentralWidget(self.stack)
+
+    def _build_panels(self) -> None:
+        self.tool_panel = ToolPanel(self.tool_state, self.actions)
+        self.tool_panel.changed.connect(self._on_tool_changed)
+        self.tool_panel.overlay_changed.connect(self._apply_overlay_style)
+        self.segment_panel = SegmentPanel(self.actions)
+        QtWidgets.QVBoxLayout(self.tool_panel.segment_box).addWidget(self.segment_panel)
+        idx = self.segment_panel.model_combo.findData(self.prefs.model)
+        self.segment_panel.model_combo.setCurrentIndex(max(0, idx))
+        self.segment_panel.model_combo.currentIndexChanged.connect(self._on_model_pref_changed)
+        dock = QtWidgets.QDockWidget("Tools", self)
+        dock.setObjectName("tools_dock")
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.tool_panel)
+        dock.setWidget(scroll)
+        dock.setFeatures(QtWidgets.QDockWidget.DockWidgetMovable | QtWidgets.QDockWidget.DockWidgetFloatable)
+        self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, dock)
+        self.tools_dock = dock
+
+    def _build_toolbar(self) -> None:
+        tb = self.addToolBar("Main")
+        tb.setObjectName("main_toolbar")
+        for key in ("open_scan", "save_labels", None, "undo", "redo", None, "tool_navigate", "tool_brush",
+                    "tool_eraser", "tool_fill", None, "segment", "cancel"):
+            if key is None:
+                tb.addSeparator()
+            else:
+                tb.addAction(self.actions[key])
+
+    def _build_status(self) -> None:
+        sb = self.statusBar()
+        self.readout = QtWidgets.QLabel("")
+        self.readout.setObjectName("readout")
+        self.readout.setMinimumWidth(420)
+        self.edit_label = QtWidgets.QLabel("")
+        self.edit_label.setObjectName("edit_count")
+        sb.addPermanentWidget(self.readout)
+        sb.addPermanentWidget(self.edit_label)
+
+    def _group_actions(self) -> None:
+        self.tool_group = QtWidgets.QActionGroup(self)
+        for key in ("navigate", "brush", "eraser", "fill"):
+            self.tool_group.addAction(self.actions[f"tool_{key}"])
+        self.actions["tool_navigate"].setChecked(True)
+        self.class_group = QtWidgets.QActionGroup(self)
+        for v in range(4):
+            self.class_group.addAction(self.actions[f"class_{v}"])
+        self.actions[f"class_{self.tool_state.value}"].setChecked(True)
+        self.plane_group = QtWidgets.QActionGroup(self)
+        for p in ("axial", "coronal", "sagittal"):
+            self.plane_group.addAction(self.actions[f"plane_{p}"])
+        self.actions["plane_axial"].setChecked(True)
+        self.actions["toggle_overlay"].setChecked(True)
+
+    def _build_recent_menu(self) -> None:
+        self.recent_menu = QtWidgets.QMenu("Open &recent", self)
+        self.recent_menu.setObjectName("recent_menu")
+        file_menu = self.menus["File"]
+        file_menu.insertMenu(self.actions["open_demo"], self.recent_menu)
+        self._refresh_recent_menu()
+
+    def _refresh_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        recent = app_settings().value("recent_files", [], type=list) or []
+        for path in recent:
+            act = self.recent_menu.addAction(path)
+            act.triggered.connect(lambda _c=False, p=path: self.open_scan(p))
+        self.recent_menu.setEnabled(bool(recent))
+
+    def _add_recent(self, path: str) -> None:
+        s = app_settings()
+        recent = [p for p in (s.value("recent_files", [], type=list) or []) if p != path]
+        s.setValue("recent_files", [path] + recent[: MAX_RECENT - 1])
+        self._refresh_recent_menu()
+
+    # ================================================================== state (one place)
+    def update_state(self) -> None:
+        has_scan = self.scan is not None
+        has_labels = self.labelmap is not None
+        busy = self.engine.is_busy if hasattr(self, "engine") else False
+        a = self.actions
+        self.stack.setCurrentIndex(1 if has_scan else 0)
+        for key in ("open_labels", "auto_window", "reset_view", "single_view"):
+            a[key].setEnabled(has_scan)
+        for key in ("segment", "segment_slice"):
+            a[key].setEnabled(has_scan and not busy)
+        a["cancel"].setEnabled(busy)
+        for key in ("save_labels", "save_labels_as", "export_png", "show_stats", "toggle_overlay",
+                    "toggle_outline", "opacity_up", "opacity_down"):
+            a[key].setEnabled(has_labels)
+        edit_ok = has_scan and not busy
+        for key in ("tool_brush", "tool_eraser", "tool_fill"):
+            a[key].setEnabled(edit_ok)
+        a["undo"].setEnabled(has_labels and self.labelmap.can_undo and not busy)
+        a["redo"].setEnabled(has_labels and self.labelmap.can_redo and not busy)
+        single = a["single_view"].isChecked()
+        for p in ("axial", "coronal", "sagittal"):
+            a[f"plane_{p}"].setEnabled(has_scan and single)
+        dirty = has_labels and not self.labelmap.is_clean
+        self.setWindowModified(bool(dirty))
+        if has_labels:
+            lm = self.labelmap
+            self.edit_label.setText(
+                f"{lm.edit_count} edit{'s' if lm.edit_count != 1 else ''} on {len(lm.edited_axial_slices())} slices"
+                f"{'  - unsaved' if dirty else ''}")
+        else:
+            self.edit_label.setText("")
+        if has_scan:
+            name = self.scan.name
+            self.setWindowTitle(f"{name}[*] - BrainSeg")
+        else:
+            self.setWindowTitle("BrainSeg[*]")
+
+    # ================================================================== opening
+    def open_scan(self, path: str | os.PathLike) -> bool:
+        """Open a scan; on error show it and keep whatever was open. Returns success."""
+        if not self._confirm_discard("open another scan"):
+            return False
+        t0 = time.perf_counter()
+        try:
+            vol = read_volume(path, kind="image")
+        except VolumeReadError as exc:
+            log.warning("open failed: %s", exc)
+            dialogs.show_error(self, "Cannot open scan", str(exc))
+            self.statusBar().showMessage(f"Could not open {Path(path).name}", 8000)
+            return False
+        self._discard_labels()
+        self.scan = vol
+        for v in self.views.values():
+            v.set_volume(vol.data, vol.affine)
+        self.auto_window()
+        self._sync_cursor_to_views()
+        self.update_state()
+        self._add_recent(str(Path(path).resolve()))
+        msg = f"Opened {vol.name}: {'x'.join(map(str, vol.shape))}, voxel " \
+              f"{' x '.join(f'{s:g}' for s in vol.voxel_size)} mm, {vol.orientation}"
+        if vol.layout_note:
+            msg += f" - {vol.layout_note}"
+            dialogs.show_info(self, "Layout assumed", f"{vol.path}:\n{vol.layout_note}")
+        self.statusBar().showMessage(msg, 15000)
+        log.info("%s (%.0f ms)", msg, (time.perf_counter() - t0) * 1000)
+        self._offer_recovery()
+        self.scanOpened.emit(str(path))
+        return True
+
+    def open_labels(self, path: str | os.PathLike) -> bool:
+        if self.scan is None:
+            return False
+        if not self._confirm_discard("load other labels"):
+            return False
+        try:
+            lab = read_volume(path, kind="labels")
+        except VolumeReadError as exc:
+            dialogs.show_error(self, "Cannot open labels", str(exc))
+            return False
+        if lab.shape != self.scan.shape:
+            dialogs.show_error(self, "Cannot open labels",
+                               f"{path}: label map is {'x'.join(map(str, lab.shape))} but the scan is "
+                               f"{'x'.join(map(str, self.scan.shape))}")
+            return False
+        if not np.allclose(lab.affine, self.scan.affine, atol=1e-3):
+            self.statusBar().showMessage("Warning: the label map's affine differs from the scan's", 10000)
+        self._set_labelmap(LabelMap(lab.data))
+        self.labels_path = Path(path)
+        self.statusBar().showMessage(f"Loaded labels {Path(path).name}", 8000)
+        return True
+
+    def _set_labelmap(self, lm: LabelMap | None) -> None:
+        self.labelmap = lm
+        if lm is not None:
+            for v in self.views.values():
+                lm.listeners.append(v.labels_changed)
+            lm.listeners.append(self._on_labels_changed)
+        for v in self.views.values():
+            v.set_labelmap(lm)
+        self._apply_overlay_style(*self.tool_panel.overlay_style())
+        self.update_state()
+
+    def _ensure_labelmap(self) -> LabelMap:
+        if self.labelmap is None:
+            self._set_labelmap(LabelMap(np.zeros(self.scan.shape, dtype=np.uint8)))
+        return self.labelmap
+
+    def _discard_labels(self) -> None:
+        if self.scan is not None:
+            recovery.discard_recovery(self.scan.path)
+        self._set_labelmap(None)
+        self.labels_path = None
+
+    def _confirm_discard(self, what: str) -> bool:
+        """Ask before unsaved edits would be dropped. True to go ahead."""
+        if self.labelmap is None or self.labelmap.is_clean:
+            return True
+        answer = dialogs.ask_save_discard_cancel(
+            self, "Unsaved edits",
+            f"The label map has unsaved changes ({self.labelmap.edit_count} edits). Save them before you {what}?")
+        if answer == "save":
+            return self.on_save_labels()
+        return answer == "discard"
+
+    def _offer_recovery(self) -> None:
+        info = recovery.find_recovery(self.scan.path, self.scan.shape)
+        if info is None:
+            return
+        ok = dialogs.ask_yes_no(
+            self, "Restore unsaved edits?",
+            f"BrainSeg found edits to {self.scan.name} that were not saved "
+            f"({info.edit_count} edits on {len(info.edited_slices)} slices, autosaved {info.saved_at_text}).\n\n"
+            "Restore them?", default_yes=True)
+        if ok:
+            labels, predicted = recovery.load_recovery(info)
+            lm = self._ensure_labelmap()
+            lm.restore(labels, info.edited_slices, info.edit_count, predicted)
+            for v in self.views.values():
+                v.redraw_overlay()
+            self.statusBar().showMessage(f"Restored {info.edit_count} edits from {info.saved_at_text}", 10000)
+            self.update_state()
+        else:
+            recovery.discard_recovery(self.scan.path)
+
+    # ================================================================== view
+    def auto_window(self) -> None:
+        if self.scan is None:
+            return
+        d = self.scan.data
+        sample = d[::2, ::2, ::2]
+        nz = sample[sample > 0]
+        lo, hi = (np.percentile(nz, (0.5, 99.5)) if nz.size else (float(d.min()), float(d.max())))
+        if hi <= lo:
+            hi = lo + 1
+        vals = nz if nz.size else sample.ravel()
+        counts, edges = np.histogram(vals, bins=128)
+        self.histogram.item.plot.setData((edges[:-1] + edges[1:]) / 2, counts)
+        self.histogram.item.setHistogramRange(float(d.min()), float(d.max()))
+        self.histogram.item.setLevels(float(lo), float(hi))
+        self._on_levels_changed()
+
+    def _on_levels_changed(self, *_):
+        lo, hi = self.histogram.item.getLevels()
+        for v in self.views.values():
+            v.set_levels(lo, hi)
+        self.level_label.setText(f"window {hi - lo:.0f}, level {(hi + lo) / 2:.0f}")
+
+    def _apply_overlay_style(self, opacity: float, visible: bool, outline: bool) -> None:
+        for v in self.views.values():
+            v.set_overlay_style(opacity, visible, outline)
+        self.actions["toggle_overlay"].setChecked(visible)
+        self.actions["toggle_outline"].setChecked(outline)
+
+    def set_cursor(self, voxel) -> None:
+        self.cursor_voxel = tuple(int(v) for v in voxel)
+        for v in self.views.values():
+            v.set_slice(self.cursor_voxel[v.geometry_.axis])
+        self._sync_cursor_to_views()
+
+    def _sync_cursor_to_views(self) -> None:
+        if self.scan is None:
+            return
+        if not hasattr(self, "cursor_voxel") or self.cursor_voxel is None or \
+                any(c >= s for c, s in zip(self.cursor_voxel, self.scan.shape)):
+            self.cursor_voxel = tuple(v.index for v in sorted(self.views.values(), key=lambda w: w.geometry_.axis))
+        for v in self.views.values():
+            v.set_cursor_voxel(self.cursor_voxel)
+
+    def _on_slice_changed(self, _k: int) -> None:
+        # slice changes move the linked cursor and trigger an autosave of pending edits
+        if self.scan is not None and all(v.geometry_ is not None for v in self.views.values()):
+            vox = [0, 0, 0]
+            for v in self.views.values():
+                vox[v.geometry_.axis] = v.index
+            self.cursor_voxel = tuple(vox)
+            for v in self.views.values():
+                v.set_cursor_voxel(self.cursor_voxel)
+        if self.labelmap is not None and self.labelmap.revision != self._autosaved_revision and \
+                self.labelmap.edit_count:
+            self.autosave()
+
+    def _on_view_activated(self, view) -> None:
+        self.active_view = view
+
+    def _on_cursor_moved(self, voxel) -> None:
+        if voxel is None or self.scan is None:
+            self.readout.setText("")
+            return
+        x, y, z = voxel
+        val = self.scan.data[x, y, z]
+        txt = f"voxel ({x}, {y}, {z})   intensity {val:g}"
+        if self.labelmap is not None:
+            lab = int(self.labelmap.labels[x, y, z])
+            txt += f"   label {lab} {tissue_classes()[lab].name}"
+        world = self.scan.affine @ np.array([x, y, z, 1.0])
+        txt += f"   ({world[0]:.1f}, {world[1]:.1f}, {world[2]:.1f}) mm"
+        self.readout.setText(txt)
+
+    # ================================================================== editing
+    def _on_tool_changed(self) -> None:
+        pass
+
+    def _on_edit_finished(self, atom) -> None:
+        if atom is not None:
+            self.statusBar().showMessage(f"{atom.kind}: {atom.voxels} voxels changed", 3000)
+        self.update_state()
+
+    def _on_labels_changed(self, _box) -> None:
+        self.autosave_timer.start()
+
+    # ================================================================== autosave
+    def autosave(self) -> None:
+        """Snapshot the labels to the recovery file in a worker thread (copy taken here)."""
+        lm = self.labelmap
+        if lm is None or self.scan is None or self.scan.path is None or lm.in_stroke:
+            return
+        if lm.is_clean or lm.revision == self._autosaved_revision:
+            return
+        if self._autosave_thread is not None and self._autosave_thread.is_alive():
+            self.autosave_timer.start()
+            return
+        labels = lm.labels.copy()
+        predicted = None if lm.predicted is None else lm.predicted.copy()
+        edited, count, rev, scan_path = lm.edited_axial_slices(), lm.edit_count, lm.revision, self.scan.path
+
+        def work():
+            try:
+                p = recovery.save_recovery(scan_path, labels, edited, count, predicted)
+                log.debug("autosaved %s", p)
+                self.autosaved.emit(str(p))
+            except Exception:
+                log.exception("autosave failed")
+
+        self._autosaved_revision = rev
+        self._autosave_thread = threading.Thread(target=work, name="autosave", daemon=True)
+        self._autosave_thread.start()
+
+    # ================================================================== segmentation
+    def model_choice(self) -> tuple[str, str]:
+        from engine.hardware import choose_model
+
+        pref = self.segment_panel.model_combo.currentData() or "auto"
+        return choose_model(pref)
+
+    def _choose_model_reason(self) -> None:
+        try:
+            arch, reason = self.model_choice()
+        except Exception as exc:  # hardware probing must never stop the app
+            arch, reason = "enet", f"(could not probe the hardware: {exc})"
+        self.segment_panel.reason.setText(f"Will run {'U-Net' if arch == 'unet' else 'ENet'}: {reason}")
+
+    def _on_model_pref_changed(self, _i: int) -> None:
+        self.prefs.model = self.segment_panel.model_combo.currentData()
+        self.prefs.save()
+        self._choose_model_reason()
+
+    def model_dir(self) -> Path:
+        from engine.weights import shipped_model_dir
+
+        arch, _ = self.model_choice()
+        active = self.prefs.active_model_dirs.get(arch)
+        if active and Path(active).is_dir():
+            return Path(active)
+        return shipped_model_dir(arch)
+
+    def start_segmentation(self, slices=None) -> int | None:
+        if self.scan is None or self.engine.is_busy:
+            return None
+        lm = self.labelmap
+        if lm is not None and lm.has_manual_edits:
+            affected = lm.edited_axial_slices() if slices is None else [k for k in lm.edited_axial_slices() if k in slices]
+            if affected and not dialogs.ask_yes_no(
+                    self, "Replace manual edits?",
+                    f"You edited {len(affected)} slice(s) that the new segmentation will replace "
+                    f"({', '.join(map(str, affected[:12]))}{'...' if len(affected) > 12 else ''}).\n\n"
+                    "Replace them? (Undo brings them back.)"):
+                return None
+        model_dir = self.model_dir()
+        data = self.scan.data
+        from engine.inference import SegmentConfig
+
+        cfg = SegmentConfig(batch_size=self.prefs.batch_size, slices=slices)
+
+        def job(state, progress, cancel):
+            seg = state.segmenter(model_dir)
+            res = seg.segment(data, cfg, progress=lambda d, t: progress((d, t)), cancel=cancel)
+            return res
+
+        self._segment_slices = slices
+        self.segment_panel.progress.setVisible(True)
+        self.segment_panel.progress.setValue(0)
+        self.statusBar().showMessage(f"Segmenting with {model_dir.name}...")
+        self._segment_job = self.engine.submit("segment", job)
+        self.update_state()
+        return self._segment_job
+
+    def _on_engine_progress(self, job_id: int, name: str, payload) -> None:
+        if name == "segment":
+            done, total = payload
+            self.segment_panel.progress.setMaximum(max(total, 1))
+            self.segment_panel.progress.setValue(done)
+
+    def _on_engine_finished(self, job_id: int, name: str, result) -> None:
+        if name == "segment" and self.scan is not None and result.labels.shape == self.scan.shape:
+            lm = self._ensure_labelmap()
+            lm.set_prediction(result.labels, slices=self._segment_slices)
+            self.segment_panel.progress.setVisible(False)
+            what = "slice" if self._segment_slices else "volume"
+            self.statusBar().showMessage(f"Segmented the {what} with {result.model} in {result.seconds:.1f} s", 15000)
+            self.segmentationFinished.emit(result)
+        self.update_state()
+
+    def _on_engine_failed(self, job_id: int, name: str, message: str) -> None:
+        self.segment_panel.progress.setVisible(False)
+        dialogs.show_error(self, f"{name.capitalize()} failed", message)
+        self.update_state()
+
+    def _on_engine_cancelled(self, job_id: int, name: str) -> None:
+        self.segment_panel.progress.setVisible(False)
+        self.statusBar().showMessage(f"{name.capitalize()} cancelled; nothing was changed", 8000)
+        self.update_state()
+
+    # ================================================================== saving / export
+    def save_labels_to(self, path: str | os.PathLike) -> bool:
+        if self.labelmap is None or self.scan is None:
+            return False
+        try:
+            save_labels(path, self.labelmap.labels, self.scan.affine)
+        except (VolumeWriteError, OSError) as exc:
+            dialogs.show_error(self, "Cannot save labels", str(exc))
+            return False
+        self.labels_path = Path(path)
+        self.labelmap.mark_clean()
+        recovery.discard_recovery(self.scan.path)
+        self.statusBar().showMessage(f"Saved {path}", 8000)
+        self.update_state()
+        return True
+
+    def default_labels_path(self) -> Path:
+        if self.labels_path is not None:
+            return self.labels_path
+        p = self.scan.path
+        stem = p.name
+        for suf in (".nii.gz", ".nii", ".hdr", ".img"):
+            if stem.lower().endswith(suf):
+                stem = stem[: -len(suf)]
+                break
+        return p.with_name(f"{stem}_brainseg_seg.nii.gz")
+
+    # ================================================================== action slots
+    def on_open_scan(self) -> None:
+        path = dialogs.get_open_path(self, "Open scan", SCAN_FILTER)
+        if path:
+            self.open_scan(path)
+
+    def on_open_labels(self) -> None:
+        path = dialogs.get_open_path(self, "Open labels", LABEL_FILTER)
+        if path:
+            self.open_labels(path)
+
+    def on_open_demo(self) -> None:
+        self.open_scan(DEMO_SCAN)
+
+    def on_save_labels(self) -> bool:
+        if self.labelmap is None:
+            return False
+        if self.labels_path is None:
+            return self.on_save_labels_as()
+        return self.save_labels_to(self.labels_path)
+
+    def on_save_labels_as(self) -> bool:
+        if self.labelmap is None:
+            return False
+        path = dialogs.get_save_path(self, "Save labels", "NIfTI (*.nii.gz *.nii);;Analyze as OASIS FSL_SEG (*.hdr)",
+                                     str(self.default_labels_path()))
+        return bool(path) and self.save_labels_to(path)
+
+    def on_export_png(self) -> None:
+        from engine.export import export_png_slices
+
+        d = dialogs.get_directory(self, "Export PNG slices to")
+        if d and self.labelmap is not None:
+            try:
+                files = export_png_slices(self.labelmap.labels, d)
+            except OSError as exc:
+                dialogs.show_error(self, "Export failed", str(exc))
+                return
+            self.statusBar().showMessage(f"Wrote {len(files)} PNG slices to {d}", 8000)
+
+    def on_show_stats(self) -> None:
+        from .stats_dialog import StatsDialog
+
+        if self.labelmap is None or self.scan is None:
+            return
+        dlg = StatsDialog(self.labelmap.labels, self.scan.voxel_volume_ml, self.scan.name, self)
+        self._stats_dialog = dlg
+        dlg.show()
+
+    def on_quit(self) -> None:
+        self.close()
+
+    def on_undo(self) -> None:
+        if self.labelmap is not None and self.labelmap.undo() is not None:
+            self.statusBar().showMessage("Undone", 2000)
+        self.update_state()
+
+    def on_redo(self) -> None:
+        if self.labelmap is not None and self.labelmap.redo() is not None:
+            self.statusBar().showMessage("Redone", 2000)
+        self.update_state()
+
+    def _set_tool(self, tool: str) -> None:
+        self.tool_state.tool = tool
+        self.actions[f"tool_{tool}"].setChecked(True)
+        if tool != "navigate" and self.scan is not None:
+            self._ensure_labelmap()
+        cursor = QtCore.Qt.CrossCursor if tool != "navigate" else QtCore.Qt.ArrowCursor
+        for v in self.views.values():
+            v.gv.viewport().setCursor(cursor)
+            v.brush_cursor.setVisible(False)
+        self.statusBar().showMessage(f"Tool: {tool}", 2000)
+
+    def on_tool_navigate(self):
+        self._set_tool("navigate")
+
+    def on_tool_brush(self):
+        self._set_tool("brush")
+
+    def on_tool_eraser(self):
+        self._set_tool("eraser")
+
+    def on_tool_fill(self):
+        self._set_tool("fill")
+
+    def _set_class(self, v: int) -> None:
+        self.tool_state.value = v
+        self.actions[f"class_{v}"].setChecked(True)
+        self.statusBar().showMessage(f"Class {v}: {tissue_classes()[v].name}", 2000)
+
+    def on_class_0(self):
+        self._set_class(0)
+
+    def on_class_1(self):
+        self._set_class(1)
+
+    def on_class_2(self):
+        self._set_class(2)
+
+    def on_class_3(self):
+        self._set_class(3)
+
+    def on_brush_smaller(self):
+        self.tool_panel.size_spin.setValue(self.tool_panel.size_spin.value() - 1)
+
+    def on_brush_larger(self):
+        self.tool_panel.size_spin.setValue(self.tool_panel.size_spin.value() + 1)
+
+    def on_toggle_overlay(self):
+        self.tool_panel.show_check.setChecked(self.actions["toggle_overlay"].isChecked())
+
+    def on_toggle_outline(self):
+        self.tool_panel.outline_check.setChecked(self.actions["toggle_outline"].isChecked())
+
+    def on_opacity_up(self):
+        self.tool_panel.opacity.setValue(self.tool_panel.opacity.value() + 10)
+
+    def on_opacity_down(self):
+        self.tool_panel.opacity.setValue(self.tool_panel.opacity.value() - 10)
+
+    def on_single_view(self):
+        self._apply_layout()
+
+    def _apply_layout(self):
+        single = self.actions["single_view"].isChecked()
+        plane = next((p for p in ("axial", "coronal", "sagittal") if self.actions[f"plane_{p}"].isChecked()), "axial")
+        for p, v in self.views.items():
+            v.setVisible(not single or p == plane)
+        self.hist_box.setVisible(not single)
+        if single:
+            self.grid.addWidget(self.views[plane], 0, 0, 2, 2)
+        else:
+            self.grid.addWidget(self.views["axial"], 0, 0)
+            self.grid.addWidget(self.views["coronal"], 0, 1)
+            self.grid.addWidget(self.views["sagittal"], 1, 0)
+            self.grid.addWidget(self.hist_box, 1, 1)
+        for v in self.views.values():
+            if v.geometry_ is not None:
+                QtCore.QTimer.singleShot(0, v.reset_zoom)
+        self.update_state()
+
+    def on_plane_axial(self):
+        self._apply_layout()
+
+    def on_plane_coronal(self):
+        self._apply_layout()
+
+    def on_plane_sagittal(self):
+        self._apply_layout()
+
+    def on_reset_view(self):
+        for v in self.views.values():
+            v.reset_zoom()
+
+    def on_auto_window(self):
+        self.auto_window()
+
+    def on_segment(self):
+        self.start_segmentation()
+
+    def on_segment_slice(self):
+        if self.scan is not None:
+            self.start_segmentation(slices=[self.views["axial"].index])
+
+    def on_cancel(self):
+        self.engine.cancel_current()
+
+    def on_shortcuts(self):
+        ShortcutsDialog(self).exec_()
+
+    def on_about(self):
+        from engine import __version__
+
+        dialogs.show_info(self, "About BrainSeg",
+                          f"BrainSeg {__version__}\nBrain MRI tissue segmentation (CSF, grey matter, white matter)\n"
+                          "with an embedded Apache MXNet engine (U-Net, ENet).\n\n"
+                          "Demo scan: MNI ICBM152 2009a template, (C) 1993-2009 Louis Collins, MNI, McGill University.")
+
+    # ================================================================== drag & drop, close
+    def dragEnterEvent(self, ev):
+        if ev.mimeData().hasUrls():
+            ev.acceptProposedAction()
+
+    def dropEvent(self, ev):
+        urls = [u.toLocalFile() for u in ev.mimeData().urls() if u.isLocalFile()]
+        if urls:
+            self.open_scan(urls[0])
+            ev.acceptProposedAction()
+
+    def _restore_window_state(self) -> None:
+        s = app_settings()
+        geo = s.value("window/geometry")
+        if geo is not None:
+            self.restoreGeometry(geo)
+        st = s.value("window/state")
+        if st is not None:
+            self.restoreState(st)
+
+    def closeEvent(self, ev):
+        if not self._confirm_discard("quit"):
+            ev.ignore()
+            return
+        s = app_settings()
+        s.setValue("window/geometry", self.saveGeometry())
+        s.setValue("window/state", self.saveState())
+        if self.scan is not None and self.labelmap is not None and self.labelmap.is_clean:
+            recovery.discard_recovery(self.scan.path)
+        self.engine.stop()
+        if self._autosave_thread is not None:
+            self._autosave_thread.join(5)
+        ev.accept()
+
+
+class ShortcutsDialog(QtWidgets.QDialog):
+    """Every shortcut, generated from the action table, plus the mouse bindings."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Keyboard shortcuts and mouse")
+        self.resize(560, 620)
+        table = QtWidgets.QTableWidget(0, 3)
+        table.setObjectName("shortcuts_table")
+        table.setHorizontalHeaderLabels(["Keys", "Action", "Menu"])
+        table.verticalHeader().setVisible(False)
+        table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
+        rows = [(" or ".join(s.shortcuts), s.text.replace("&", ""), s.menu) for s in ACTIONS if s.shortcuts]
+        rows += [(k, v, "Mouse") for k, v in MOUSE_HELP]
+        for keys, text, menu in rows:
+            r = table.rowCount()
+            table.insertRow(r)
+            for c, val in enumerate((keys, text, menu)):
+                table.setItem(r, c, QtWidgets.QTableWidgetItem(val))
+        table.resizeColumnsToContents()
+        table.horizontalHeader().setStretchLastSection(True)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.addWidget(table)
+        bb = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.Close)
+        bb.rejected.connect(self.reject)
+        lay.addWidget(bb)
+        self.table = table

@@ -1,0 +1,157 @@
+"""Side panels: tools (class picker with legend, brush size, paint-over), overlay, segmentation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PyQt5 import QtCore, QtGui, QtWidgets
+
+from engine.classes import tissue_classes
+
+
+@dataclass
+class ToolState:
+    """What the mouse does now; read by every SliceView."""
+
+    tool: str = "navigate"  # navigate | brush | eraser | fill
+    value: int = 2
+    radius: float = 3.0
+    protect: int | None = None  # paint over only this class; None = all classes
+
+
+def swatch(rgb, size=14) -> QtGui.QIcon:
+    pm = QtGui.QPixmap(size, size)
+    pm.fill(QtGui.QColor(*rgb) if rgb != (0, 0, 0) else QtGui.QColor(0, 0, 0, 0))
+    p = QtGui.QPainter(pm)
+    p.setPen(QtGui.QColor(90, 90, 90))
+    p.drawRect(0, 0, size - 1, size - 1)
+    p.end()
+    return QtGui.QIcon(pm)
+
+
+class ToolPanel(QtWidgets.QWidget):
+    """Tools, class picker (doubles as the legend), brush size, paint-over mode, overlay style."""
+
+    changed = QtCore.pyqtSignal()
+    overlay_changed = QtCore.pyqtSignal(float, bool, bool)  # opacity, visible, outline
+
+    def __init__(self, state: ToolState, actions: dict, parent=None):
+        super().__init__(parent)
+        self.state = state
+        lay = QtWidgets.QVBoxLayout(self)
+
+        tools = QtWidgets.QGroupBox("Tool")
+        tl = QtWidgets.QGridLayout(tools)
+        self.tool_buttons = {}
+        for i, key in enumerate(("navigate", "brush", "eraser", "fill")):
+            b = QtWidgets.QToolButton()
+            b.setDefaultAction(actions[f"tool_{key}"])
+            b.setToolButtonStyle(QtCore.Qt.ToolButtonTextOnly)
+            b.setSizePolicy(QtWidgets.QSizePolicy.Expanding, QtWidgets.QSizePolicy.Fixed)
+            tl.addWidget(b, i // 2, i % 2)
+            self.tool_buttons[key] = b
+        lay.addWidget(tools)
+
+        classes = QtWidgets.QGroupBox("Class (keys 0-3) - legend")
+        cl = QtWidgets.QVBoxLayout(classes)
+        self.class_buttons = {}
+        for tc in tissue_classes():
+            b = QtWidgets.QToolButton()
+            actions[f"class_{tc.value}"].setIcon(swatch(tc.rgb))
+            b.setDefaultAction(actions[f"class_{tc.value}"])
+            b.setToolButtonStyle(QtCore.Qt.ToolButtonTextBesideIcon)
+            b.setSizePolicy(QtWidgets.QSizePolicy.Expanding, QtWidgets.QSizePolicy.Fixed)
+            cl.addWidget(b)
+            self.class_buttons[tc.value] = b
+        lay.addWidget(classes)
+
+        brush = QtWidgets.QGroupBox("Brush")
+        bl = QtWidgets.QFormLayout(brush)
+        self.size_spin = QtWidgets.QSpinBox()
+        self.size_spin.setObjectName("brush_size")
+        self.size_spin.setRange(1, 60)
+        self.size_spin.setValue(int(state.radius * 2))
+        self.size_spin.setSuffix(" px")
+        self.size_spin.setToolTip("Brush diameter ([ and ] change it)")
+        self.size_spin.valueChanged.connect(self._size_changed)
+        bl.addRow("Size", self.size_spin)
+        self.protect_combo = QtWidgets.QComboBox()
+        self.protect_combo.setObjectName("paint_over")
+        self.protect_combo.addItem("All classes", None)
+        for tc in tissue_classes():
+            self.protect_combo.addItem(f"Only {tc.name}", tc.value)
+        self.protect_combo.setToolTip("Paint over: everything, or only voxels of one class")
+        self.protect_combo.currentIndexChanged.connect(self._protect_changed)
+        bl.addRow("Paint over", self.protect_combo)
+        lay.addWidget(brush)
+
+        ov = QtWidgets.QGroupBox("Overlay")
+        ol = QtWidgets.QFormLayout(ov)
+        self.show_check = QtWidgets.QCheckBox("Show (V)")
+        self.show_check.setChecked(True)
+        self.outline_check = QtWidgets.QCheckBox("Outline (O)")
+        self.opacity = QtWidgets.QSlider(QtCore.Qt.Horizontal)
+        self.opacity.setObjectName("opacity")
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(40)
+        for w in (self.show_check, self.outline_check):
+            w.toggled.connect(self._overlay)
+        self.opacity.valueChanged.connect(self._overlay)
+        ol.addRow(self.show_check)
+        ol.addRow(self.outline_check)
+        ol.addRow("Opacity", self.opacity)
+        lay.addWidget(ov)
+        self.segment_box = QtWidgets.QGroupBox("Segment")
+        lay.addWidget(self.segment_box)
+        lay.addStretch(1)
+
+    def _size_changed(self, v: int) -> None:
+        self.state.radius = max(0.5, v / 2.0)
+        self.changed.emit()
+
+    def _protect_changed(self, _i: int) -> None:
+        self.state.protect = self.protect_combo.currentData()
+        self.changed.emit()
+
+    def _overlay(self, *_):
+        self.overlay_changed.emit(self.opacity.value() / 100.0, self.show_check.isChecked(),
+                                  self.outline_check.isChecked())
+
+    def overlay_style(self) -> tuple[float, bool, bool]:
+        return self.opacity.value() / 100.0, self.show_check.isChecked(), self.outline_check.isChecked()
+
+
+class SegmentPanel(QtWidgets.QWidget):
+    """Model choice (auto/U-Net/ENet with the reason), segment buttons, progress and cancel."""
+
+    def __init__(self, actions: dict, parent=None):
+        super().__init__(parent)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(QtWidgets.QLabel("Model"))
+        self.model_combo = QtWidgets.QComboBox()
+        self.model_combo.setObjectName("model_combo")
+        self.model_combo.addItem("Auto", "auto")
+        self.model_combo.addItem("U-Net (workstation)", "unet")
+        self.model_combo.addItem("ENet (low-power)", "enet")
+        row.addWidget(self.model_combo, 1)
+        lay.addLayout(row)
+        self.reason = QtWidgets.QLabel("")
+        self.reason.setObjectName("model_reason")
+        self.reason.setWordWrap(True)
+        self.reason.setStyleSheet("color: #666;")
+        lay.addWidget(self.reason)
+        for key in ("segment", "segment_slice"):
+            b = QtWidgets.QToolButton()
+            b.setDefaultAction(actions[key])
+            b.setToolButtonStyle(QtCore.Qt.ToolButtonTextBesideIcon)
+            b.setSizePolicy(QtWidgets.QSizePolicy.Expanding, QtWidgets.QSizePolicy.Fixed)
+            lay.addWidget(b)
+        self.progress = QtWidgets.QProgressBar()
+        self.progress.setObjectName("segment_progress")
+        self.progress.setVisible(False)
+        lay.addWidget(self.progress)
+        self.cancel_button = QtWidgets.QToolButton()
+        self.cancel_button.setDefaultAction(actions["cancel"])
+        self.cancel_button.setToolButtonStyle(QtCore.Qt.ToolButtonTextBesideIcon)
+        lay.addWidget(self.cancel_button)

@@ -1,0 +1,48 @@
+"""QSettings for window state and recent files only (versioned); preferences are a typed object
+stored as JSON in the app's data folder. Tests isolate both through BRAINSEG_HOME."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+
+from PyQt5 import QtCore
+
+from engine.paths import data_dir
+from engine.volume import atomic_write
+
+log = logging.getLogger(__name__)
+SETTINGS_VERSION = 1
+
+
+def app_settings() -> QtCore.QSettings:
+    path = data_dir() / "window.ini"
+    s = QtCore.QSettings(str(path), QtCore.QSettings.IniFormat)
+    if s.value("version", 0, type=int) != SETTINGS_VERSION:
+        s.clear()
+        s.setValue("version", SETTINGS_VERSION)
+    return s
+
+
+@dataclass
+class Preferences:
+    model: str = "auto"  # auto | unet | enet (remembered override)
+    batch_size: int = 8
+    active_model_dirs: dict = field(default_factory=dict)  # arch -> model version directory
+
+    @classmethod
+    def load(cls) -> "Preferences":
+        path = data_dir() / "preferences.json"
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+            return cls(**known)
+        except FileNotFoundError:
+            return cls()
+        except (ValueError, TypeError) as exc:
+            log.warning("ignoring unreadable preferences %s: %s", path, exc)
+            return cls()
+
+    def save(self) -> None:
+        path = data_dir() / "preferences.json"
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8"))

@@ -1,0 +1,363 @@
+"""One anatomical view of the volume: scan, label overlay, crosshair, brush cursor and the mouse.
+
+Mouse: with a paint tool the left button paints (a stroke is one undo step; segments are drawn
+from the last point so fast drags leave no gaps); the middle button (or Shift + left) pans;
+the right button drags to zoom; the wheel scrolls slices and Ctrl + wheel zooms. With the
+navigate tool the left button sets the linked cursor. The overlay is redrawn only inside the box
+that an edit changed.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyqtgraph as pg
+from PyQt5 import QtCore, QtGui, QtWidgets
+
+from engine.labelmap import LabelMap
+from engine.orientation import ViewGeometry
+
+log = logging.getLogger(__name__)
+
+PAINT_TOOLS = ("brush", "eraser")
+
+
+def overlay_lut(colors: list[tuple[int, int, int]]) -> np.ndarray:
+    """256-entry RGBA lookup table: 0 transparent, 1..n the class colours, opaque."""
+    lut = np.zeros((256, 4), dtype=np.uint8)
+    for v, rgb in enumerate(colors):
+        if v == 0:
+            continue
+        lut[v, :3] = rgb
+        lut[v, 3] = 255
+    return lut
+
+
+def outline_of(labels2d: np.ndarray) -> np.ndarray:
+    """Labels kept only where a neighbour differs (the class boundaries)."""
+    edge = np.zeros(labels2d.shape, dtype=bool)
+    edge[1:, :] |= labels2d[1:, :] != labels2d[:-1, :]
+    edge[:-1, :] |= labels2d[:-1, :] != labels2d[1:, :]
+    edge[:, 1:] |= labels2d[:, 1:] != labels2d[:, :-1]
+    edge[:, :-1] |= labels2d[:, :-1] != labels2d[:, 1:]
+    return np.where(edge, labels2d, 0).astype(np.uint8)
+
+
+class _ViewBox(pg.ViewBox):
+    def __init__(self, owner: "SliceView"):
+        super().__init__(lockAspect=True, invertY=True, enableMenu=False)
+        self.owner = owner
+
+    def wheelEvent(self, ev, axis=None):
+        if ev.modifiers() & QtCore.Qt.ControlModifier:
+            super().wheelEvent(ev, axis)
+            return
+        delta = ev.delta() if hasattr(ev, "delta") else ev.angleDelta().y()
+        self.owner.step_slice(1 if delta > 0 else -1)
+        ev.accept()
+
+    def mouseDragEvent(self, ev, axis=None):
+        if ev.button() == QtCore.Qt.LeftButton and not (ev.modifiers() & QtCore.Qt.ShiftModifier):
+            if self.owner.handle_left_drag(ev):
+                return
+        super().mouseDragEvent(ev, axis)
+
+    def mouseClickEvent(self, ev):
+        if ev.button() == QtCore.Qt.LeftButton:
+            self.owner.handle_left_click(ev)
+            ev.accept()
+            return
+        super().mouseClickEvent(ev)
+
+    def hoverEvent(self, ev):
+        if ev.isExit():
+            self.owner.hover_at(None)
+        else:
+            self.owner.hover_at(ev.pos())
+        super().hoverEvent(ev) if hasattr(super(), "hoverEvent") else None
+
+
+class SliceView(QtWidgets.QFrame):
+    """Shows one plane. The main window owns the volume and label map and hands them in."""
+
+    sliceChanged = QtCore.pyqtSignal(int)
+    cursorMoved = QtCore.pyqtSignal(object)  # voxel tuple or None (hover read-out)
+    cursorSet = QtCore.pyqtSignal(object)  # voxel tuple (navigate click)
+    editFinished = QtCore.pyqtSignal(object)  # EditAtom or None
+    activated = QtCore.pyqtSignal(object)  # self, when the mouse enters
+
+    def __init__(self, view: str, tool_state, parent=None):
+        super().__init__(parent)
+        self.view = view
+        self.tools = tool_state  # object with .tool, .value, .radius, .protect
+        self.geometry_: ViewGeometry | None = None
+        self.scan: np.ndarray | None = None
+        self.labelmap: LabelMap | None = None
+        self.index = 0
+        self.outline = False
+        self._overlay_buf: np.ndarray | None = None
+        self._stroking = False
+        self.setFrameShape(QtWidgets.QFrame.StyledPanel)
+        self.setFocusPolicy(QtCore.Qt.StrongFocus)
+        self.setMouseTracking(True)
+
+        self.title = QtWidgets.QLabel(view.capitalize())
+        self.title.setObjectName(f"title_{view}")
+        f = self.title.font()
+        f.setBold(True)
+        self.title.setFont(f)
+        self.gv = pg.GraphicsView()
+        self.gv.setBackground("k")
+        self.vb = _ViewBox(self)
+        self.gv.setCentralItem(self.vb)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.overlay = pg.ImageItem(axisOrder="row-major")
+        self.overlay.setZValue(10)
+        self.vb.addItem(self.image)
+        self.vb.addItem(self.overlay)
+        pen = pg.mkPen((255, 255, 0, 110), width=1, style=QtCore.Qt.DashLine)
+        self.hline = pg.InfiniteLine(angle=0, movable=False, pen=pen)
+        self.vline = pg.InfiniteLine(angle=90, movable=False, pen=pen)
+        for ln in (self.hline, self.vline):
+            ln.setZValue(20)
+            self.vb.addItem(ln, ignoreBounds=True)
+        self.brush_cursor = QtWidgets.QGraphicsEllipseItem()
+        self.brush_cursor.setPen(pg.mkPen((255, 255, 255, 220), width=1))
+        self.brush_cursor.setZValue(30)
+        self.brush_cursor.setVisible(False)
+        self.vb.addItem(self.brush_cursor, ignoreBounds=True)
+
+        self.slider = QtWidgets.QSlider(QtCore.Qt.Horizontal)
+        self.slider.setObjectName(f"slider_{view}")
+        self.slider.valueChanged.connect(self.set_slice)
+
+        self.edge_labels = {}
+        for edge in ("left", "right", "top", "bottom"):
+            lab = QtWidgets.QLabel("", self.gv)
+            lab.setStyleSheet("color: #ffd24d; font-weight: bold; background: transparent;")
+            lab.setAttribute(QtCore.Qt.WA_TransparentForMouseEvents)
+            self.edge_labels[edge] = lab
+
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(2, 2, 2, 2)
+        lay.setSpacing(2)
+        lay.addWidget(self.title)
+        lay.addWidget(self.gv, 1)
+        lay.addWidget(self.slider)
+        self.gv.installEventFilter(self)
+
+    # ------------------------------------------------------------------ data
+    def set_volume(self, scan: np.ndarray, affine: np.ndarray) -> None:
+        self.scan = scan
+        self.geometry_ = ViewGeometry.for_view(self.view, affine, scan.shape)
+        g = self.geometry_
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, g.n_slices - 1)
+        self.slider.blockSignals(False)
+        nr, nc = g.display_shape
+        self._rect = QtCore.QRectF(0, 0, nc * g.col_spacing, nr * g.row_spacing)
+        for edge, lab in self.edge_labels.items():
+            lab.setText(g.edges[edge])
+            lab.adjustSize()
+        self._place_edge_labels()
+        self.index = -1
+        self.set_slice(g.n_slices // 2)
+        self.vb.autoRange(padding=0.02)
+
+    def set_labelmap(self, lm: LabelMap | None) -> None:
+        self.labelmap = lm
+        self.redraw_overlay()
+
+    def set_levels(self, lo: float, hi: float) -> None:
+        self.image.setLevels((lo, hi))
+
+    def set_overlay_style(self, opacity: float, visible: bool, outline: bool) -> None:
+        self.overlay.setOpacity(opacity)
+        self.overlay.setVisible(visible)
+        if outline != self.outline:
+            self.outline = outline
+            self.redraw_overlay()
+
+    def set_lut(self, lut: np.ndarray) -> None:
+        self.overlay.setLookupTable(lut)
+        self.overlay.setLevels((0, 255))
+
+    # ------------------------------------------------------------------ slices
+    def set_slice(self, k: int) -> None:
+        if self.geometry_ is None:
+            return
+        k = int(np.clip(k, 0, self.geometry_.n_slices - 1))
+        if k == self.index:
+            return
+        self.index = k
+        self.slider.blockSignals(True)
+        self.slider.setValue(k)
+        self.slider.blockSignals(False)
+        self.image.setImage(self.geometry_.display(self.scan, k), autoLevels=False)
+        self.image.setRect(self._rect)
+        self.redraw_overlay()
+        self._update_title()
+        self.sliceChanged.emit(k)
+
+    def step_slice(self, delta: int) -> None:
+        self.set_slice(self.index + delta)
+
+    def _update_title(self) -> None:
+        g = self.geometry_
+        self.title.setText(f"{self.view.capitalize()}   slice {self.index + 1} / {g.n_slices}"
+                           f"   (index {self.index})")
+
+    def redraw_overlay(self) -> None:
+        if self.geometry_ is None or self.labelmap is None:
+            self.overlay.clear()
+            self._overlay_buf = None
+            return
+        disp = self.geometry_.display(self.labelmap.labels, self.index)
+        self._overlay_buf = outline_of(disp) if self.outline else np.array(disp, dtype=np.uint8, copy=True)
+        self.overlay.setImage(self._overlay_buf, autoLevels=False, levels=(0, 255))
+        self.overlay.setRect(self._rect)
+
+    def labels_changed(self, box) -> None:
+        """Label map listener: redraw only the part of the overlay inside `box`."""
+        g = self.geometry_
+        if g is None or self._overlay_buf is None or self.labelmap is None:
+            return
+        b = box[g.axis]
+        if not (b.start <= self.index < b.stop):
+            return
+        if self.outline:
+            self.redraw_overlay()
+            return
+        rs, cs = g.display_box(box)
+        disp = g.display(self.labelmap.labels, self.index)
+        self._overlay_buf[rs, cs] = disp[rs, cs]
+        self.overlay.updateImage()
+
+    # ------------------------------------------------------------------ cursor & mouse
+    def set_cursor_voxel(self, voxel) -> None:
+        g = self.geometry_
+        if g is None or voxel is None:
+            return
+        nr, nc = g.display_shape
+        r = voxel[g.row_axis]
+        c = voxel[g.col_axis]
+        r = (nr - 1 - r) if g.row_flip else r
+        c = (nc - 1 - c) if g.col_flip else c
+        self.hline.setPos((r + 0.5) * g.row_spacing)
+        self.vline.setPos((c + 0.5) * g.col_spacing)
+
+    def _display_point(self, scene_pos) -> tuple[float, float] | None:
+        if self.geometry_ is None:
+            return None
+        p = self.vb.mapSceneToView(scene_pos)
+        g = self.geometry_
+        return p.y() / g.row_spacing, p.x() / g.col_spacing
+
+    def hover_at(self, pos) -> None:
+        if pos is None or self.geometry_ is None:
+            self.brush_cursor.setVisible(False)
+            self.cursorMoved.emit(None)
+            return
+        p = self.vb.mapToView(pos)
+        g = self.geometry_
+        row, col = p.y() / g.row_spacing, p.x() / g.col_spacing
+        self.cursorMoved.emit(g.voxel_at(row, col, self.index))
+        self.activated.emit(self)
+        if self.tools.tool in PAINT_TOOLS:
+            r = self.tools.radius
+            self.brush_cursor.setRect(QtCore.QRectF((col - r) * g.col_spacing, (row - r) * g.row_spacing,
+                                                    2 * r * g.col_spacing, 2 * r * g.row_spacing))
+            self.brush_cursor.setVisible(True)
+        else:
+            self.brush_cursor.setVisible(False)
+
+    def _paint_value(self) -> int:
+        return 0 if self.tools.tool == "eraser" else int(self.tools.value)
+
+    def handle_left_drag(self, ev) -> bool:
+        if self.tools.tool not in PAINT_TOOLS or self.labelmap is None:
+            return False
+        ev.accept()
+        pt = self._display_point(ev.scenePos())
+        if ev.isStart():
+            start = self._display_point(ev.buttonDownScenePos())
+            self._begin_stroke()
+            self._stroke_to(start)
+        if self._stroking:
+            self._stroke_to(pt)
+            if ev.isFinish():
+                self._end_stroke()
+        return True
+
+    def handle_left_click(self, ev) -> None:
+        pt = self._display_point(ev.scenePos())
+        if pt is None:
+            return
+        tool = self.tools.tool
+        if tool in PAINT_TOOLS and self.labelmap is not None:
+            self._begin_stroke()
+            self._stroke_to(pt)
+            self._end_stroke()
+        elif tool == "fill" and self.labelmap is not None:
+            vox = self.geometry_.voxel_at(pt[0], pt[1], self.index)
+            if vox is None:
+                return
+            seed = tuple(v for a, v in enumerate(vox) if a != self.geometry_.axis)
+            atom = self.labelmap.fill(self.geometry_.axis, self.index, seed, int(self.tools.value),
+                                      self.tools.protect)
+            self.editFinished.emit(atom)
+        else:
+            vox = self.geometry_.voxel_at(pt[0], pt[1], self.index)
+            if vox is not None:
+                self.cursorSet.emit(vox)
+
+    def _begin_stroke(self) -> None:
+        value = self._paint_value()
+        self.labelmap.begin_stroke(self.geometry_.axis, self.index, value,
+                                   "erase" if self.tools.tool == "eraser" else "stroke")
+        self._stroking = True
+
+    def _stroke_to(self, pt) -> None:
+        if pt is None:
+            return
+        i, j = self.geometry_.slice_point(pt[0], pt[1])
+        self.labelmap.stroke_to((i, j), self.tools.radius, self.tools.protect)
+
+    def _end_stroke(self) -> None:
+        self._stroking = False
+        atom = self.labelmap.end_stroke()
+        self.editFinished.emit(atom)
+
+    # ------------------------------------------------------------------ keys & layout
+    def keyPressEvent(self, ev: QtGui.QKeyEvent) -> None:
+        key = ev.key()
+        if key in (QtCore.Qt.Key_Up, QtCore.Qt.Key_Right):
+            self.step_slice(1)
+        elif key in (QtCore.Qt.Key_Down, QtCore.Qt.Key_Left):
+            self.step_slice(-1)
+        elif key == QtCore.Qt.Key_PageUp:
+            self.step_slice(10)
+        elif key == QtCore.Qt.Key_PageDown:
+            self.step_slice(-10)
+        elif key == QtCore.Qt.Key_Home:
+            self.set_slice(0)
+        elif key == QtCore.Qt.Key_End:
+            self.set_slice(10**9)
+        else:
+            super().keyPressEvent(ev)
+
+    def eventFilter(self, obj, ev):
+        if obj is self.gv and ev.type() == QtCore.QEvent.Resize:
+            self._place_edge_labels()
+        return super().eventFilter(obj, ev)
+
+    def _place_edge_labels(self) -> None:
+        w, h = self.gv.width(), self.gv.height()
+        L = self.edge_labels
+        L["left"].move(4, h // 2 - L["left"].height() // 2)
+        L["right"].move(w - L["right"].width() - 4, h // 2 - L["right"].height() // 2)
+        L["top"].move(w // 2 - L["top"].width() // 2, 2)
+        L["bottom"].move(w // 2 - L["bottom"].width() // 2, h - L["bottom"].height() - 2)
+
+    def reset_zoom(self) -> None:
+        self.vb.autoRange(padding=0.02)
