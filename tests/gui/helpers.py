@@ -1,6 +1,8 @@
 """Drive SliceView with real Qt mouse events (QTest.mouseMove cannot carry a held button)."""
 from PyQt5 import QtCore, QtGui, QtWidgets
 
+MOVE_INTERVAL_MS = 25
+
 
 def widget_pos(view, row: float, col: float) -> QtCore.QPoint:
     """Viewport position of display pixel centre (row, col) of a SliceView."""
@@ -21,6 +23,7 @@ def drag(qtbot, view, points, button=QtCore.Qt.LeftButton, modifiers=QtCore.Qt.N
     _send(vp, QtCore.QEvent.MouseMove, pos[0], QtCore.Qt.NoButton, QtCore.Qt.NoButton, modifiers)
     _send(vp, QtCore.QEvent.MouseButtonPress, pos[0], button, button, modifiers)
     for p in pos[1:]:
+        qtbot.wait(MOVE_INTERVAL_MS)  # pyqtgraph drops moves closer than its rate limit
         _send(vp, QtCore.QEvent.MouseMove, p, QtCore.Qt.NoButton, button, modifiers)
     _send(vp, QtCore.QEvent.MouseButtonRelease, pos[-1], button, QtCore.Qt.NoButton, modifiers)
     qtbot.wait(10)

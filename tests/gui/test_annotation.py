@@ -1,0 +1,117 @@
+"""Correcting labels with the real widgets: brush strokes, eraser, fill, protection, undo/redo,
+the unsaved marker, saving and exporting masks that nibabel reads back with the scan's affine."""
+import nibabel as nib
+import numpy as np
+from PyQt5 import QtCore
+
+from tests.gui.helpers import click, drag
+
+
+def _open(window, small_scan):
+    scan, labels, lab = small_scan
+    window.open_scan(scan)
+    window.open_labels(labels)
+    return window.views["axial"], lab
+
+
+def test_brush_stroke_undo_redo(window, small_scan, qtbot):
+    ax, lab = _open(window, small_scan)
+    window.actions["tool_brush"].trigger()
+    window.actions["class_1"].trigger()
+    window.tool_panel.size_spin.setValue(3)
+    k = ax.index
+    before = window.labelmap.labels.copy()
+    drag(qtbot, ax, [(10, 10), (10, 40), (30, 40)])  # two long segments: no gaps allowed
+    after = window.labelmap.labels
+    changed = np.argwhere(after != before)
+    assert changed.size and (changed[:, 2] == k).all(), "only the shown slice changes"
+    disp = ax.geometry_.display(after, k)
+    assert (disp[10, 10:41] == 1).all() and (disp[10:31, 40] == 1).all()
+    assert window.labelmap.undo_steps == 1, "a whole stroke is one undo step"
+    assert window.isWindowModified() and "1 edit" in window.edit_label.text()
+    # the overlay shows the stroke
+    assert ax._overlay_buf[10, 25] == 1
+    window.actions["undo"].trigger()
+    np.testing.assert_array_equal(window.labelmap.labels, before)
+    assert ax._overlay_buf[10, 25] == ax.geometry_.display(before, k)[10, 25]
+    window.actions["redo"].trigger()
+    assert (ax.geometry_.display(window.labelmap.labels, k)[10, 10:41] == 1).all()
+
+
+def test_keyboard_shortcuts_pick_tool_and_class(window, small_scan, qtbot):
+    _open(window, small_scan)
+    qtbot.keyClick(window, QtCore.Qt.Key_B)
+    qtbot.keyClick(window, QtCore.Qt.Key_3)
+    assert window.tool_state.tool == "brush" and window.tool_state.value == 3
+    qtbot.keyClick(window, QtCore.Qt.Key_BracketRight)
+    assert window.tool_panel.size_spin.value() == 7
+    qtbot.keyClick(window, QtCore.Qt.Key_E)
+    assert window.tool_state.tool == "eraser"
+
+
+def test_eraser_and_protected_painting(window, small_scan, qtbot):
+    ax, lab = _open(window, small_scan)
+    k = ax.index
+    g = ax.geometry_
+    window.tool_panel.size_spin.setValue(60)
+    window.actions["tool_brush"].trigger()
+    window.actions["class_1"].trigger()
+    window.tool_panel.protect_combo.setCurrentIndex(window.tool_panel.protect_combo.findData(3))  # only WM
+    before = g.display(window.labelmap.labels, k).copy()
+    click(qtbot, ax, 28, 24)
+    after = g.display(window.labelmap.labels, k)
+    assert (after[before == 3] == 1).any(), "white matter under the brush became CSF"
+    assert (after[before != 3] == before[before != 3]).all(), "other classes untouched"
+    window.tool_panel.protect_combo.setCurrentIndex(0)
+    window.actions["tool_eraser"].trigger()
+    window.tool_panel.size_spin.setValue(4)
+    click(qtbot, ax, 28, 24)
+    assert g.display(window.labelmap.labels, k)[28, 24] == 0
+
+
+def test_fill_and_click_that_changes_nothing(window, small_scan, qtbot):
+    ax, lab = _open(window, small_scan)
+    k, g = ax.index, ax.geometry_
+    window.actions["tool_fill"].trigger()
+    window.actions["class_2"].trigger()
+    disp = g.display(window.labelmap.labels, k)
+    r, c = np.argwhere(disp == 3)[0]
+    click(qtbot, ax, r, c)
+    after = g.display(window.labelmap.labels, k)
+    assert (after[disp == 3] == 2).all() and window.labelmap.undo_steps == 1
+    click(qtbot, ax, r, c)  # same class already: nothing changes, no step
+    assert window.labelmap.undo_steps == 1
+
+
+def test_save_and_export_read_back_with_scan_affine(window, small_scan, qtbot, tmp_path, dialogs):
+    ax, lab = _open(window, small_scan)
+    window.actions["tool_brush"].trigger()
+    window.actions["class_1"].trigger()
+    drag(qtbot, ax, [(5, 5), (5, 20)])
+    for name in ("mask.nii.gz", "mask_fseg.hdr"):
+        dialogs.save_path = str(tmp_path / name)
+        window.actions["save_labels_as"].trigger()
+        img = nib.load(str(tmp_path / name))
+        np.testing.assert_allclose(img.affine, window.scan.affine, atol=1e-5)
+        data = np.asanyarray(img.dataobj)
+        assert data.dtype == np.uint8
+        np.testing.assert_array_equal(data.reshape(window.scan.shape), window.labelmap.labels)
+    assert not window.isWindowModified()
+    assert nib.load(str(tmp_path / "mask_fseg.hdr")).shape == window.scan.shape + (1,), "4-D singleton like OASIS"
+    dialogs.directory = str(tmp_path / "png")
+    window.actions["export_png"].trigger()
+    import imageio.v2 as imageio
+
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == window.scan.shape[2]
+    np.testing.assert_array_equal(imageio.imread(pngs[ax.index]), window.labelmap.labels[:, :, ax.index])
+
+
+def test_quit_with_unsaved_edits_asks(window, small_scan, qtbot, dialogs):
+    ax, _ = _open(window, small_scan)
+    window.actions["tool_brush"].trigger()
+    click(qtbot, ax, 20, 20)
+    dialogs.save_discard = "cancel"
+    assert not window.close()
+    assert dialogs.questions and "unsaved" in dialogs.questions[-1]
+    assert window.isVisible()
