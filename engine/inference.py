@@ -21,7 +21,7 @@ import numpy as np
 
 from .mx_env import default_context, get_mx
 from .preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
-from .training import CancelToken, Cancelled
+from .training import Cancelled, CancelToken
 from .weights import ModelInfo, read_model_dir, shipped_model_dir
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def load_network(model_dir: str | Path, ctx=None):
     """Build the network described by a model directory and load its parameters."""
     from .models import get_model
 
-    mx = get_mx()
+    get_mx()
     info = read_model_dir(model_dir)
     net = get_model(info.arch, **info.arch_kwargs)
     ctx = ctx or default_context()

@@ -51,7 +51,6 @@ class FitConfig:
     dice_weight: float = 1.0
     max_seconds: float | None = None
     log_every: int = 20
-    train_prefixes: tuple[str, ...] | None = None  # only parameters whose name contains one of these
 
 
 @dataclass
@@ -100,12 +99,8 @@ def cosine_lr(step: int, cfg: FitConfig) -> float:
 
 def make_trainer(net, cfg: FitConfig, kvstore="device"):
     mx = get_mx()
-    params = net.collect_params()
-    if cfg.train_prefixes:
-        for name, p in params.items():
-            if not any(s in name for s in cfg.train_prefixes):
-                p.grad_req = "null"
-        params = {n: p for n, p in params.items() if p.grad_req != "null"}
+    # Frozen parameters (grad_req "null", e.g. the encoder in decoder-only fine-tuning) are left out.
+    params = {n: p for n, p in net.collect_params().items() if p.grad_req != "null"}
     return mx.gluon.Trainer(params, "adam", {"learning_rate": cfg.lr, "beta1": 0.9, "beta2": 0.99},
                             kvstore=kvstore)
 

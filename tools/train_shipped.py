@@ -88,9 +88,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     configure_threads()
-    mx = get_mx()
+    get_mx()
     from engine.augment import AugmentConfig
-    from engine.inference import Segmenter, SegmentConfig
+    from engine.inference import SegmentConfig, Segmenter
     from engine.metrics import dice_scores, mean_tissue_dice
     from engine.models import count_parameters, get_model
     from engine.training import FitConfig, fit, init_network, make_trainer

@@ -115,8 +115,8 @@ def test_corrupt_weights_are_refused(tmp_path):
 
 
 def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
-    from engine.inference import Segmenter, SegmentConfig
-    from engine.training import CancelToken, Cancelled
+    from engine.inference import SegmentConfig, Segmenter
+    from engine.training import Cancelled, CancelToken
 
     vol = np.zeros((40, 52, 7), np.float32)
     vol[8:30, 10:40, 1:6] = 300.0  # int16-like scale: normalisation must not care
@@ -133,7 +133,7 @@ def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
 
 
 def test_cropping_to_foreground_matches_full_slices(tiny_model_dir):
-    from engine.inference import Segmenter, SegmentConfig
+    from engine.inference import SegmentConfig, Segmenter
 
     rng = np.random.default_rng(3)
     vol = np.zeros((64, 72, 3), np.float32)

@@ -71,7 +71,6 @@ def small_scan(tmp_path):
     lab[r < 0.85] = 2
     lab[r < 0.6] = 3
     img = np.choose(lab, [0, 60, 120, 200]).astype(">i2")
-    aff = np.diag([-1.0, 1.0, 1.2, 1.0])
     hdr = nib.AnalyzeHeader(endianness=">")
     hdr.set_data_dtype(">i2")
     hdr.set_data_shape(shape + (1,))

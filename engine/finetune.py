@@ -1,0 +1,312 @@
+"""Fine-tuning on the slices the user corrected, and the versioned model store.
+
+A fine-tune loads the active version (parameters are never changed in place), holds back part of
+the corrected slices for validation, reports Dice per class and the confusion matrix on them
+before and after, and writes a *new* version directory: parameters, those stats, the parent
+version, which scan and slices it learned from, the settings and the time. Cancelling leaves no
+version behind and the active model untouched.
+
+Versions live in <data dir>/models/<arch>/<version>/; `ModelStore` lists them, remembers which
+one is active per architecture, compares two and rolls back. Nothing is ever overwritten.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .augment import AugmentConfig, augment_pair
+from .metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
+from .mx_env import get_mx
+from .paths import data_dir
+from .preprocess import SlicePadding, normalisation_scale, normalise
+from .training import Cancelled, CancelToken, FitConfig, FitProgress, fit
+from .volume import atomic_write
+from .weights import ModelInfo, WeightsError, read_model_dir, shipped_model_dir, write_model_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 30
+    lr: float = 3e-4
+    batch_size: int = 4
+    augment: bool = True
+    layers: str = "all"  # all | decoder
+    val_fraction: float = 0.2
+    steps_per_epoch: int | None = None  # default: enough to see each training slice ~2x (augmented)
+    seed: int = 1984
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    loss: float
+    val_dice: dict
+    elapsed_s: float
+    eta_s: float
+
+
+@dataclass
+class FinetuneResult:
+    version_dir: Path
+    before: dict  # {"dice": ..., "confusion_matrix": ...}
+    after: dict
+    train_slices: list[int]
+    val_slices: list[int]
+    seconds: float
+
+
+def split_slices(slices: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold back about val_fraction of the slices (at least one when there are two or more)."""
+    s = sorted(set(int(k) for k in slices))
+    if len(s) < 2:
+        return s, []
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(s))
+    n_val = max(1, int(round(len(s) * val_fraction)))
+    val = sorted(s[i] for i in order[:n_val])
+    train = sorted(s[i] for i in order[n_val:])
+    return train, val
+
+
+def evaluate_slices(net, multiple: int, images: np.ndarray, labels: np.ndarray, batch: int = 8) -> dict:
+    """Dice per class and confusion matrix of net on normalised slices (N,H,W) vs labels (N,H,W)."""
+    mx = get_mx()
+    if len(images) == 0:
+        return {"dice": {}, "confusion_matrix": None, "mean_tissue_dice": None}
+    pad = SlicePadding.for_shape(images.shape[1:], multiple)
+    preds = []
+    for i in range(0, len(images), batch):
+        x = mx.nd.array(pad.pad(images[i:i + batch])[:, None])
+        with mx.autograd.predict_mode():
+            preds.append(pad.unpad(mx.nd.argmax(net(x), axis=1).asnumpy().astype(np.uint8)))
+    cm = confusion_matrix(labels, np.concatenate(preds))
+    dice = dice_from_confusion(cm)
+    return {"dice": dice, "confusion_matrix": cm.tolist(), "mean_tissue_dice": mean_tissue_dice(dice)}
+
+
+def decoder_blocks(net) -> list:
+    """The decoder half of each network (trained alone in "decoder only" mode)."""
+    if type(net).__name__ == "UNet":
+        return [net.up, net.merge, net.head]
+    return [net.b40, net.stage4, net.b50, net.stage5, net.fullconv]
+
+
+def freeze_encoder(net) -> None:
+    keep = {id(p) for b in decoder_blocks(net) for p in b.collect_params().values()}
+    for p in net.collect_params().values():
+        if id(p) not in keep:
+            p.grad_req = "null"
+
+
+def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir: str | os.PathLike,
+             out_dir: str | os.PathLike, config: FinetuneConfig | None = None,
+             on_progress: Callable[[FitProgress], None] | None = None,
+             on_epoch: Callable[[EpochReport], None] | None = None,
+             cancel: CancelToken | None = None, scan_name: str = "", version: str | None = None) -> FinetuneResult:
+    """Fine-tune the model in parent_dir on axial `slices` of (scan, labels); write a new version
+    to out_dir. Raises Cancelled (nothing written) or ValueError for unusable input."""
+    from .inference import load_network
+
+    cfg = config or FinetuneConfig()
+    mx = get_mx()
+    t0 = time.time()
+    if scan.shape != labels.shape:
+        raise ValueError(f"scan {scan.shape} and labels {labels.shape} differ in shape")
+    slices = [int(k) for k in slices if 0 <= int(k) < scan.shape[2]]
+    if not slices:
+        raise ValueError("no corrected slices to learn from")
+    train_s, val_s = split_slices(slices, cfg.val_fraction, cfg.seed)
+    if not train_s:
+        train_s, val_s = val_s, []
+    net, parent = load_network(parent_dir, mx.cpu())
+    net.hybridize(static_alloc=True)
+    multiple = int(net.multiple)
+    norm = normalise(scan, normalisation_scale(scan))
+    pad = SlicePadding.for_shape(scan.shape[:2], multiple)
+    tr_img = np.moveaxis(norm[:, :, train_s], 2, 0)
+    tr_lab = np.moveaxis(labels[:, :, train_s], 2, 0).astype(np.uint8)
+    va_img = np.moveaxis(norm[:, :, val_s], 2, 0) if val_s else np.zeros((0,) + scan.shape[:2], np.float32)
+    va_lab = np.moveaxis(labels[:, :, val_s], 2, 0).astype(np.uint8) if val_s else np.zeros((0,) + scan.shape[:2], np.uint8)
+    before = evaluate_slices(net, multiple, va_img, va_lab)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, int(np.ceil(2 * len(train_s) / cfg.batch_size)))
+    total = steps_per_epoch * cfg.epochs
+    fit_cfg = FitConfig(steps=total, batch_size=cfg.batch_size, lr=cfg.lr, lr_min=cfg.lr * 0.05,
+                        log_every=max(1, steps_per_epoch // 2))
+    if cfg.layers == "decoder":
+        freeze_encoder(net)
+    aug = AugmentConfig(rotate_deg=8, scale=(0.92, 1.08), elastic_alpha_px=3, p_noise=0.3, p_bias=0.5,
+                        gamma=(0.85, 1.2), p_blur=0.15, p_sharpen=0.05)
+    rng = np.random.default_rng(cfg.seed)
+
+    def batches():
+        while True:
+            idx = rng.integers(0, len(train_s), size=cfg.batch_size)
+            xs, ys = [], []
+            for i in idx:
+                img, lab = tr_img[i], tr_lab[i]
+                if cfg.augment:
+                    img, lab = augment_pair(img, lab, rng, aug)
+                xs.append(img)
+                ys.append(lab)
+            yield pad.pad(np.stack(xs))[:, None], _pad_labels(pad, np.stack(ys))
+
+    history = []
+    state = {"epoch": 0}
+
+    def progress(p: FitProgress):
+        if on_progress:
+            on_progress(p)
+
+    def epoch_end(step: int):
+        state["epoch"] = step // steps_per_epoch
+        ev = evaluate_slices(net, multiple, va_img, va_lab) if val_s else {"dice": {}}
+        elapsed = time.time() - t0
+        rep = EpochReport(state["epoch"], cfg.epochs, float("nan"), ev["dice"], elapsed,
+                          elapsed / max(step, 1) * (total - step))
+        history.append({"epoch": rep.epoch, "val_dice": ev["dice"], "elapsed_s": round(elapsed, 2)})
+        if on_epoch:
+            on_epoch(rep)
+
+    last = {"loss": float("nan")}
+
+    def progress_and_loss(p: FitProgress):
+        last["loss"] = p.loss
+        progress(p)
+
+    fit(net, batches(), fit_cfg, on_progress=progress_and_loss, cancel=cancel,
+        on_checkpoint=epoch_end, checkpoint_every=steps_per_epoch)
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled()
+    after = evaluate_slices(net, multiple, va_img, va_lab)
+    out = Path(out_dir)
+    record = {
+        "version": version or out.name,
+        "parent": parent.version,
+        "parent_dir": str(parent.directory),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "scan": scan_name,
+        "train_slices": train_s,
+        "val_slices": val_s,
+        "settings": asdict(cfg),
+        "before": before,
+        "after": after,
+        "history": history,
+        "seconds": round(time.time() - t0, 2),
+    }
+    write_model_dir(out, net, parent.arch, parent.arch_kwargs, **record)
+    log.info("fine-tuned %s -> %s in %.1f s: val mean Dice %s -> %s", parent.version, out,
+             time.time() - t0, before.get("mean_tissue_dice"), after.get("mean_tissue_dice"))
+    return FinetuneResult(out, before, after, train_s, val_s, time.time() - t0)
+
+
+def _pad_labels(pad: SlicePadding, labels: np.ndarray) -> np.ndarray:
+    oy, ox = pad.offsets()
+    out = np.zeros((labels.shape[0],) + pad.padded, dtype=np.uint8)
+    out[:, oy:oy + pad.shape[0], ox:ox + pad.shape[1]] = labels
+    return out
+
+
+# ============================================================================ version store
+@dataclass
+class VersionEntry:
+    version: str
+    arch: str
+    directory: Path
+    parent: str | None
+    created: str
+    after: dict = field(default_factory=dict)
+    shipped: bool = False
+
+
+class ModelStore:
+    """Model versions per architecture: the shipped one plus every fine-tune, and which is active."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else data_dir() / "models"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _state_path(self) -> Path:
+        return self.root / "active.json"
+
+    def _state(self) -> dict:
+        try:
+            return json.loads(self._state_path().read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def versions(self, arch: str) -> list[VersionEntry]:
+        out = []
+        ship = shipped_model_dir(arch)
+        if (ship / "model.json").exists():
+            meta = json.loads((ship / "model.json").read_text(encoding="utf-8"))
+            out.append(VersionEntry(meta.get("version", "shipped"), arch, ship, None,
+                                    meta.get("training", {}).get("trained_at", ""), {}, shipped=True))
+        d = self.root / arch
+        if d.is_dir():
+            for sub in sorted(d.iterdir()):
+                if (sub / "model.json").exists():
+                    try:
+                        meta = json.loads((sub / "model.json").read_text(encoding="utf-8"))
+                    except ValueError:
+                        continue
+                    out.append(VersionEntry(meta.get("version", sub.name), arch, sub, meta.get("parent"),
+                                            meta.get("created", ""), meta.get("after", {})))
+        return out
+
+    def new_version_dir(self, arch: str) -> tuple[str, Path]:
+        d = self.root / arch
+        d.mkdir(parents=True, exist_ok=True)
+        n = 1 + max([int(p.name.split("-v")[-1]) for p in d.glob(f"{arch}-v*") if p.name.split("-v")[-1].isdigit()],
+                    default=0)
+        name = f"{arch}-v{n:03d}"
+        return name, d / name
+
+    def active_dir(self, arch: str) -> Path:
+        path = self._state().get(arch)
+        if path and (Path(path) / "model.json").exists():
+            return Path(path)
+        return shipped_model_dir(arch)
+
+    def activate(self, arch: str, directory: str | os.PathLike) -> None:
+        read_model_dir(directory)  # refuse a broken version
+        state = self._state()
+        history = state.setdefault("history", {}).setdefault(arch, [])
+        prev = state.get(arch)
+        if prev and prev != str(directory):
+            history.append(prev)
+        state[arch] = str(directory)
+        atomic_write(self._state_path(), lambda tmp: tmp.write_text(json.dumps(state, indent=2), encoding="utf-8"))
+
+    def rollback(self, arch: str) -> Path:
+        """Make the previously active version active again; returns it."""
+        state = self._state()
+        history = state.get("history", {}).get(arch, [])
+        if not history:
+            raise WeightsError(f"no earlier {arch} version to roll back to")
+        prev = history.pop()
+        state[arch] = prev
+        atomic_write(self._state_path(), lambda tmp: tmp.write_text(json.dumps(state, indent=2), encoding="utf-8"))
+        return Path(prev)
+
+    @staticmethod
+    def compare(a: str | os.PathLike, b: str | os.PathLike) -> dict:
+        """Stats of two versions side by side (Dice after fine-tuning, parents, slices)."""
+        out = {}
+        for key, d in (("a", a), ("b", b)):
+            info: ModelInfo = read_model_dir(d, verify=False)
+            m = info.meta
+            out[key] = {"version": info.version, "parent": m.get("parent"), "created": m.get("created"),
+                        "dice": (m.get("after") or {}).get("dice") or
+                        (m.get("training", {}).get("validation_on_held_out_slab", {}).get("clean")),
+                        "train_slices": m.get("train_slices"), "scan": m.get("scan")}
+        return out

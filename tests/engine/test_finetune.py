@@ -1,0 +1,82 @@
+"""Fine-tuning writes a new version with Dice and a confusion matrix; cancel writes nothing;
+the store activates, compares and rolls back versions."""
+import json
+
+import numpy as np
+import pytest
+
+from engine.finetune import FinetuneConfig, ModelStore, finetune, split_slices
+from engine.training import Cancelled, CancelToken
+
+
+def _volume():
+    shape = (40, 48, 12)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(x**2 + y**2)
+    lab = np.zeros(shape, np.uint8)
+    lab[r < 0.9] = 1
+    lab[r < 0.75] = 2
+    lab[r < 0.45] = 3
+    scan = np.choose(lab, [0, 40, 110, 170]).astype(np.float32)
+    return scan, lab
+
+
+def test_split_holds_back_validation_slices():
+    tr, va = split_slices(list(range(10)), 0.2, 1)
+    assert len(va) == 2 and not set(tr) & set(va) and sorted(tr + va) == list(range(10))
+    assert split_slices([4], 0.2, 1) == ([4], [])
+
+
+def test_finetune_writes_new_version_with_stats(tiny_model_dir, tmp_path):
+    scan, lab = _volume()
+    epochs = []
+    res = finetune(scan, lab, [2, 4, 6, 8, 10], tiny_model_dir, tmp_path / "v1",
+                   FinetuneConfig(epochs=2, batch_size=2, steps_per_epoch=2), on_epoch=epochs.append,
+                   scan_name="synthetic")
+    meta = json.loads((tmp_path / "v1" / "model.json").read_text())
+    assert meta["parent"] == "tiny-test" and meta["scan"] == "synthetic"
+    assert len(meta["after"]["confusion_matrix"]) == 4 and "gm" in meta["after"]["dice"]
+    assert meta["before"]["confusion_matrix"] is not None
+    assert sorted(meta["train_slices"] + meta["val_slices"]) == [2, 4, 6, 8, 10] and res.val_slices
+    assert [e.epoch for e in epochs] == [1, 2]
+    assert (tmp_path / "v1" / "model.params").exists()
+
+
+def test_decoder_only_leaves_encoder_unchanged(tiny_model_dir, tmp_path):
+    from engine.inference import load_network
+
+    scan, lab = _volume()
+    finetune(scan, lab, [3, 5, 7], tiny_model_dir, tmp_path / "dec",
+             FinetuneConfig(epochs=1, batch_size=2, steps_per_epoch=2, layers="decoder"))
+    a, _ = load_network(tiny_model_dir)
+    b, _ = load_network(tmp_path / "dec")
+    pa, pb = a.initial.conv.weight.data().asnumpy(), b.initial.conv.weight.data().asnumpy()
+    np.testing.assert_array_equal(pa, pb)
+    assert not np.allclose(a.fullconv.weight.data().asnumpy(), b.fullconv.weight.data().asnumpy())
+
+
+def test_cancel_writes_nothing(tiny_model_dir, tmp_path):
+    scan, lab = _volume()
+    tok = CancelToken()
+    tok.cancel()
+    with pytest.raises(Cancelled):
+        finetune(scan, lab, [2, 4, 6], tiny_model_dir, tmp_path / "vx", FinetuneConfig(epochs=1), cancel=tok)
+    assert not (tmp_path / "vx").exists()
+
+
+def test_store_activate_compare_rollback(tiny_model_dir, tmp_path):
+    scan, lab = _volume()
+    store = ModelStore(tmp_path / "models")
+    name, d = store.new_version_dir("enet")
+    assert name == "enet-v001"
+    finetune(scan, lab, [2, 4, 6], tiny_model_dir, d, FinetuneConfig(epochs=1, batch_size=2, steps_per_epoch=1),
+             version=name)
+    store.activate("enet", tiny_model_dir)
+    store.activate("enet", d)
+    assert store.active_dir("enet") == d
+    assert store.new_version_dir("enet")[0] == "enet-v002"
+    assert any(v.version == "enet-v001" for v in store.versions("enet"))
+    cmp = store.compare(tiny_model_dir, d)
+    assert cmp["b"]["parent"] == "tiny-test"
+    assert store.rollback("enet") == tiny_model_dir
+    assert store.active_dir("enet") == tiny_model_dir
