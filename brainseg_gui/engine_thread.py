@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from PyQt5 import QtCore
 
-from engine.training import CancelToken, Cancelled
+from engine.training import Cancelled, CancelToken
 
 log = logging.getLogger(__name__)
 

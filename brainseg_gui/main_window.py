@@ -56,6 +56,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self._segment_job: int | None = None
         self._segment_slices = None
 
+        from engine.finetune import ModelStore
+
+        self.model_store = ModelStore()
         self.actions = build_actions(self)
         self.menus = build_menus(self, self.actions)
         self._build_recent_menu()
@@ -66,11 +69,13 @@ class MainWindow(QtWidgets.QMainWindow):
         self._group_actions()
 
         self.engine = EngineThread(self)
+        self._build_training_dock()
         self.engine.progress.connect(self._on_engine_progress)
         self.engine.finished_job.connect(self._on_engine_finished)
         self.engine.failed.connect(self._on_engine_failed)
         self.engine.cancelled.connect(self._on_engine_cancelled)
         self.engine.busy_changed.connect(lambda _b: self.update_state())
+        self.toolbar.addAction(self.actions["training_panel"])
         if start_engine:
             self.engine.start()
 
@@ -146,8 +151,35 @@ class MainWindow(QtWidgets.QMainWindow):
         self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, dock)
         self.tools_dock = dock
 
+    def _build_training_dock(self) -> None:
+        from .training_panel import TrainingPanel
+
+        self.training_panel = TrainingPanel(self)
+        self.training_panel.versionActivated.connect(self._on_version_activated)
+        dock = QtWidgets.QDockWidget("Fine-tune", self)
+        dock.setObjectName("training_dock")
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.training_panel)
+        scroll.setMinimumWidth(380)
+        dock.setWidget(scroll)
+        self.addDockWidget(QtCore.Qt.RightDockWidgetArea, dock)
+        dock.hide()
+        self.training_dock = dock
+        act = dock.toggleViewAction()
+        act.setText("&Fine-tune panel")
+        act.setShortcut("Ctrl+Shift+T")
+        act.setObjectName("action_training_panel")
+        self.actions["training_panel"] = act
+        self.menus["Segment"].addSeparator()
+        self.menus["Segment"].addAction(act)
+
+    def _on_version_activated(self, directory: str) -> None:
+        self._choose_model_reason()
+        self.statusBar().showMessage(f"Model for segmentation: {directory}", 8000)
+
     def _build_toolbar(self) -> None:
-        tb = self.addToolBar("Main")
+        tb = self.toolbar = self.addToolBar("Main")
         tb.setObjectName("main_toolbar")
         for key in ("open_scan", "save_labels", None, "undo", "redo", None, "tool_navigate", "tool_brush",
                     "tool_eraser", "tool_fill", None, "segment", "cancel"):
@@ -234,6 +266,8 @@ class MainWindow(QtWidgets.QMainWindow):
                 f"{'  - unsaved' if dirty else ''}")
         else:
             self.edit_label.setText("")
+        if hasattr(self, "training_panel"):
+            self.training_panel.update_state()
         if has_scan:
             name = self.scan.name
             self.setWindowTitle(f"{name}[*] - BrainSeg")
@@ -480,13 +514,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self._choose_model_reason()
 
     def model_dir(self) -> Path:
-        from engine.weights import shipped_model_dir
-
         arch, _ = self.model_choice()
-        active = self.prefs.active_model_dirs.get(arch)
-        if active and Path(active).is_dir():
-            return Path(active)
-        return shipped_model_dir(arch)
+        return self.model_store.active_dir(arch)
 
     def start_segmentation(self, slices=None) -> int | None:
         if self.scan is None or self.engine.is_busy:
@@ -520,12 +549,16 @@ class MainWindow(QtWidgets.QMainWindow):
         return self._segment_job
 
     def _on_engine_progress(self, job_id: int, name: str, payload) -> None:
-        if name == "segment":
+        if name == "finetune":
+            self.training_panel.on_progress(payload)
+        elif name == "segment":
             done, total = payload
             self.segment_panel.progress.setMaximum(max(total, 1))
             self.segment_panel.progress.setValue(done)
 
     def _on_engine_finished(self, job_id: int, name: str, result) -> None:
+        if name == "finetune":
+            self.training_panel.on_finished(result)
         if name == "segment" and self.scan is not None and result.labels.shape == self.scan.shape:
             lm = self._ensure_labelmap()
             lm.set_prediction(result.labels, slices=self._segment_slices)
@@ -537,11 +570,15 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _on_engine_failed(self, job_id: int, name: str, message: str) -> None:
         self.segment_panel.progress.setVisible(False)
+        if name == "finetune":
+            self.training_panel.on_failed(message)
         dialogs.show_error(self, f"{name.capitalize()} failed", message)
         self.update_state()
 
     def _on_engine_cancelled(self, job_id: int, name: str) -> None:
         self.segment_panel.progress.setVisible(False)
+        if name == "finetune":
+            self.training_panel.on_cancelled()
         self.statusBar().showMessage(f"{name.capitalize()} cancelled; nothing was changed", 8000)
         self.update_state()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from PyQt5 import QtCore
 
@@ -28,7 +28,6 @@ def app_settings() -> QtCore.QSettings:
 class Preferences:
     model: str = "auto"  # auto | unet | enet (remembered override)
     batch_size: int = 8
-    active_model_dirs: dict = field(default_factory=dict)  # arch -> model version directory
 
     @classmethod
     def load(cls) -> "Preferences":

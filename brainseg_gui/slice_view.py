@@ -208,7 +208,7 @@ class SliceView(QtWidgets.QFrame):
                            f"   (index {self.index})")
 
     def redraw_overlay(self) -> None:
-        if self.geometry_ is None or self.labelmap is None:
+        if self.geometry_ is None or self.labelmap is None or self.labelmap.shape != self.geometry_.shape:
             self.overlay.clear()
             self._overlay_buf = None
             return

@@ -82,3 +82,15 @@ def small_scan(tmp_path):
     labels = tmp_path / "small_fseg.nii.gz"
     save_labels(labels, lab, hdr.get_best_affine())
     return scan, labels, lab
+
+
+from tests.engine.conftest import tiny_model_dir  # noqa: E402,F401  (shared session fixture)
+
+
+@pytest.fixture
+def enet_window(window, tiny_model_dir):
+    """The main window with the (untrained, tiny-test) ENet as the active model."""
+    window.segment_panel.model_combo.setCurrentIndex(window.segment_panel.model_combo.findData("enet"))
+    window.model_store.activate("enet", tiny_model_dir)
+    window.training_panel.refresh_versions()
+    return window

@@ -1,0 +1,146 @@
+"""GUI latency benchmark: opening the demo scan, changing slices, brush-stroke redraws, undo memory.
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.gui_bench [--no-append]
+
+Measures (median and 95th percentile over repeats) on this machine:
+- open: from the Open call to the first slice drawn (read + three views + histogram);
+- slice change: set_slice() plus a forced repaint of the view, per redraw;
+- brush: one mouse-move event of a stroke (label write + partial overlay redraw + repaint),
+  on a 176x208 axial slice and on a 512x512 slice;
+- undo memory: history bytes after one stroke on a small and on a large volume (it must grow
+  with the painted area, not with the volume).
+Prints a table and appends it to docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("BRAINSEG_HOME", "/tmp/brainseg-bench-home")
+
+import numpy as np  # noqa: E402
+import pyqtgraph as pg  # noqa: E402
+from PyQt5 import QtWidgets  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pct(xs, q):
+    return float(np.percentile(xs, q))
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args(argv)
+    pg.setConfigOptions(imageAxisOrder="row-major")
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    from brainseg_gui.main_window import MainWindow
+    from engine.labelmap import LabelMap
+    from engine.paths import DEMO_SCAN
+
+    rows = []
+    win = MainWindow(start_engine=False)
+    win.resize(1400, 900)
+    win.show()
+    app.processEvents()
+    # open (first one cold: includes nibabel imports already done by MainWindow import)
+    opens = []
+    for _ in range(5):
+        win.scan = None
+        t = time.perf_counter()
+        win.open_scan(DEMO_SCAN)
+        win.views["axial"].gv.viewport().repaint()
+        app.processEvents()
+        opens.append(time.perf_counter() - t)
+    rows.append(("open demo scan to first slice on screen", statistics.median(opens) * 1000, pct(opens, 95) * 1000, "< 1000 ms"))
+    ax = win.views["axial"]
+    times = []
+    for k in list(range(40, 140)) * 2:
+        t = time.perf_counter()
+        ax.set_slice(k)
+        ax.gv.viewport().repaint()
+        times.append(time.perf_counter() - t)
+    rows.append(("change slice (axial, with overlay off)", statistics.median(times) * 1000, pct(times, 95) * 1000, "< 16 ms"))
+    win.open_labels(ROOT / "resources/demo/demo_t88_masked_gfc_fseg.hdr")
+    times = []
+    for k in list(range(40, 140)) * 2:
+        t = time.perf_counter()
+        ax.set_slice(k)
+        ax.gv.viewport().repaint()
+        times.append(time.perf_counter() - t)
+    rows.append(("change slice (axial, with label overlay)", statistics.median(times) * 1000, pct(times, 95) * 1000, "< 16 ms"))
+
+    def stroke_bench(view, lm, n=150):
+        g = view.geometry_
+        nr, nc = g.display_shape
+        lm.begin_stroke(g.axis, view.index, 1)
+        ts = []
+        for i in range(n):
+            r = nr * 0.2 + (nr * 0.6) * (i / n)
+            c = nc * 0.5 + nc * 0.3 * np.sin(i / 7)
+            t = time.perf_counter()
+            lm.stroke_to(g.slice_point(r, c), 4)
+            view.gv.viewport().repaint()
+            ts.append(time.perf_counter() - t)
+        lm.end_stroke()
+        return ts
+
+    win.tool_state.tool = "brush"
+    ts = stroke_bench(ax, win.labelmap)
+    rows.append(("brush: one mouse event, 176x208 slice", statistics.median(ts) * 1000, pct(ts, 95) * 1000, "<= 16 ms"))
+    # a 512x512 in-plane scan
+    big = np.random.default_rng(0).random((512, 512, 40)).astype(np.float32) * 100
+    from engine.volume import Volume
+
+    win._set_labelmap(None)
+    win.scan = Volume(big, np.diag([-0.5, 0.5, 3.0, 1.0]), Path("/tmp/big.nii"))
+    for v in win.views.values():
+        v.set_volume(big, win.scan.affine)
+    win._set_labelmap(LabelMap(np.zeros(big.shape, np.uint8)))
+    app.processEvents()
+    ts = stroke_bench(win.views["axial"], win.labelmap)
+    rows.append(("brush: one mouse event, 512x512 slice", statistics.median(ts) * 1000, pct(ts, 95) * 1000, "<= 16 ms"))
+    mem = []
+    for shape in ((176, 208, 176), (512, 512, 300)):
+        lm = LabelMap(np.zeros(shape, np.uint8))
+        lm.paint("axial", 10, [(50, 50), (50, 120), (120, 120)], 5, 2)
+        mem.append((shape, lm.history_bytes))
+    win.labelmap.mark_clean()
+    win.close()
+
+    lines = [f"### GUI latency - {time.strftime('%Y-%m-%d %H:%M')} - {cpu_name()}, {os.cpu_count()} cores, "
+             f"Qt offscreen",
+             "", "| measure | median (ms) | p95 (ms) | target |", "|---|---:|---:|---|"]
+    for name, med, p95, target in rows:
+        lines.append(f"| {name} | {med:.2f} | {p95:.2f} | {target} |")
+    lines.append("")
+    lines.append("Undo history after one 3-segment stroke (radius 5): "
+                 + "; ".join(f"volume {'x'.join(map(str, s))}: {b:,} bytes" for s, b in mem)
+                 + " - it grows with the painted area, not with the volume.")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_append:
+        with open(ROOT / "docs" / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Fine-tune panel: settings, progress with time left, live loss and per-epoch validation Dice,
+before/after Dice and confusion matrices, and the list of model versions (activate, compare,
+roll back). Training runs as a job on the engine thread; the GUI thread only draws."""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PyQt5 import QtCore, QtWidgets
+
+from engine.classes import CLASS_KEYS, tissue_classes
+from engine.metrics import row_normalised
+
+from . import dialogs
+
+log = logging.getLogger(__name__)
+
+
+class ConfusionView(pg.PlotWidget):
+    """4x4 confusion matrix heatmap with counts and row-normalised fractions in each cell."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent, background="w")
+        self.setObjectName("confusion_view")
+        self.setMouseEnabled(False, False)
+        self.hideButtons()
+        self.img = pg.ImageItem(axisOrder="row-major")
+        self.img.setLookupTable(pg.colormap.get("viridis").getLookupTable(0, 1, 256))
+        self.addItem(self.img)
+        self.getViewBox().invertY(True)
+        self.getViewBox().setAspectLocked(True)
+        names = [tc.name.replace("Grey matter", "GM").replace("White matter", "WM") for tc in tissue_classes()]
+        ticks = [[(i + 0.5, n) for i, n in enumerate(names)]]
+        self.getAxis("bottom").setTicks(ticks)
+        self.getAxis("left").setTicks(ticks)
+        self.setLabel("bottom", "predicted")
+        self.setLabel("left", "reference")
+        self.texts: list[pg.TextItem] = []
+        self.matrix: np.ndarray | None = None
+
+    def set_matrix(self, cm) -> None:
+        for t in self.texts:
+            self.removeItem(t)
+        self.texts = []
+        if cm is None:
+            self.img.clear()
+            self.matrix = None
+            return
+        cm = np.asarray(cm)
+        self.matrix = cm
+        frac = row_normalised(cm)
+        self.img.setImage(frac, levels=(0, 1))
+        self.img.setRect(QtCore.QRectF(0, 0, cm.shape[1], cm.shape[0]))
+        for r in range(cm.shape[0]):
+            for c in range(cm.shape[1]):
+                color = "k" if frac[r, c] > 0.6 else "w"
+                t = pg.TextItem(f"{cm[r, c]:,}\n{100 * frac[r, c]:.1f}%", color=color, anchor=(0.5, 0.5))
+                t.setPos(c + 0.5, r + 0.5)
+                self.addItem(t)
+                self.texts.append(t)
+
+
+class TrainingPanel(QtWidgets.QWidget):
+    versionActivated = QtCore.pyqtSignal(str)
+    trainingFinished = QtCore.pyqtSignal(object)
+
+    def __init__(self, window, parent=None):
+        super().__init__(parent)
+        self.win = window
+        self.job_id: int | None = None
+        self.result = None
+        lay = QtWidgets.QVBoxLayout(self)
+
+        form_box = QtWidgets.QGroupBox("Fine-tune the active model")
+        form = QtWidgets.QFormLayout(form_box)
+        self.source = QtWidgets.QComboBox()
+        self.source.setObjectName("ft_source")
+        self.source.addItem("Slices I corrected", "corrected")
+        self.source.addItem("All labelled slices", "all")
+        form.addRow("Learn from", self.source)
+        self.epochs = QtWidgets.QSpinBox()
+        self.epochs.setObjectName("ft_epochs")
+        self.epochs.setRange(1, 500)
+        self.epochs.setValue(30)
+        form.addRow("Epochs", self.epochs)
+        self.lr = QtWidgets.QDoubleSpinBox()
+        self.lr.setObjectName("ft_lr")
+        self.lr.setDecimals(5)
+        self.lr.setRange(1e-5, 1e-2)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(3e-4)
+        form.addRow("Learning rate", self.lr)
+        self.batch = QtWidgets.QSpinBox()
+        self.batch.setRange(1, 32)
+        self.batch.setValue(4)
+        form.addRow("Batch size", self.batch)
+        self.augment = QtWidgets.QCheckBox("Augmentation")
+        self.augment.setChecked(True)
+        form.addRow(self.augment)
+        self.layers = QtWidgets.QComboBox()
+        self.layers.setObjectName("ft_layers")
+        self.layers.addItem("All layers", "all")
+        self.layers.addItem("Decoder only (faster)", "decoder")
+        form.addRow("Train", self.layers)
+        self.steps_per_epoch = None  # tests may set a small value
+        row = QtWidgets.QHBoxLayout()
+        self.start_button = QtWidgets.QPushButton("Start fine-tuning")
+        self.start_button.setObjectName("ft_start")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QtWidgets.QPushButton("Cancel")
+        self.cancel_button.setObjectName("ft_cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.start_button)
+        row.addWidget(self.cancel_button)
+        form.addRow(row)
+        self.progress = QtWidgets.QProgressBar()
+        self.progress.setObjectName("ft_progress")
+        form.addRow(self.progress)
+        self.status = QtWidgets.QLabel("")
+        self.status.setObjectName("ft_status")
+        self.status.setWordWrap(True)
+        form.addRow(self.status)
+        lay.addWidget(form_box)
+
+        self.loss_plot = pg.PlotWidget(background="w", title="Training loss")
+        self.loss_plot.setObjectName("ft_loss_plot")
+        self.loss_plot.setLabel("bottom", "step")
+        self.loss_curve = self.loss_plot.plot(pen=pg.mkPen("k", width=1.5))
+        self.dice_plot = pg.PlotWidget(background="w", title="Validation Dice per epoch")
+        self.dice_plot.setObjectName("ft_dice_plot")
+        self.dice_plot.addLegend(offset=(-5, 5))
+        self.dice_plot.setYRange(0, 1)
+        self.dice_curves = {
+            tc.key: self.dice_plot.plot(pen=pg.mkPen(tc.rgb, width=2), symbol="o", symbolSize=5,
+                                        symbolBrush=tc.rgb, name=tc.name)
+            for tc in tissue_classes() if tc.value > 0
+        }
+        for p in (self.loss_plot, self.dice_plot):
+            p.setMinimumHeight(140)
+        lay.addWidget(self.loss_plot)
+        lay.addWidget(self.dice_plot)
+
+        res_box = QtWidgets.QGroupBox("Held-back slices: before / after")
+        rl = QtWidgets.QVBoxLayout(res_box)
+        self.dice_table = QtWidgets.QTableWidget(4, 3)
+        self.dice_table.setObjectName("ft_dice_table")
+        self.dice_table.setHorizontalHeaderLabels(["Class", "Dice before", "Dice after"])
+        self.dice_table.verticalHeader().setVisible(False)
+        self.dice_table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
+        for r, tc in enumerate(tissue_classes()):
+            self.dice_table.setItem(r, 0, QtWidgets.QTableWidgetItem(tc.name))
+        self.dice_table.setMaximumHeight(150)
+        rl.addWidget(self.dice_table)
+        cm_row = QtWidgets.QHBoxLayout()
+        self.cm_choice = QtWidgets.QComboBox()
+        self.cm_choice.addItem("Confusion matrix after", "after")
+        self.cm_choice.addItem("Confusion matrix before", "before")
+        self.cm_choice.currentIndexChanged.connect(self._show_cm)
+        cm_row.addWidget(self.cm_choice)
+        rl.addLayout(cm_row)
+        self.cm_view = ConfusionView()
+        self.cm_view.setMinimumHeight(220)
+        rl.addWidget(self.cm_view)
+        lay.addWidget(res_box)
+
+        ver_box = QtWidgets.QGroupBox("Model versions")
+        vl = QtWidgets.QVBoxLayout(ver_box)
+        self.versions = QtWidgets.QListWidget()
+        self.versions.setObjectName("ft_versions")
+        self.versions.setSelectionMode(QtWidgets.QAbstractItemView.ExtendedSelection)
+        vl.addWidget(self.versions)
+        br = QtWidgets.QHBoxLayout()
+        self.activate_button = QtWidgets.QPushButton("Use selected")
+        self.activate_button.clicked.connect(self.activate_selected)
+        self.compare_button = QtWidgets.QPushButton("Compare two")
+        self.compare_button.clicked.connect(self.compare_selected)
+        self.rollback_button = QtWidgets.QPushButton("Roll back")
+        self.rollback_button.clicked.connect(self.rollback)
+        for b in (self.activate_button, self.compare_button, self.rollback_button):
+            br.addWidget(b)
+        vl.addLayout(br)
+        self.compare_label = QtWidgets.QLabel("")
+        self.compare_label.setObjectName("ft_compare")
+        self.compare_label.setWordWrap(True)
+        vl.addWidget(self.compare_label)
+        lay.addWidget(ver_box)
+        lay.addStretch(1)
+        self._losses: list[tuple[int, float]] = []
+        self._epochs: list = []
+        self.refresh_versions()
+        self.update_state()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def store(self):
+        return self.win.model_store
+
+    def arch(self) -> str:
+        return self.win.model_choice()[0]
+
+    def slices_to_learn(self) -> list[int]:
+        lm = self.win.labelmap
+        if lm is None:
+            return []
+        if self.source.currentData() == "all":
+            return [int(k) for k in np.where(lm.labels.any(axis=(0, 1)))[0]]
+        return lm.edited_axial_slices()
+
+    def update_state(self) -> None:
+        running = self.job_id is not None
+        n = len(self.slices_to_learn())
+        busy = self.win.engine.is_busy if hasattr(self.win, "engine") else False
+        self.start_button.setEnabled(not running and not busy and n >= 1 and self.win.scan is not None)
+        self.cancel_button.setEnabled(running)
+        if not running and self.job_id is None and not self.status.text().startswith("Done"):
+            self.status.setText(f"{n} slice(s) to learn from." if n else
+                                "Correct some slices first (brush, eraser, fill), then fine-tune.")
+
+    def refresh_versions(self) -> None:
+        self.versions.clear()
+        try:
+            arch = self.arch()
+        except Exception:
+            return
+        active = str(self.store.active_dir(arch))
+        for v in self.store.versions(arch):
+            dice = (v.after or {}).get("mean_tissue_dice")
+            text = f"{v.version}"
+            if v.shipped:
+                text += "  (shipped)"
+            if v.parent:
+                text += f"  <- {v.parent}"
+            if dice is not None:
+                text += f"  mean Dice {dice:.3f}"
+            if str(v.directory) == active:
+                text += "  [active]"
+            item = QtWidgets.QListWidgetItem(text)
+            item.setData(QtCore.Qt.UserRole, str(v.directory))
+            self.versions.addItem(item)
+
+    # ------------------------------------------------------------------ run
+    def start(self) -> int | None:
+        from engine.finetune import FinetuneConfig, finetune
+
+        win = self.win
+        slices = self.slices_to_learn()
+        if win.scan is None or win.labelmap is None or not slices or win.engine.is_busy:
+            return None
+        arch = self.arch()
+        parent = self.store.active_dir(arch)
+        name, out = self.store.new_version_dir(arch)
+        cfg = FinetuneConfig(epochs=self.epochs.value(), lr=self.lr.value(), batch_size=self.batch.value(),
+                             augment=self.augment.isChecked(), layers=self.layers.currentData(),
+                             steps_per_epoch=self.steps_per_epoch)
+        scan = win.scan.data
+        labels = win.labelmap.labels.copy()  # a snapshot: the user may keep editing
+        scan_name = str(win.scan.path)
+
+        def job(state, progress, cancel):
+            return finetune(scan, labels, slices, parent, out, cfg,
+                            on_progress=lambda p: progress(("step", p)),
+                            on_epoch=lambda e: progress(("epoch", e)), cancel=cancel,
+                            scan_name=scan_name, version=name)
+
+        self._losses, self._epochs = [], []
+        self.loss_curve.setData([], [])
+        for c in self.dice_curves.values():
+            c.setData([], [])
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.status.setText(f"Fine-tuning {parent.name} on {len(slices)} slices -> {name}...")
+        self.job_id = win.engine.submit("finetune", job)
+        self.update_state()
+        win.update_state()
+        return self.job_id
+
+    def cancel(self) -> None:
+        if self.job_id is not None:
+            self.win.engine.cancel_current()
+            self.status.setText("Cancelling (stops within one batch)...")
+
+    def on_progress(self, payload) -> None:
+        kind, p = payload
+        if kind == "step":
+            self._losses.append((p.step, p.loss))
+            xs, ys = zip(*[(s, v) for s, v in self._losses if math.isfinite(v)]) if any(
+                math.isfinite(v) for _, v in self._losses) else ((), ())
+            self.loss_curve.setData(list(xs), list(ys))
+            self.progress.setValue(int(100 * p.step / max(p.steps, 1)))
+            self.status.setText(f"Step {p.step}/{p.steps}, loss {p.loss:.3f}, about {p.eta_s:.0f} s left")
+        elif kind == "epoch":
+            self._epochs.append(p)
+            for key, curve in self.dice_curves.items():
+                pts = [(e.epoch, e.val_dice.get(key)) for e in self._epochs if e.val_dice.get(key) is not None]
+                if pts:
+                    curve.setData(*zip(*pts))
+
+    def on_finished(self, result) -> None:
+        self.job_id = None
+        self.result = result
+        arch = self.arch()
+        self.store.activate(arch, result.version_dir)
+        for r, key in enumerate(CLASS_KEYS):
+            for c, which in ((1, result.before), (2, result.after)):
+                v = (which.get("dice") or {}).get(key)
+                self.dice_table.setItem(r, c, QtWidgets.QTableWidgetItem("-" if v is None else f"{v:.3f}"))
+        self._show_cm()
+        self.progress.setValue(100)
+        b, a = result.before.get("mean_tissue_dice"), result.after.get("mean_tissue_dice")
+        msg = f"Done in {result.seconds:.0f} s: {result.version_dir.name} is now active."
+        if a is not None and b is not None:
+            msg += f" Mean tissue Dice on {len(result.val_slices)} held-back slices: {b:.3f} -> {a:.3f}."
+        self.status.setText(msg)
+        self.refresh_versions()
+        self.versionActivated.emit(str(result.version_dir))
+        self.trainingFinished.emit(result)
+        self.update_state()
+
+    def on_cancelled(self) -> None:
+        self.job_id = None
+        self.status.setText("Cancelled: no version was written; the active model is unchanged.")
+        self.update_state()
+
+    def on_failed(self, message: str) -> None:
+        self.job_id = None
+        self.status.setText(f"Failed: {message}")
+        self.update_state()
+
+    def _show_cm(self, *_):
+        if self.result is None:
+            return
+        which = self.cm_choice.currentData()
+        self.cm_view.set_matrix((self.result.after if which == "after" else self.result.before).get("confusion_matrix"))
+
+    # ------------------------------------------------------------------ versions
+    def _selected_dirs(self) -> list[str]:
+        return [i.data(QtCore.Qt.UserRole) for i in self.versions.selectedItems()]
+
+    def activate_selected(self) -> None:
+        sel = self._selected_dirs()
+        if len(sel) != 1:
+            dialogs.show_info(self, "Use a version", "Select one version.")
+            return
+        self.store.activate(self.arch(), sel[0])
+        self.refresh_versions()
+        self.versionActivated.emit(sel[0])
+
+    def rollback(self) -> None:
+        from engine.weights import WeightsError
+
+        try:
+            d = self.store.rollback(self.arch())
+        except WeightsError as exc:
+            dialogs.show_info(self, "Roll back", str(exc))
+            return
+        self.refresh_versions()
+        self.versionActivated.emit(str(d))
+
+    def compare_selected(self) -> None:
+        sel = self._selected_dirs()
+        if len(sel) != 2:
+            dialogs.show_info(self, "Compare versions", "Select two versions (Ctrl+click).")
+            return
+        cmp = self.store.compare(sel[0], sel[1])
+        lines = []
+        for key in ("csf", "gm", "wm"):
+            a = (cmp["a"]["dice"] or {}).get(key)
+            b = (cmp["b"]["dice"] or {}).get(key)
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"{key.upper()}: {fmt(a)} vs {fmt(b)}")
+        self.compare_label.setText(f"{cmp['a']['version']} vs {cmp['b']['version']} (validation Dice): "
+                                   + ";  ".join(lines))

@@ -1,0 +1,110 @@
+"""Segmenting and fine-tuning from the GUI: jobs run on the engine thread, results come back
+as signals, manual edits are protected, cancel leaves everything as it was."""
+import json
+
+import numpy as np
+from PyQt5 import QtCore
+
+from tests.gui.helpers import click, drag
+
+
+def test_segment_volume_from_gui(enet_window, small_scan, qtbot):
+    win = enet_window
+    scan, _, _ = small_scan
+    win.open_scan(scan)
+    assert "ENet" in win.segment_panel.reason.text() and "chosen by the user" in win.segment_panel.reason.text()
+    with qtbot.waitSignal(win.segmentationFinished, timeout=60000) as blocker:
+        win.actions["segment"].trigger()
+        assert win.actions["cancel"].isEnabled() or win.labelmap is not None
+    res = blocker.args[0]
+    assert win.labelmap.labels.shape == win.scan.shape and win.labelmap.labels.dtype == np.uint8
+    np.testing.assert_array_equal(win.labelmap.labels, res.labels)
+    assert win.labelmap.undo_steps == 1, "a prediction is one undoable step"
+    assert "Segmented the volume" in win.statusBar().currentMessage()
+
+
+def test_segment_asks_before_replacing_edits_and_undo_restores(enet_window, small_scan, qtbot, dialogs):
+    win = enet_window
+    scan, labels, _ = small_scan
+    win.open_scan(scan)
+    win.open_labels(labels)
+    win.actions["tool_brush"].trigger()
+    win.actions["class_1"].trigger()
+    drag(qtbot, win.views["axial"], [(5, 5), (5, 30)])
+    edited = win.labelmap.labels.copy()
+    dialogs.yes = False
+    win.actions["segment"].trigger()
+    assert dialogs.questions and "edited 1 slice" in dialogs.questions[-1]
+    assert not win.engine.is_busy
+    dialogs.yes = True
+    with qtbot.waitSignal(win.segmentationFinished, timeout=60000):
+        win.actions["segment"].trigger()
+    win.actions["undo"].trigger()
+    np.testing.assert_array_equal(win.labelmap.labels, edited)
+
+
+def test_segment_current_slice_only(enet_window, small_scan, qtbot):
+    win = enet_window
+    scan, _, _ = small_scan
+    win.open_scan(scan)
+    k = win.views["axial"].index
+    with qtbot.waitSignal(win.segmentationFinished, timeout=60000):
+        win.actions["segment_slice"].trigger()
+    touched = np.where(win.labelmap.labels.any(axis=(0, 1)))[0]
+    assert set(touched) <= {k}
+
+
+def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_scan, qtbot, tiny_model_dir):
+    win = enet_window
+    scan, labels, _ = small_scan
+    win.open_scan(scan)
+    win.open_labels(labels)
+    panel = win.training_panel
+    assert not panel.start_button.isEnabled(), "nothing corrected yet"
+    win.actions["tool_brush"].trigger()
+    win.actions["class_3"].trigger()
+    ax = win.views["axial"]
+    for k in (6, 9, 12):
+        ax.set_slice(k)
+        click(qtbot, ax, 20, 20)
+    assert panel.start_button.isEnabled() and "3 slice" in panel.status.text()
+    panel.epochs.setValue(2)
+    panel.batch.setValue(2)
+    panel.steps_per_epoch = 2
+    with qtbot.waitSignal(panel.trainingFinished, timeout=120000) as blocker:
+        panel.start_button.click()
+    res = blocker.args[0]
+    meta = json.loads((res.version_dir / "model.json").read_text())
+    assert meta["parent"] == "tiny-test" and len(meta["after"]["confusion_matrix"]) == 4
+    assert sorted(meta["train_slices"] + meta["val_slices"]) == [6, 9, 12]
+    assert win.model_dir() == res.version_dir, "the new version is active"
+    assert panel.cm_view.matrix is not None and panel.cm_view.matrix.shape == (4, 4)
+    assert panel.dice_table.item(2, 2).text() != ""
+    assert len(panel.loss_curve.getData()[0]) >= 1 and any("[active]" in panel.versions.item(i).text()
+                                                           for i in range(panel.versions.count()))
+    panel.rollback_button.click()
+    assert win.model_dir() == tiny_model_dir
+
+
+def test_cancel_finetune_keeps_previous_version(enet_window, small_scan, qtbot, tiny_model_dir):
+    win = enet_window
+    scan, labels, _ = small_scan
+    win.open_scan(scan)
+    win.open_labels(labels)
+    win.actions["tool_brush"].trigger()
+    ax = win.views["axial"]
+    for k in (5, 8):
+        ax.set_slice(k)
+        click(qtbot, ax, 20, 20)
+    panel = win.training_panel
+    panel.epochs.setValue(200)
+    panel.steps_per_epoch = 50
+    with qtbot.waitSignal(win.engine.cancelled, timeout=120000):
+        panel.start_button.click()
+        qtbot.waitUntil(lambda: panel.job_id is not None and win.engine.is_busy, timeout=10000)
+        qtbot.wait(300)
+        panel.cancel_button.click()
+    assert "no version was written" in panel.status.text()
+    assert win.model_dir() == tiny_model_dir
+    versions = [v for v in win.model_store.versions("enet") if not v.shipped]
+    assert versions == []
