@@ -43,6 +43,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("toggle_outline", "Out&line mode", ("O",), "Draw class boundaries only", True, "View"),
     ActionSpec("opacity_down", "Overlay more transparent", ("Ctrl+[",), "", menu="View"),
     ActionSpec("opacity_up", "Overlay more opaque", ("Ctrl+]",), "", menu="View"),
+    ActionSpec("toggle_uncertainty", "Show &uncertainty", ("U",), "Heat map of the model's uncertainty (softmax entropy)", True, "View"),
     ActionSpec("single_view", "&One view (plane switch)", ("Ctrl+1",), "Show one large view", True, "View"),
     ActionSpec("plane_axial", "&Axial", ("Alt+1",), "Axial plane in one-view layout", True, "View"),
     ActionSpec("plane_coronal", "&Coronal", ("Alt+2",), "Coronal plane in one-view layout", True, "View"),

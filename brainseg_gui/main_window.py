@@ -141,6 +141,7 @@ class MainWindow(QtWidgets.QMainWindow):
         idx = self.segment_panel.model_combo.findData(self.prefs.model)
         self.segment_panel.model_combo.setCurrentIndex(max(0, idx))
         self.segment_panel.model_combo.currentIndexChanged.connect(self._on_model_pref_changed)
+        self.segment_panel.uncertain_list.itemClicked.connect(self._on_uncertain_clicked)
         dock = QtWidgets.QDockWidget("Tools", self)
         dock.setObjectName("tools_dock")
         scroll = QtWidgets.QScrollArea()
@@ -241,6 +242,7 @@ class MainWindow(QtWidgets.QMainWindow):
         busy = self.engine.is_busy if hasattr(self, "engine") else False
         a = self.actions
         self.stack.setCurrentIndex(1 if has_scan else 0)
+        a["toggle_uncertainty"].setEnabled(getattr(self, "uncertainty", None) is not None)
         for key in ("open_labels", "auto_window", "reset_view", "single_view"):
             a[key].setEnabled(has_scan)
         for key in ("segment", "segment_slice"):
@@ -288,6 +290,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.statusBar().showMessage(f"Could not open {Path(path).name}", 8000)
             return False
         self._discard_labels()
+        self._set_uncertainty(None)
         self.scan = vol
         for v in self.views.values():
             v.set_volume(vol.data, vol.affine)
@@ -533,7 +536,7 @@ class MainWindow(QtWidgets.QMainWindow):
         data = self.scan.data
         from engine.inference import SegmentConfig
 
-        cfg = SegmentConfig(batch_size=self.prefs.batch_size, slices=slices)
+        cfg = SegmentConfig(batch_size=self.prefs.batch_size, slices=slices, uncertainty=True)
 
         def job(state, progress, cancel):
             seg = state.segmenter(model_dir)
@@ -565,8 +568,34 @@ class MainWindow(QtWidgets.QMainWindow):
             self.segment_panel.progress.setVisible(False)
             what = "slice" if self._segment_slices else "volume"
             self.statusBar().showMessage(f"Segmented the {what} with {result.model} in {result.seconds:.1f} s", 15000)
+            self._set_uncertainty(result.uncertainty if self._segment_slices is None else None)
             self.segmentationFinished.emit(result)
         self.update_state()
+
+    def _set_uncertainty(self, unc) -> None:
+        from engine.inference import least_certain_slices
+
+        self.uncertainty = unc
+        show = self.actions["toggle_uncertainty"].isChecked()
+        for v in self.views.values():
+            v.set_uncertainty(unc, show)
+        lst = self.segment_panel.uncertain_list
+        lst.clear()
+        if unc is not None:
+            for k, score in least_certain_slices(unc, 10):
+                item = QtWidgets.QListWidgetItem(f"axial {k}: mean entropy {score:.3f}")
+                item.setData(QtCore.Qt.UserRole, k)
+                lst.addItem(item)
+        lst.setVisible(unc is not None)
+        self.segment_panel.uncertain_label.setVisible(unc is not None)
+
+    def _on_uncertain_clicked(self, item) -> None:
+        self.views["axial"].set_slice(int(item.data(QtCore.Qt.UserRole)))
+
+    def on_toggle_uncertainty(self) -> None:
+        show = self.actions["toggle_uncertainty"].isChecked()
+        for v in self.views.values():
+            v.set_uncertainty(getattr(self, "uncertainty", None), show)
 
     def _on_engine_failed(self, job_id: int, name: str, message: str) -> None:
         self.segment_panel.progress.setVisible(False)

@@ -33,6 +33,17 @@ def overlay_lut(colors: list[tuple[int, int, int]]) -> np.ndarray:
     return lut
 
 
+def heat_lut() -> np.ndarray:
+    """Transparent at zero uncertainty, through orange to opaque yellow-white at the maximum."""
+    t = np.linspace(0, 1, 256)
+    lut = np.zeros((256, 4), dtype=np.uint8)
+    lut[:, 0] = 255
+    lut[:, 1] = (np.clip(t * 1.6, 0, 1) * 230).astype(np.uint8)
+    lut[:, 2] = (np.clip(t * 2 - 1, 0, 1) * 200).astype(np.uint8)
+    lut[:, 3] = (np.clip(t * 2.2, 0, 1) * 230).astype(np.uint8)
+    return lut
+
+
 def outline_of(labels2d: np.ndarray) -> np.ndarray:
     """Labels kept only where a neighbour differs (the class boundaries)."""
     edge = np.zeros(labels2d.shape, dtype=bool)
@@ -113,8 +124,14 @@ class SliceView(QtWidgets.QFrame):
         self.image = pg.ImageItem(axisOrder="row-major")
         self.overlay = pg.ImageItem(axisOrder="row-major")
         self.overlay.setZValue(10)
+        self.heat = pg.ImageItem(axisOrder="row-major")  # uncertainty map
+        self.heat.setZValue(15)
+        self.heat.setLookupTable(heat_lut())
+        self.heat.setVisible(False)
+        self.uncertainty: np.ndarray | None = None
         self.vb.addItem(self.image)
         self.vb.addItem(self.overlay)
+        self.vb.addItem(self.heat)
         pen = pg.mkPen((255, 255, 0, 110), width=1, style=QtCore.Qt.DashLine)
         self.hline = pg.InfiniteLine(angle=0, movable=False, pen=pen)
         self.vline = pg.InfiniteLine(angle=90, movable=False, pen=pen)
@@ -196,6 +213,7 @@ class SliceView(QtWidgets.QFrame):
         self.image.setImage(self.geometry_.display(self.scan, k), autoLevels=False)
         self.image.setRect(self._rect)
         self.redraw_overlay()
+        self.redraw_heat()
         self._update_title()
         self.sliceChanged.emit(k)
 
@@ -216,6 +234,19 @@ class SliceView(QtWidgets.QFrame):
         self._overlay_buf = outline_of(disp) if self.outline else np.array(disp, dtype=np.uint8, copy=True)
         self.overlay.setImage(self._overlay_buf, autoLevels=False, levels=(0, 255))
         self.overlay.setRect(self._rect)
+
+    def set_uncertainty(self, unc: np.ndarray | None, visible: bool) -> None:
+        self.uncertainty = unc
+        self.heat.setVisible(visible and unc is not None)
+        self.redraw_heat()
+
+    def redraw_heat(self) -> None:
+        if self.uncertainty is None or self.geometry_ is None or self.uncertainty.shape != self.geometry_.shape:
+            self.heat.clear()
+            return
+        disp = self.geometry_.display(self.uncertainty, self.index)
+        self.heat.setImage(np.ascontiguousarray(disp), autoLevels=False, levels=(0.0, float(np.log(4))))
+        self.heat.setRect(self._rect)
 
     def labels_changed(self, box) -> None:
         """Label map listener: redraw only the part of the overlay inside `box`."""

@@ -214,7 +214,9 @@ class TrainingPanel(QtWidgets.QWidget):
         busy = self.win.engine.is_busy if hasattr(self.win, "engine") else False
         self.start_button.setEnabled(not running and not busy and n >= 1 and self.win.scan is not None)
         self.cancel_button.setEnabled(running)
-        if not running and self.job_id is None and not self.status.text().startswith("Done"):
+        current = self.status.text()
+        idle_text = not current or current.endswith("to learn from.") or current.startswith("Correct some")
+        if not running and idle_text:
             self.status.setText(f"{n} slice(s) to learn from." if n else
                                 "Correct some slices first (brush, eraser, fill), then fine-tune.")
 

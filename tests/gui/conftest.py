@@ -84,7 +84,6 @@ def small_scan(tmp_path):
     return scan, labels, lab
 
 
-from tests.engine.conftest import tiny_model_dir  # noqa: E402,F401  (shared session fixture)
 
 
 @pytest.fixture

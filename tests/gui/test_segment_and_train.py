@@ -15,12 +15,21 @@ def test_segment_volume_from_gui(enet_window, small_scan, qtbot):
     assert "ENet" in win.segment_panel.reason.text() and "chosen by the user" in win.segment_panel.reason.text()
     with qtbot.waitSignal(win.segmentationFinished, timeout=60000) as blocker:
         win.actions["segment"].trigger()
-        assert win.actions["cancel"].isEnabled() or win.labelmap is not None
+        qtbot.waitUntil(lambda: win.actions["cancel"].isEnabled() or win.labelmap is not None, timeout=30000)
     res = blocker.args[0]
     assert win.labelmap.labels.shape == win.scan.shape and win.labelmap.labels.dtype == np.uint8
     np.testing.assert_array_equal(win.labelmap.labels, res.labels)
     assert win.labelmap.undo_steps == 1, "a prediction is one undoable step"
     assert "Segmented the volume" in win.statusBar().currentMessage()
+    # uncertainty: a toggleable heat overlay and the least-certain slices to correct first
+    win.actions["toggle_uncertainty"].trigger()
+    ax = win.views["axial"]
+    assert ax.heat.isVisible() and ax.heat.image is not None
+    lst = win.segment_panel.uncertain_list
+    assert lst.count() > 0
+    k = lst.item(0).data(QtCore.Qt.UserRole)
+    lst.itemClicked.emit(lst.item(0))
+    assert ax.index == k
 
 
 def test_segment_asks_before_replacing_edits_and_undo_restores(enet_window, small_scan, qtbot, dialogs):
@@ -62,7 +71,7 @@ def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_sc
     panel = win.training_panel
     assert not panel.start_button.isEnabled(), "nothing corrected yet"
     win.actions["tool_brush"].trigger()
-    win.actions["class_3"].trigger()
+    win.actions["class_1"].trigger()
     ax = win.views["axial"]
     for k in (6, 9, 12):
         ax.set_slice(k)
@@ -92,6 +101,7 @@ def test_cancel_finetune_keeps_previous_version(enet_window, small_scan, qtbot, 
     win.open_scan(scan)
     win.open_labels(labels)
     win.actions["tool_brush"].trigger()
+    win.actions["class_1"].trigger()
     ax = win.views["axial"]
     for k in (5, 8):
         ax.set_slice(k)

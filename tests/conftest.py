@@ -1,3 +1,4 @@
+"""Fixtures shared by the engine and GUI tests."""
 import pytest
 
 
