@@ -339,6 +339,11 @@ def _save_analyze(hdr_path: Path, img_path: Path, labels: np.ndarray, affine: np
     zooms = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
     header.set_zooms(zooms + (1.0,))
     img = nib.AnalyzeImage(data4, affine, header=header)
+    if not np.allclose(img.header.get_best_affine(), affine, atol=1e-4):
+        # Analyze 7.5 stores voxel sizes only: orientation and origin come from the convention.
+        log.warning("%s: Analyze cannot store this affine (%s); the file gets the Analyze default "
+                    "for its voxel size. Save as NIfTI to keep the geometry.", hdr_path,
+                    "".join(nib.aff2axcodes(affine)))
     tmpdir = Path(tempfile.mkdtemp(prefix=".brainseg-", dir=hdr_path.parent))
     try:
         tmp_hdr = tmpdir / hdr_path.name

@@ -1,0 +1,55 @@
+"""Tissue volume statistics of a label map: voxel counts, mL from the voxel size, fraction of the
+intracranial volume (CSF + GM + WM); written as CSV or JSON."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .classes import tissue_classes
+from .volume import atomic_write, label_volumes
+
+
+def volume_stats(labels: np.ndarray, voxel_volume_ml: float, source: str = "") -> dict:
+    per = label_volumes(labels, voxel_volume_ml)
+    icv_ml = sum(per[k]["ml"] for k in ("csf", "gm", "wm"))
+    classes = {}
+    for tc in tissue_classes():
+        row = per[tc.key]
+        classes[tc.key] = {"value": tc.value, "name": tc.name, "voxels": row["voxels"],
+                           "volume_ml": row["ml"], "icv_fraction": row["icv_fraction"]}
+    return {
+        "file": source,
+        "voxel_volume_ml": voxel_volume_ml,
+        "classes": classes,
+        "volumes_ml": {k: v["volume_ml"] for k, v in classes.items()},
+        "voxels": {k: v["voxels"] for k, v in classes.items()},
+        "icv_fraction": {k: v["icv_fraction"] for k, v in classes.items() if k != "background"},
+        "icv_ml": icv_ml,
+    }
+
+
+def stats_csv_text(stats: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "name", "voxels", "volume_ml", "icv_fraction"])
+    for key, row in stats["classes"].items():
+        frac = "" if row["icv_fraction"] is None else f"{row['icv_fraction']:.6f}"
+        w.writerow([key, row["name"], row["voxels"], f"{row['volume_ml']:.4f}", frac])
+    w.writerow(["icv", "Intracranial (CSF+GM+WM)", sum(stats["voxels"][k] for k in ("csf", "gm", "wm")),
+                f"{stats['icv_ml']:.4f}", "1.000000"])
+    return buf.getvalue()
+
+
+def write_stats_csv(path: str | os.PathLike, stats: dict) -> None:
+    text = stats_csv_text(stats)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_stats_json(path: str | os.PathLike, stats: dict) -> None:
+    text = json.dumps(stats, indent=2)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
