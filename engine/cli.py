@@ -207,7 +207,7 @@ def cmd_segment(args) -> int:
         print(f"warning: {vol.path} looks like it still has the skull on; labels outside the brain "
               "are unreliable (the networks were trained on skull-stripped scans)", file=sys.stderr)
     model_dir, arch, reason = resolve_model(args.model, args.weights)
-    from .inference import Segmenter, SegmentConfig
+    from .inference import SegmentConfig, Segmenter
 
     seg = Segmenter(model_dir)
     slices = parse_slices(args.slices, vol.shape[2])
