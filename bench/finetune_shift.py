@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     configure_threads()
     from engine.finetune import FinetuneConfig, finetune
-    from engine.inference import Segmenter, SegmentConfig
+    from engine.inference import SegmentConfig, Segmenter
     from engine.metrics import dice_scores, mean_tissue_dice
     from engine.paths import DEMO_LABELS, DEMO_SCAN
     from engine.volume import read_volume
