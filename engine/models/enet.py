@@ -13,6 +13,11 @@ Departures from the paper, each for a reason:
   MKLDNNConcatBackward when training hybridized. `_channel_concat` builds such concatenations from
   zero-padding along the channel axis and an elementwise add instead, which is the same function
   and never reaches oneDNN's concat. tests/engine/test_models.py trains a step to cover it.
+- The upsampling bottleneck's main-branch 1x1 conv + BN and its projection 1x1 conv + BN are one
+  conv and one BN with out + internal channels, sliced apart: the same function (BN is per
+  channel), one fewer conv, and MXNet 1.9.1's oneDNN subgraph pass (`hybridize(backend="MKLDNN")`)
+  otherwise swaps the two convs' weights. That backend still made ENet 8x slower here, so inference
+  uses the plain static hybridization.
 """
 from __future__ import annotations
 
@@ -74,6 +79,11 @@ class Bottleneck(mx.gluon.HybridBlock):
         with self.name_scope():
             if kind == "down":
                 self.proj = nn.Conv2D(internal, 2, strides=2, use_bias=False)
+            elif kind == "up":
+                # The main branch's 1x1 conv + BN and the projection's 1x1 conv + BN read the same
+                # input: one conv with out + internal filters and one BN (per channel) compute both
+                # exactly, and avoid a oneDNN fusion bug with two conv+BN pairs on one input.
+                self.proj = nn.Conv2D(out_channels + internal, 1, use_bias=False)
             else:
                 self.proj = nn.Conv2D(internal, 1, use_bias=False)
             self.bn1 = nn.BatchNorm()
@@ -90,13 +100,15 @@ class Bottleneck(mx.gluon.HybridBlock):
             self.act2 = nn.PReLU(in_channels=internal)
             self.expand = nn.Conv2D(out_channels, 1, use_bias=False)
             self.bn3 = nn.BatchNorm()
-            if kind == "up":
-                self.main_conv = nn.Conv2D(out_channels, 1, use_bias=False)
-                self.main_bn = nn.BatchNorm()
             self.act_out = nn.PReLU(in_channels=out_channels)
 
     def hybrid_forward(self, F, x, pre_pool=None):
-        ext = self.act1(self.bn1(self.proj(x)))
+        if self.kind == "up":
+            both = self.bn1(self.proj(x))
+            main = F.slice_axis(both, axis=1, begin=0, end=self.out_channels)
+            ext = self.act1(F.slice_axis(both, axis=1, begin=self.out_channels, end=None))
+        else:
+            ext = self.act1(self.bn1(self.proj(x)))
         ext = self.act2(self.bn2(self.conv(ext)))
         ext = self.bn3(self.expand(ext))
         if self.dropout > 0:
@@ -105,7 +117,7 @@ class Bottleneck(mx.gluon.HybridBlock):
             main = F.Pooling(x, kernel=(2, 2), stride=(2, 2), pool_type="max")
             main = _pad_channels(F, main, 0, self.out_channels - self.in_channels)
         elif self.kind == "up":
-            main = _unpool(F, self.main_bn(self.main_conv(x)), pre_pool)
+            main = _unpool(F, main, pre_pool)
         else:
             main = x
         return self.act_out(F.elemwise_add(main, ext))
