@@ -115,3 +115,26 @@ def test_quit_with_unsaved_edits_asks(window, small_scan, qtbot, dialogs):
     assert not window.close()
     assert dialogs.questions and "unsaved" in dialogs.questions[-1]
     assert window.isVisible()
+
+
+def test_volume_statistics_dialog_matches_numpy(window, small_scan, tmp_path, dialogs):
+    import json
+
+    _open(window, small_scan)
+    window.actions["show_stats"].trigger()
+    dlg = window._stats_dialog
+    lab = window.labelmap.labels
+    vox_ml = window.scan.voxel_volume_ml
+    assert abs(vox_ml - 0.0012) < 1e-9
+    for row, value in ((1, 1), (2, 2), (3, 3)):
+        assert dlg.table.item(row, 1).text() == f"{int((lab == value).sum()):,}"
+        assert float(dlg.table.item(row, 2).text()) == round((lab == value).sum() * vox_ml, 2)
+    dialogs.save_path = str(tmp_path / "vol.json")
+    dlg.json_button.click()
+    data = json.loads((tmp_path / "vol.json").read_text())
+    assert abs(data["volumes_ml"]["wm"] - (lab == 3).sum() * vox_ml) < 1e-9
+    dialogs.save_path = str(tmp_path / "vol.csv")
+    dlg.csv_button.click()
+    assert (tmp_path / "vol.csv").read_text().startswith("class,name,voxels,volume_ml,icv_fraction")
+    assert len(dlg.plot.getPlotItem().items) >= 1, "bar chart drawn"
+    dlg.close()
