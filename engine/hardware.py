@@ -34,8 +34,8 @@ def choose_model(preference: str = "auto") -> tuple[str, str]:
 
     cores, ram = cpu_cores(), ram_gb()
     if gpu_available():
-        return "unet", f"U-Net: an MXNet GPU is available ({cores} CPU cores, {ram:.0f} GB RAM)"
+        return "unet", f"an MXNet GPU is available ({cores} CPU cores, {ram:.0f} GB RAM)"
     if cores >= WORKSTATION_CORES and ram >= WORKSTATION_RAM_GB:
-        return "unet", f"U-Net: workstation profile ({cores} CPU cores, {ram:.0f} GB RAM, no GPU)"
-    return "enet", (f"ENet: low-power profile ({cores} CPU cores, {ram:.0f} GB RAM, no GPU; "
+        return "unet", f"workstation profile ({cores} CPU cores, {ram:.0f} GB RAM, no GPU)"
+    return "enet", (f"low-power profile ({cores} CPU cores, {ram:.0f} GB RAM, no GPU; "
                      f"U-Net needs a GPU or >= {WORKSTATION_CORES} cores and {WORKSTATION_RAM_GB:.0f} GB)")
