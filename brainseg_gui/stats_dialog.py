@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from engine.stats import volume_stats, write_stats_csv, write_stats_json
 from PyQt5 import QtWidgets
 
 from engine.classes import tissue_classes
+from engine.stats import volume_stats, write_stats_csv, write_stats_json
 
 from . import dialogs
 
