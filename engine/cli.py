@@ -24,6 +24,36 @@ class CliError(Exception):
     """A user error reported as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (through main) instead of usage + exit 2,
+    and accepts -v after the subcommand too. Subparsers, including those added by EXTRA_COMMANDS
+    modules, are built with this class (argparse reuses the parent's class)."""
+
+    def __init__(self, *args, verbose_default=argparse.SUPPRESS, **kwargs):
+        kwargs.setdefault("conflict_handler", "resolve")  # a subcommand may redefine -v for itself
+        super().__init__(*args, **kwargs)
+        self.add_argument("-v", "--verbose", action="store_true", default=verbose_default,
+                          help="log progress details; show the traceback of an unexpected error")
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+def _json_safe(obj):
+    """NaN/inf -> None so stdout is strict JSON (json.dumps would write a bare NaN)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(_json_safe(obj), allow_nan=False))
+
+
 def parse_slices(text: str | None, n: int) -> list[int] | None:
     """'10,12,20-30' -> sorted unique indices, each checked against 0..n-1."""
     if text is None:
@@ -55,6 +85,20 @@ def _fmt_shape(shape) -> str:
     return "x".join(str(s) for s in shape)
 
 
+def _fmt_vox(voxel_size) -> str:
+    return "x".join(f"{v:g}" for v in voxel_size) + " mm"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 # ----------------------------------------------------------------------------- info
 def cmd_info(args) -> int:
     from .volume import label_volumes, read_volume
@@ -78,7 +122,7 @@ def cmd_info(args) -> int:
         info["voxels"] = {k: v["voxels"] for k, v in per.items()}
         info["volumes_ml"] = {k: round(v["ml"], 4) for k, v in per.items()}
     if args.json:
-        print(json.dumps(info))
+        _print_json(info)
         return 0
     print(f"{info['file']}")
     if vol.layout_note:
@@ -100,16 +144,20 @@ def cmd_stats(args) -> int:
     from .volume import read_volume
 
     vol = read_volume(args.mask, kind="labels")
-    st = volume_stats(vol.data, vol.voxel_volume_ml, source=str(vol.path))
-    if args.csv:
+    st = volume_stats(vol)
+    to_stdout = args.csv == "-"
+    if args.csv and not to_stdout:
         write_stats_csv(args.csv, st)
     if args.json:
-        print(json.dumps(st))
-    elif not args.csv or args.csv == "-":
-        print(stats_csv_text(st) if args.csv == "-" else _stats_table(st))
+        if to_stdout:
+            raise CliError("--json and --csv - both want stdout; give --csv a file name")
+        _print_json(st)
+    elif to_stdout:
+        sys.stdout.write(stats_csv_text(st))
     else:
         print(_stats_table(st))
-        print(f"wrote {args.csv}")
+        if args.csv:
+            print(f"wrote {args.csv}")
     return 0
 
 
@@ -133,6 +181,10 @@ def cmd_evaluate(args) -> int:
     ref = read_volume(args.ref, kind="labels")
     if pred.shape != ref.shape:
         raise CliError(f"{args.pred} is {_fmt_shape(pred.shape)} but {args.ref} is {_fmt_shape(ref.shape)}")
+    if not np.allclose(pred.affine, ref.affine, atol=1e-3):
+        print(f"warning: {args.pred} and {args.ref} have different voxel-to-world affines "
+              f"({pred.orientation} {_fmt_vox(pred.voxel_size)} vs {ref.orientation} {_fmt_vox(ref.voxel_size)}); "
+              "comparing voxel by voxel anyway", file=sys.stderr)
     slices = parse_slices(args.slices, ref.shape[2])
     p, r = pred.data, ref.data
     if slices is not None:
@@ -142,7 +194,7 @@ def cmd_evaluate(args) -> int:
     out = {"dice": dice, "confusion_matrix": cm.tolist(), "mean_tissue_dice": mean_tissue_dice(dice),
            "slices": slices, "pred": str(pred.path), "ref": str(ref.path)}
     if args.json:
-        print(json.dumps(out))
+        _print_json(out)
         return 0
     print(f"Dice (hard, per class){'' if slices is None else f' on {len(slices)} axial slices'}:")
     for k in CLASS_KEYS:
@@ -171,7 +223,7 @@ class _Progress:
             sys.stderr.flush()
 
     def close(self) -> None:
-        if self.tty:
+        if self.tty and self.last:
             sys.stderr.write("\n")
         elif self.last:
             sys.stderr.write(f"{self.label}: {self.last[0]}/{self.last[1]} slices\n")
@@ -189,7 +241,34 @@ def resolve_model(model: str, weights: str | None) -> tuple[Path, str, str]:
             raise CliError(f"--model {model} but {weights} holds a {info.arch} model")
         return Path(weights), info.arch, f"weights from {weights}"
     arch, reason = choose_model(model)
-    return ModelStore().active_dir(arch), arch, reason
+    model_dir = ModelStore().active_dir(arch)
+    if not (model_dir / "model.json").exists():
+        raise CliError(f"no {arch} weights installed (looked in {model_dir}); pass --weights DIR "
+                       f"or --model {'enet' if arch == 'unet' else 'unet'}")
+    return model_dir, arch, reason
+
+
+LABEL_FORMATS = (".nii.gz", ".nii", ".hdr", ".img")
+IMAGE_FORMATS = (".nii.gz", ".nii")
+
+
+def _files_of(path: str | Path) -> set[Path]:
+    """The file(s) a name stands for: both halves of an Analyze pair."""
+    p = Path(path)
+    if p.suffix.lower() in (".hdr", ".img"):
+        files = {p.with_suffix(".hdr"), p.with_suffix(".img"), p.with_suffix(".HDR"), p.with_suffix(".IMG")}
+    else:
+        files = {p}
+    return {f.resolve() for f in files}
+
+
+def check_output(path: str, formats: tuple[str, ...], inputs: tuple[str, ...] = ()) -> None:
+    """Fail before any work is done if `path` has the wrong extension or would overwrite an input."""
+    if not path.lower().endswith(formats):
+        raise CliError(f"{path}: unknown output format; use {', '.join(formats)}")
+    for src in inputs:
+        if _files_of(path) & _files_of(src):
+            raise CliError(f"{path}: refusing to overwrite the input {src}")
 
 
 def cmd_segment(args) -> int:
@@ -200,7 +279,11 @@ def cmd_segment(args) -> int:
     from .qc import skull_present
     from .volume import read_volume, save_image, save_labels
 
+    check_output(args.output, LABEL_FORMATS, (args.scan,))
+    if args.uncertainty:
+        check_output(args.uncertainty, IMAGE_FORMATS, (args.scan, args.output))
     vol = read_volume(args.scan, kind="image")
+    slices = parse_slices(args.slices, vol.shape[2])
     if vol.layout_note:
         print(f"warning: {vol.path}: {vol.layout_note}", file=sys.stderr)
     if skull_present(vol.data, vol.voxel_volume_ml):
@@ -210,11 +293,12 @@ def cmd_segment(args) -> int:
     from .inference import SegmentConfig, Segmenter
 
     seg = Segmenter(model_dir)
-    slices = parse_slices(args.slices, vol.shape[2])
     bar = _Progress(f"segment ({arch})")
-    res = seg.segment(vol.data, SegmentConfig(batch_size=args.batch_size, uncertainty=bool(args.uncertainty),
-                                              slices=tuple(slices) if slices else None), progress=bar)
-    bar.close()
+    try:
+        res = seg.segment(vol.data, SegmentConfig(batch_size=args.batch_size, uncertainty=bool(args.uncertainty),
+                                                  slices=tuple(slices) if slices else None), progress=bar)
+    finally:
+        bar.close()
     written = save_labels(args.output, res.labels, vol.affine)
     if args.uncertainty:
         save_image(args.uncertainty, res.uncertainty, vol.affine)
@@ -277,8 +361,7 @@ def cmd_gui(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="brainseg", description="BrainSeg: brain MRI tissue segmentation")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    ap = _Parser(prog="brainseg", description="BrainSeg: brain MRI tissue segmentation", verbose_default=False)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -305,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="mask file: .nii, .nii.gz, .hdr or .img")
     p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
     p.add_argument("--weights", help="a model directory (shipped, fine-tuned or trained)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--slices", help="only these axial slices")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--slices", help="only these axial slices (third array axis), e.g. 10,12,20-30")
     p.add_argument("--uncertainty", metavar="FILE", help="also write the softmax-entropy map (NIfTI)")
     p.set_defaults(func=cmd_segment)
 
@@ -316,19 +399,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", required=True)
     p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
     p.add_argument("--from", help="parent model directory or version name (default: the active one)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=_positive_int, default=30)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--layers", choices=("all", "decoder"), default="all")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("-o", "--output", required=True, help="new version directory")
     p.set_defaults(func=cmd_finetune)
 
+    # Subcommands kept in their own modules (see EXTRA_COMMANDS). A module not written yet is
+    # skipped quietly; one that exists but fails to import is named on stderr, and the other
+    # subcommands keep working. These modules must not import mxnet at top level.
     for name, module, adder in EXTRA_COMMANDS:
         try:
             mod = importlib.import_module(module)
-        except ImportError as exc:  # pragma: no cover - a broken optional module must not break the CLI
-            log.debug("subcommand %s unavailable: %s", name, exc)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                log.warning("subcommand %s unavailable: %s needs %s", name, module, exc.name)
+            continue
+        except Exception as exc:  # a broken optional module must not break `info` or `segment`
+            log.warning("subcommand %s unavailable: %s failed to import (%s: %s)", name, module,
+                        type(exc).__name__, exc)
             continue
         getattr(mod, adder)(sub)
 
@@ -339,7 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-# Subcommands that live in their own modules: (name, module, function adding the parser).
+# ------------------------------------------------------------------ subcommand registry
+# Subcommands that live in their own modules: (name, module, function adding the parser). To add
+# one (train, export, ...), write `add_<name>_parser(sub)` in its module: it calls
+# `sub.add_parser(name, help=...)`, adds its options and `set_defaults(func=cmd_<name>)`, where
+# cmd_<name>(args) -> int raises CliError / VolumeReadError / WeightsError for user errors.
+# info, stats, evaluate, segment, finetune and gui are defined in this file.
 EXTRA_COMMANDS = (
     ("train", "engine.oasis_train", "add_train_parser"),
     ("bench", "engine.bench", "add_bench_parser"),
@@ -347,22 +443,58 @@ EXTRA_COMMANDS = (
 )
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (so in-process callers that swap it still see logs)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Log to stderr at WARNING (INFO with -v). Installed once, however often main() runs."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _error_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv=None) -> int:
+    """Run one subcommand. 0 on success; 2 and one line on stderr for a user error (bad file,
+    bad option, missing weights); 1 and one line for an unexpected failure (-v adds the
+    traceback); 130 when interrupted."""
     from .volume import VolumeReadError, VolumeWriteError
     from .weights import WeightsError
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    verbose = False
     try:
+        args = build_parser().parse_args(argv)
+        verbose = bool(args.verbose)
+        _setup_logging(verbose)
         return int(args.func(args) or 0)
     except (CliError, VolumeReadError, VolumeWriteError, WeightsError, ValueError, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"brainseg: error: {msg}", file=sys.stderr)
+        print(f"brainseg: error: {_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("brainseg: interrupted", file=sys.stderr)
+        print("\nbrainseg: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if verbose:
+            log.error("unexpected error", exc_info=True)
+        print(f"brainseg: error: unexpected {type(exc).__name__}: {_error_line(exc)}"
+              f"{'' if verbose else ' (run with -v for details)'}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -33,7 +33,11 @@ def choose_model(preference: str = "auto") -> tuple[str, str]:
     from .mx_env import gpu_available
 
     cores, ram = cpu_cores(), ram_gb()
-    if gpu_available():
+    try:
+        gpu = gpu_available()  # loads mxnet if it is not loaded yet (about a second)
+    except Exception:  # mxnet missing or broken: the segment step will say so itself
+        gpu = False
+    if gpu:
         return "unet", f"an MXNet GPU is available ({cores} CPU cores, {ram:.0f} GB RAM)"
     if cores >= WORKSTATION_CORES and ram >= WORKSTATION_RAM_GB:
         return "unet", f"workstation profile ({cores} CPU cores, {ram:.0f} GB RAM, no GPU)"

@@ -1,21 +1,31 @@
-"""Quality checks on input scans."""
+"""Quality checks on input scans, cheap enough to run before every segmentation."""
 from __future__ import annotations
 
 import numpy as np
 
 from .preprocess import foreground_mask
 
-# A skull-stripped adult brain is about 1.0-1.8 L; a head with skull and scalp is well over 2.5 L.
+# A skull-stripped adult brain (with its CSF) is about 1.1-1.9 L: the demo scan (ICBM152, masked)
+# has 1.88 L of foreground. A head with skull and scalp is 3-4.5 L, and more than 2.3 L of it
+# fits in even a tight field of view.
 SKULL_ON_FOREGROUND_ML = 2300.0
+# A skull-stripped scan has a black border; a head with its scalp usually reaches the field of
+# view's edges. A face counts as touched when more than this fraction of it is foreground.
+EDGE_FRACTION = 0.05
 
 
-def skull_present(volume: np.ndarray, voxel_volume_ml: float) -> bool:
+def skull_present(volume: np.ndarray, voxel_volume_ml: float = 0.001) -> bool:
     """True when the scan looks like it still has the skull on (OASIS `*_t88_gfc` rather than
-    `*_t88_masked_gfc`): the non-background volume is larger than any brain, or the foreground
-    touches the field of view's edges on most sides (masked scans have a black border)."""
+    `*_t88_masked_gfc`); the networks were trained on skull-stripped scans.
+
+    Heuristic, on `preprocess.foreground_mask` (voxels above 5% of the robust maximum): either
+    the foreground is larger than any brain (> SKULL_ON_FOREGROUND_ML at this voxel volume, in mL;
+    the default is 1 mm isotropic), or it touches at least three of the four in-plane faces of the
+    field of view (x and y; the z faces are skipped because axial crops often cut the brain).
+    A warning, not a verdict: a brain cropped tight to its own edges also trips the second test."""
     fg = foreground_mask(volume)
     if not fg.any():
         return False
     fg_ml = float(fg.sum()) * voxel_volume_ml
     edges = [fg[0].mean(), fg[-1].mean(), fg[:, 0].mean(), fg[:, -1].mean()]
-    return fg_ml > SKULL_ON_FOREGROUND_ML or sum(e > 0.05 for e in edges) >= 3
+    return fg_ml > SKULL_ON_FOREGROUND_ML or sum(e > EDGE_FRACTION for e in edges) >= 3

@@ -11,10 +11,22 @@ from pathlib import Path
 import numpy as np
 
 from .classes import tissue_classes
-from .volume import atomic_write, label_volumes
+from .volume import Volume, atomic_write, label_volumes
 
 
-def volume_stats(labels: np.ndarray, voxel_volume_ml: float, source: str = "") -> dict:
+def volume_stats(labels: np.ndarray | Volume, voxel_volume_ml: float | None = None, source: str = "") -> dict:
+    """Per-class voxels, mL and fraction of the intracranial volume (CSF + GM + WM).
+
+    Give a label `Volume` (its voxel size and file name are used), or a uint8 array together with
+    `voxel_volume_ml`. The dict has `classes` (per class: value, name, voxels, volume_ml,
+    icv_fraction), the flat maps `volumes_ml`, `voxels`, `icv_fraction` (tissues only), `icv_ml`,
+    `voxel_volume_ml` and `file`; it is what `brainseg stats --json` prints."""
+    if isinstance(labels, Volume):
+        voxel_volume_ml = labels.voxel_volume_ml if voxel_volume_ml is None else voxel_volume_ml
+        source = source or (str(labels.path) if labels.path else "")
+        labels = labels.data
+    if voxel_volume_ml is None:
+        raise ValueError("volume_stats needs voxel_volume_ml for a bare array")
     per = label_volumes(labels, voxel_volume_ml)
     icv_ml = sum(per[k]["ml"] for k in ("csf", "gm", "wm"))
     classes = {}

@@ -272,14 +272,31 @@ def _as_labels(path: Path, data: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- writing
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename tmp over path; the old file survives any failure."""
+    """Call write(tmp_path) then rename tmp over path; the old file survives any failure.
+
+    The result gets the old file's permissions, or the umask default for a new file (mkstemp
+    creates its file 0600, which would otherwise leave every written file private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -315,8 +332,10 @@ def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray)
 
 
 def save_image(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> list[Path]:
-    """Write a float image (e.g. an uncertainty map) as NIfTI, atomically."""
+    """Write a float image (e.g. an uncertainty map) as NIfTI (.nii or .nii.gz), atomically."""
     path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        raise VolumeWriteError(f"{path}: images are written as NIfTI; use a .nii or .nii.gz name")
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
     img.set_sform(affine, code=1)
     ext = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"

@@ -115,7 +115,13 @@ class Bottleneck(mx.gluon.HybridBlock):
             ext = F.Dropout(ext, p=self.dropout, axes=(2, 3))  # spatial: mask per sample & channel
         if self.kind == "down":
             main = F.Pooling(x, kernel=(2, 2), stride=(2, 2), pool_type="max")
-            main = _pad_channels(F, main, 0, self.out_channels - self.in_channels)
+            # zero channels up to out_channels; a plain concat is safe here because the first
+            # input (16 or 64 channels) is a multiple of 16 (see the module docstring)
+            zeros = F.zeros_like(F.slice_axis(ext, axis=1, begin=0, end=self.out_channels - self.in_channels))
+            if self.in_channels % 16 == 0:
+                main = F.concat(main, zeros, dim=1)
+            else:
+                main = _pad_channels(F, main, 0, self.out_channels - self.in_channels)
         elif self.kind == "up":
             main = _unpool(F, main, pre_pool)
         else:

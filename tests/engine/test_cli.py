@@ -101,8 +101,10 @@ def test_segment_end_to_end(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "seg.nii.gz"
     assert main(["segment", str(p), "-o", str(out), "--weights", str(tiny_model_dir),
                  "--uncertainty", str(tmp_path / "unc.nii.gz")]) == 0
-    text = capsys.readouterr().out
-    assert "model: enet" in text and "segmented 4 slices" in text
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "model: enet (tiny-test)" in text and "weights from" in text and "segmented 4 slices" in text
+    assert "total" in text and "segment (enet): 4/4 slices" in captured.err  # stderr is no tty here
     img = nib.load(str(out))
     assert img.shape == shape and img.get_data_dtype() == np.uint8
     np.testing.assert_allclose(img.affine, aff, atol=1e-5)
@@ -125,3 +127,196 @@ def test_finetune_cli_writes_version_segment_accepts(tmp_path, tiny_model_dir, c
     meta = json.loads((out / "model.json").read_text())
     assert len(meta["after"]["confusion_matrix"]) == 4 and "gm" in meta["after"]["dice"]
     assert main(["segment", str(p), "-o", str(tmp_path / "s.nii"), "--weights", str(out)]) == 0
+
+
+# ----------------------------------------------------------------------------- errors and options
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("brainseg: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expect", [
+    ([], "COMMAND"),
+    (["frobnicate"], "invalid choice"),
+    (["segment", "scan.nii"], "-o/--output"),
+    (["segment", "scan.nii", "-o", "x.nii", "--batch-size", "0"], "at least 1"),
+    (["evaluate", "a.nii", "b.nii", "--slices", "3-1"], "no such file"),
+])
+def test_usage_errors_are_one_line(argv, expect, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert expect in _one_error_line(captured.err) and captured.out == ""
+
+
+def test_unexpected_error_is_one_line_exit_1(labels_file, capsys, monkeypatch):
+    import engine.cli as cli
+
+    def broken(args):
+        raise RuntimeError("something deep went wrong\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    assert main(["info", str(labels_file[0])]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "RuntimeError: something deep went wrong" in line and "-v" in line
+    assert main(["info", str(labels_file[0]), "-v"]) == 1  # -v after the subcommand; adds the traceback
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_parse_slices_forms():
+    assert parse_slices(None, 5) is None
+    assert parse_slices(" 4 , 0-1,1 ", 5) == [0, 1, 4]
+    for bad, msg in (("3-1", "backwards"), ("a", "not a number"), ("-1", "outside"), (",", "empty"), ("5", "outside")):
+        with pytest.raises(Exception, match=msg):
+            parse_slices(bad, 5)
+
+
+# ----------------------------------------------------------------------------- info / stats / evaluate
+def test_info_json_for_image_and_text(tmp_path, capsys):
+    aff = np.diag([-1.0, 1.0, 1.25, 1.0])
+    data = np.arange(6 * 7 * 5, dtype=np.int16).reshape(6, 7, 5)
+    nib.save(nib.Nifti1Image(data, aff), str(tmp_path / "t1.nii.gz"))
+    assert main(["info", str(tmp_path / "t1.nii.gz"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"shape", "voxel_size", "dtype", "kind", "orientation", "range", "layout_note"} <= set(out)
+    assert out["kind"] == "image" and out["orientation"] == "LAS" and out["voxel_size"] == [1.0, 1.0, 1.25]
+    assert out["range"] == [0.0, float(data.max())] and out["layout_note"] is None and "volumes_ml" not in out
+    assert main(["info", str(tmp_path / "t1.nii.gz")]) == 0
+    text = capsys.readouterr().out
+    assert "6x7x5" in text and "1 x 1 x 1.25 mm" in text and "LAS" in text
+
+
+def test_info_headerless_labels_reports_layout(tmp_path, capsys):
+    from engine.volume import OASIS_SHAPE
+
+    lab = np.zeros(OASIS_SHAPE, np.uint8)
+    lab[60:100, 60:120, 60:100] = 3
+    lab.ravel(order="F").tofile(tmp_path / "OAS1_0001_fseg.img")
+    assert main(["info", str(tmp_path / "OAS1_0001_fseg.img"), "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["kind"] == "labels" and "uint8" in out["layout_note"] and out["shape"] == list(OASIS_SHAPE)
+    assert out["voxels"]["wm"] == 40 * 60 * 40 and out["volumes_ml"]["wm"] == pytest.approx(96.0)
+
+
+def test_stats_csv_to_stdout_and_table(labels_file, capsys, tmp_path, monkeypatch):
+    p, lab = labels_file
+    monkeypatch.chdir(tmp_path)
+    assert main(["stats", str(p), "--csv", "-"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "class,name,voxels,volume_ml,icv_fraction" and not (tmp_path / "-").exists()
+    wm = lines[4].split(",")
+    assert wm[:3] == ["wm", "White matter", str(int((lab == 3).sum()))]
+    assert float(wm[3]) == pytest.approx((lab == 3).sum() * 0.002, abs=1e-4)
+    assert float(wm[4]) == pytest.approx((lab == 3).sum() / (lab > 0).sum(), abs=1e-6)
+    assert main(["stats", str(p)]) == 0
+    table = capsys.readouterr().out
+    assert "Grey matter" in table and "ICV" in table and "2 mm^3" in table
+
+
+def test_stats_api_takes_a_volume(labels_file, tmp_path):
+    from engine.stats import volume_stats, write_stats_json
+    from engine.volume import read_volume
+
+    p, lab = labels_file
+    st = volume_stats(read_volume(p))
+    assert st["voxel_volume_ml"] == pytest.approx(0.002) and st["file"].endswith("mask.nii.gz")
+    assert st["icv_ml"] == pytest.approx((lab > 0).sum() * 0.002)
+    assert st == volume_stats(lab, 0.002, source=st["file"])
+    write_stats_json(tmp_path / "s.json", st)
+    assert json.loads((tmp_path / "s.json").read_text())["voxels"]["csf"] == int((lab == 1).sum())
+
+
+def test_evaluate_empty_tissue_gives_strict_json(tmp_path, capsys):
+    empty = np.zeros((4, 4, 2), np.uint8)
+    save_labels(tmp_path / "a.nii", empty, np.eye(4))
+    save_labels(tmp_path / "b.nii", empty, np.diag([2.0, 1.0, 1.0, 1.0]))
+    assert main(["evaluate", str(tmp_path / "a.nii"), str(tmp_path / "b.nii"), "--json"]) == 0
+    captured = capsys.readouterr()
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in JSON output")
+
+    out = json.loads(captured.out, parse_constant=no_nan)
+    assert out["mean_tissue_dice"] is None and out["dice"]["background"] == 1.0 and out["slices"] is None
+    assert out["confusion_matrix"] == [[32, 0, 0, 0], [0] * 4, [0] * 4, [0] * 4]
+    assert "different voxel-to-world affines" in captured.err
+
+
+def test_info_starts_without_mxnet(labels_file):
+    code = ("import sys, json; from engine.cli import main; rc = main(['info', sys.argv[1], '--json']); "
+            "assert rc == 0 and 'mxnet' not in sys.modules, sorted(sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(labels_file[0])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["kind"] == "labels"
+
+
+# ----------------------------------------------------------------------------- segment: checks before work
+def test_segment_refuses_bad_outputs_before_loading_a_model(tmp_path, capsys):
+    p, _, _ = _scan(tmp_path)
+    for argv, expect in ((["-o", str(tmp_path / "seg.png")], "unknown output format"),
+                         (["-o", str(p)], "refusing to overwrite"),
+                         (["-o", str(tmp_path / "s.nii"), "--uncertainty", str(tmp_path / "u.hdr")], "use .nii.gz")):
+        assert main(["segment", str(p), *argv, "--weights", str(tmp_path / "nowhere")]) == 2
+        assert expect in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "seg.png").exists()
+
+
+def test_segment_without_weights_says_what_to_do(tmp_path, capsys, monkeypatch):
+    import engine.finetune
+
+    p, _, _ = _scan(tmp_path)
+    monkeypatch.setenv("BRAINSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(engine.finetune, "shipped_model_dir", lambda arch: tmp_path / "no-weights" / arch)
+    assert main(["segment", str(p), "-o", str(tmp_path / "s.nii"), "--model", "enet"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "no enet weights" in line and "--weights" in line
+    assert main(["segment", str(p), "-o", str(tmp_path / "s.nii"), "--weights", str(tmp_path)]) == 2
+    assert "model.json" in _one_error_line(capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------------------- hardware and QC
+def test_choose_model_profiles(monkeypatch):
+    import engine.hardware as hw
+    import engine.mx_env
+
+    monkeypatch.setattr(engine.mx_env, "gpu_available", lambda: False)
+    monkeypatch.setattr(hw, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(hw, "ram_gb", lambda: 23.4)
+    arch, reason = hw.choose_model()
+    assert arch == "enet" and "2 CPU cores" in reason and "23 GB" in reason and "no GPU" in reason
+    monkeypatch.setattr(hw, "cpu_cores", lambda: 16)
+    assert hw.choose_model("auto")[0] == "unet"
+    monkeypatch.setattr(hw, "ram_gb", lambda: 8.0)
+    assert hw.choose_model("auto")[0] == "enet"
+    monkeypatch.setattr(engine.mx_env, "gpu_available", lambda: True)
+    arch, reason = hw.choose_model()
+    assert arch == "unet" and "GPU" in reason
+    assert hw.choose_model("ENet") == ("enet", "chosen by the user")
+    with pytest.raises(ValueError, match="auto, unet or enet"):
+        hw.choose_model("resnet")
+
+
+def _head(skull: bool) -> np.ndarray:
+    """The OASIS grid at 1 mm: an ellipsoid 'brain' of 1.2 L, optionally inside a bright 'scalp'
+    (a 3.1 L head, the dark 'skull' between them left out of the foreground)."""
+    x, y, z = np.ogrid[-88:88, -104:104, -88:88]
+    r = (x / 65.0) ** 2 + (y / 80.0) ** 2 + (z / 55.0) ** 2
+    vol = np.where(r <= 1.0, 100.0, 0.0).astype(np.float32)
+    if skull:
+        rh = (x / 84.0) ** 2 + (y / 102.0) ** 2 + (z / 86.0) ** 2
+        vol[(rh <= 1.0) & (r > 1.15)] = 160.0
+    return vol
+
+
+def test_skull_heuristic():
+    from engine.paths import DEMO_SCAN
+    from engine.qc import skull_present
+    from engine.volume import read_volume
+
+    assert not skull_present(_head(False), 0.001)
+    assert skull_present(_head(True), 0.001)
+    assert not skull_present(_head(True), 0.0005), "the same head at half the voxel volume is brain-sized"
+    assert not skull_present(np.zeros((8, 8, 8), np.float32))
+    demo = read_volume(DEMO_SCAN)
+    assert not skull_present(demo.data, demo.voxel_volume_ml), "the demo scan is skull-stripped"

@@ -3,7 +3,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.volume import OASIS_SHAPE, VolumeReadError, read_volume, save_labels
+import engine.volume
+from engine.volume import (
+    OASIS_SHAPE,
+    VolumeReadError,
+    VolumeWriteError,
+    atomic_write,
+    read_volume,
+    save_image,
+    save_labels,
+)
 
 
 def _analyze(path, data, zooms=(1.0, 1.0, 1.0), dtype=">i2", singleton=True):
@@ -109,7 +118,7 @@ def _bad(tmp_path):
 
 EXPECT = {"empty": "empty", "truncated": "truncated", "disagree": "disagree", "no layout": "fits no known layout",
           "NaN": "NaN", "inf": "infinite", "2-D": "2-D", "5-D": "5-D", "directory": "directory",
-          "not an image": "", "missing": "no such file"}
+          "not an image": "not a readable image", "missing": "no such file"}
 
 
 def test_every_bad_input_names_file_and_problem(tmp_path):
@@ -153,10 +162,11 @@ def test_analyze_export_of_unrepresentable_affine_warns(tmp_path, caplog):
     assert "Analyze cannot store this affine" in caplog.text
 
 
-def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
-    p = tmp_path / "keep.nii.gz"
+@pytest.mark.parametrize("name", ["keep.nii.gz", "keep.hdr"])
+def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch, name):
+    p = tmp_path / name
     save_labels(p, np.ones((4, 4, 4), np.uint8), np.eye(4))
-    before = p.read_bytes()
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -164,5 +174,56 @@ def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
     monkeypatch.setattr(nib, "save", boom)
     with pytest.raises(Exception):
         save_labels(p, np.zeros((4, 4, 4), np.uint8), np.eye(4))
-    assert p.read_bytes() == before
-    assert [f.name for f in tmp_path.iterdir()] == ["keep.nii.gz"], "no temporary files left behind"
+    after = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    assert after == before, "old file(s) intact and no temporary files left behind"
+
+
+def test_interrupted_atomic_write_mid_file(tmp_path):
+    p = tmp_path / "stats.csv"
+    p.write_text("old\n")
+
+    def half_then_fail(tmp):
+        tmp.write_text("new, partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(p, half_then_fail)
+    assert p.read_text() == "old\n" and [f.name for f in tmp_path.iterdir()] == ["stats.csv"]
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """mkstemp makes 0600 files; what we write must get the umask default (or keep its old mode)."""
+    default = 0o666 & ~engine.volume._UMASK
+    atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
+    save_labels(tmp_path / "m.hdr", np.zeros((3, 3, 3), np.uint8), np.eye(4))
+    save_labels(tmp_path / "m.nii.gz", np.zeros((3, 3, 3), np.uint8), np.eye(4))
+    for name in ("a.txt", "m.hdr", "m.img", "m.nii.gz"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == default, name
+    (tmp_path / "a.txt").chmod(0o640)
+    atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("y"))
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+
+
+def test_save_image_float_nifti_only(tmp_path):
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    unc = np.random.default_rng(3).random((5, 6, 4)).astype(np.float32)
+    save_image(tmp_path / "u.nii.gz", unc, aff)
+    img = nib.load(str(tmp_path / "u.nii.gz"))
+    assert img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.affine, aff)
+    np.testing.assert_allclose(np.asanyarray(img.dataobj), unc)
+    with pytest.raises(VolumeWriteError, match="NIfTI"):
+        save_image(tmp_path / "u.hdr", unc, aff)
+    assert not (tmp_path / "u.hdr").exists()
+
+
+def test_fsl_seg_geometry_matches_nibabel(tmp_path):
+    lab = np.zeros((8, 10, 6), np.uint8)
+    lab[2:6, 3:7, 1:5] = 2
+    p = _analyze(tmp_path / "x_fseg.hdr", lab, zooms=(1.0, 1.0, 1.25), dtype="u1")
+    ref = nib.load(str(p))
+    assert ref.shape == (8, 10, 6, 1)
+    v = read_volume(p.with_suffix(".img"))
+    assert v.kind == "labels" and v.source_dtype == "uint8" and v.shape == (8, 10, 6)
+    assert v.voxel_size == pytest.approx(ref.header.get_zooms()[:3])
+    assert v.orientation == "".join(nib.aff2axcodes(ref.affine))
