@@ -108,6 +108,15 @@ def _worker(model: str, runtime: str, batch_sizes: list[int], repeats: int, mode
     from .weights import shipped_model_dir
 
     mdir = Path(model_dir) if model_dir else shipped_model_dir(model)
+    if runtime == "lowmem":
+        # Low-memory mode: a fresh process segments the volume streaming one slice at a time.
+        scan = read_volume(scan_path or DEMO_SCAN).data
+        seg = Segmenter(mdir, hybridize=False)
+        t = time.perf_counter()
+        r = seg.segment(scan, SegmentConfig(batch_size=1))
+        return {"model": model, "runtime": runtime, "params": count_parameters(seg.net),
+                "volume_s": time.perf_counter() - t, "volume_slices_run": r.slices_run,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "latency": {}}
     seg = Segmenter(mdir)
     res = {"model": model, "runtime": runtime, "params": count_parameters(seg.net)}
     rng = np.random.default_rng(0)
@@ -182,7 +191,7 @@ def run_bench(models: list[str], batch_sizes: list[int], repeats: int, threads: 
     for model in models:
         mdir = (model_dirs or {}).get(model)
         flops = None
-        for runtime in (("mxnet", "onnxruntime") if onnx else ("mxnet",)):
+        for runtime in (("mxnet", "onnxruntime", "lowmem") if onnx else ("mxnet", "lowmem")):
             cmd = [sys.executable, "-m", "engine.bench", "--_worker", model, "--_runtime", runtime,
                    "--batch-sizes", ",".join(map(str, batch_sizes)), "--repeats", str(repeats)]
             if mdir:
@@ -219,6 +228,8 @@ def format_table(res: dict) -> str:
     lines.append("| model | runtime | params | GFLOP/slice | batch | median ms (IQR) | ms/slice | slices/s | GFLOPS | % of peak | MXNet/ORT |")
     lines.append("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for (model, runtime), r in runs.items():
+        if runtime == "lowmem":
+            continue
         if "error" in r:
             lines.append(f"| {model} | {runtime} | | | | failed: {r['error']} | | | | | |")
             continue
@@ -242,6 +253,10 @@ def format_table(res: dict) -> str:
         if runtime == "mxnet" and "volume_s" in r:
             lines.append(f"| {model} | {r['volume_s']:.2f} s | {r['volume_slices_run']} | "
                          f"{r['volume_uncropped_s']:.2f} s | {r['peak_rss_mb']:.0f} MB |")
+    for (model, runtime), r in runs.items():
+        if runtime == "lowmem" and "volume_s" in r:
+            lines.append(f"| {model}, low-memory mode (batch 1, streaming, no static allocation) | "
+                         f"{r['volume_s']:.2f} s | {r['volume_slices_run']} | | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +272,7 @@ def save_plot(res: dict, path: str | os.PathLike) -> bool:
     styles = {"mxnet": "-", "onnxruntime": "--"}
     colors = {"unet": "#D55E00", "enet": "#0072B2"}
     for r in res["runs"]:
-        if "latency" not in r:
+        if not r.get("latency"):
             continue
         bss = sorted(int(b) for b in r["latency"])
         ms = [1000 * r["latency"][str(b) if str(b) in r["latency"] else b]["median_s"] / b for b in bss]

@@ -33,5 +33,7 @@ def test_bench_cli_small(tiny_model_dir, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     run = res["runs"][0]
     assert set(run["latency"]) == {"1", "2"} and run["volume_s"] > 0 and run["peak_rss_mb"] > 0
+    low = [r for r in res["runs"] if r["runtime"] == "lowmem"][0]
+    assert low["volume_s"] > 0 and low["peak_rss_mb"] > 0
     assert run["flops_per_slice"] > 1e8 and res["machine"]["peak_gflops"] > 0
     assert plot.exists() and plot.stat().st_size > 1000
