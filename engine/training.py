@@ -100,7 +100,8 @@ def cosine_lr(step: int, cfg: FitConfig) -> float:
 def make_trainer(net, cfg: FitConfig, kvstore="device"):
     mx = get_mx()
     # Frozen parameters (grad_req "null", e.g. the encoder in decoder-only fine-tuning) are left out.
-    params = {n: p for n, p in net.collect_params().items() if p.grad_req != "null"}
+    # A list, not a dict: Trainer sorts a dict by name, and Gluon names carry process-wide counters.
+    params = [p for p in net.collect_params().values() if p.grad_req != "null"]
     return mx.gluon.Trainer(params, "adam", {"learning_rate": cfg.lr, "beta1": 0.9, "beta2": 0.99},
                             kvstore=kvstore)
 
