@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="start from these parameters (e.g. a second, annealing run from best.params)")
     ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--seed", type=int, default=1984)
     args = ap.parse_args(argv)
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
 
     net = get_model(args.model)
     init_network(net)
+    if args.init:
+        net.load_parameters(args.init)
     net.hybridize(static_alloc=True)
     state = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
     if args.resume and (work / "ckpt.params").exists():
@@ -181,6 +184,7 @@ def main(argv=None) -> int:
     net.load_parameters(str(work / "best.params"))
     record = {
         "source": "MNI ICBM152 2009a template from nilearn (tools/make_demo.py), augmented",
+        "initialised_from": args.init,
         "script": "tools/train_shipped.py",
         "held_out_axial_slices": list(HOLD_OUT),
         "steps": last, "best_step": state["best_step"], "batch_size": bs,
