@@ -132,14 +132,18 @@ def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
         seg.segment(vol, progress=None, cancel=tok)
 
 
-def test_cropping_to_foreground_matches_full_slices(tiny_model_dir):
-    from engine.inference import SegmentConfig, Segmenter
+def test_cropping_to_foreground_matches_full_slices_with_shipped_weights():
+    """Per-batch cropping to the brain changes almost nothing for a trained network."""
+    from engine.inference import Segmenter, SegmentConfig
+    from engine.paths import DEMO_SCAN
+    from engine.volume import read_volume
+    from engine.weights import shipped_model_dir
 
-    rng = np.random.default_rng(3)
-    vol = np.zeros((64, 72, 3), np.float32)
-    vol[12:50, 16:60] = rng.random((38, 44, 3)) * 100 + 50
-    seg = Segmenter(tiny_model_dir)
+    if not (shipped_model_dir("unet") / "model.json").exists():
+        pytest.skip("no shipped U-Net weights")
+    vol = read_volume(DEMO_SCAN).data[:, :, 60:66]
+    seg = Segmenter(shipped_model_dir("unet"))
     a = seg.segment(vol, SegmentConfig(crop_to_foreground=True)).labels
     b = seg.segment(vol, SegmentConfig(crop_to_foreground=False)).labels
     inside = vol > 0
-    assert (a[inside] == b[inside]).mean() > 0.97
+    assert (a[inside] == b[inside]).mean() > 0.99
