@@ -1,5 +1,11 @@
 """Fixtures shared by the engine and GUI tests."""
-import pytest
+import os
+
+# Tests run many short MXNet calls in several processes on 2 cores: idle OpenMP workers must
+# sleep, not spin (spinning made a tiny ENet forward 4-5 s instead of 0.07 s here).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,452 @@
+"""Self-contained inference packages: `brainseg export --format onnx|mxnet [--int8] MODEL -o DIR`.
+
+A package is a folder that segments scans without BrainSeg: numpy + nibabel + onnxruntime (or
+mxnet) and the runner script it carries, `python segment_package.py DIR SCAN -o MASK.nii.gz`.
+It holds:
+
+- the network: `network.onnx`, or MXNet's `network-symbol.json` + `network-0000.params`;
+- `package.json`: backend, precision, input/output layout and the preprocessing as numbers (the
+  rules of engine/preprocess.py and engine/inference.py, which the runner re-implements);
+- `classes.json` (resources/colors.json) and `model.json` (the model directory's metadata);
+- `segment_package.py` (resources/runtime/segment_package.py, imports nothing from BrainSeg);
+- `MANIFEST.json`: the SHA-256 of every other file; the runner refuses a package that differs.
+
+ONNX export (mx.onnx.export_model, MXNet 1.9.1 + onnx <= 1.18) with dynamic batch, height and
+width. Every op of both networks converts as it is, ENet's included: the channel pad (transpose +
+Pad + transpose), slice_axis (-> Slice), zeros_like (-> Shape + ConstantOfShape), concat,
+UpSampling nearest (-> Resize), broadcast_equal (-> Equal + Cast), BlockGrad and Dropout
+(-> Identity: inference semantics), so engine/models/enet.py needs no change for export. Two
+repairs are made to the converter's graph:
+- PReLU: MXNet exports the per-channel slope as shape (C,), which ONNX broadcasts against the
+  *last* axis (W); ONNX Runtime rejects it (or, when W == C, computes the wrong thing). The slope
+  initializers are reshaped to (C, 1, 1).
+- The converter lists every initializer as a graph input too and stamps the model with the
+  newest opset onnx knows (23 for onnx 1.18) although it only has translations up to opset 13.
+  Inputs are reduced to `data`, the opset set to 13 and the IR version to 7 (what the graph
+  really uses, so older ONNX Runtimes load an FP32 package too), the output named `logits`.
+Every export is checked: the packaged runner's own loader runs the exported network on two input
+sizes and its labels are compared with MXNet's (`package.json` records the result).
+
+INT8 (`--int8`): the MXNet format uses engine.quantize (MXNet's oneDNN quantize_net_v2, naive
+calibration); the ONNX format uses onnxruntime.quantization.quantize_static (QDQ, per-channel int8
+weights, uint8 activations, MinMax calibration), which needs the ml_dtypes package. Both calibrate
+on foreground slices of a scan: the one given, else the bundled demo scan.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .mx_env import get_mx
+from .paths import DEMO_SCAN, RESOURCES
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "mxnet")
+PACKAGE_FORMAT = "brainseg-inference-package"
+PACKAGE_VERSION = 1
+RUNNER = RESOURCES / "runtime" / "segment_package.py"
+MANIFEST = "MANIFEST.json"
+INPUT_NAME = "data"  # Gluon's export names the input "data"
+OUTPUT_NAME = "logits"
+ONNX_OPSET = 13  # the newest opset MXNet 1.9.1's converter has translations for
+ONNX_IR_VERSION = 7  # the IR version that goes with opset 13
+MIN_AGREEMENT_FP32 = 0.999  # labels of the exported network vs MXNet, on decisive pixels
+
+# engine/preprocess.py and engine/inference.py as numbers (keep in step with them; the package
+# tests check the runner against Segmenter).
+FOREGROUND_FRACTION = 0.05  # foreground: voxel > 5% of ...
+FOREGROUND_PERCENTILE = 99.5  # ... the 99.5th percentile of positive voxels
+NORM_PERCENTILE = 99.0  # scale: 99th percentile of foreground voxels
+NORM_SUBSAMPLE_ABOVE = 2_000_000  # more foreground voxels than this: every 7th is enough
+NORM_SUBSAMPLE_STRIDE = 7
+CROP_SCOPE = "batch"  # Segmenter.segment crops each batch to its own foreground box
+
+
+def preprocess_spec(multiple: int) -> dict:
+    from .inference import CROP_MARGIN, SegmentConfig
+    from .preprocess import CLIP_MAX
+
+    return {
+        "slice_axis": 2,
+        "foreground": {"rule": "voxel > fraction * percentile(positive voxels, percentile)",
+                       "fraction": FOREGROUND_FRACTION, "percentile": FOREGROUND_PERCENTILE},
+        "normalise": {"rule": "clip(voxel / percentile(foreground voxels, percentile), *clip); "
+                              "scale 1 when there is no foreground",
+                      "percentile": NORM_PERCENTILE, "subsample_above": NORM_SUBSAMPLE_ABOVE,
+                      "subsample_stride": NORM_SUBSAMPLE_STRIDE, "clip": [0.0, CLIP_MAX]},
+        "empty_slices": "background (slices without foreground are not run)",
+        "crop": {"to_foreground": True, "margin": CROP_MARGIN, "scope": CROP_SCOPE,
+                 "batch_slices": SegmentConfig().batch_size,
+                 "rule": "in-plane box of the foreground of each batch of batch_slices consecutive "
+                         "foreground slices (scope 'batch') or of the whole volume (scope 'volume'), "
+                         "plus margin, widened to the multiple"},
+        "pad": {"multiple": int(multiple), "placement": "centred", "value": 0.0},
+    }
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path:
+    """A model directory, or "unet"/"enet" for the active version of that architecture."""
+    from .models import MODEL_NAMES
+
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if str(model).lower() in MODEL_NAMES:
+        from .finetune import ModelStore
+
+        return ModelStore().active_dir(str(model).lower())
+    raise ValueError(f"{model}: not a model directory, nor one of {', '.join(MODEL_NAMES)}")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(pkg: Path) -> dict:
+    files = {p.relative_to(pkg).as_posix(): sha256(p)
+             for p in sorted(pkg.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    manifest = {"format": PACKAGE_FORMAT, "algorithm": "sha256", "files": files}
+    (pkg / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return manifest
+
+
+def load_runner(path: Path = RUNNER):
+    """The runner script as a module (the check at export uses the packaged copy's own code)."""
+    spec = importlib.util.spec_from_file_location(f"_brainseg_runner_{abs(hash(str(path)))}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def verify_package(pkg: str | os.PathLike) -> dict:
+    """Check a package's checksums with this installation's runner code (not the package's own
+    copy, which could have been altered too); returns package.json. Raises ValueError."""
+    runner = load_runner(RUNNER)
+    try:
+        return runner.load_package(Path(pkg))
+    except runner.PackageError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+# ----------------------------------------------------------------------------- network export
+def export_symbol(net, prefix: Path, hw: tuple[int, int]) -> tuple[Path, Path]:
+    """Hybridize, run once at (1, 1, *hw) and write MXNet's symbol JSON + params."""
+    mx = get_mx()
+    net.hybridize()
+    net(mx.nd.zeros((1, 1) + tuple(hw)))
+    net.export(str(prefix), epoch=0)
+    return Path(f"{prefix}-symbol.json"), Path(f"{prefix}-0000.params")
+
+
+def repair_onnx(model):
+    """Make mx.onnx's graph loadable by ONNX Runtime (see the module docstring)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    users: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, set()).add(node.op_type)
+    for node in graph.node:
+        if node.op_type != "PRelu" or node.input[1] not in inits:
+            continue
+        slope = inits[node.input[1]]
+        if len(slope.dims) != 1:
+            continue
+        if users[slope.name] != {"PRelu"}:
+            raise RuntimeError(f"PReLU slope {slope.name} is shared with other operators")
+        arr = numpy_helper.to_array(slope).reshape((-1, 1, 1))
+        slope.CopyFrom(numpy_helper.from_array(arr, slope.name))
+    kept = [i for i in graph.input if i.name not in inits]
+    del graph.input[:]
+    graph.input.extend(kept)
+    old_out = graph.output[0].name  # name the output and the dynamic axes for readers of the file
+    for node in graph.node:
+        node.input[:] = [OUTPUT_NAME if i == old_out else i for i in node.input]
+        node.output[:] = [OUTPUT_NAME if o == old_out else o for o in node.output]
+    graph.output[0].name = OUTPUT_NAME
+    for value in (graph.input[0], graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        for i, label in ((0, "batch"), (2, "height"), (3, "width")):
+            if len(dims) == 4 and not dims[i].HasField("dim_value"):
+                dims[i].dim_param = label
+    del model.opset_import[:]
+    model.opset_import.add(domain="", version=ONNX_OPSET)
+    model.ir_version = ONNX_IR_VERSION
+    return model
+
+
+def export_onnx(net, path: Path, hw: tuple[int, int], meta: dict | None = None) -> Path:
+    """FP32 ONNX of a Gluon network with dynamic batch, height and width."""
+    import onnx
+
+    mx = get_mx()
+    with tempfile.TemporaryDirectory() as tmp:
+        sym, params = export_symbol(net, Path(tmp) / "net", hw)
+        raw = Path(tmp) / "raw.onnx"
+        mx.onnx.export_model(str(sym), str(params), in_shapes=[(1, 1) + tuple(hw)], in_types=[np.float32],
+                             onnx_file_path=str(raw), dynamic=True,
+                             dynamic_input_shapes=[(None, 1, None, None)])
+        model = repair_onnx(onnx.load(str(raw)))
+    model.producer_name = "BrainSeg"
+    for key, value in (meta or {}).items():
+        model.metadata_props.add(key=key, value=str(value))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def quantize_onnx(src: Path, dst: Path, calib: np.ndarray) -> Path:
+    """INT8 (QDQ) copy of an FP32 ONNX network, calibrated on padded slices (N, 1, H, W)."""
+    try:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise ValueError(f"ONNX INT8 needs onnxruntime.quantization, which failed to import ({exc}); "
+                         "install ml_dtypes, or use --format mxnet --int8") from exc
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([{INPUT_NAME: calib[i:i + 1]} for i in range(calib.shape[0])])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # folds BatchNorm into Conv
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return dst
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_inputs(multiple: int, calib: np.ndarray | None) -> list[np.ndarray]:
+    """Two batches of different sizes: proves the dynamic height/width of the export."""
+    rng = np.random.default_rng(1984)
+    m = multiple
+    out = [rng.uniform(0, 1.5, (2, 1, 6 * m, 5 * m)).astype(np.float32),
+           rng.uniform(0, 1.5, (1, 1, 4 * m, 7 * m)).astype(np.float32)]
+    if calib is not None:
+        out.insert(0, calib[:4])
+    return out
+
+
+def compare_logits(ref: np.ndarray, out: np.ndarray, margin: float = 1e-3) -> dict:
+    """Labels agreement of two logit arrays (N, C, H, W), overall and where ref's top-2 gap > margin."""
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > margin
+    same = ref.argmax(1) == out.argmax(1)
+    return {"label_agreement": float(same.mean()),
+            "decisive_label_agreement": float(same[decisive].mean()) if decisive.any() else 1.0,
+            "max_abs_logit_diff": float(np.abs(ref - out).max()),
+            "max_abs_logit": float(np.abs(ref).max())}
+
+
+def check_package_network(pkg: Path, spec: dict, net, inputs: list[np.ndarray]) -> list[dict]:
+    """Run the packaged network through the runner's own loader and compare it with `net`,
+    one result per input batch."""
+    mx = get_mx()
+    run = load_runner(pkg / "segment_package.py").load_network(pkg, spec)
+    results = []
+    for x in inputs:
+        r = net(mx.nd.array(x)).asnumpy()
+        o = np.asarray(run(x))
+        if o.shape != r.shape:
+            raise RuntimeError(f"the exported network gives shape {o.shape} for input {x.shape}, MXNet {r.shape}")
+        results.append({"input_shape": list(x.shape), **compare_logits(r, o)})
+    return results
+
+
+# ----------------------------------------------------------------------------- the package
+def _calibration(calib_volume, multiple: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(normalised slices (N, H, W), padded batch (N, 1, PH, PW), description)."""
+    from .preprocess import SlicePadding
+    from .quantize import calibration_slices
+
+    if calib_volume is None:
+        if not DEMO_SCAN.exists():
+            raise ValueError("INT8 export needs a calibration scan (--calib SCAN)")
+        calib_volume = DEMO_SCAN
+    if isinstance(calib_volume, (str, os.PathLike)):
+        from .volume import read_volume
+
+        source = Path(calib_volume).name
+        volume = read_volume(calib_volume, kind="image").data
+    else:
+        source, volume = "array", calib_volume
+    slices = calibration_slices(volume)
+    pad = SlicePadding.for_shape(slices.shape[1:], multiple)
+    return slices, pad.pad(slices)[:, None], source
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} exists and is not an empty folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a package is meant to be shared
+    return tmp
+
+
+def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "onnx",
+                   int8: bool = False, calib_volume=None) -> Path:
+    """Write a self-contained inference package of a model directory; returns out_dir.
+
+    calib_volume (INT8 only): a raw scan as an array or a file path; default the demo scan.
+    The folder is built beside out_dir and renamed into place, so a failed export leaves nothing.
+    """
+    from . import __version__
+    from .inference import load_network
+    from .weights import META
+
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown package format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if not RUNNER.exists():
+        raise OSError(f"{RUNNER}: the runner script is missing from this installation")
+    t0 = time.time()
+    mx = get_mx()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    net, info = load_network(model_dir, mx.cpu())
+    multiple = int(net.multiple)
+    hw = (8 * multiple, 8 * multiple) if multiple < 16 else (4 * multiple, 4 * multiple)
+    calib = calib_batch = None
+    calib_source = None
+    if int8:
+        calib, calib_batch, calib_source = _calibration(calib_volume, multiple)
+    classes = json.loads((RESOURCES / "colors.json").read_text(encoding="utf-8"))["classes"]
+    spec = {
+        "format": PACKAGE_FORMAT, "package_version": PACKAGE_VERSION, "backend": fmt,
+        "precision": "int8" if int8 else "fp32",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {"arch": info.arch, "arch_kwargs": info.arch_kwargs, "version": info.version,
+                  "multiple": multiple, "classes": len(classes)},
+        "network": {"input": INPUT_NAME, "layout": "NCHW", "channels": 1, "dtype": "float32",
+                    "dynamic_axes": ["batch", "height", "width"],
+                    "output": "logits (N, classes, H, W); label = argmax over axis 1"},
+        "preprocess": preprocess_spec(multiple),
+        "classes": classes,
+        "brainseg_version": __version__,
+    }
+    tmp = _prepare_out_dir(out_dir)
+    try:
+        if fmt == "onnx":
+            meta = {"arch": info.arch, "version": info.version, "multiple": multiple}
+            fp32 = export_onnx(net, tmp / "network.onnx", hw, meta)
+            if int8:
+                import onnx
+
+                os.replace(quantize_onnx(fp32, tmp / "network.int8.onnx", calib_batch), fp32)
+                spec["quantization"] = {"tool": "onnxruntime.quantization.quantize_static",
+                                        "format": "QDQ", "weights": "int8 per channel",
+                                        "activations": "uint8", "calibration": "MinMax"}
+                opset = max(o.version for o in onnx.load(str(fp32)).opset_import if o.domain in ("", "ai.onnx"))
+            else:
+                opset = ONNX_OPSET
+            spec["network"]["files"] = {"onnx": "network.onnx"}
+            spec["network"]["opset"] = opset
+        else:
+            if int8:
+                from .quantize import quantize_model
+
+                qnet = quantize_model(net, calib)
+                spec["quantization"] = {
+                    "tool": "mxnet.contrib.quantization.quantize_net_v2 (oneDNN), see engine/quantize.py",
+                    "calibration": "naive (min/max)",
+                    "int8": "convolutions (with BatchNorm and residual adds fused), max pooling, concat",
+                    "fp32": "PReLU, relu, transposed convolutions, pad, transpose, UpSampling, "
+                            "the unpooling mask (its max pooling, comparison and multiply)"}
+                qnet(mx.nd.zeros((1, 1) + hw))
+                qnet.export(str(tmp / "network"), epoch=0)
+            else:
+                export_symbol(net, tmp / "network", hw)
+            spec["network"]["files"] = {"symbol": "network-symbol.json", "params": "network-0000.params"}
+            spec["network"]["mxnet"] = mx.__version__
+        if int8:
+            spec["quantization"]["calibration_scan"] = calib_source
+            spec["quantization"]["calibration_slices"] = int(calib.shape[0])
+        shutil.copyfile(RUNNER, tmp / "segment_package.py")
+        shutil.copyfile(RESOURCES / "colors.json", tmp / "classes.json")
+        shutil.copyfile(model_dir / META, tmp / "model.json")
+        (tmp / "package.json").write_text(json.dumps(spec, indent=2, default=str), encoding="utf-8")
+        # Check the packaged network with the runner's loader against the FP32 network.
+        checks = check_package_network(tmp, spec, net, _check_inputs(multiple, calib_batch))
+        log.info("export check (%s %s): %s", fmt, spec["precision"], checks)
+        worst = min(c["decisive_label_agreement"] for c in checks)
+        if not int8 and worst < MIN_AGREEMENT_FP32:
+            raise RuntimeError(f"the exported {fmt} network disagrees with MXNet: {checks}")
+        spec["export_check"] = {"against": "the FP32 network in MXNet",
+                                "label_agreement": min(c["label_agreement"] for c in checks),
+                                "max_abs_logit_diff": max(c["max_abs_logit_diff"] for c in checks),
+                                "inputs": checks}
+        if int8:  # the first check input is calibration slices: real data, unlike the random ones
+            spec["quantization"]["label_agreement_on_calibration_slices"] = checks[0]["label_agreement"]
+            if checks[0]["label_agreement"] < 0.95:
+                log.warning("INT8 %s keeps only %.1f%% of the FP32 labels on the calibration slices",
+                            fmt, 100 * checks[0]["label_agreement"])
+        (tmp / "package.json").write_text(json.dumps(spec, indent=2, default=str), encoding="utf-8")
+        write_manifest(tmp)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s (%s, %s) to %s in %.1f s", info.version, fmt, spec["precision"], out_dir,
+             time.time() - t0)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- command line
+def cmd_export(args) -> int:
+    from .mx_env import configure_threads
+
+    configure_threads()
+    model_dir = resolve_model_dir(args.model)
+    out = export_package(model_dir, args.output, fmt=args.format, int8=args.int8, calib_volume=args.calib)
+    spec = json.loads((out / "package.json").read_text(encoding="utf-8"))
+    chk = spec["export_check"]
+    print(f"exported {spec['model']['arch']} ({spec['model']['version']}) as {spec['backend']} "
+          f"{spec['precision']} to {out}")
+    if "quantization" in spec:
+        q = spec["quantization"]
+        print(f"INT8 vs FP32 on {q['calibration_slices']} calibration slices of {q['calibration_scan']}: "
+              f"{100 * q['label_agreement_on_calibration_slices']:.2f}% of labels agree")
+    else:
+        print(f"check against MXNet: {100 * chk['label_agreement']:.2f}% of labels agree, "
+              f"max logit difference {chk['max_abs_logit_diff']:.3g}")
+    print(f"run it: python {out / 'segment_package.py'} {out} SCAN -o MASK.nii.gz")
+    return 0
+
+
+def add_export_parser(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write a self-contained inference package (ONNX or MXNet)")
+    p.add_argument("model", metavar="MODEL", help='a model directory, or "unet"/"enet" for the active version')
+    p.add_argument("-o", "--output", required=True, help="package folder to create (must not exist or be empty)")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="network format (default: onnx)")
+    p.add_argument("--int8", action="store_true", help="post-training INT8 quantization (CPU)")
+    p.add_argument("--calib", metavar="SCAN", help="scan to calibrate INT8 on (default: the demo scan)")
+    p.set_defaults(func=cmd_export)
