@@ -134,7 +134,7 @@ def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
 
 def test_cropping_to_foreground_matches_full_slices_with_shipped_weights():
     """Per-batch cropping to the brain changes almost nothing for a trained network."""
-    from engine.inference import Segmenter, SegmentConfig
+    from engine.inference import SegmentConfig, Segmenter
     from engine.paths import DEMO_SCAN
     from engine.volume import read_volume
     from engine.weights import shipped_model_dir
