@@ -24,7 +24,7 @@ run: deps $(VENV)/.installed
 	else $(BIN)/brainseg-gui --demo; fi
 
 test: deps $(VENV)/.installed
-	$(BIN)/ruff check --no-cache engine brainseg_gui tests tools bench
+	$(BIN)/ruff check --no-cache engine brainseg_gui tests tools bench resources/runtime
 	$(BIN)/lint-imports
 	QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=2 $(BIN)/pytest -q -p no:cacheprovider tests
 
