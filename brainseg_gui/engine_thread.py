@@ -27,12 +27,12 @@ class EngineState:
 
     segmenters: dict = field(default_factory=dict)
 
-    def segmenter(self, model_dir):
+    def segmenter(self, model_dir, precision: str = "fp32"):
         from engine.inference import Segmenter
 
-        key = str(model_dir)
+        key = (str(model_dir), precision)
         if key not in self.segmenters:
-            self.segmenters[key] = Segmenter(model_dir)
+            self.segmenters[key] = Segmenter(model_dir, precision=precision)
         return self.segmenters[key]
 
 

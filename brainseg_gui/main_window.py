@@ -512,6 +512,17 @@ class MainWindow(QtWidgets.QMainWindow):
         except Exception as exc:  # hardware probing must never stop the app
             arch, reason = "enet", f"(could not probe the hardware: {exc})"
         self.segment_panel.reason.setText(f"Will run {'U-Net' if arch == 'unet' else 'ENet'}: {reason}")
+        from engine.inference import int8_offer
+
+        try:
+            ok, why = int8_offer(self.model_dir())
+        except Exception as exc:  # missing weights: the segment job will say so
+            ok, why = False, str(exc)
+        chk = self.segment_panel.int8_check
+        chk.setEnabled(ok)
+        if not ok:
+            chk.setChecked(False)
+        chk.setToolTip(why)
 
     def _on_model_pref_changed(self, _i: int) -> None:
         self.prefs.model = self.segment_panel.model_combo.currentData()
@@ -540,8 +551,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
         cfg = SegmentConfig(batch_size=self.prefs.batch_size, slices=slices, uncertainty=True)
 
+        precision = "int8" if self.segment_panel.int8_check.isChecked() else "fp32"
+
         def job(state, progress, cancel):
-            seg = state.segmenter(model_dir)
+            seg = state.segmenter(model_dir, precision)
             res = seg.segment(data, cfg, progress=lambda d, t: progress((d, t)), cancel=cancel)
             return res
 

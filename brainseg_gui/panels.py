@@ -141,6 +141,10 @@ class SegmentPanel(QtWidgets.QWidget):
         self.reason.setWordWrap(True)
         self.reason.setStyleSheet("color: #666;")
         lay.addWidget(self.reason)
+        self.int8_check = QtWidgets.QCheckBox("INT8 (faster)")
+        self.int8_check.setObjectName("int8_check")
+        self.int8_check.setEnabled(False)
+        lay.addWidget(self.int8_check)
         for key in ("segment", "segment_slice"):
             b = QtWidgets.QToolButton()
             b.setDefaultAction(actions[key])

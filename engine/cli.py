@@ -292,7 +292,15 @@ def cmd_segment(args) -> int:
     model_dir, arch, reason = resolve_model(args.model, args.weights)
     from .inference import SegmentConfig, Segmenter
 
-    seg = Segmenter(model_dir)
+    precision = "fp32"
+    if args.int8:
+        from .inference import int8_offer
+
+        ok, why = int8_offer(model_dir)
+        if not ok:
+            raise CliError(f"--int8: {why}")
+        precision = "int8"
+    seg = Segmenter(model_dir, precision=precision, calib_volume=vol.data if precision == "int8" else None)
     bar = _Progress(f"segment ({arch})")
     try:
         res = seg.segment(vol.data, SegmentConfig(batch_size=args.batch_size, uncertainty=bool(args.uncertainty),
@@ -390,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a model directory (shipped, fine-tuned or trained)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per forward pass (default 8)")
     p.add_argument("--slices", help="only these axial slices (third array axis), e.g. 10,12,20-30")
+    p.add_argument("--int8", action="store_true",
+                   help="INT8 inference (only for models whose INT8 Dice change was measured <= 0.005)")
     p.add_argument("--uncertainty", metavar="FILE", help="also write the softmax-entropy map (NIfTI)")
     p.set_defaults(func=cmd_segment)
 

@@ -86,18 +86,31 @@ class Segmenter:
     """A loaded model ready to segment volumes. Not thread-safe: use from one thread."""
 
     def __init__(self, model_dir: str | Path | None = None, arch: str = "enet", ctx=None,
-                 hybridize: bool = True):
+                 hybridize: bool = True, precision: str = "fp32", calib_volume: np.ndarray | None = None):
         self.ctx = ctx or default_context()
         self.model_dir = Path(model_dir) if model_dir else shipped_model_dir(arch)
         self.net, self.info = load_network(self.model_dir, self.ctx)
-        if hybridize:
+        self.multiple = int(self.net.multiple)
+        self.precision = precision
+        if precision == "int8":
+            from .quantize import calibration_slices, quantize_model
+
+            if calib_volume is None:
+                from .paths import DEMO_SCAN
+                from .volume import read_volume
+
+                calib_volume = read_volume(DEMO_SCAN).data
+            self.net = quantize_model(self.net, calibration_slices(calib_volume), self.ctx)
+        elif precision != "fp32":
+            raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
+        elif hybridize:
             # static_alloc without static_shape: batches come in a few different crop shapes
             self.net.hybridize(static_alloc=True)
-        self.multiple = int(self.net.multiple)
 
     @classmethod
     def from_network(cls, net, info: ModelInfo, ctx=None) -> "Segmenter":
         self = cls.__new__(cls)
+        self.precision = "fp32"
         self.ctx = ctx or get_mx().cpu()
         self.model_dir = info.directory
         self.net, self.info = net, info
@@ -106,7 +119,7 @@ class Segmenter:
 
     @property
     def name(self) -> str:
-        return f"{self.info.arch} ({self.info.version})"
+        return f"{self.info.arch} ({self.info.version}{', INT8' if self.precision == 'int8' else ''})"
 
     def predict_slices(self, slices: np.ndarray, uncertainty: bool = False):
         """Normalised slices (N, H, W) -> labels (N, H, W) uint8 [, entropy (N, H, W)]."""
@@ -159,6 +172,23 @@ class Segmenter:
         secs = time.time() - t0
         log.info("segmented %s in %.2f s with %s (%d slices run)", vol.shape, secs, self.name, total)
         return SegmentResult(labels, unc, secs, self.name, total)
+
+
+INT8_MAX_DICE_CHANGE = 0.005
+
+
+def int8_offer(model_dir: str | Path) -> tuple[bool, str]:
+    """Whether INT8 is offered for this model: only when bench/int8_eval.py measured a Dice change
+    of at most INT8_MAX_DICE_CHANGE per class against FP32 (recorded in its model.json)."""
+    meta = read_model_dir(model_dir, verify=False).meta
+    rec = meta.get("int8")
+    if not rec:
+        return False, "INT8 has not been validated for this model (run bench/int8_eval.py)"
+    worst = max(abs(v) for v in rec["dice_change"].values())
+    if worst > INT8_MAX_DICE_CHANGE:
+        return False, (f"INT8 changed Dice by up to {worst:.4f} on the demo scan "
+                       f"(> {INT8_MAX_DICE_CHANGE}); not offered")
+    return True, f"INT8: {rec.get('speedup', 0):.1f}x faster, Dice change <= {worst:.4f} per class on the demo scan"
 
 
 def least_certain_slices(uncertainty: np.ndarray, count: int = 10, mask: np.ndarray | None = None) -> list[tuple[int, float]]:

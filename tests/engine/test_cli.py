@@ -320,3 +320,26 @@ def test_skull_heuristic():
     assert not skull_present(np.zeros((8, 8, 8), np.float32))
     demo = read_volume(DEMO_SCAN)
     assert not skull_present(demo.data, demo.voxel_volume_ml), "the demo scan is skull-stripped"
+
+
+def test_segment_int8_refused_unless_validated(tmp_path, tiny_model_dir, capsys):
+    import json as _json
+
+    from engine.inference import int8_offer
+
+    p, _, _ = _scan(tmp_path)
+    assert main(["segment", str(p), "-o", str(tmp_path / "q.nii.gz"), "--weights", str(tiny_model_dir), "--int8"]) == 2
+    assert "INT8 has not been validated" in capsys.readouterr().err
+    meta_path = tiny_model_dir / "model.json"
+    saved = meta_path.read_text()
+    try:
+        meta = _json.loads(saved)
+        meta["int8"] = {"dice_change": {"csf": -0.02, "gm": 0.001, "wm": 0.0}, "speedup": 2.0}
+        meta_path.write_text(_json.dumps(meta))
+        ok, why = int8_offer(tiny_model_dir)
+        assert not ok and "0.0200" in why
+        meta["int8"]["dice_change"]["csf"] = -0.004
+        meta_path.write_text(_json.dumps(meta))
+        assert int8_offer(tiny_model_dir)[0]
+    finally:
+        meta_path.write_text(saved)
