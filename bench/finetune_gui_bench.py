@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 import pyqtgraph as pg  # noqa: E402
 from PyQt5 import QtCore, QtWidgets  # noqa: E402
 
+from bench.common import report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -85,12 +87,9 @@ def main(argv=None) -> int:
         f"{res.after.get('mean_tissue_dice'):.3f}." if res else "Fine-tune failed.",
         "",
     ])
-    print(text)
     win.labelmap.mark_clean()
     win.close()
-    if not args.no_append:
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+    report(text, append=not args.no_append)
     return 0
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import report
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -84,10 +86,7 @@ def main(argv=None) -> int:
         f"{os.cpu_count()} cores.",
         "",
     ])
-    print(text)
-    if not args.no_append:
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+    report(text, append=not args.no_append)
     return 0
 
 

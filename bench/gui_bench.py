@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 import pyqtgraph as pg  # noqa: E402
 from PyQt5 import QtWidgets  # noqa: E402
 
+from bench.common import report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -135,10 +137,7 @@ def main(argv=None) -> int:
                  + "; ".join(f"volume {'x'.join(map(str, s))}: {b:,} bytes" for s, b in mem)
                  + " - it grows with the painted area, not with the volume.")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_append:
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+    report(text, append=not args.no_append)
     return 0
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import report
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,10 +70,7 @@ def main(argv=None) -> int:
                             "int8_s": res["int8"][0]}
             atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_append:
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+    report(text, append=not args.no_append)
     return 0
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import report
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -76,10 +78,7 @@ def main(argv=None) -> int:
                      f"brain, batch 16); trained {meta.get('minutes')} min, {meta.get('steps')} steps "
                      f"(best at {meta.get('best_step')}), batch {meta.get('batch_size')}.")
     text = "\n".join(lines + [""] + times + [""])
-    print(text)
-    if not args.no_append:
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+    report(text, append=not args.no_append)
     return 0
 
 
