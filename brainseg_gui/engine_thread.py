@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
+import threading
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -32,6 +33,7 @@ class EngineState:
 
         key = (str(model_dir), precision)
         if key not in self.segmenters:
+            self.segmenters.clear()  # one loaded model at a time: versions pile up otherwise
             self.segmenters[key] = Segmenter(model_dir, precision=precision)
         return self.segmenters[key]
 
@@ -56,13 +58,26 @@ class EngineThread(QtCore.QThread):
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._ids = itertools.count(1)
         self._current: Job | None = None
+        self._outstanding = 0  # submitted and not finished: busy from submit(), not from pickup
+        self._jobs: dict[int, Job] = {}
+        self._lock = threading.Lock()
         self.state = EngineState()
         self.setObjectName("brainseg-engine")
 
     def submit(self, name: str, fn) -> int:
         job = Job(next(self._ids), name, fn, CancelToken())
+        with self._lock:
+            self._outstanding += 1
+            self._jobs[job.id] = job
         self._queue.put(job)
+        self.busy_changed.emit(True)
         return job.id
+
+    def cancel(self, job_id: int) -> None:
+        """Cancel one job, queued or running (a queued one stops at its first check)."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.cancel.cancel()
 
     def cancel_current(self) -> None:
         job = self._current
@@ -71,12 +86,18 @@ class EngineThread(QtCore.QThread):
 
     @property
     def is_busy(self) -> bool:
-        return self._current is not None
+        return self._outstanding > 0
 
-    def stop(self, wait_ms: int = 10000) -> None:
+    def stop(self, wait_ms: int = 10000) -> bool:
+        """Drop queued jobs, cancel the running one, end the thread. True when it has ended."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
         self.cancel_current()
         self._queue.put(None)
-        self.wait(wait_ms)
+        return self.wait(wait_ms) if self.isRunning() else True
 
     def run(self) -> None:  # runs on the engine thread
         from engine.mx_env import get_mx
@@ -100,4 +121,7 @@ class EngineThread(QtCore.QThread):
                 self.finished_job.emit(job.id, job.name, result)
             finally:
                 self._current = None
-                self.busy_changed.emit(False)
+                with self._lock:
+                    self._outstanding -= 1
+                    self._jobs.pop(job.id, None)
+                self.busy_changed.emit(self._outstanding > 0)

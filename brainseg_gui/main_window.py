@@ -54,6 +54,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._autosave_thread: threading.Thread | None = None
         self._autosaved_revision = -1
         self._segment_job: int | None = None
+        self._segment_scan = None
         self._segment_slices = None
 
         from engine.finetune import ModelStore
@@ -291,6 +292,7 @@ class MainWindow(QtWidgets.QMainWindow):
             dialogs.show_error(self, "Cannot open scan", str(exc))
             self.statusBar().showMessage(f"Could not open {Path(path).name}", 8000)
             return False
+        self._forget_segmentation()
         self._discard_labels()
         self._set_uncertainty(None)
         self.scan = vol
@@ -335,6 +337,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _set_labelmap(self, lm: LabelMap | None) -> None:
         self.labelmap = lm
+        self._autosaved_revision = -1
         if lm is not None:
             for v in self.views.values():
                 lm.listeners.append(v.labels_changed)
@@ -349,9 +352,17 @@ class MainWindow(QtWidgets.QMainWindow):
             self._set_labelmap(LabelMap(np.zeros(self.scan.shape, dtype=np.uint8)))
         return self.labelmap
 
-    def _discard_labels(self) -> None:
+    def _discard_recovery(self) -> None:
+        """Drop the recovery file, after any autosave still writing it has finished."""
+        self.autosave_timer.stop()
+        if self._autosave_thread is not None:
+            self._autosave_thread.join(10)
         if self.scan is not None:
             recovery.discard_recovery(self.scan.path)
+
+    def _discard_labels(self) -> None:
+        if self.scan is not None:
+            self._discard_recovery()
         self._set_labelmap(None)
         self.labels_path = None
 
@@ -416,9 +427,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.actions["toggle_outline"].setChecked(outline)
 
     def set_cursor(self, voxel) -> None:
-        self.cursor_voxel = tuple(int(v) for v in voxel)
-        for v in self.views.values():
-            v.set_slice(self.cursor_voxel[v.geometry_.axis])
+        vox = tuple(int(v) for v in voxel)
+        for v in self.views.values():  # each set_slice rebuilds cursor_voxel: use the local copy
+            v.set_slice(vox[v.geometry_.axis])
+        self.cursor_voxel = vox
         self._sync_cursor_to_views()
 
     def _sync_cursor_to_views(self) -> None:
@@ -559,6 +571,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return res
 
         self._segment_slices = slices
+        self._segment_scan = self.scan
         self.segment_panel.progress.setVisible(True)
         self.segment_panel.progress.setValue(0)
         self.statusBar().showMessage(f"Segmenting with {model_dir.name}...")
@@ -574,10 +587,25 @@ class MainWindow(QtWidgets.QMainWindow):
             self.segment_panel.progress.setMaximum(max(total, 1))
             self.segment_panel.progress.setValue(done)
 
+    def _forget_segmentation(self) -> None:
+        """A running segmentation belongs to the scan that is open now: cancel and forget it."""
+        if self._segment_job is not None:
+            self.engine.cancel(self._segment_job)
+        self._segment_job = None
+        self._segment_scan = None
+        self.segment_panel.progress.setVisible(False)
+
     def _on_engine_finished(self, job_id: int, name: str, result) -> None:
         if name == "finetune":
             self.training_panel.on_finished(result)
-        if name == "segment" and self.scan is not None and result.labels.shape == self.scan.shape:
+        if name == "segment":
+            current = job_id == self._segment_job and self._segment_scan is self.scan and self.scan is not None
+            self._segment_job = None
+            self.segment_panel.progress.setVisible(False)
+            if not current:
+                log.info("dropping the result of segmentation job %d: its scan is no longer open", job_id)
+                self.update_state()
+                return
             lm = self._ensure_labelmap()
             lm.set_prediction(result.labels, slices=self._segment_slices)
             self.segment_panel.progress.setVisible(False)
@@ -604,8 +632,12 @@ class MainWindow(QtWidgets.QMainWindow):
         lst.setVisible(unc is not None)
         self.segment_panel.uncertain_label.setVisible(unc is not None)
 
+    def _view_of_axis(self, axis: int) -> SliceView:
+        """The view whose slices run along this array axis (the engine segments along axis 2)."""
+        return next(v for v in self.views.values() if v.geometry_ is not None and v.geometry_.axis == axis)
+
     def _on_uncertain_clicked(self, item) -> None:
-        self.views["axial"].set_slice(int(item.data(QtCore.Qt.UserRole)))
+        self._view_of_axis(2).set_slice(int(item.data(QtCore.Qt.UserRole)))
 
     def on_toggle_uncertainty(self) -> None:
         show = self.actions["toggle_uncertainty"].isChecked()
@@ -637,7 +669,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         self.labels_path = Path(path)
         self.labelmap.mark_clean()
-        recovery.discard_recovery(self.scan.path)
+        self._discard_recovery()
         self.statusBar().showMessage(f"Saved {path}", 8000)
         self.update_state()
         return True
@@ -815,7 +847,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def on_segment_slice(self):
         if self.scan is not None:
-            self.start_segmentation(slices=[self.views["axial"].index])
+            self.start_segmentation(slices=[self._view_of_axis(2).index])
 
     def on_cancel(self):
         self.engine.cancel_current()
@@ -852,17 +884,20 @@ class MainWindow(QtWidgets.QMainWindow):
             self.restoreState(st)
 
     def closeEvent(self, ev):
+        if self.engine.is_busy and not dialogs.ask_yes_no(
+                self, "Quit while working?", "A segmentation or fine-tuning is running. Cancel it and quit?"):
+            ev.ignore()
+            return
         if not self._confirm_discard("quit"):
             ev.ignore()
             return
         s = app_settings()
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState())
-        if self.scan is not None and self.labelmap is not None and self.labelmap.is_clean:
-            recovery.discard_recovery(self.scan.path)
-        self.engine.stop()
-        if self._autosave_thread is not None:
-            self._autosave_thread.join(5)
+        # Saved or deliberately discarded: the recovery file has nothing left to offer.
+        self._discard_recovery()
+        if not self.engine.stop():
+            self.engine.wait()  # never destroy a running QThread
         ev.accept()
 
 

@@ -68,7 +68,9 @@ class _ViewBox(pg.ViewBox):
         ev.accept()
 
     def mouseDragEvent(self, ev, axis=None):
-        if ev.button() == QtCore.Qt.LeftButton and not (ev.modifiers() & QtCore.Qt.ShiftModifier):
+        # a stroke in progress keeps its drag even if Shift is pressed midway
+        if ev.button() == QtCore.Qt.LeftButton and (
+                self.owner._stroking or not (ev.modifiers() & QtCore.Qt.ShiftModifier)):
             if self.owner.handle_left_drag(ev):
                 return
         super().mouseDragEvent(ev, axis)
@@ -306,7 +308,7 @@ class SliceView(QtWidgets.QFrame):
         return 0 if self.tools.tool == "eraser" else int(self.tools.value)
 
     def handle_left_drag(self, ev) -> bool:
-        if self.tools.tool not in PAINT_TOOLS or self.labelmap is None:
+        if not self._stroking and (self.tools.tool not in PAINT_TOOLS or self.labelmap is None):
             return False
         ev.accept()
         pt = self._display_point(ev.scenePos())
@@ -351,11 +353,16 @@ class SliceView(QtWidgets.QFrame):
     def _stroke_to(self, pt) -> None:
         if pt is None:
             return
+        if not self.labelmap.in_stroke:  # ended elsewhere (undo mid-drag): stop quietly
+            self._stroking = False
+            return
         i, j = self.geometry_.slice_point(pt[0], pt[1])
         self.labelmap.stroke_to((i, j), self.tools.radius, self.tools.protect)
 
     def _end_stroke(self) -> None:
         self._stroking = False
+        if not self.labelmap.in_stroke:
+            return
         atom = self.labelmap.end_stroke()
         self.editFinished.emit(atom)
 

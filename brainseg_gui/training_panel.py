@@ -70,6 +70,7 @@ class TrainingPanel(QtWidgets.QWidget):
         super().__init__(parent)
         self.win = window
         self.job_id: int | None = None
+        self._job_arch: str | None = None
         self.result = None
         lay = QtWidgets.QVBoxLayout(self)
 
@@ -250,7 +251,7 @@ class TrainingPanel(QtWidgets.QWidget):
         slices = self.slices_to_learn()
         if win.scan is None or win.labelmap is None or not slices or win.engine.is_busy:
             return None
-        arch = self.arch()
+        arch = self._job_arch = self.arch()
         parent = self.store.active_dir(arch)
         name, out = self.store.new_version_dir(arch)
         cfg = FinetuneConfig(epochs=self.epochs.value(), lr=self.lr.value(), batch_size=self.batch.value(),
@@ -300,10 +301,14 @@ class TrainingPanel(QtWidgets.QWidget):
                     curve.setData(*zip(*pts))
 
     def on_finished(self, result) -> None:
+        from engine.weights import WeightsError
+
         self.job_id = None
         self.result = result
-        arch = self.arch()
-        self.store.activate(arch, result.version_dir)
+        try:
+            self.store.activate(self._job_arch, result.version_dir)
+        except WeightsError as exc:
+            self.status.setText(f"The new version could not be activated: {exc}")
         for r, key in enumerate(CLASS_KEYS):
             for c, which in ((1, result.before), (2, result.after)):
                 v = (which.get("dice") or {}).get(key)

@@ -46,6 +46,9 @@ class EditAtom:
     axial: tuple[int, ...] = ()  # axial slices touched
     old_predicted: np.ndarray | None = None  # for prediction steps: the predicted map it replaced
     had_predicted: bool = False
+    # the record of user edits before/after a step that rewrites it (prediction, restore)
+    edits_before: tuple | None = None
+    edits_after: tuple | None = None
 
     @property
     def nbytes(self) -> int:
@@ -177,7 +180,10 @@ class LabelMap:
                 self.predicted = atom.new_full if hasattr(atom, "new_full") else self.predicted
             else:
                 self.predicted = atom.old_predicted if atom.had_predicted else None
-        if atom.user:
+        snap = atom.edits_after if forward else atom.edits_before
+        if snap is not None:
+            self._edited, self.edit_count = Counter(snap[0]), snap[1]
+        elif atom.user:
             sign = 1 if forward else -1
             for k in atom.axial:
                 self._edited[k] += sign
@@ -336,16 +342,16 @@ class LabelMap:
             self.predicted = new_pred
             return None
         mask = diff[box3]
+        # User edits on slices the prediction replaces are superseded (and come back on undo).
+        touched = set(range(self.shape[2])) if slices is None else set(slices)
+        after = Counter({k: n for k, n in self._edited.items() if k not in touched and n > 0})
         atom = EditAtom("prediction", box3, mask, self.labels[box3][mask].copy(), target[box3][mask].copy(),
-                        user=False, old_predicted=old_pred, had_predicted=old_pred is not None)
+                        user=False, old_predicted=old_pred, had_predicted=old_pred is not None,
+                        edits_before=(Counter(self._edited), self.edit_count),
+                        edits_after=(after, self.edit_count))
         atom.new_full = new_pred  # type: ignore[attr-defined]
         self._apply(atom, True)
         self._push(atom)
-        # User edits on slices the prediction replaced are superseded.
-        touched = set(range(self.shape[2])) if slices is None else set(slices)
-        for k in list(self._edited):
-            if k in touched:
-                del self._edited[k]
         return atom
 
     # ------------------------------------------------------------------ undo / redo
@@ -385,12 +391,15 @@ class LabelMap:
         box3 = box_of(diff)
         if predicted is not None:
             self.predicted = np.asarray(predicted, dtype=np.uint8)
-        if box3 is not None:
-            mask = diff[box3]
-            atom = EditAtom("restore", box3, mask, self.labels[box3][mask].copy(),
-                            np.asarray(labels, dtype=np.uint8)[box3][mask].copy(), user=False)
-            self._apply(atom, True)
-            self._push(atom)
+        after = Counter(self._edited)
         for k in edited_slices:
-            self._edited[int(k)] += 1
-        self.edit_count = int(edit_count)
+            after[int(k)] += 1
+        if box3 is None:
+            self._edited, self.edit_count = after, int(edit_count)
+            return
+        mask = diff[box3]
+        atom = EditAtom("restore", box3, mask, self.labels[box3][mask].copy(),
+                        np.asarray(labels, dtype=np.uint8)[box3][mask].copy(), user=False,
+                        edits_before=(Counter(self._edited), self.edit_count), edits_after=(after, int(edit_count)))
+        self._apply(atom, True)
+        self._push(atom)

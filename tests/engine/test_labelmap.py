@@ -101,3 +101,27 @@ def test_listeners_get_the_changed_box_only():
 def test_capsule_single_pixel_brush():
     box, m = capsule_mask((10, 10), (4, 4), (4, 4), 0.5)
     assert m.sum() == 1
+
+
+def test_undoing_a_prediction_brings_back_the_record_of_edits():
+    lm = LabelMap(np.zeros((16, 16, 8), np.uint8))
+    lm.paint("axial", 5, [(8, 8)], 3, 2)
+    lm.set_prediction(np.ones((16, 16, 8), np.uint8))
+    assert lm.edited_axial_slices() == []
+    lm.undo()
+    assert lm.edited_axial_slices() == [5] and lm.edit_count == 1
+    lm.undo()
+    assert lm.edited_axial_slices() == [] and lm.edit_count == 0
+    lm.redo()
+    lm.redo()
+    assert lm.edited_axial_slices() == [] and (lm.labels == 1).all()
+
+
+def test_undoing_a_restore_clears_the_restored_edit_record():
+    lm = LabelMap(np.zeros((8, 8, 4), np.uint8))
+    rec = np.zeros((8, 8, 4), np.uint8)
+    rec[2:4, 2:4, 1] = 2
+    lm.restore(rec, [1], 3)
+    assert lm.edited_axial_slices() == [1] and lm.edit_count == 3
+    lm.undo()
+    assert lm.edited_axial_slices() == [] and lm.edit_count == 0 and lm.labels.sum() == 0

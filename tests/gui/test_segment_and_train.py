@@ -118,3 +118,26 @@ def test_cancel_finetune_keeps_previous_version(enet_window, small_scan, qtbot, 
     assert win.model_dir() == tiny_model_dir
     versions = [v for v in win.model_store.versions("enet") if not v.shipped]
     assert versions == []
+
+
+def test_segmentation_of_a_closed_scan_is_not_applied_to_the_next(enet_window, small_scan, qtbot, tmp_path):
+    import nibabel as nib
+
+    win = enet_window
+    scan, _, _ = small_scan
+    other = tmp_path / "other.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(str(scan)).dataobj)[..., 0].astype(np.float32),
+                             np.diag([-1.0, 1.0, 1.2, 1.0])), str(other))
+    win.open_scan(scan)
+    win.actions["segment"].trigger()
+    win.open_scan(other)  # same grid: a stale result would fit
+    qtbot.waitUntil(lambda: not win.engine.is_busy, timeout=60000)
+    qtbot.wait(50)
+    assert win.labelmap is None, "the first scan's segmentation must not land on the second"
+
+
+def test_navigate_click_moves_every_linked_view(window, small_scan, qtbot):
+    scan, _, _ = small_scan
+    window.open_scan(scan)
+    window.set_cursor((7, 9, 4))
+    assert [window.views[v].index for v in ("sagittal", "coronal", "axial")] == [7, 9, 4]
