@@ -307,6 +307,14 @@ class MainWindow(QtWidgets.QMainWindow):
         if vol.layout_note:
             msg += f" - {vol.layout_note}"
             dialogs.show_info(self, "Layout assumed", f"{vol.path}:\n{vol.layout_note}")
+        from engine.qc import skull_present
+
+        if skull_present(vol.data, vol.voxel_volume_ml):
+            msg += " - the skull seems to be on: labels outside the brain are unreliable"
+            dialogs.show_info(self, "Skull not removed?",
+                              f"{vol.name} looks like it still has the skull on (as OASIS *_t88_gfc rather than "
+                              "*_t88_masked_gfc). The networks were trained on skull-stripped brains: labels "
+                              "outside the brain will be unreliable.")
         self.statusBar().showMessage(msg, 15000)
         log.info("%s (%.0f ms)", msg, (time.perf_counter() - t0) * 1000)
         self._offer_recovery()

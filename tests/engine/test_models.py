@@ -147,3 +147,26 @@ def test_cropping_to_foreground_matches_full_slices_with_shipped_weights():
     b = seg.segment(vol, SegmentConfig(crop_to_foreground=False)).labels
     inside = vol > 0
     assert (a[inside] == b[inside]).mean() > 0.99
+
+
+def test_uncertainty_is_higher_on_an_ambiguous_input():
+    """Softmax entropy rises where the image stops looking like tissue the model knows."""
+    from engine.inference import SegmentConfig, Segmenter, least_certain_slices
+    from engine.paths import DEMO_SCAN
+    from engine.volume import read_volume
+    from engine.weights import shipped_model_dir
+
+    if not (shipped_model_dir("unet") / "model.json").exists():
+        pytest.skip("no shipped U-Net weights")
+    vol = read_volume(DEMO_SCAN).data[:, :, 80:84].copy()
+    brain = vol > 0
+    ambiguous = vol.copy()
+    ambiguous[:, :, 2:] = np.where(brain[:, :, 2:], np.percentile(vol[brain], 60), 0)  # a flat grey brain
+    ambiguous[:, :, 2:] += np.random.default_rng(0).normal(0, 25, ambiguous[:, :, 2:].shape) * brain[:, :, 2:]
+    seg = Segmenter(shipped_model_dir("unet"))
+    u_real = seg.segment(vol, SegmentConfig(uncertainty=True)).uncertainty
+    u_amb = seg.segment(ambiguous, SegmentConfig(uncertainty=True)).uncertainty
+    amb, real = u_amb[:, :, 2:][brain[:, :, 2:]].mean(), u_real[:, :, 2:][brain[:, :, 2:]].mean()
+    assert amb > 1.5 * real, (amb, real)
+    ranked = [k for k, _ in least_certain_slices(u_amb, 4)]
+    assert set(ranked[:2]) == {2, 3}, "the ambiguous slices are listed first"

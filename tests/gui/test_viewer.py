@@ -114,3 +114,12 @@ def test_shortcuts_dialog_lists_every_shortcut(window):
     dlg = ShortcutsDialog(window)
     keys = [dlg.table.item(r, 0).text() for r in range(dlg.table.rowCount())]
     assert "Ctrl+Z" in keys and "B" in keys and "1" in keys and "Wheel" in keys
+
+
+def test_scan_with_skull_on_is_flagged(window, tmp_path, dialogs):
+    import nibabel as nib
+
+    head = np.full((60, 70, 50), 80.0, np.float32)  # foreground up to the edges, like a whole head
+    nib.save(nib.Nifti1Image(head, np.eye(4) * [4, 4, 4, 1]), str(tmp_path / "head_t88_gfc.nii"))
+    assert window.open_scan(tmp_path / "head_t88_gfc.nii")
+    assert dialogs.infos and "skull" in dialogs.infos[-1]
