@@ -27,7 +27,7 @@ def app_settings() -> QtCore.QSettings:
 @dataclass
 class Preferences:
     model: str = "auto"  # auto | unet | enet (remembered override)
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the fastest measured for the network
 
     @classmethod
     def load(cls) -> "Preferences":

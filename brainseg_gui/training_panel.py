@@ -11,6 +11,7 @@ import pyqtgraph as pg
 from PyQt5 import QtCore, QtWidgets
 
 from engine.classes import CLASS_KEYS, tissue_classes
+from engine.finetune import FinetuneConfig
 from engine.metrics import row_normalised
 
 from . import dialogs
@@ -84,7 +85,7 @@ class TrainingPanel(QtWidgets.QWidget):
         self.epochs = QtWidgets.QSpinBox()
         self.epochs.setObjectName("ft_epochs")
         self.epochs.setRange(1, 500)
-        self.epochs.setValue(30)
+        self.epochs.setValue(FinetuneConfig.epochs)
         form.addRow("Epochs", self.epochs)
         self.lr = QtWidgets.QDoubleSpinBox()
         self.lr.setObjectName("ft_lr")

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 30
+    epochs: int = 20  # 10 corrected slices: ~60 s for ENet on 2 cores (docs/BENCHMARKS.md)
     lr: float = 3e-4
     batch_size: int = 4
     augment: bool = True

@@ -32,11 +32,14 @@ from .weights import ModelInfo, read_model_dir, shipped_model_dir
 log = logging.getLogger(__name__)
 
 CROP_MARGIN = 8
+# Whole-volume time on 2 cores by batch size (docs/BENCHMARKS.md): U-Net 10.0 s at 1, 8.9 s at 4,
+# 12.5 s at 16 (oneDNN's larger batches fall out of cache); ENet 4.3 s at 1, 3.7 s at 4, 2.8 s at 16.
+BEST_BATCH = {"unet": 4, "enet": 16}
 
 
 @dataclass
 class SegmentConfig:
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the fastest measured for the network (BEST_BATCH)
     crop_to_foreground: bool = True
     uncertainty: bool = False
     slices: tuple[int, ...] | None = None  # only these axial slices (others left 0)
@@ -154,7 +157,7 @@ class Segmenter:
         done = 0
         if progress:
             progress(0, total)
-        bs = max(1, int(cfg.batch_size))
+        bs = max(1, int(cfg.batch_size or BEST_BATCH.get(self.info.arch, 8)))
         for start in range(0, total, bs):
             if cancel is not None and cancel.cancelled:
                 raise Cancelled()
