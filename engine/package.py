@@ -72,8 +72,8 @@ NORM_SUBSAMPLE_STRIDE = 7
 CROP_SCOPE = "batch"  # Segmenter.segment crops each batch to its own foreground box
 
 
-def preprocess_spec(multiple: int) -> dict:
-    from .inference import CROP_MARGIN, SegmentConfig
+def preprocess_spec(multiple: int, arch: str = "enet") -> dict:
+    from .inference import BEST_BATCH, CROP_MARGIN
     from .preprocess import CLIP_MAX
 
     return {
@@ -86,7 +86,7 @@ def preprocess_spec(multiple: int) -> dict:
                       "subsample_stride": NORM_SUBSAMPLE_STRIDE, "clip": [0.0, CLIP_MAX]},
         "empty_slices": "background (slices without foreground are not run)",
         "crop": {"to_foreground": True, "margin": CROP_MARGIN, "scope": CROP_SCOPE,
-                 "batch_slices": SegmentConfig().batch_size,
+                 "batch_slices": BEST_BATCH.get(arch, 8),  # as Segmenter batches (crop boxes are per batch)
                  "rule": "in-plane box of the foreground of each batch of batch_slices consecutive "
                          "foreground slices (scope 'batch') or of the whole volume (scope 'volume'), "
                          "plus margin, widened to the multiple"},
@@ -347,7 +347,7 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
         "network": {"input": INPUT_NAME, "layout": "NCHW", "channels": 1, "dtype": "float32",
                     "dynamic_axes": ["batch", "height", "width"],
                     "output": "logits (N, classes, H, W); label = argmax over axis 1"},
-        "preprocess": preprocess_spec(multiple),
+        "preprocess": preprocess_spec(multiple, info.arch),
         "classes": classes,
         "brainseg_version": __version__,
     }

@@ -81,15 +81,15 @@ def packages(tmp_path_factory, tiny_model_dir, unet_dir):
 def references(scan, tiny_model_dir, unet_dir):
     """arch -> Segmenter's labels, and its logits' top-2 margin per voxel (inf where no network
     ran), computed batch by batch on the same crops as Segmenter.segment."""
-    from engine.inference import SegmentConfig, Segmenter, foreground_box
+    from engine.inference import BEST_BATCH, Segmenter, foreground_box
     from engine.preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
 
     vol = np.asarray(nib.load(str(scan)).dataobj, dtype=np.float32)
     fg = foreground_mask(vol)
     todo = [k for k in range(vol.shape[2]) if fg[:, :, k].any()]
-    bs = SegmentConfig().batch_size
     out = {}
     for arch, model_dir in (("enet", tiny_model_dir), ("unet", unet_dir)):
+        bs = BEST_BATCH[arch]
         seg = Segmenter(model_dir)
         labels = seg.segment(vol).labels
         margin = np.full(vol.shape, np.inf, np.float32)
