@@ -34,7 +34,6 @@ on foreground slices of a scan: the one given, else the bundled demo scan.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -48,6 +47,7 @@ import numpy as np
 
 from .mx_env import get_mx
 from .paths import DEMO_SCAN, RESOURCES
+from .weights import sha256
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,6 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
 
         return ModelStore().active_dir(str(model).lower())
     raise ValueError(f"{model}: not a model directory, nor one of {', '.join(MODEL_NAMES)}")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_manifest(pkg: Path) -> dict:
