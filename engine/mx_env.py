@@ -31,7 +31,19 @@ def get_mx():
     if _mx is None:
         if "OMP_NUM_THREADS" not in os.environ:
             configure_threads()
-        import mxnet as mx  # noqa: PLC0415  (deliberately late: env must be set first)
+        import sys
+
+        # mxnet/model.py imports scikit-learn only to make its legacy FeedForward class a
+        # BaseEstimator; that costs 0.5 s of every start-up here. Hide sklearn during the import
+        # (mxnet falls back to `object`), then let later code import it normally.
+        hide = "sklearn" not in sys.modules
+        if hide:
+            sys.modules["sklearn"] = None  # type: ignore[assignment]
+        try:
+            import mxnet as mx  # noqa: PLC0415  (deliberately late: env must be set first)
+        finally:
+            if hide and sys.modules.get("sklearn", 0) is None:
+                del sys.modules["sklearn"]
 
         _mx = mx
         log.info("mxnet %s loaded, OMP_NUM_THREADS=%s", mx.__version__, os.environ.get("OMP_NUM_THREADS"))
