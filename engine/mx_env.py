@@ -3,7 +3,10 @@
 `OMP_NUM_THREADS` unset made MXNet 1.9.1 use one core of two here, about 2x slower; a spinning
 OpenMP thread next to a busy GUI thread made convolutions up to 4x slower. So: all cores for
 headless work; in the GUI (`interactive=True`) a passive waiting policy, so idle OpenMP workers
-sleep instead of spinning against the GUI thread. Import mxnet only through `get_mx()`.
+sleep instead of spinning against the GUI thread. Measured (docs/BENCHMARKS.md): with a bounded
+spin instead (GOMP_SPINCOUNT=200000) a GUI fine-tune ran 61 s instead of 67 s but stalled the
+event loop for 174 ms instead of <= 50 ms, so the GUI keeps PASSIVE. Import mxnet only through
+`get_mx()`.
 """
 from __future__ import annotations
 
