@@ -135,7 +135,6 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _build_panels(self) -> None:
         self.tool_panel = ToolPanel(self.tool_state, self.actions)
-        self.tool_panel.changed.connect(self._on_tool_changed)
         self.tool_panel.overlay_changed.connect(self._apply_overlay_style)
         self.segment_panel = SegmentPanel(self.actions)
         QtWidgets.QVBoxLayout(self.tool_panel.segment_box).addWidget(self.segment_panel)
@@ -481,9 +480,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self.readout.setText(txt)
 
     # ================================================================== editing
-    def _on_tool_changed(self) -> None:
-        pass
-
     def _on_edit_finished(self, atom) -> None:
         if atom is not None:
             self.statusBar().showMessage(f"{atom.kind}: {atom.voxels} voxels changed", 3000)

@@ -31,7 +31,6 @@ def swatch(rgb, size=14) -> QtGui.QIcon:
 class ToolPanel(QtWidgets.QWidget):
     """Tools, class picker (doubles as the legend), brush size, paint-over mode, overlay style."""
 
-    changed = QtCore.pyqtSignal()
     overlay_changed = QtCore.pyqtSignal(float, bool, bool)  # opacity, visible, outline
 
     def __init__(self, state: ToolState, actions: dict, parent=None):
@@ -106,11 +105,9 @@ class ToolPanel(QtWidgets.QWidget):
 
     def _size_changed(self, v: int) -> None:
         self.state.radius = max(0.5, v / 2.0)
-        self.changed.emit()
 
     def _protect_changed(self, _i: int) -> None:
         self.state.protect = self.protect_combo.currentData()
-        self.changed.emit()
 
     def _overlay(self, *_):
         self.overlay_changed.emit(self.opacity.value() / 100.0, self.show_check.isChecked(),

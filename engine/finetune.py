@@ -161,29 +161,23 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
             yield pad.pad(np.stack(xs))[:, None], _pad_labels(pad, np.stack(ys))
 
     history = []
-    state = {"epoch": 0}
+    last_loss = [float("nan")]
 
     def progress(p: FitProgress):
+        last_loss[0] = p.loss
         if on_progress:
             on_progress(p)
 
     def epoch_end(step: int):
-        state["epoch"] = step // steps_per_epoch
         ev = evaluate_slices(net, multiple, va_img, va_lab) if val_s else {"dice": {}}
         elapsed = time.time() - t0
-        rep = EpochReport(state["epoch"], cfg.epochs, float("nan"), ev["dice"], elapsed,
+        rep = EpochReport(step // steps_per_epoch, cfg.epochs, last_loss[0], ev["dice"], elapsed,
                           elapsed / max(step, 1) * (total - step))
         history.append({"epoch": rep.epoch, "val_dice": ev["dice"], "elapsed_s": round(elapsed, 2)})
         if on_epoch:
             on_epoch(rep)
 
-    last = {"loss": float("nan")}
-
-    def progress_and_loss(p: FitProgress):
-        last["loss"] = p.loss
-        progress(p)
-
-    fit(net, batches(), fit_cfg, on_progress=progress_and_loss, cancel=cancel,
+    fit(net, batches(), fit_cfg, on_progress=progress, cancel=cancel,
         on_checkpoint=epoch_end, checkpoint_every=steps_per_epoch)
     if cancel is not None and cancel.cancelled:
         raise Cancelled()

@@ -45,6 +45,7 @@ class EditAtom:
     user: bool = True  # a manual correction (counts towards edited slices)
     axial: tuple[int, ...] = ()  # axial slices touched
     old_predicted: np.ndarray | None = None  # for prediction steps: the predicted map it replaced
+    new_predicted: np.ndarray | None = None  # ... and the one it installs
     had_predicted: bool = False
     # the record of user edits before/after a step that rewrites it (prediction, restore)
     edits_before: tuple | None = None
@@ -177,7 +178,7 @@ class LabelMap:
         region[atom.mask] = atom.new if forward else atom.old
         if atom.kind == "prediction":
             if forward:
-                self.predicted = atom.new_full if hasattr(atom, "new_full") else self.predicted
+                self.predicted = atom.new_predicted
             else:
                 self.predicted = atom.old_predicted if atom.had_predicted else None
         snap = atom.edits_after if forward else atom.edits_before
@@ -348,8 +349,7 @@ class LabelMap:
         atom = EditAtom("prediction", box3, mask, self.labels[box3][mask].copy(), target[box3][mask].copy(),
                         user=False, old_predicted=old_pred, had_predicted=old_pred is not None,
                         edits_before=(Counter(self._edited), self.edit_count),
-                        edits_after=(after, self.edit_count))
-        atom.new_full = new_pred  # type: ignore[attr-defined]
+                        edits_after=(after, self.edit_count), new_predicted=new_pred)
         self._apply(atom, True)
         self._push(atom)
         return atom

@@ -8,6 +8,15 @@ from PyQt5 import QtCore
 from tests.gui.helpers import click, drag
 
 
+def _open_with_brush(win, small_scan):
+    """Open the small scan and its labels, and pick the brush painting CSF."""
+    scan, labels, _ = small_scan
+    win.open_scan(scan)
+    win.open_labels(labels)
+    win.actions["tool_brush"].trigger()
+    win.actions["class_1"].trigger()
+
+
 def test_segment_volume_from_gui(enet_window, small_scan, qtbot):
     win = enet_window
     scan, _, _ = small_scan
@@ -34,11 +43,7 @@ def test_segment_volume_from_gui(enet_window, small_scan, qtbot):
 
 def test_segment_asks_before_replacing_edits_and_undo_restores(enet_window, small_scan, qtbot, dialogs):
     win = enet_window
-    scan, labels, _ = small_scan
-    win.open_scan(scan)
-    win.open_labels(labels)
-    win.actions["tool_brush"].trigger()
-    win.actions["class_1"].trigger()
+    _open_with_brush(win, small_scan)
     drag(qtbot, win.views["axial"], [(5, 5), (5, 30)])
     edited = win.labelmap.labels.copy()
     dialogs.yes = False
@@ -65,13 +70,9 @@ def test_segment_current_slice_only(enet_window, small_scan, qtbot):
 
 def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_scan, qtbot, tiny_model_dir):
     win = enet_window
-    scan, labels, _ = small_scan
-    win.open_scan(scan)
-    win.open_labels(labels)
+    _open_with_brush(win, small_scan)
     panel = win.training_panel
     assert not panel.start_button.isEnabled(), "nothing corrected yet"
-    win.actions["tool_brush"].trigger()
-    win.actions["class_1"].trigger()
     ax = win.views["axial"]
     for k in (6, 9, 12):
         ax.set_slice(k)
@@ -97,11 +98,7 @@ def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_sc
 
 def test_cancel_finetune_keeps_previous_version(enet_window, small_scan, qtbot, tiny_model_dir):
     win = enet_window
-    scan, labels, _ = small_scan
-    win.open_scan(scan)
-    win.open_labels(labels)
-    win.actions["tool_brush"].trigger()
-    win.actions["class_1"].trigger()
+    _open_with_brush(win, small_scan)
     ax = win.views["axial"]
     for k in (5, 8):
         ax.set_slice(k)
