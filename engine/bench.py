@@ -102,7 +102,6 @@ def _worker(model: str, runtime: str, batch_sizes: list[int], repeats: int, mode
 
     configure_threads()
     from .inference import SegmentConfig, Segmenter
-    from .models import count_parameters
     from .paths import DEMO_SCAN
     from .volume import read_volume
     from .weights import shipped_model_dir
@@ -114,11 +113,11 @@ def _worker(model: str, runtime: str, batch_sizes: list[int], repeats: int, mode
         seg = Segmenter(mdir, hybridize=False)
         t = time.perf_counter()
         r = seg.segment(scan, SegmentConfig(batch_size=1))
-        return {"model": model, "runtime": runtime, "params": count_parameters(seg.net),
+        return {"model": model, "runtime": runtime, "params": seg.parameter_count,
                 "volume_s": time.perf_counter() - t, "volume_slices_run": r.slices_run,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "latency": {}}
     seg = Segmenter(mdir)
-    res = {"model": model, "runtime": runtime, "params": count_parameters(seg.net)}
+    res = {"model": model, "runtime": runtime, "params": seg.parameter_count}
     rng = np.random.default_rng(0)
     scan = read_volume(scan_path or DEMO_SCAN).data
     if runtime == "mxnet":
@@ -159,12 +158,12 @@ def _worker(model: str, runtime: str, batch_sizes: list[int], repeats: int, mode
         seg.segment(scan, SegmentConfig(batch_size=16))  # warm-up at the volume's shapes
         vt = []
         for _ in range(max(2, repeats // 2)):
-            r = seg.segment(scan, SegmentConfig(batch_size=16))
+            r = seg.segment(scan, SegmentConfig())
             vt.append(r.seconds)
         res["volume_s"] = float(np.median(vt))
         res["volume_slices_run"] = r.slices_run
         t = time.perf_counter()
-        seg.segment(scan, SegmentConfig(batch_size=16, crop_to_foreground=False))
+        seg.segment(scan, SegmentConfig(crop_to_foreground=False))
         res["volume_uncropped_s"] = time.perf_counter() - t
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return res

@@ -115,7 +115,9 @@ def main(argv=None) -> int:
     net = get_model(args.model)
     init_network(net)
     if args.init:
-        net.load_parameters(args.init)
+        # allow_missing: parameters the architecture gained since (e.g. ENet's skips) keep their
+        # initialisation, zero for the skips' output convolutions, so training starts from the same function
+        net.load_parameters(args.init, allow_missing=True)
     net.hybridize(static_alloc=True)
     state = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
     if args.resume and (work / "ckpt.params").exists():
@@ -194,7 +196,8 @@ def main(argv=None) -> int:
         "validation_on_held_out_slab": state["best_val"],
         "trained_at": time.strftime("%Y-%m-%d %H:%M"),
     }
-    info = write_model_dir(out, net, args.model, version=f"{args.model}-shipped-1", parent=None,
+    arch_kwargs = {"skips": True} if args.model == "enet" else {}
+    info = write_model_dir(out, net, args.model, arch_kwargs, version=f"{args.model}-shipped-1", parent=None,
                            training=record)
     if out.resolve().parent == (ROOT / "resources" / "weights").resolve():
         update_manifest(args.model, info)

@@ -170,3 +170,69 @@ def test_uncertainty_is_higher_on_an_ambiguous_input():
     assert amb > 1.5 * real, (amb, real)
     ranked = [k for k, _ in least_certain_slices(u_amb, 4)]
     assert set(ranked[:2]) == {2, 3}, "the ambiguous slices are listed first"
+
+
+def _randomised_enet(skips=True, seed=0):
+    """An ENet with trained-looking BatchNorm statistics and PReLU slopes, not Xavier defaults."""
+    net = get_model_enet(skips)
+    x = mx.nd.array(np.random.default_rng(seed).random((2, 1, 32, 48)))
+    net(x)
+    rng = np.random.default_rng(seed)
+    for name, p in net.collect_params().items():
+        shape = p.shape
+        if name.endswith("alpha"):
+            p.set_data(mx.nd.array(rng.uniform(0.05, 0.7, shape)))
+        elif name.endswith("running_var"):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 2.0, shape)))
+        elif name.endswith(("running_mean", "beta")):
+            p.set_data(mx.nd.array(rng.normal(0, 0.3, shape)))
+        elif name.endswith("gamma"):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, shape)))
+        elif "skip" in name or "refine_out" in name:
+            p.set_data(mx.nd.array(rng.normal(0, 0.05, shape)))
+    return net
+
+
+def get_model_enet(skips):
+    from engine.models import get_model
+    from engine.training import init_network
+
+    net = get_model("enet", skips=skips)
+    init_network(net)
+    return net
+
+
+def test_enet_fused_for_inference_computes_the_same_function(tmp_path):
+    """The inference rewrite (PReLU as BatchNorms + ReLU, no dropout, oneDNN subgraph) changes
+    the logits by float rounding only; a slope outside [0, 1] keeps its exact PReLU."""
+    net = _randomised_enet()
+    net.initial.act.alpha.set_data(mx.nd.array(np.linspace(-0.2, 1.3, 16)))  # not fusable
+    path = str(tmp_path / "enet.params")
+    net.save_parameters(path)
+    fused = get_model_enet(True)
+    fused.load_parameters(path)
+    fused.fuse_for_inference()
+    assert type(fused.initial.act).__name__ == "PReLU"
+    assert type(fused.b10.act1).__name__ == "FusedPReLU"
+    fused.hybridize(backend="MKLDNN", static_alloc=True, static_shape=True)
+    rng = np.random.default_rng(1)
+    # the same shape twice (the cached, partitioned graph), then new batch sizes and crops, as
+    # Segmenter feeds it: MXNet's subgraph pass once mixed up weights only after a shape change
+    for shape in ((3, 1, 40, 56), (3, 1, 40, 56), (1, 1, 40, 56), (2, 1, 48, 32)):
+        x = mx.nd.array(rng.random(shape))
+        ref = net(x).asnumpy()
+        out = fused(x).asnumpy()
+        np.testing.assert_allclose(out, ref, atol=2e-4 * np.abs(ref).max())
+        assert (out.argmax(1) == ref.argmax(1)).mean() > 0.999
+
+
+def test_enet_skips_start_as_the_plain_enet(tmp_path):
+    """Weights of the paper's ENet load into the one with skips (allow_missing) and compute the
+    same output: the skips' output convolutions start at zero."""
+    plain = _randomised_enet(skips=False)
+    path = str(tmp_path / "plain.params")
+    plain.save_parameters(path)
+    skips = get_model_enet(True)
+    skips.load_parameters(path, allow_missing=True)
+    x = mx.nd.array(np.random.default_rng(2).random((2, 1, 32, 48)))
+    np.testing.assert_allclose(skips(x).asnumpy(), plain(x).asnumpy(), atol=1e-5)

@@ -96,8 +96,8 @@ def test_enet_int8_runs_with_exact_unpooling(tiny_model_dir, slices):
     assert len(mask_pools) == 2  # the two max-unpooling decoder stages
     qnet = quantize_model(net, slices[0][:2])
     ops = _ops(qnet)
-    # 84 convs in INT8; the unpooling mask's 2 pools and multiplies stay FP32, the other 3 pools INT8
-    assert ops["_sg_mkldnn_conv"] == 84 and ops["_contrib_quantize_v2"] > 0
+    # 89 convs (84 of the paper, 5 of the skips) in INT8; the unpooling mask's 2 pools and multiplies stay FP32, the other 3 pools INT8
+    assert ops["_sg_mkldnn_conv"] == 89 and ops["_contrib_quantize_v2"] > 0
     assert ops["Pooling"] == 2 and ops["_contrib_quantized_pooling"] == 3 and ops["elemwise_mul"] == 2
     # the INT8 block drops into the normal inference path
     vol = phantom(seed=1)
