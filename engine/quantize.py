@@ -5,9 +5,9 @@
 same (N, 1, H, W) input and gives the same (N, classes, H, W) logits; `label_agreement` compares
 its labels with the FP32 network's for reporting.
 
-What quantizes (MXNet 1.9.1, oneDNN): all convolutions (U-Net 11, ENet 84) run as INT8 oneDNN
-convolutions with their BatchNorm folded in, and max pooling, concat and a few adds and BatchNorms
-run in INT8. Transposed convolutions, relu (U-Net's F.relu is not fused), PReLU (ENet's 82), pad,
+What quantizes (MXNet 1.9.1, oneDNN): all convolutions (ENet 89) run as INT8 oneDNN
+convolutions with their BatchNorm (and the U-Net's ReLU, an `Activation`) folded in, and max
+pooling, concat and a few adds and BatchNorms run in INT8. Transposed convolutions, PReLU (ENet's 82), pad,
 transpose, UpSampling and broadcast_equal have no INT8 kernels and stay FP32, with a
 dequantize/quantize pair around them.
 

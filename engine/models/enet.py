@@ -276,5 +276,5 @@ class ENet(mx.gluon.HybridBlock):
         y = self.stage4(F.elemwise_add(self.skip4(x1), self.b40(x2, x1)))
         y = self.stage5(F.elemwise_add(self.skip5(x0), self.b50(y, x0)))
         logits = self.fullconv(y)
-        hidden = F.relu(F.elemwise_add(self.refine_logits(logits), self.refine_image(x)))
+        hidden = F.Activation(F.elemwise_add(self.refine_logits(logits), self.refine_image(x)), act_type="relu")
         return F.elemwise_add(logits, self.refine_out(hidden))
