@@ -25,12 +25,14 @@ from .augment import AugmentConfig, augment_pair
 from .metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
 from .mx_env import get_mx
 from .paths import data_dir
-from .preprocess import SlicePadding, normalisation_scale, normalise
+from .preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
 from .training import Cancelled, CancelToken, FitConfig, FitProgress, fit
 from .volume import atomic_write
 from .weights import ModelInfo, WeightsError, read_model_dir, shipped_model_dir, write_model_dir
 
 log = logging.getLogger(__name__)
+
+FINETUNE_CROP_MARGIN = 16  # pixels around the brain: rotation by 8 degrees and scaling by 8% stay inside
 
 
 @dataclass
@@ -115,7 +117,7 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
              cancel: CancelToken | None = None, scan_name: str = "", version: str | None = None) -> FinetuneResult:
     """Fine-tune the model in parent_dir on axial `slices` of (scan, labels); write a new version
     to out_dir. Raises Cancelled (nothing written) or ValueError for unusable input."""
-    from .inference import load_network
+    from .inference import foreground_box, load_network
 
     cfg = config or FinetuneConfig()
     mx = get_mx()
@@ -132,11 +134,17 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     net.hybridize(static_alloc=True)
     multiple = int(net.multiple)
     norm = normalise(scan, normalisation_scale(scan))
-    pad = SlicePadding.for_shape(scan.shape[:2], multiple)
+    # Train and validate on the in-plane box around the brain (and any label) of these slices,
+    # with room for the augmentation's rotation and scaling: a third less work than whole slices
+    # on the demo scan, and the same view of the brain that Segmenter's cropped inference gives.
+    keep = (foreground_mask(scan)[:, :, slices] | (labels[:, :, slices] > 0))
+    bx, by = foreground_box(keep, multiple, margin=FINETUNE_CROP_MARGIN)
+    norm, labels = norm[bx, by], labels[bx, by]
+    pad = SlicePadding.for_shape(norm.shape[:2], multiple)
     tr_img = np.moveaxis(norm[:, :, train_s], 2, 0)
     tr_lab = np.moveaxis(labels[:, :, train_s], 2, 0).astype(np.uint8)
-    va_img = np.moveaxis(norm[:, :, val_s], 2, 0) if val_s else np.zeros((0,) + scan.shape[:2], np.float32)
-    va_lab = np.moveaxis(labels[:, :, val_s], 2, 0).astype(np.uint8) if val_s else np.zeros((0,) + scan.shape[:2], np.uint8)
+    va_img = np.moveaxis(norm[:, :, val_s], 2, 0) if val_s else np.zeros((0,) + norm.shape[:2], np.float32)
+    va_lab = np.moveaxis(labels[:, :, val_s], 2, 0).astype(np.uint8) if val_s else np.zeros((0,) + norm.shape[:2], np.uint8)
     before = evaluate_slices(net, multiple, va_img, va_lab)
     steps_per_epoch = cfg.steps_per_epoch or max(1, int(np.ceil(2 * len(train_s) / cfg.batch_size)))
     total = steps_per_epoch * cfg.epochs
@@ -191,6 +199,7 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
         "scan": scan_name,
         "train_slices": train_s,
         "val_slices": val_s,
+        "crop_box": [[bx.start, bx.stop], [by.start, by.stop]],
         "settings": asdict(cfg),
         "before": before,
         "after": after,
