@@ -19,7 +19,7 @@ from engine import recovery
 from engine.classes import tissue_classes
 from engine.labelmap import LabelMap
 from engine.paths import DEMO_SCAN
-from engine.volume import Volume, VolumeReadError, VolumeWriteError, read_volume, save_labels
+from engine.volume import Volume, VolumeReadError, VolumeWriteError, analyze_geometry_loss, read_volume, save_labels
 
 from . import dialogs
 from .actions import ACTIONS, MOUSE_HELP, build_actions, build_menus
@@ -666,6 +666,12 @@ class MainWindow(QtWidgets.QMainWindow):
     def save_labels_to(self, path: str | os.PathLike) -> bool:
         if self.labelmap is None or self.scan is None:
             return False
+        if str(path).lower().endswith((".hdr", ".img")):
+            loss = analyze_geometry_loss(self.scan.affine, self.scan.shape)
+            if loss and not dialogs.ask_yes_no(self, "Analyze loses the geometry",
+                                               f"{loss}\n\nSave {Path(path).name} as Analyze anyway?"):
+                self.statusBar().showMessage("Not saved", 5000)
+                return False
         try:
             save_labels(path, self.labelmap.labels, self.scan.affine)
         except (VolumeWriteError, OSError) as exc:

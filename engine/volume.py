@@ -350,19 +350,33 @@ def _save_nifti(img, tmp: Path, ext: str) -> None:
     os.replace(named, tmp)
 
 
-def _save_analyze(hdr_path: Path, img_path: Path, labels: np.ndarray, affine: np.ndarray) -> list[Path]:
-    data4 = labels[..., np.newaxis]  # OASIS FSL_SEG files carry a 4th singleton axis
+def _analyze_header(shape4: tuple, affine: np.ndarray) -> nib.AnalyzeHeader:
     header = nib.AnalyzeHeader(endianness=">")
     header.set_data_dtype(np.uint8)
-    header.set_data_shape(data4.shape)
-    zooms = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    header.set_data_shape(shape4)
+    zooms = tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
     header.set_zooms(zooms + (1.0,))
-    img = nib.AnalyzeImage(data4, affine, header=header)
-    if not np.allclose(img.header.get_best_affine(), affine, atol=1e-4):
-        # Analyze 7.5 stores voxel sizes only: orientation and origin come from the convention.
-        log.warning("%s: Analyze cannot store this affine (%s); the file gets the Analyze default "
-                    "for its voxel size. Save as NIfTI to keep the geometry.", hdr_path,
-                    "".join(nib.aff2axcodes(affine)))
+    return header
+
+
+def analyze_geometry_loss(affine: np.ndarray, shape: tuple = (2, 2, 2)) -> str | None:
+    """Why an Analyze 7.5 file cannot keep this affine (it stores voxel sizes only: orientation
+    and origin come from the convention), or None when it can."""
+    affine = np.asarray(affine, dtype=np.float64)
+    header = _analyze_header(tuple(shape[:3]) + (1,), affine)
+    if np.allclose(header.get_best_affine(), affine, atol=1e-4):
+        return None
+    return (f"Analyze 7.5 cannot store this scan's orientation and origin ({''.join(nib.aff2axcodes(affine))} "
+            "axes); the file gets the Analyze default for its voxel size, so other tools may show the "
+            "mask flipped or shifted against the scan. Save as NIfTI (.nii.gz) to keep the geometry.")
+
+
+def _save_analyze(hdr_path: Path, img_path: Path, labels: np.ndarray, affine: np.ndarray) -> list[Path]:
+    data4 = labels[..., np.newaxis]  # OASIS FSL_SEG files carry a 4th singleton axis
+    img = nib.AnalyzeImage(data4, affine, header=_analyze_header(data4.shape, affine))
+    loss = analyze_geometry_loss(affine, labels.shape)
+    if loss:
+        log.warning("%s: %s", hdr_path, loss)
     tmpdir = Path(tempfile.mkdtemp(prefix=".brainseg-", dir=hdr_path.parent))
     try:
         tmp_hdr = tmpdir / hdr_path.name

@@ -8,6 +8,7 @@ from engine.volume import (
     OASIS_SHAPE,
     VolumeReadError,
     VolumeWriteError,
+    analyze_geometry_loss,
     atomic_write,
     read_volume,
     save_image,
@@ -159,7 +160,11 @@ def test_save_labels_round_trip(tmp_path, name):
 def test_analyze_export_of_unrepresentable_affine_warns(tmp_path, caplog):
     aff = np.diag([1.0, 1.0, 1.0, 1.0])  # RAS with origin 0: Analyze cannot hold it
     save_labels(tmp_path / "x.hdr", np.zeros((4, 4, 4), np.uint8), aff)
-    assert "Analyze cannot store this affine" in caplog.text
+    assert "Analyze 7.5 cannot store this scan's orientation" in caplog.text
+    assert analyze_geometry_loss(aff, (4, 4, 4))
+    header = nib.AnalyzeHeader()
+    header.set_data_shape((4, 4, 4))
+    assert analyze_geometry_loss(header.get_best_affine(), (4, 4, 4)) is None
 
 
 @pytest.mark.parametrize("name", ["keep.nii.gz", "keep.hdr"])

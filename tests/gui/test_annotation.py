@@ -107,6 +107,35 @@ def test_save_and_export_read_back_with_scan_affine(window, small_scan, qtbot, t
     np.testing.assert_array_equal(imageio.imread(pngs[ax.index]), window.labelmap.labels[:, :, ax.index])
 
 
+def test_saving_an_oblique_scan_as_analyze_asks_first(window, qtbot, tmp_path, dialogs):
+    """Analyze cannot store a NIfTI scan's rotation: the user is told before anything is written,
+    and answering no writes nothing and keeps the edits unsaved."""
+    data = np.zeros((24, 28, 6), np.float32)
+    data[4:20, 5:24, :] = 100.0
+    angle = np.deg2rad(20)
+    affine = np.array([[np.cos(angle), -np.sin(angle), 0, -10], [np.sin(angle), np.cos(angle), 0, 5],
+                       [0, 0, 1.2, 3], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "oblique.nii.gz"))
+    window.open_scan(tmp_path / "oblique.nii.gz")
+    ax = window.views["axial"]
+    window.actions["tool_brush"].trigger()
+    drag(qtbot, ax, [(8, 8), (8, 14)])
+    assert window.isWindowModified()
+    dialogs.yes = False
+    dialogs.save_path = str(tmp_path / "mask.hdr")
+    window.actions["save_labels_as"].trigger()
+    assert "orientation" in dialogs.questions[-1] and "NIfTI" in dialogs.questions[-1]
+    assert not (tmp_path / "mask.hdr").exists() and window.isWindowModified()
+    dialogs.yes = True
+    window.actions["save_labels_as"].trigger()
+    assert (tmp_path / "mask.hdr").exists() and not window.isWindowModified()
+    dialogs.save_path = str(tmp_path / "mask.nii.gz")  # NIfTI keeps it: no question
+    asked = len(dialogs.questions)
+    window.actions["save_labels_as"].trigger()
+    assert len(dialogs.questions) == asked
+    np.testing.assert_allclose(nib.load(str(tmp_path / "mask.nii.gz")).affine, affine, atol=1e-5)
+
+
 def test_quit_with_unsaved_edits_asks(window, small_scan, qtbot, dialogs):
     ax, _ = _open(window, small_scan)
     window.actions["tool_brush"].trigger()
