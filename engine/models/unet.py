@@ -2,7 +2,8 @@
 with 32/64/128/256/512 filters, 2x2 max-pool down, 2x2 stride-2 transposed conv up, skip
 concatenation, 1x1 conv to the classes. About 7.8 M parameters, 13.5 GFLOP per 176x208 slice.
 
-Conv + BatchNorm + ReLU chains are kept adjacent so MXNet's oneDNN backend can fuse them."""
+Conv + BatchNorm + ReLU chains are kept adjacent so MXNet's oneDNN backend can fuse them
+(Segmenter hybridizes with `backend="MKLDNN"`)."""
 from __future__ import annotations
 
 from ..mx_env import get_mx

@@ -236,3 +236,23 @@ def test_enet_skips_start_as_the_plain_enet(tmp_path):
     skips.load_parameters(path, allow_missing=True)
     x = mx.nd.array(np.random.default_rng(2).random((2, 1, 32, 48)))
     np.testing.assert_allclose(skips(x).asnumpy(), plain(x).asnumpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["unet", "enet"])
+def test_segmenter_inference_graph_matches_the_trained_network(name, tmp_path):
+    """Segmenter's fused oneDNN graph gives the plain network's logits, across the changing batch
+    sizes and crop shapes of a volume."""
+    from engine.inference import Segmenter
+    from engine.weights import write_model_dir
+
+    net = _randomised_enet() if name == "enet" else _net(name)
+    x0 = mx.nd.array(np.random.default_rng(3).random((1, 1, 32, 48)))
+    net(x0)
+    write_model_dir(tmp_path, net, name, version="t")
+    seg = Segmenter(tmp_path)
+    rng = np.random.default_rng(4)
+    for shape in ((4, 1, 48, 64), (4, 1, 48, 64), (3, 1, 48, 64), (2, 1, 32, 80)):
+        x = mx.nd.array(rng.random(shape))
+        ref = net(x).asnumpy()
+        out = seg.net(x).asnumpy()
+        np.testing.assert_allclose(out, ref, atol=2e-4 * np.abs(ref).max())
