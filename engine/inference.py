@@ -107,24 +107,27 @@ class Segmenter:
             self.net = quantize_model(self.net, calibration_slices(calib_volume), self.ctx)
         elif precision != "fp32":
             raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
-        elif hybridize:
-            self._hybridize_for_inference()
+        else:
+            self._prepare_for_inference(hybridize)
 
-    def _hybridize_for_inference(self) -> None:
+    def _prepare_for_inference(self, hybridize: bool) -> None:
         """Let MXNet's oneDNN subgraph pass fuse conv + BatchNorm + ReLU (+ add) for inference.
         ENet first becomes the same function in fusable operators (ENet.fuse_for_inference):
         20.5 -> 7.2 ms per slice at batch 16 here. U-Net: 73 -> 68 ms per slice at batch 8 and 32.
         Outputs agree within float rounding (tests/engine/test_models.py). static_shape re-plans
-        per crop shape, a few per volume."""
+        per crop shape, a few per volume.
+        Without hybridize (low-memory mode: no static buffers), ENet is still rewritten: its
+        PReLUs are as slow imperatively."""
         mx = get_mx()
-        onednn = self.ctx.device_type == "cpu" and mx.runtime.Features().is_enabled("MKLDNN")
-        if not onednn:
-            self.net.hybridize(static_alloc=True)
-            return
         fuse = getattr(self.net, "fuse_for_inference", None)
         if fuse is not None:
             fuse()
-        self.net.hybridize(backend="MKLDNN", static_alloc=True, static_shape=True)
+        if not hybridize:
+            return
+        if self.ctx.device_type == "cpu" and mx.runtime.Features().is_enabled("MKLDNN"):
+            self.net.hybridize(backend="MKLDNN", static_alloc=True, static_shape=True)
+        else:
+            self.net.hybridize(static_alloc=True)
 
     @classmethod
     def from_network(cls, net, info: ModelInfo, ctx=None) -> "Segmenter":
