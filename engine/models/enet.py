@@ -16,8 +16,9 @@ Departures from the paper, each for a reason:
 - The upsampling bottleneck's main-branch 1x1 conv + BN and its projection 1x1 conv + BN are one
   conv and one BN with out + internal channels, sliced apart: the same function (BN is per
   channel), one fewer conv, and MXNet 1.9.1's oneDNN subgraph pass (`hybridize(backend="MKLDNN")`)
-  otherwise swaps the two convs' weights. That backend still made ENet 8x slower here, so inference
-  uses the plain static hybridization.
+  otherwise swaps the two convs' weights. With the PReLUs in the graph that backend made ENet 8x
+  slower (each PReLU, a non-oneDNN op, forced layout reorders); after `fuse_for_inference` (below)
+  it is what makes ENet fast.
 - `skips=True` (the default) adds three small paths the paper does not have, because the paper's
   decoder sees full-resolution detail only through the unpooling masks and thin sulcal CSF suffered
   (held-out CSF Dice 0.71 after an hour of training, against 0.90 for the U-Net): LinkNet-style
