@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from train_shipped import HOLD_OUT, perturb
 
     from engine.bench import cpu_info
-    from engine.inference import SegmentConfig, Segmenter
+    from engine.inference import BEST_BATCH, SegmentConfig, Segmenter
     from engine.metrics import dice_scores, mean_tissue_dice
     from engine.paths import DEMO_LABELS, DEMO_SCAN
     from engine.preprocess import normalise
@@ -66,16 +66,17 @@ def main(argv=None) -> int:
             pred = seg.segment(vol, SegmentConfig(batch_size=16, slices=tuple(hold))).labels
             dc = dice_scores(ref[:, :, hold], pred[:, :, hold])
             lines.append(f"| {model} | {name} | {f(dc)} | {mean_tissue_dice(dc):.3f} |")
-        seg.segment(scan, SegmentConfig(batch_size=16))
+        first = seg.segment(scan, SegmentConfig()).seconds
         ts = []
         for _ in range(3):
-            r = seg.segment(scan, SegmentConfig(batch_size=16))
+            r = seg.segment(scan, SegmentConfig())
             ts.append(r.seconds)
         dc = dice_scores(ref, r.labels)
         lines.append(f"| {model} | whole demo volume (mostly seen in training) | {f(dc)} | {mean_tissue_dice(dc):.3f} |")
         meta = read_model_dir(d).meta.get("training", {})
-        times.append(f"- {model}: whole volume {np.median(ts):.2f} s (median of 3, {r.slices_run} slices with "
-                     f"brain, batch 16); trained {meta.get('minutes')} min, {meta.get('steps')} steps "
+        times.append(f"- {model}: whole volume {np.median(ts):.2f} s (median of 3 after a first volume of "
+                     f"{first:.2f} s that also plans the graph's crop shapes; {r.slices_run} slices with brain, "
+                     f"batch {BEST_BATCH[model]}); trained {meta.get('minutes')} min, {meta.get('steps')} steps "
                      f"(best at {meta.get('best_step')}), batch {meta.get('batch_size')}.")
     text = "\n".join(lines + [""] + times + [""])
     report(text, append=not args.no_append)

@@ -32,9 +32,10 @@ from .weights import ModelInfo, read_model_dir, shipped_model_dir
 log = logging.getLogger(__name__)
 
 CROP_MARGIN = 8
-# Whole-volume time on 2 cores by batch size (docs/BENCHMARKS.md): U-Net 10.0 s at 1, 8.9 s at 4,
-# 12.5 s at 16 (oneDNN's larger batches fall out of cache); ENet 4.3 s at 1, 3.7 s at 4, 2.8 s at 16.
-BEST_BATCH = {"unet": 4, "enet": 16}
+# Whole-volume time on 2 cores by batch size, fused oneDNN graphs, after the first volume
+# (2026-11-24): U-Net 7.3 s at 2, 7.5 s at 4, 7.8 s at 8, 8.3 s at 16; ENet 2.1 s at 4, 1.4 s at 8,
+# 1.35 s at 16, 1.5 s at 32.
+BEST_BATCH = {"unet": 2, "enet": 16}
 
 
 @dataclass
