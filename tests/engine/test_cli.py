@@ -341,5 +341,9 @@ def test_segment_int8_refused_unless_validated(tmp_path, tiny_model_dir, capsys)
         meta["int8"]["dice_change"]["csf"] = -0.004
         meta_path.write_text(_json.dumps(meta))
         assert int8_offer(tiny_model_dir)[0]
+        meta["int8"]["speedup"] = 0.54  # accurate enough but slower than FP32: pointless to offer
+        meta_path.write_text(_json.dumps(meta))
+        ok, why = int8_offer(tiny_model_dir)
+        assert not ok and "not faster" in why
     finally:
         meta_path.write_text(saved)
