@@ -74,6 +74,7 @@ def main(argv=None) -> int:
         app.processEvents(QtCore.QEventLoop.AllEvents, 50)
     t0 = time.perf_counter()
     panel.start()
+    last[0] = time.perf_counter()
     timer.start()
     loop.exec_()
     total = time.perf_counter() - t0

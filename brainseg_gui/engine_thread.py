@@ -100,8 +100,14 @@ class EngineThread(QtCore.QThread):
         return self.wait(wait_ms) if self.isRunning() else True
 
     def run(self) -> None:  # runs on the engine thread
-        from engine.mx_env import get_mx
+        import sys
 
+        from engine.mx_env import get_mx, lower_thread_priority
+
+        # before MXNet starts its threads, so they inherit the lower priority (see the function)
+        if "mxnet" in sys.modules:
+            log.warning("mxnet was loaded outside the engine thread; its threads keep the GUI's priority")
+        lower_thread_priority()
         get_mx()
         while True:
             job = self._queue.get()

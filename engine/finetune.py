@@ -26,7 +26,7 @@ from .metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
 from .mx_env import get_mx
 from .paths import data_dir
 from .preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
-from .training import Cancelled, CancelToken, FitConfig, FitProgress, fit
+from .training import Cancelled, CancelToken, FitConfig, FitProgress, fit, hybridize_for_training
 from .volume import atomic_write
 from .weights import ModelInfo, WeightsError, read_model_dir, shipped_model_dir, write_model_dir
 
@@ -131,7 +131,7 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     if not train_s:
         train_s, val_s = val_s, []
     net, parent = load_network(parent_dir, mx.cpu())
-    net.hybridize(static_alloc=True)
+    hybridize_for_training(net)
     multiple = int(net.multiple)
     norm = normalise(scan, normalisation_scale(scan))
     # Train and validate on the in-plane box around the brain (and any label) of these slices,

@@ -23,6 +23,28 @@ def ram_gb() -> float:
             return 0.0
 
 
+def gpu_available() -> bool:
+    """Whether MXNet could run on a GPU here, found without loading MXNet: the GUI asks this on
+    its own thread, which must never load or call MXNet (and loading it costs a second). True
+    when the installed MXNet is a CUDA build (the mxnet-cuXXX wheels) and an NVIDIA GPU is
+    present; the engine thread then confirms with MXNet itself (mx_env.default_context)."""
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec("mxnet")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.origin:
+        return False
+    pkg = Path(spec.origin).parent
+    cuda_build = any(pkg.parent.glob("mxnet_cu*.dist-info")) or any(pkg.glob("libcudart*"))
+    if not cuda_build:
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
 def choose_model(preference: str = "auto") -> tuple[str, str]:
     """(arch, reason). "unet"/"enet" are honoured; "auto" picks from the hardware."""
     pref = (preference or "auto").lower()
@@ -30,12 +52,10 @@ def choose_model(preference: str = "auto") -> tuple[str, str]:
         return pref, "chosen by the user"
     if pref != "auto":
         raise ValueError(f"unknown model {preference!r}; choose auto, unet or enet")
-    from .mx_env import gpu_available
-
     cores, ram = cpu_cores(), ram_gb()
     try:
-        gpu = gpu_available()  # loads mxnet if it is not loaded yet (about a second)
-    except Exception:  # mxnet missing or broken: the segment step will say so itself
+        gpu = gpu_available()
+    except OSError:  # unreadable paths: the segment step will find out itself
         gpu = False
     if gpu:
         return "unet", f"an MXNet GPU is available ({cores} CPU cores, {ram:.0f} GB RAM)"

@@ -28,6 +28,23 @@ def configure_threads(interactive: bool = False, threads: int | None = None) -> 
     os.environ.setdefault("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
 
 
+ENGINE_NICE = 10
+
+
+def lower_thread_priority(nice: int = ENGINE_NICE) -> bool:
+    """Lower the calling thread's CPU priority (Linux: nice is per thread, and threads it starts
+    inherit it). The GUI's engine thread does this before MXNet loads, so MXNet's worker and
+    OpenMP threads all run below the GUI thread: when the GUI has work it gets the CPU at once
+    (CFS weights 1024 vs 110), and when it is idle training still gets every core."""
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):  # not Linux-like, or not permitted
+        return False
+    return True
+
+
 def get_mx():
     """The mxnet module, imported once after configure_threads()."""
     global _mx

@@ -38,7 +38,7 @@ from .augment import AugmentConfig, augment_pair
 from .classes import NUM_CLASSES
 from .metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
 from .preprocess import SlicePadding, normalise
-from .training import SEED_CLASS_WEIGHTS, Cancelled, CancelToken, FitConfig, FitProgress
+from .training import SEED_CLASS_WEIGHTS, Cancelled, CancelToken, FitConfig, FitProgress, hybridize_for_training
 from .volume import atomic_write, read_volume
 
 log = logging.getLogger(__name__)
@@ -506,7 +506,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
             log.warning("steps per epoch changed from %s to %d (different data or batch size)",
                         state.get("steps_per_epoch"), steps_per_epoch)
         net.load_parameters(str(ckpt_src / "model.params"), ctx=ctx)
-    net.hybridize(static_alloc=True)
+    hybridize_for_training(net)
     trainer = _build_trainer(net, cfg, dist.kv if dist else None)
     if dist:
         dist.init_trainer(trainer)

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     from engine.inference import SegmentConfig, Segmenter
     from engine.metrics import dice_scores, mean_tissue_dice
     from engine.models import count_parameters, get_model
-    from engine.training import FitConfig, fit, init_network, make_trainer
+    from engine.training import FitConfig, fit, hybridize_for_training, init_network, make_trainer
     from engine.weights import ModelInfo, update_manifest, write_model_dir
 
     work = Path(args.workdir or ROOT / "runs" / args.model)
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         # allow_missing: parameters the architecture gained since (e.g. ENet's skips) keep their
         # initialisation, zero for the skips' output convolutions, so training starts from the same function
         net.load_parameters(args.init, allow_missing=True)
-    net.hybridize(static_alloc=True)
+    hybridize_for_training(net)
     state = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
     if args.resume and (work / "ckpt.params").exists():
         net.load_parameters(str(work / "ckpt.params"))

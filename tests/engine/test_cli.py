@@ -278,9 +278,9 @@ def test_segment_without_weights_says_what_to_do(tmp_path, capsys, monkeypatch):
 # ----------------------------------------------------------------------------- hardware and QC
 def test_choose_model_profiles(monkeypatch):
     import engine.hardware as hw
-    import engine.mx_env
 
-    monkeypatch.setattr(engine.mx_env, "gpu_available", lambda: False)
+    assert hw.gpu_available() is False, "the CPU build of MXNet installed here"
+    monkeypatch.setattr(hw, "gpu_available", lambda: False)
     monkeypatch.setattr(hw, "cpu_cores", lambda: 2)
     monkeypatch.setattr(hw, "ram_gb", lambda: 23.4)
     arch, reason = hw.choose_model()
@@ -289,12 +289,23 @@ def test_choose_model_profiles(monkeypatch):
     assert hw.choose_model("auto")[0] == "unet"
     monkeypatch.setattr(hw, "ram_gb", lambda: 8.0)
     assert hw.choose_model("auto")[0] == "enet"
-    monkeypatch.setattr(engine.mx_env, "gpu_available", lambda: True)
+    monkeypatch.setattr(hw, "gpu_available", lambda: True)
     arch, reason = hw.choose_model()
     assert arch == "unet" and "GPU" in reason
     assert hw.choose_model("ENet") == ("enet", "chosen by the user")
     with pytest.raises(ValueError, match="auto, unet or enet"):
         hw.choose_model("resnet")
+
+
+def test_choosing_the_model_does_not_load_mxnet():
+    """The GUI asks for the model choice on its own thread, which must never load MXNet."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from engine.hardware import choose_model; print(choose_model()[0]); "
+            "assert 'mxnet' not in sys.modules, 'mxnet loaded'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
 
 
 def _head(skull: bool) -> np.ndarray:

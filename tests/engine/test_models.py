@@ -256,3 +256,38 @@ def test_segmenter_inference_graph_matches_the_trained_network(name, tmp_path):
         ref = net(x).asnumpy()
         out = seg.net(x).asnumpy()
         np.testing.assert_allclose(out, ref, atol=2e-4 * np.abs(ref).max())
+
+
+def test_enet_trainable_prelu_gives_the_true_gradients_and_the_same_file(tmp_path):
+    """Hybridized training uses TrainablePReLU: the same loss and the gradients of the imperative
+    nn.PReLU network (which float64 finite differences confirm), where MXNet 1.9.1's hybridized
+    PReLU halves some slopes' gradients; saved files are the same as nn.PReLU's."""
+    from engine.training import hybridize_for_training, seg_loss
+
+    x = mx.nd.array(np.random.default_rng(0).random((2, 1, 48, 64)))
+    y = mx.nd.array((np.random.default_rng(1).random((2, 48, 64)) * 4).astype(np.uint8))
+    path = str(tmp_path / "enet.params")
+    _randomised_enet(seed=3).save_parameters(path)
+
+    def grads(fast: bool):
+        net = get_model_enet(True)
+        net.load_parameters(path)
+        for block in net.collect_blocks():
+            block.dropout = 0.0  # the same function in both runs
+        if fast:
+            hybridize_for_training(net)
+        with mx.autograd.record():
+            loss = seg_loss(mx.nd, net(x), y, [1.35, 17.18, 8.29, 12.42], 1.0)
+        loss.backward()
+        return float(loss.asscalar()), net, {k: p.grad().asnumpy() for k, p in
+                                             net._collect_params_with_prefix().items() if p.grad_req != "null"}
+
+    ref_loss, _, ref = grads(fast=False)  # imperative nn.PReLU
+    loss, net, got = grads(fast=True)  # hybridized TrainablePReLU
+    assert type(net.b10.act1).__name__ == "TrainablePReLU"
+    assert abs(loss - ref_loss) < 1e-4 and set(got) == set(ref)
+    for key in ref:
+        scale = np.abs(ref[key]).max() + 1e-8
+        assert np.abs(got[key] - ref[key]).max() < 2e-3 * scale, key
+    net.save_parameters(str(tmp_path / "fast.params"))
+    assert set(mx.nd.load(str(tmp_path / "fast.params"))) == set(mx.nd.load(path))
