@@ -102,13 +102,17 @@ class EngineThread(QtCore.QThread):
     def run(self) -> None:  # runs on the engine thread
         import sys
 
-        from engine.mx_env import get_mx, lower_thread_priority
+        from engine.mx_env import start_mxnet_below_gui_priority
 
-        # before MXNet starts its threads, so they inherit the lower priority (see the function)
         if "mxnet" in sys.modules:
             log.warning("mxnet was loaded outside the engine thread; its threads keep the GUI's priority")
-        lower_thread_priority()
-        get_mx()
+        start_mxnet_below_gui_priority()
+        # Move everything loaded so far (Qt, pyqtgraph, MXNet, numpy...) out of the garbage
+        # collector's reach: a full collection over them held the GIL for 80 ms in the middle of
+        # a fine-tune, and the GUI thread stalled behind it (bench/finetune_gui_bench.py).
+        import gc
+
+        gc.freeze()
         while True:
             job = self._queue.get()
             if job is None:

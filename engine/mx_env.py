@@ -33,9 +33,7 @@ ENGINE_NICE = 10
 
 def lower_thread_priority(nice: int = ENGINE_NICE) -> bool:
     """Lower the calling thread's CPU priority (Linux: nice is per thread, and threads it starts
-    inherit it). The GUI's engine thread does this before MXNet loads, so MXNet's worker and
-    OpenMP threads all run below the GUI thread: when the GUI has work it gets the CPU at once
-    (CFS weights 1024 vs 110), and when it is idle training still gets every core."""
+    inherit it)."""
     import threading
 
     try:
@@ -43,6 +41,27 @@ def lower_thread_priority(nice: int = ENGINE_NICE) -> bool:
     except (AttributeError, OSError):  # not Linux-like, or not permitted
         return False
     return True
+
+
+def start_mxnet_below_gui_priority() -> None:
+    """Load MXNet and start its compute threads (the engine's CPU worker and its OpenMP team) from
+    a short-lived helper thread at lower priority, so they inherit it, while the calling Python
+    thread keeps normal priority. Then the GUI thread gets a core at once when it has work (CFS
+    weights 1024 vs 110) and training still gets every core when it is idle; and the Python
+    threads that pass the GIL between them (GUI, engine) are equals, so the GUI never waits for
+    the GIL behind a deprioritised thread that the scheduler has put aside."""
+    import threading
+
+    def work():
+        lower_thread_priority()
+        mx = get_mx()
+        x = mx.nd.ones((1, 8, 16, 16))
+        w = mx.nd.ones((8, 8, 3, 3))
+        mx.nd.Convolution(x, w, kernel=(3, 3), num_filter=8, no_bias=True, pad=(1, 1)).wait_to_read()
+
+    t = threading.Thread(target=work, name="mxnet-start")
+    t.start()
+    t.join()
 
 
 def get_mx():
