@@ -13,20 +13,29 @@ import numpy as np
 CLIP_MAX = 3.0
 
 
-def foreground_mask(volume: np.ndarray) -> np.ndarray:
-    """Voxels that belong to the head/brain: above 5% of the robust maximum of nonzero voxels."""
+def foreground_threshold(volume: np.ndarray) -> float | None:
+    """5% of the robust maximum (99.5th percentile) of nonzero voxels; None for an empty volume."""
     v = np.asarray(volume, dtype=np.float32)
     nz = v[v > 0]
     if nz.size == 0:
+        return None
+    return 0.05 * float(np.percentile(nz, 99.5))
+
+
+def foreground_mask(volume: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Voxels that belong to the head/brain: above 5% of the robust maximum of nonzero voxels
+    (or above `threshold`, when the caller has foreground_threshold of the whole volume)."""
+    v = np.asarray(volume, dtype=np.float32)
+    thr = foreground_threshold(v) if threshold is None else threshold
+    if thr is None:
         return np.zeros(v.shape, dtype=bool)
-    thr = 0.05 * float(np.percentile(nz, 99.5))
     return v > thr
 
 
-def normalisation_scale(volume: np.ndarray) -> float:
+def normalisation_scale(volume: np.ndarray, fg: np.ndarray | None = None) -> float:
     """The 99th percentile of foreground voxels (1.0 for an empty volume)."""
     v = np.asarray(volume, dtype=np.float32)
-    fg = foreground_mask(v)
+    fg = foreground_mask(v) if fg is None else fg
     if not fg.any():
         return 1.0
     if fg.sum() > 2_000_000:  # a strided sample is plenty for a percentile

@@ -291,3 +291,25 @@ def test_enet_trainable_prelu_gives_the_true_gradients_and_the_same_file(tmp_pat
         assert np.abs(got[key] - ref[key]).max() < 2e-3 * scale, key
     net.save_parameters(str(tmp_path / "fast.params"))
     assert set(mx.nd.load(str(tmp_path / "fast.params"))) == set(mx.nd.load(path))
+
+
+def test_partial_segmentation_reuses_the_volume_statistics_of_the_same_scan_only(tiny_model_dir):
+    """A few slices of the scan already seen reuse its normalisation (percentiles over the
+    whole volume); another scan, or the same array changed, is measured afresh."""
+    from engine.inference import SegmentConfig, Segmenter
+
+    rng = np.random.default_rng(5)
+    a = np.zeros((40, 48, 8), np.float32)
+    a[6:34, 8:40, 1:7] = rng.uniform(50, 400, (28, 32, 6))
+    seg = Segmenter(tiny_model_dir)
+    one = SegmentConfig(slices=(3,))
+    first = seg.segment(a, one).labels
+    assert seg._stats is not None
+    np.testing.assert_array_equal(seg.segment(a, one).labels, first)
+    b = a * 3.0 + np.where(a > 0, 500.0, 0.0).astype(np.float32)  # another scan, another scale
+    np.testing.assert_array_equal(seg.segment(b, one).labels, Segmenter(tiny_model_dir).segment(b, one).labels)
+    seg.segment(a, one)
+    before = seg._stats[1]
+    a[:20] *= 0.25  # the same array edited in place: measured afresh
+    np.testing.assert_array_equal(seg.segment(a, one).labels, Segmenter(tiny_model_dir).segment(a, one).labels)
+    assert seg._stats[1] != before
