@@ -44,6 +44,7 @@ class Job:
     name: str
     fn: Callable[[EngineState, Callable[[Any], None], CancelToken], Any]
     cancel: CancelToken
+    background: bool = False  # prefetch: no busy state, no signals
 
 
 class EngineThread(QtCore.QThread):
@@ -72,6 +73,12 @@ class EngineThread(QtCore.QThread):
         self._queue.put(job)
         self.busy_changed.emit(True)
         return job.id
+
+    def prefetch(self, name: str, fn: Callable[[EngineState], Any]) -> None:
+        """Run fn(state) when the thread gets to it, without making the engine busy or emitting
+        signals: work a later job will need anyway (loading the model while the user looks at
+        the scan), so that job starts at once. Failures are only logged; the real job reports."""
+        self._queue.put(Job(0, name, lambda state, progress, cancel: fn(state), CancelToken(), background=True))
 
     def cancel(self, job_id: int) -> None:
         """Cancel one job, queued or running (a queued one stops at its first check)."""
@@ -117,6 +124,12 @@ class EngineThread(QtCore.QThread):
             job = self._queue.get()
             if job is None:
                 break
+            if job.background:
+                try:
+                    job.fn(self.state, lambda payload: None, job.cancel)
+                except Exception:
+                    log.warning("background %s failed:\n%s", job.name, traceback.format_exc())
+                continue
             self._current = job
             self.busy_changed.emit(True)
             try:

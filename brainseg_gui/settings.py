@@ -28,6 +28,7 @@ def app_settings() -> QtCore.QSettings:
 class Preferences:
     model: str = "auto"  # auto | unet | enet (remembered override)
     batch_size: int | None = None  # None: the fastest measured for the network
+    preload_model: bool = True  # load the model in the background when a scan opens
 
     @classmethod
     def load(cls) -> "Preferences":

@@ -50,8 +50,11 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture
 def window(qtbot, home, dialogs):
     from brainseg_gui.main_window import MainWindow
+    from brainseg_gui.settings import Preferences
 
-    win = MainWindow()
+    # no background model loading on every scan opened (test_model_preloads_when_a_scan_opens
+    # covers it): it would add a model load to each test
+    win = MainWindow(prefs=Preferences(preload_model=False))
     qtbot.addWidget(win)
     win.show()
     yield win

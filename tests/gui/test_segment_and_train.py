@@ -41,6 +41,21 @@ def test_segment_volume_from_gui(enet_window, small_scan, qtbot):
     assert ax.index == k
 
 
+def test_model_preloads_when_a_scan_opens(enet_window, small_scan, qtbot, tiny_model_dir):
+    """Opening a scan loads the model in the background without making the app busy, so the
+    first Segment click finds it loaded."""
+    win = enet_window
+    win.prefs.preload_model = True
+    scan, _, _ = small_scan
+    win.open_scan(scan)
+    assert not win.engine.is_busy and win.actions["segment"].isEnabled()
+    loaded = lambda: any(str(tiny_model_dir) == key[0] for key in win.engine.state.segmenters)  # noqa: E731
+    qtbot.waitUntil(loaded, timeout=30000)
+    with qtbot.waitSignal(win.segmentationFinished, timeout=60000):
+        win.actions["segment"].trigger()
+    assert win.labelmap is not None and len(win.engine.state.segmenters) == 1, "the preloaded model was used"
+
+
 def test_segment_asks_before_replacing_edits_and_undo_restores(enet_window, small_scan, qtbot, dialogs):
     win = enet_window
     _open_with_brush(win, small_scan)
