@@ -135,8 +135,9 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     multiple = int(net.multiple)
     norm = normalise(scan, normalisation_scale(scan))
     # Train and validate on the in-plane box around the brain (and any label) of these slices,
-    # with room for the augmentation's rotation and scaling: a third less work than whole slices
-    # on the demo scan, and the same view of the brain that Segmenter's cropped inference gives.
+    # with room for the augmentation's rotation and scaling: less work when the brain is small in
+    # the slice (a wide field of view, slices near the top). On the demo scan, 10 slices spread
+    # through the brain already span the whole 176x208 slice, so it saves nothing there.
     keep = (foreground_mask(scan)[:, :, slices] | (labels[:, :, slices] > 0))
     bx, by = foreground_box(keep, multiple, margin=FINETUNE_CROP_MARGIN)
     norm, labels = norm[bx, by], labels[bx, by]
