@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from .models import count_parameters
 from .mx_env import default_context, get_mx
 from .preprocess import SlicePadding, foreground_mask, foreground_threshold, normalisation_scale, normalise
 from .training import Cancelled, CancelToken
@@ -95,7 +96,7 @@ class Segmenter:
         self.model_dir = Path(model_dir) if model_dir else shipped_model_dir(arch)
         self.net, self.info = load_network(self.model_dir, self.ctx)
         self.multiple = int(self.net.multiple)
-        self.parameter_count = sum(p.data().size for p in self.net.collect_params().values())
+        self.parameter_count = count_parameters(self.net)  # before any inference rewrite
         self.precision = precision
         if precision == "int8":
             from .quantize import calibration_slices, quantize_model
@@ -130,7 +131,6 @@ class Segmenter:
         else:
             self.net.hybridize(static_alloc=True)
 
-
     def _volume_stats(self, vol: np.ndarray, reuse: bool) -> tuple[float, float | None]:
         """(normalisation scale, foreground threshold) of the whole volume. Both are percentiles
         over millions of voxels (~70 ms); segmenting a few slices (a click on "segment this
@@ -156,7 +156,7 @@ class Segmenter:
         self.model_dir = info.directory
         self.net, self.info = net, info
         self.multiple = int(net.multiple)
-        self.parameter_count = sum(p.data().size for p in net.collect_params().values())
+        self.parameter_count = count_parameters(net)
         return self
 
     @property
@@ -188,8 +188,7 @@ class Segmenter:
         scale, thr = self._volume_stats(vol, reuse=cfg.slices is not None)
         labels = np.zeros(vol.shape, dtype=np.uint8)
         unc = np.zeros(vol.shape, dtype=np.float32) if cfg.uncertainty else None
-        wanted = range(vol.shape[2]) if cfg.slices is None else [k for k in cfg.slices if 0 <= k < vol.shape[2]]
-        wanted = list(wanted)
+        wanted = list(range(vol.shape[2])) if cfg.slices is None else [k for k in cfg.slices if 0 <= k < vol.shape[2]]
         fg = np.zeros(vol.shape, dtype=bool)  # filled for the wanted slices only
         if thr is not None and wanted:
             fg[:, :, wanted] = vol[:, :, wanted] > thr

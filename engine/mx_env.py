@@ -31,29 +31,20 @@ def configure_threads(interactive: bool = False, threads: int | None = None) -> 
 ENGINE_NICE = 10
 
 
-def lower_thread_priority(nice: int = ENGINE_NICE) -> bool:
-    """Lower the calling thread's CPU priority (Linux: nice is per thread, and threads it starts
-    inherit it)."""
-    import threading
-
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (AttributeError, OSError):  # not Linux-like, or not permitted
-        return False
-    return True
-
-
 def start_mxnet_below_gui_priority() -> None:
     """Load MXNet and start its compute threads (the engine's CPU worker and its OpenMP team) from
-    a short-lived helper thread at lower priority, so they inherit it, while the calling Python
-    thread keeps normal priority. Then the GUI thread gets a core at once when it has work (CFS
-    weights 1024 vs 110) and training still gets every core when it is idle; and the Python
-    threads that pass the GIL between them (GUI, engine) are equals, so the GUI never waits for
-    the GIL behind a deprioritised thread that the scheduler has put aside."""
+    a short-lived helper thread at lower priority (Linux: nice is per thread, and threads it starts
+    inherit it), while the calling Python thread keeps normal priority. Then the GUI thread gets a
+    core at once when it has work (CFS weights 1024 vs 110) and training still gets every core when
+    it is idle; and the Python threads that pass the GIL between them (GUI, engine) are equals, so
+    the GUI never waits for the GIL behind a deprioritised thread that the scheduler has put aside."""
     import threading
 
     def work():
-        lower_thread_priority()
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENGINE_NICE)
+        except (AttributeError, OSError):  # not Linux-like, or not permitted: normal priority
+            pass
         mx = get_mx()
         x = mx.nd.ones((1, 8, 16, 16))
         w = mx.nd.ones((8, 8, 3, 3))

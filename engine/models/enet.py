@@ -61,36 +61,40 @@ class _Identity(mx.gluon.HybridBlock):
         return x
 
 
+# BatchNorm with mean 0 and variance 1 - eps is a plain per-channel scale by its gamma (plus beta):
+# both PReLU rewrites below use it so that oneDNN does the per-channel arithmetic.
+_SCALE_EPS = 1e-5
+
+
 class FusedPReLU(mx.gluon.HybridBlock):
     """Inference-only prelu(bn(x)) (or prelu(x) when bn is None) as BN_u(x) + relu(BN_v(x)):
     BN_u scales by a, BN_v by (1 - a), each after the folded BatchNorm. Needs every a in [0, 1]."""
 
-    def __init__(self, alpha, bn=None, **kw):
+    def __init__(self, prelu, bn=None, **kw):
         import numpy as np
 
         super().__init__(**kw)
-        a = np.asarray(alpha, dtype=np.float64).reshape(-1)
+        a = prelu.alpha.data().asnumpy().astype(np.float64)
         c = a.size
         if bn is None:
-            gamma, beta, mean, var, eps = np.ones(c), np.zeros(c), np.zeros(c), np.ones(c), 1e-5
-            gamma = gamma * np.sqrt(var + eps)  # cancels BatchNorm's 1/sqrt(var + eps)
+            gamma, beta, mean, var = np.ones(c), np.zeros(c), np.zeros(c), np.full(c, 1 - _SCALE_EPS)
+            self.eps = _SCALE_EPS
         else:
-            gamma = bn.gamma.data().asnumpy().astype(np.float64)
-            beta = bn.beta.data().asnumpy().astype(np.float64)
-            mean = bn.running_mean.data().asnumpy().astype(np.float64)
-            var = bn.running_var.data().asnumpy().astype(np.float64)
-            eps = bn._kwargs["eps"]
-        self.eps = float(eps)
+            gamma, beta, mean, var = (p.data().asnumpy().astype(np.float64)
+                                      for p in (bn.gamma, bn.beta, bn.running_mean, bn.running_var))
+            self.eps = float(bn._kwargs["eps"])
+        values = {"u_gamma": gamma * a, "u_beta": beta * a, "v_gamma": gamma * (1 - a), "v_beta": beta * (1 - a),
+                  "mean": mean, "var": var}
         with self.name_scope():
-            for tag, scale in (("u", a), ("v", 1.0 - a)):
-                for name, value in (("gamma", gamma * scale), ("beta", beta * scale), ("mean", mean), ("var", var)):
-                    setattr(self, f"{tag}_{name}", self.params.get_constant(
-                        f"{tag}_{name}", mx.nd.array(value.astype(np.float32))))
+            for name, value in values.items():
+                const = self.params.get_constant(name, mx.nd.array(value.astype(np.float32)))
+                const.initialize(ctx=prelu.alpha.list_ctx())
+                setattr(self, name, const)
 
-    def hybrid_forward(self, F, x, u_gamma, u_beta, u_mean, u_var, v_gamma, v_beta, v_mean, v_var):
+    def hybrid_forward(self, F, x, u_gamma, u_beta, v_gamma, v_beta, mean, var):
         kw = dict(eps=self.eps, fix_gamma=False, use_global_stats=True)
-        u = F.BatchNorm(x, u_gamma, u_beta, u_mean, u_var, **kw)
-        v = F.BatchNorm(x, v_gamma, v_beta, v_mean, v_var, **kw)
+        u = F.BatchNorm(x, u_gamma, u_beta, mean, var, **kw)
+        v = F.BatchNorm(x, v_gamma, v_beta, mean, var, **kw)
         return F.elemwise_add(u, F.Activation(v, act_type="relu"))
 
 
@@ -101,8 +105,6 @@ class TrainablePReLU(mx.gluon.HybridBlock):
     nn.PReLU's `alpha` Parameter and leaves its fixed statistics out of saved files, so parameter
     files are the same with either (ENet.use_fast_prelu)."""
 
-    EPS = 1e-5
-
     def __init__(self, prelu, **kw):
         super().__init__(prefix=prelu.prefix, params=prelu.params, **kw)
         self.alpha = self.params.get("alpha")  # the PReLU's own Parameter, via the shared dict
@@ -110,7 +112,7 @@ class TrainablePReLU(mx.gluon.HybridBlock):
         c = prelu.alpha.shape[0]
         ctx = prelu.alpha.list_ctx()
         self.stat_mean = self.params.get_constant("fast_mean", mx.nd.zeros(c))
-        self.stat_var = self.params.get_constant("fast_var", mx.nd.ones(c) * (1 - self.EPS))  # var + eps = 1
+        self.stat_var = self.params.get_constant("fast_var", mx.nd.ones(c) * (1 - _SCALE_EPS))
         for param in (self.stat_mean, self.stat_var):
             param.initialize(ctx=ctx)
 
@@ -118,7 +120,7 @@ class TrainablePReLU(mx.gluon.HybridBlock):
         return {(prefix + "." if prefix else "") + "alpha": self.alpha}
 
     def hybrid_forward(self, F, x, alpha, stat_mean, stat_var):
-        kw = dict(eps=self.EPS, fix_gamma=False, use_global_stats=True)
+        kw = dict(eps=_SCALE_EPS, fix_gamma=False, use_global_stats=True)
         u = F.BatchNorm(x, alpha, stat_mean, stat_mean, stat_var, **kw)
         w = F.BatchNorm(F.Activation(x, act_type="relu"), 1 - alpha, stat_mean, stat_mean, stat_var, **kw)
         return F.elemwise_add(u, w)
@@ -137,7 +139,7 @@ def _fuse(owner, bn_name: str | None, act_name: str) -> None:
     if alpha.min() < 0 or alpha.max() > 1:
         return  # the identity needs 0 <= a <= 1: keep the slow, exact PReLU
     bn = getattr(owner, bn_name) if bn_name else None
-    _replace_child(owner, act_name, FusedPReLU(alpha, bn, prefix=act.prefix + "fused_"))
+    _replace_child(owner, act_name, FusedPReLU(act, bn, prefix=act.prefix + "fused_"))
     if bn_name:
         _replace_child(owner, bn_name, _Identity(prefix=bn.prefix + "folded_"))
 
@@ -270,38 +272,35 @@ class ENet(mx.gluon.HybridBlock):
                 self.refine_image = nn.Conv2D(8, 3, padding=1)
                 self.refine_out = nn.Conv2D(classes, 1, use_bias=False, weight_initializer=zero)
 
+    def _prelu_sites(self) -> list[tuple]:
+        """(owner block, name of the BatchNorm right before the PReLU or None, name of the PReLU)."""
+        sites = [(self.initial, "bn", "act")]
+        for block in self.collect_blocks():
+            # the up-bottleneck slices its first BatchNorm's output before the PReLU: not foldable
+            sites += [(block, "bn1" if block.kind != "up" else None, "act1"), (block, "bn2", "act2"),
+                      (block, None, "act_out")]
+        return sites
+
     def fuse_for_inference(self) -> "ENet":
         """Rewrite in place into the same function with faster operators (module docstring).
         The result is for inference only: it has no dropout and its fused layers do not train."""
-        _fuse(self.initial, "bn", "act")
         for block in self.collect_blocks():
             block.dropout = 0.0
-            if block.kind != "up":
-                _fuse(block, "bn1", "act1")
-            else:
-                _fuse(block, None, "act1")
-            _fuse(block, "bn2", "act2")
-            _fuse(block, None, "act_out")
-        ctx = self.initial.conv.weight.list_ctx()
-        for param in self.collect_params().values():
-            if param._data is None:  # the fused layers' constants
-                param.initialize(ctx=ctx)
-        self.fused = True
+        for owner, bn_name, act_name in self._prelu_sites():
+            _fuse(owner, bn_name, act_name)
         return self
 
     def use_fast_prelu(self) -> "ENet":
         """Swap every PReLU for a TrainablePReLU (same function and parameters, faster to train).
         Call after the parameters are initialised or loaded, before hybridizing."""
-        for owner, name in [(self.initial, "act")] + [(b, n) for b in self.collect_blocks()
-                                                       for n in ("act1", "act2", "act_out")]:
+        for owner, _, name in self._prelu_sites():
             act = getattr(owner, name)
             if isinstance(act, nn.PReLU):
                 _replace_child(owner, name, TrainablePReLU(act))
         return self
 
     def collect_blocks(self):
-        blocks = [self.b10, *self.stage1, self.b20, *self.stage23, self.b40, *self.stage4, self.b50, *self.stage5]
-        return blocks
+        return [self.b10, *self.stage1, self.b20, *self.stage23, self.b40, *self.stage4, self.b50, *self.stage5]
 
     def hybrid_forward(self, F, x):
         x0 = self.initial(x)
