@@ -81,6 +81,22 @@ def parse_slices(text: str | None, n: int) -> list[int] | None:
     return sorted(out)
 
 
+PLANE_CHOICES = ("axial", "coronal", "sagittal")
+
+
+def parse_planes(text: str | None) -> tuple[str, ...]:
+    """'axial,coronal,sagittal' (the default: the three views fused) or a subset, e.g. 'axial'."""
+    if not text:
+        from .inference import DEFAULT_PLANES
+
+        return DEFAULT_PLANES
+    planes = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    bad = [p for p in planes if p not in PLANE_CHOICES]
+    if bad or not planes:
+        raise CliError(f"--planes {text!r}: choose from {', '.join(PLANE_CHOICES)} (comma-separated)")
+    return tuple(dict.fromkeys(planes))
+
+
 def _fmt_shape(shape) -> str:
     return "x".join(str(s) for s in shape)
 
@@ -282,10 +298,14 @@ def cmd_segment(args) -> int:
     check_output(args.output, LABEL_FORMATS, (args.scan,))
     if args.uncertainty:
         check_output(args.uncertainty, IMAGE_FORMATS, (args.scan, args.output))
+    from .conform import Conform
+
     vol = read_volume(args.scan, kind="image")
-    slices = parse_slices(args.slices, vol.shape[2])
+    slices = parse_slices(args.slices, vol.shape[Conform.for_grid(vol.shape, vol.affine).native_axis("axial")])
     if vol.layout_note:
         print(f"warning: {vol.path}: {vol.layout_note}", file=sys.stderr)
+    if vol.geometry_note:
+        print(f"note: {vol.path}: {vol.geometry_note}", file=sys.stderr)
     if skull_present(vol.data, vol.voxel_volume_ml):
         print(f"warning: {vol.path} looks like it still has the skull on; labels outside the brain "
               "are unreliable (the networks were trained on skull-stripped scans)", file=sys.stderr)
@@ -301,10 +321,15 @@ def cmd_segment(args) -> int:
             raise CliError(f"--int8: {why}")
         precision = "int8"
     seg = Segmenter(model_dir, precision=precision, calib_volume=vol.data if precision == "int8" else None)
-    bar = _Progress(f"segment ({arch})")
+    planes = parse_planes(args.planes)
+    geo = Conform.for_grid(vol.shape, vol.affine)
+    if geo.describe():
+        print(f"note: {vol.path}: {geo.describe()}", file=sys.stderr)
+    bar = _Progress(f"segment ({arch}, {'+'.join(planes) if not slices else 'axial'})")
     try:
         res = seg.segment(vol.data, SegmentConfig(batch_size=args.batch_size, uncertainty=bool(args.uncertainty),
-                                                  slices=tuple(slices) if slices else None), progress=bar)
+                                                  slices=tuple(slices) if slices else None, planes=planes),
+                          progress=bar, affine=vol.affine)
     finally:
         bar.close()
     written = save_labels(args.output, res.labels, vol.affine)
@@ -312,7 +337,8 @@ def cmd_segment(args) -> int:
         save_image(args.uncertainty, res.uncertainty, vol.affine)
         written.append(Path(args.uncertainty))
     print(f"model: {seg.name} - {reason}")
-    print(f"segmented {res.slices_run} slices in {res.seconds:.2f} s; total {time.time() - t0:.2f} s")
+    print(f"segmented {res.slices_run} slices ({'+'.join(res.planes)}) in {res.seconds:.2f} s; "
+          f"total {time.time() - t0:.2f} s")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -397,7 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
     p.add_argument("--weights", help="a model directory (shipped, fine-tuned or trained)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (default: the fastest measured, U-Net 4, ENet 16)")
-    p.add_argument("--slices", help="only these axial slices (third array axis), e.g. 10,12,20-30")
+    p.add_argument("--slices", help="only these axial slices (indices along the scan's own superior-inferior "
+                   "array axis), e.g. 10,12,20-30; a single axial pass")
+    p.add_argument("--planes", help="anatomical planes whose class probabilities are fused (default "
+                   "axial,coronal,sagittal; 'axial' is the single-plane pass)")
     p.add_argument("--int8", action="store_true",
                    help="INT8 inference (only for models whose INT8 Dice change was measured <= 0.005)")
     p.add_argument("--uncertainty", metavar="FILE", help="also write the softmax-entropy map (NIfTI)")

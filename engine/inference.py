@@ -26,6 +26,8 @@ import numpy as np
 
 from .models import count_parameters
 from .mx_env import default_context, get_mx
+from .classes import NUM_CLASSES
+from .conform import PLANE_AXIS, Conform
 from .preprocess import SlicePadding, foreground_mask, foreground_threshold, normalisation_scale, normalise
 from .training import Cancelled, CancelToken
 from .weights import ModelInfo, read_model_dir, shipped_model_dir
@@ -37,6 +39,7 @@ CROP_MARGIN = 8
 # (2026-11-24): U-Net 7.3 s at 2, 7.5 s at 4, 7.8 s at 8, 8.3 s at 16; ENet 2.1 s at 4, 1.4 s at 8,
 # 1.35 s at 16, 1.5 s at 32.
 BEST_BATCH = {"unet": 2, "enet": 16}
+DEFAULT_PLANES = ("axial", "coronal", "sagittal")
 
 
 @dataclass
@@ -44,7 +47,16 @@ class SegmentConfig:
     batch_size: int | None = None  # None: the fastest measured for the network (BEST_BATCH)
     crop_to_foreground: bool = True
     uncertainty: bool = False
-    slices: tuple[int, ...] | None = None  # only these axial slices (others left 0)
+    # Only these slices of `slice_plane`, as indices along the scan's own array axis normal to that
+    # anatomical plane (others left 0). A slice run is always a single pass in that plane.
+    slices: tuple[int, ...] | None = None
+    slice_plane: str = "axial"
+    # Anatomical planes whose class probabilities are averaged (FastSurfer/QuickNAT view
+    # aggregation). ("axial",) is the single-plane pass.
+    planes: tuple[str, ...] = DEFAULT_PLANES
+    # FSL_SEG semantics: in a skull-stripped scan every nonzero voxel is CSF, grey or white matter.
+    tissue_inside_mask: bool = True
+    return_probabilities: bool = False
 
 
 @dataclass
@@ -54,6 +66,16 @@ class SegmentResult:
     seconds: float
     model: str
     slices_run: int
+    geometry: str = ""  # what was done to bring the scan to the network (Conform.describe), or ""
+    planes: tuple[str, ...] = ("axial",)
+    probabilities: np.ndarray | None = None  # (4, *shape) float32 when asked for
+
+
+def skull_stripped(volume: np.ndarray) -> bool:
+    """A skull-stripped scan: at least a fifth of its voxels are exactly zero (the masked-out
+    background), so its nonzero voxels are the brain mask FAST labels in full."""
+    v = np.asarray(volume)
+    return bool((v[::2, ::2, ::2] == 0).mean() > 0.2)
 
 
 def load_network(model_dir: str | Path, ctx=None):
@@ -131,23 +153,6 @@ class Segmenter:
         else:
             self.net.hybridize(static_alloc=True)
 
-    def _volume_stats(self, vol: np.ndarray, reuse: bool) -> tuple[float, float | None]:
-        """(normalisation scale, foreground threshold) of the whole volume. Both are percentiles
-        over millions of voxels (~70 ms); segmenting a few slices (a click on "segment this
-        slice") reuses them for the same scan, recognised by the array's identity, shape, memory
-        and the sum of every 64th voxel (an in-place edit that leaves those unchanged goes
-        unnoticed; the app never edits a scan). A whole volume always computes them afresh."""
-        key = (id(vol), vol.shape, vol.dtype.str, vol.__array_interface__["data"][0],
-               float(np.asarray(vol[::4, ::4, ::4], dtype=np.float64).sum()))  # 1/64 of the voxels: 0.3 ms
-        cached = getattr(self, "_stats", None)
-        if reuse and cached is not None and cached[0] == key:
-            return cached[1]
-        v32 = np.asarray(vol, dtype=np.float32)
-        thr = foreground_threshold(v32)
-        scale = normalisation_scale(v32, foreground_mask(v32, thr)) if thr is not None else 1.0
-        self._stats = (key, (scale, thr))
-        return scale, thr
-
     @classmethod
     def from_network(cls, net, info: ModelInfo, ctx=None) -> "Segmenter":
         self = cls.__new__(cls)
@@ -165,57 +170,131 @@ class Segmenter:
 
     def predict_slices(self, slices: np.ndarray, uncertainty: bool = False):
         """Normalised slices (N, H, W) -> labels (N, H, W) uint8 [, entropy (N, H, W)]."""
+        prob = self.predict_probabilities(slices)
+        lab = np.argmax(prob, axis=1).astype(np.uint8)
+        if uncertainty:
+            return lab, _entropy(prob, axis=1)
+        return lab, None
+
+    def predict_probabilities(self, slices: np.ndarray) -> np.ndarray:
+        """Normalised slices (N, H, W) -> softmax class probabilities (N, C, H, W) float32."""
         mx = get_mx()
         pad = SlicePadding.for_shape(slices.shape[1:], self.multiple)
         x = mx.nd.array(pad.pad(slices)[:, None], ctx=self.ctx)
-        logits = self.net(x)
-        if uncertainty:
-            prob = mx.nd.softmax(logits, axis=1)
-            ent = -mx.nd.sum(prob * mx.nd.log(mx.nd.maximum(prob, 1e-8)), axis=1)
-            lab = mx.nd.argmax(logits, axis=1)
-            return pad.unpad(lab.asnumpy().astype(np.uint8)), pad.unpad(ent.asnumpy())
-        lab = mx.nd.argmax(logits, axis=1).asnumpy().astype(np.uint8)
-        return pad.unpad(lab), None
+        prob = mx.nd.softmax(self.net(x), axis=1)
+        return pad.unpad(prob.asnumpy())
+
+    def _work_volume(self, vol: np.ndarray, geo: Conform, reuse: bool):
+        """(work-grid volume, normalisation scale, foreground threshold), cached for repeated
+        partial runs on the same scan (see _volume_stats)."""
+        key = (id(vol), vol.shape, vol.dtype.str, vol.__array_interface__["data"][0],
+               float(np.asarray(vol[::4, ::4, ::4], dtype=np.float64).sum()),  # 1/64 of the voxels: 0.3 ms
+               geo.affine.tobytes())
+        cached = getattr(self, "_work", None)
+        if reuse and cached is not None and cached[0] == key:
+            return cached[1]
+        work = geo.to_work(vol)
+        thr = foreground_threshold(work)
+        scale = normalisation_scale(work, foreground_mask(work, thr)) if thr is not None else 1.0
+        self._work = (key, (work, scale, thr))
+        return work, scale, thr
 
     def segment(self, volume: np.ndarray, config: SegmentConfig | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                cancel: CancelToken | None = None) -> SegmentResult:
+                cancel: CancelToken | None = None, affine: np.ndarray | None = None) -> SegmentResult:
+        """Segment a scan given on its own grid. `affine` (voxel -> world, as nibabel gives it) says
+        how the scan lies; without it the array is taken as LAS 1 mm, the OASIS layout. The scan
+        is brought to the network's grid (engine/conform.py), each plane in config.planes is run
+        slice by slice, the class probabilities are averaged, brought back to the scan's grid and
+        turned into labels there."""
         cfg = config or SegmentConfig()
         t0 = time.time()
         vol = np.asarray(volume)
         if vol.ndim != 3:
             raise ValueError(f"expected a 3-D volume, got shape {vol.shape}")
-        scale, thr = self._volume_stats(vol, reuse=cfg.slices is not None)
-        labels = np.zeros(vol.shape, dtype=np.uint8)
-        unc = np.zeros(vol.shape, dtype=np.float32) if cfg.uncertainty else None
-        wanted = list(range(vol.shape[2])) if cfg.slices is None else [k for k in cfg.slices if 0 <= k < vol.shape[2]]
-        fg = np.zeros(vol.shape, dtype=bool)  # filled for the wanted slices only
-        if thr is not None and wanted:
-            fg[:, :, wanted] = vol[:, :, wanted] > thr
-        todo = [k for k in wanted if fg[:, :, k].any()]
-        full = slice(0, vol.shape[0]), slice(0, vol.shape[1])
-        total = len(todo)
+        geo = Conform.for_grid(vol.shape, affine)
+        if not geo.identity:
+            log.info("%s", geo.describe())
+        work, scale, thr = self._work_volume(vol, geo, reuse=cfg.slices is not None)
+        stripped = cfg.tissue_inside_mask and skull_stripped(vol)
+        if cfg.slices is not None:
+            planes = (cfg.slice_plane,)
+            nax = geo.native_axis(cfg.slice_plane)
+            native_ks = [k for k in cfg.slices if 0 <= k < vol.shape[nax]]
+            plan = {cfg.slice_plane: geo.work_slices_for(cfg.slice_plane, native_ks)}
+        else:
+            planes = tuple(cfg.planes)
+            for p in planes:
+                if p not in PLANE_AXIS:
+                    raise ValueError(f"unknown plane {p!r}; choose from {', '.join(PLANE_AXIS)}")
+            plan = {p: None for p in planes}
+        region = (work > 0) if stripped else (work > thr) if thr is not None else np.zeros(work.shape, bool)
+        todo = {}
+        for p, ks in plan.items():
+            ax = PLANE_AXIS[p]
+            has = region.any(axis=tuple(a for a in range(3) if a != ax))
+            todo[p] = [k for k in (range(work.shape[ax]) if ks is None else ks) if has[k]]
+        total = sum(len(v) for v in todo.values())
+        probs = np.zeros((NUM_CLASSES,) + work.shape, dtype=np.float32)
         done = 0
         if progress:
             progress(0, total)
         bs = max(1, int(cfg.batch_size or BEST_BATCH.get(self.info.arch, 8)))
-        for start in range(0, total, bs):
-            if cancel is not None and cancel.cancelled:
-                raise Cancelled()
-            ks = todo[start:start + bs]
-            # the in-plane box holding this batch's foreground: top and bottom slices are small
-            bx, by = foreground_box(fg[:, :, ks], self.multiple) if cfg.crop_to_foreground else full
-            batch = normalise(np.moveaxis(vol[bx, by][:, :, ks], 2, 0).astype(np.float32), scale)
-            lab, ent = self.predict_slices(batch, cfg.uncertainty)
-            labels[bx, by, ks] = np.moveaxis(lab, 0, 2)
-            if unc is not None:
-                unc[bx, by, ks] = np.moveaxis(ent, 0, 2)
-            done += len(ks)
-            if progress:
-                progress(done, total)
+        for p in planes:
+            ax = PLANE_AXIS[p]
+            # view the work volume with this plane's normal last, so slices are [:, :, k]
+            order = [a for a in range(3) if a != ax] + [ax]
+            w = np.transpose(work, order)
+            fg = np.transpose(region, order)
+            acc = np.transpose(probs, [0] + [a + 1 for a in order])
+            ks_all = todo[p]
+            full = slice(0, w.shape[0]), slice(0, w.shape[1])
+            for start in range(0, len(ks_all), bs):
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled()
+                ks = ks_all[start:start + bs]
+                # the in-plane box holding this batch's foreground: outer slices are small
+                bx, by = foreground_box(fg[:, :, ks], self.multiple) if cfg.crop_to_foreground else full
+                batch = normalise(np.moveaxis(w[bx, by][:, :, ks], 2, 0).astype(np.float32), scale)
+                prob = self.predict_probabilities(batch)  # (N, C, h, w)
+                acc[:, bx, by, ks] += np.moveaxis(prob, 0, 3)
+                done += len(ks)
+                if progress:
+                    progress(done, total)
+        if len(planes) > 1:
+            probs /= len(planes)
+        untouched = probs.sum(axis=0) <= 0
+        probs[0][untouched] = 1.0  # voxels no network saw are background
+        if cfg.slices is not None:
+            native = geo.probs_to_native(probs, cfg.slice_plane, native_ks)
+        else:
+            native = geo.probs_to_native(probs)
+        if stripped:  # FSL_SEG: inside the mask, tissue only; outside, background
+            inside = vol > 0
+            labels = (np.argmax(native[1:], axis=0) + 1).astype(np.uint8)
+            labels[~inside] = 0
+        else:
+            labels = np.argmax(native, axis=0).astype(np.uint8)
+        if cfg.slices is not None:  # only the asked-for slices carry labels
+            keep = np.zeros(vol.shape[nax], dtype=bool)
+            keep[native_ks] = True
+            shape = [1, 1, 1]
+            shape[nax] = -1
+            labels[~np.broadcast_to(keep.reshape(shape), labels.shape)] = 0
+        unc = None
+        if cfg.uncertainty:
+            unc = _entropy(native, axis=0)
+            unc[labels == 0] = 0.0
         secs = time.time() - t0
-        log.info("segmented %s in %.2f s with %s (%d slices run)", vol.shape, secs, self.name, total)
-        return SegmentResult(labels, unc, secs, self.name, total)
+        log.info("segmented %s in %.2f s with %s, planes %s (%d slices run)", vol.shape, secs, self.name,
+                 "+".join(planes), total)
+        return SegmentResult(labels, unc, secs, self.name, total, geo.describe(), planes,
+                             native if cfg.return_probabilities else None)
+
+
+def _entropy(prob: np.ndarray, axis: int) -> np.ndarray:
+    p = np.clip(prob, 1e-8, 1.0)
+    return -(p * np.log(p)).sum(axis=axis).astype(np.float32)
 
 
 INT8_MAX_DICE_CHANGE = 0.005

@@ -27,6 +27,11 @@ HEADERLESS_LAYOUTS = {
     _N: ("labels", np.dtype("u1"), "OASIS-1 FSL_SEG labels: 176x208x176 uint8"),
 }
 
+# Analyze 7.5 has no orientation field. OASIS-1 files are stored LAS (x runs from the patient's
+# right to left: radiological), which is also nibabel's default Analyze affine; we assume it.
+ANALYZE_ASSUMPTION = ("Analyze 7.5 stores no orientation: assumed LAS (the OASIS-1 convention, "
+                      "x from the patient's right to left)")
+
 LABEL_SUFFIXES = ("fseg", "seg", "label", "labels", "mask")
 
 
@@ -57,6 +62,8 @@ class Volume:
     kind: str = "image"  # "image" or "labels"
     source_dtype: str = ""
     layout_note: str | None = None  # set when the layout had to be assumed (headerless .img)
+    # set when the orientation is an assumption, not a fact (Analyze 7.5 stores none)
+    geometry_note: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -166,6 +173,7 @@ def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
     if path.is_dir():
         raise VolumeReadError(path, "is a directory, not a scan file")
     layout_note = None
+    geometry_note = None
     suffix = path.suffix.lower()
     try:
         if suffix in (".hdr", ".img"):
@@ -177,6 +185,7 @@ def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
                 if suffix == ".hdr":
                     raise VolumeReadError(path, "no such file")
                 data, affine, guessed, layout_note = _read_headerless(img_path)
+                geometry_note = ANALYZE_ASSUMPTION
                 source_dtype = str(data.dtype)
                 if kind == "auto":
                     kind = guessed
@@ -189,6 +198,8 @@ def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
                     raise VolumeReadError(hdr_path, f"not a valid Analyze/NIfTI header ({exc})") from exc
                 _check_analyze_size(hdr_path, img_path, img)
                 data, affine, source_dtype = _load_dataobj(path, img)
+                if not isinstance(img, nib.Nifti1Pair):  # a NIfTI pair carries its orientation
+                    geometry_note = ANALYZE_ASSUMPTION
         else:
             if path.stat().st_size == 0:
                 raise VolumeReadError(path, "file is empty")
@@ -224,7 +235,7 @@ def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
     else:
         data = np.ascontiguousarray(data, dtype=np.float32)
     vol = Volume(data=data, affine=np.asarray(affine, dtype=np.float64), path=path, kind=kind,
-                 source_dtype=str(source_dtype), layout_note=layout_note)
+                 source_dtype=str(source_dtype), layout_note=layout_note, geometry_note=geometry_note)
     log.info("read %s: %s %s voxel %s %s%s", path, kind, vol.shape,
              tuple(round(v, 3) for v in vol.voxel_size), vol.orientation,
              f" ({layout_note})" if layout_note else "")

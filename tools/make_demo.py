@@ -3,7 +3,7 @@
 Writes, in OASIS-1 layout (Analyze 7.5, 176x208x176, 1 mm, big-endian):
   resources/demo/demo_t88_masked_gfc.hdr/.img       skull-stripped T1, int16, 0..255
   resources/demo/demo_t88_masked_gfc_fseg.hdr/.img  FSL_SEG-style labels, uint8 (0 bg, 1 CSF, 2 GM, 3 WM)
-Label = argmax of (CSF, GM, WM) inside the brain mask, with CSF = 1 - GM - WM.
+Labels: FSL_SEG semantics from the T1's own intensities (tissue_labels: Gaussian mixture + MRF).
 
     python tools/make_demo.py [--out resources/demo]
 """
@@ -36,8 +36,8 @@ References: Fonov et al., NeuroImage 54(1), 2011; Fonov et al., NeuroImage 47, S
 Collins et al., NeuroImage 1999.
 
 BrainSeg's transformation: cropped around the brain to the OASIS-1 T88 grid (176x208x176, 1 mm),
-T1 masked to the brain and scaled to 0..255 int16, labels = argmax(CSF, GM, WM) with
-CSF = 1 - GM - WM inside the brain mask (nilearn's template brain mask). See tools/make_demo.py.
+T1 masked to the brain and scaled to 0..255 int16; labels with FSL_SEG semantics from the T1's own
+intensities (3-class Gaussian mixture + MRF, as FSL FAST) over every voxel of the mask. See tools/make_demo.py.
 """
 
 
@@ -75,11 +75,23 @@ def load_template() -> dict[str, np.ndarray]:
 
 
 def template_labels(tpl: dict[str, np.ndarray]) -> np.ndarray:
+    """The first sessions' labels: argmax of the population priors (CSF = 1 - GM - WM). Kept for
+    comparison only; they teach a grey-matter ribbon thicker than the intensities say."""
     gm, wm, mask = tpl["gm"], tpl["wm"], tpl["mask"]
     csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
     lab = np.argmax(np.stack([csf, gm, wm]), axis=0).astype(np.uint8) + 1
     lab[~mask] = 0
     return lab
+
+
+def tissue_labels(t1: np.ndarray):
+    """FSL_SEG-like labels of a skull-stripped T1 from its own intensities, as FAST makes them:
+    every nonzero voxel is CSF, GM or WM by a 3-class Gaussian mixture with a Potts MRF
+    (engine/tissue_model.py, beta 0.35). Returns (labels uint8, TissueFit)."""
+    from engine.tissue_model import tissue_em
+
+    fit = tissue_em(t1, t1 > 0, beta=0.35)
+    return fit.labels, fit
 
 
 def main(argv=None) -> int:
@@ -89,8 +101,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tpl = load_template()
-    labels = template_labels(tpl)
     t1 = np.where(tpl["mask"], tpl["t1"], 0.0)
+    labels, _ = tissue_labels(t1)
     t1 = np.round(255.0 * t1 / t1.max()).astype(">i2")
     # The OASIS Analyze headers carry no orientation: nibabel gives them its default Analyze affine
     # (x flipped, 1 mm). Write ours the same way so the demo opens exactly like an OASIS file.
