@@ -306,9 +306,16 @@ class MainWindow(QtWidgets.QMainWindow):
         if vol.layout_note:
             msg += f" - {vol.layout_note}"
             dialogs.show_info(self, "Layout assumed", f"{vol.path}:\n{vol.layout_note}")
+        from engine.conform import Conform
         from engine.qc import skull_present
 
-        if skull_present(vol.data, vol.voxel_volume_ml):
+        geo = Conform.for_grid(vol.shape, vol.affine)
+        if vol.geometry_note:
+            msg += f" - {vol.geometry_note}"
+        if geo.describe():
+            msg += f" - for the network: {geo.describe()}"
+            log.info("%s: %s", vol.path, geo.describe())
+        if skull_present(vol.data, vol.voxel_volume_ml, vol.affine):
             msg += " - the skull seems to be on: labels outside the brain are unreliable"
             dialogs.show_info(self, "Skull not removed?",
                               f"{vol.name} looks like it still has the skull on (as OASIS *_t88_gfc rather than "
@@ -331,13 +338,14 @@ class MainWindow(QtWidgets.QMainWindow):
         except Exception:  # missing weights: the segment job will say so
             return
         precision = "int8" if self.segment_panel.int8_check.isChecked() else "fp32"
-        data, k = self.scan.data, self.views["axial"].index
+        data, affine, k = self.scan.data, self.scan.affine, self.views["axial"].index
         from engine.inference import SegmentConfig
 
         def warm(state):
             # segmenting one slice, thrown away, also builds the graph and measures the scan's
             # normalisation: the first "segment this slice" click then takes 80 ms, not 420
-            state.segmenter(model_dir, precision).segment(data, SegmentConfig(slices=(k,), uncertainty=True))
+            state.segmenter(model_dir, precision).segment(data, SegmentConfig(slices=(k,), uncertainty=True),
+                                                          affine=affine)
 
         self.engine.prefetch("load model", warm)
 
@@ -358,7 +366,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         if not np.allclose(lab.affine, self.scan.affine, atol=1e-3):
             self.statusBar().showMessage("Warning: the label map's affine differs from the scan's", 10000)
-        self._set_labelmap(LabelMap(lab.data))
+        self._set_labelmap(LabelMap(lab.data, axial_axis=self.axial_axis))
         self.labels_path = Path(path)
         self.statusBar().showMessage(f"Loaded labels {Path(path).name}", 8000)
         return True
@@ -377,7 +385,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _ensure_labelmap(self) -> LabelMap:
         if self.labelmap is None:
-            self._set_labelmap(LabelMap(np.zeros(self.scan.shape, dtype=np.uint8)))
+            self._set_labelmap(LabelMap(np.zeros(self.scan.shape, dtype=np.uint8), axial_axis=self.axial_axis))
         return self.labelmap
 
     def _discard_recovery(self) -> None:
@@ -584,7 +592,7 @@ class MainWindow(QtWidgets.QMainWindow):
                     "Replace them? (Undo brings them back.)"):
                 return None
         model_dir = self.model_dir()
-        data = self.scan.data
+        data, affine = self.scan.data, self.scan.affine
         from engine.inference import SegmentConfig
 
         cfg = SegmentConfig(batch_size=self.prefs.batch_size, slices=slices, uncertainty=True)
@@ -593,7 +601,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
         def job(state, progress, cancel):
             seg = state.segmenter(model_dir, precision)
-            res = seg.segment(data, cfg, progress=lambda d, t: progress((d, t)), cancel=cancel)
+            res = seg.segment(data, cfg, progress=lambda d, t: progress((d, t)), cancel=cancel, affine=affine)
             return res
 
         self._segment_slices = slices
@@ -636,7 +644,9 @@ class MainWindow(QtWidgets.QMainWindow):
             lm.set_prediction(result.labels, slices=self._segment_slices)
             self.segment_panel.progress.setVisible(False)
             what = "slice" if self._segment_slices else "volume"
-            self.statusBar().showMessage(f"Segmented the {what} with {result.model} in {result.seconds:.1f} s", 15000)
+            geo = f" - {result.geometry}" if result.geometry else ""
+            self.statusBar().showMessage(f"Segmented the {what} with {result.model} "
+                                         f"({'+'.join(result.planes)}) in {result.seconds:.1f} s{geo}", 15000)
             self._set_uncertainty(result.uncertainty if self._segment_slices is None else None)
             self.segmentationFinished.emit(result)
         self.update_state()
@@ -651,19 +661,28 @@ class MainWindow(QtWidgets.QMainWindow):
         lst = self.segment_panel.uncertain_list
         lst.clear()
         if unc is not None:
-            for k, score in least_certain_slices(unc, 10):
+            for k, score in least_certain_slices(unc, 10, axis=self.axial_axis):
                 item = QtWidgets.QListWidgetItem(f"axial {k}: mean entropy {score:.3f}")
                 item.setData(QtCore.Qt.UserRole, k)
                 lst.addItem(item)
         lst.setVisible(unc is not None)
         self.segment_panel.uncertain_label.setVisible(unc is not None)
 
+    @property
+    def axial_axis(self) -> int:
+        """The open scan's array axis normal to anatomically axial slices (2 for OASIS files)."""
+        if self.scan is None:
+            return 2
+        from engine.conform import Conform
+
+        return Conform.for_grid(self.scan.shape, self.scan.affine).native_axis("axial")
+
     def _view_of_axis(self, axis: int) -> SliceView:
         """The view whose slices run along this array axis (the engine segments along axis 2)."""
         return next(v for v in self.views.values() if v.geometry_ is not None and v.geometry_.axis == axis)
 
     def _on_uncertain_clicked(self, item) -> None:
-        self._view_of_axis(2).set_slice(int(item.data(QtCore.Qt.UserRole)))
+        self._view_of_axis(self.axial_axis).set_slice(int(item.data(QtCore.Qt.UserRole)))
 
     def on_toggle_uncertainty(self) -> None:
         show = self.actions["toggle_uncertainty"].isChecked()
@@ -879,7 +898,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def on_segment_slice(self):
         if self.scan is not None:
-            self.start_segmentation(slices=[self._view_of_axis(2).index])
+            self.start_segmentation(slices=[self._view_of_axis(self.axial_axis).index])
 
     def on_cancel(self):
         self.engine.cancel_current()

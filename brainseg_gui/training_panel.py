@@ -207,7 +207,8 @@ class TrainingPanel(QtWidgets.QWidget):
         if lm is None:
             return []
         if self.source.currentData() == "all":
-            return [int(k) for k in np.where(lm.labels.any(axis=(0, 1)))[0]]
+            other = tuple(a for a in range(3) if a != lm.axial_axis)
+            return [int(k) for k in np.where(lm.labels.any(axis=other))[0]]
         return lm.edited_axial_slices()
 
     def update_state(self) -> None:
@@ -258,7 +259,7 @@ class TrainingPanel(QtWidgets.QWidget):
         cfg = FinetuneConfig(epochs=self.epochs.value(), lr=self.lr.value(), batch_size=self.batch.value(),
                              augment=self.augment.isChecked(), layers=self.layers.currentData(),
                              steps_per_epoch=self.steps_per_epoch)
-        scan = win.scan.data
+        scan, affine = win.scan.data, win.scan.affine
         labels = win.labelmap.labels.copy()  # a snapshot: the user may keep editing
         scan_name = str(win.scan.path)
 
@@ -266,7 +267,7 @@ class TrainingPanel(QtWidgets.QWidget):
             return finetune(scan, labels, slices, parent, out, cfg,
                             on_progress=lambda p: progress(("step", p)),
                             on_epoch=lambda e: progress(("epoch", e)), cancel=cancel,
-                            scan_name=scan_name, version=name)
+                            scan_name=scan_name, version=name, affine=affine)
 
         self._losses, self._epochs = [], []
         self.loss_curve.setData([], [])

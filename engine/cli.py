@@ -201,10 +201,13 @@ def cmd_evaluate(args) -> int:
         print(f"warning: {args.pred} and {args.ref} have different voxel-to-world affines "
               f"({pred.orientation} {_fmt_vox(pred.voxel_size)} vs {ref.orientation} {_fmt_vox(ref.voxel_size)}); "
               "comparing voxel by voxel anyway", file=sys.stderr)
-    slices = parse_slices(args.slices, ref.shape[2])
+    from .conform import Conform
+
+    ax = Conform.for_grid(ref.shape, ref.affine).native_axis("axial")
+    slices = parse_slices(args.slices, ref.shape[ax])
     p, r = pred.data, ref.data
     if slices is not None:
-        p, r = p[:, :, slices], r[:, :, slices]
+        p, r = np.take(p, slices, axis=ax), np.take(r, slices, axis=ax)
     cm = confusion_matrix(r, p)
     dice = dice_from_confusion(cm)
     out = {"dice": dice, "confusion_matrix": cm.tolist(), "mean_tissue_dice": mean_tissue_dice(dice),
@@ -306,7 +309,7 @@ def cmd_segment(args) -> int:
         print(f"warning: {vol.path}: {vol.layout_note}", file=sys.stderr)
     if vol.geometry_note:
         print(f"note: {vol.path}: {vol.geometry_note}", file=sys.stderr)
-    if skull_present(vol.data, vol.voxel_volume_ml):
+    if skull_present(vol.data, vol.voxel_volume_ml, vol.affine):
         print(f"warning: {vol.path} looks like it still has the skull on; labels outside the brain "
               "are unreliable (the networks were trained on skull-stripped scans)", file=sys.stderr)
     model_dir, arch, reason = resolve_model(args.model, args.weights)
@@ -355,7 +358,9 @@ def cmd_finetune(args) -> int:
     labels = read_volume(args.labels, kind="labels")
     if scan.shape != labels.shape:
         raise CliError(f"{args.scan} is {_fmt_shape(scan.shape)} but {args.labels} is {_fmt_shape(labels.shape)}")
-    slices = parse_slices(args.slices, scan.shape[2])
+    from .conform import Conform
+
+    slices = parse_slices(args.slices, scan.shape[Conform.for_grid(scan.shape, scan.affine).native_axis("axial")])
     if args.__dict__.get("from"):
         src = Path(args.__dict__["from"])
         if not src.is_dir():  # a version name from the store
@@ -376,7 +381,7 @@ def cmd_finetune(args) -> int:
               file=sys.stderr)
 
     res = finetune(scan.data, labels.data, slices, parent, args.output, cfg, on_epoch=on_epoch,
-                   scan_name=str(scan.path), version=Path(args.output).name)
+                   scan_name=str(scan.path), version=Path(args.output).name, affine=scan.affine)
     b, a = res.before.get("mean_tissue_dice"), res.after.get("mean_tissue_dice")
     print(f"wrote {res.version_dir} (parent {parent}) in {res.seconds:.1f} s; trained on slices {res.train_slices}, "
           f"validated on {res.val_slices}")
@@ -414,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred")
     p.add_argument("ref")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--slices", help="axial slices (third array axis), e.g. 10,12,20-30")
+    p.add_argument("--slices", help="axial slices (along the reference's superior-inferior array axis), e.g. 10,12,20-30")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("segment", help="segment a scan into CSF / grey / white matter")

@@ -57,6 +57,29 @@ def resample_axis(a: np.ndarray, axis: int, pos: np.ndarray, fill: float = 0.0) 
     return out.astype(np.float32, copy=False)
 
 
+def gaussian_axis(a: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+    """Gaussian smoothing along one axis (kernel truncated at 4 sigma, edges mirrored), in plain
+    numpy so that the standalone package runner can repeat it exactly."""
+    r = int(4.0 * sigma + 0.5)
+    if sigma <= 0 or r < 1:
+        return a
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    w /= w.sum()
+    n = a.shape[axis]
+    idx = np.arange(-r, n + r)
+    idx = np.where(idx < 0, -idx - 1, idx)
+    idx = np.where(idx >= n, 2 * n - idx - 1, idx)
+    idx = np.clip(idx, 0, n - 1)
+    padded = np.take(a, idx, axis=axis)
+    out = np.zeros(a.shape, dtype=np.float32)
+    for j, wj in enumerate(w):
+        sl = [slice(None)] * a.ndim
+        sl[axis] = slice(j, j + n)
+        out += np.float32(wj) * padded[tuple(sl)]
+    return out
+
+
 @dataclass(frozen=True)
 class Conform:
     """The mapping of one scan grid (shape, affine) onto the networks' LAS 1 mm grid."""
@@ -122,11 +145,9 @@ class Conform:
         a = self.reorient(np.asarray(data, dtype=np.float32))
         if not self.resampled:
             return np.ascontiguousarray(a)
-        from scipy import ndimage as ndi
-
-        sig = [0.5 * np.sqrt(max((WORK_ZOOM / z) ** 2 - 1, 0.0)) if z < WORK_ZOOM / 1.3 else 0.0 for z in self.zooms]
-        if any(s > 0 for s in sig):  # anti-aliasing before shrinking by more than 1.3x
-            a = ndi.gaussian_filter(a, sig)
+        for ax, z in enumerate(self.zooms):  # anti-aliasing before shrinking by more than 1.3x
+            if z < WORK_ZOOM / 1.3:
+                a = gaussian_axis(a, 0.5 * np.sqrt((WORK_ZOOM / z) ** 2 - 1), ax)
         for ax in range(3):
             a = resample_axis(a, ax, _positions(self.work_shape[ax], self.reoriented_shape[ax],
                                                 self.zooms[ax] / WORK_ZOOM))
@@ -142,6 +163,32 @@ class Conform:
         for ax in range(3):
             onehot = resample_axis(onehot, ax + 1, _positions(self.work_shape[ax], self.reoriented_shape[ax],
                                                               self.zooms[ax] / WORK_ZOOM))
+        return np.argmax(onehot, axis=0).astype(np.uint8)
+
+    def plane_slices_to_work(self, data: np.ndarray, plane: str, native_indices, classes: int | None = None
+                             ) -> np.ndarray:
+        """Native slices of an anatomical plane, each brought in-plane to the work grid's 1 mm
+        orientation: (A, B, N) with the slices along the last axis, in the order given. Exact for
+        the slices themselves (no interpolation across slices: what fine-tuning learns from is
+        exactly what the user drew). With `classes`, `data` is a label map (one-hot resampling)."""
+        wax = PLANE_AXIS[plane]
+        ks = self._reoriented_indices(plane, native_indices)
+        a = self.reorient(np.asarray(data))
+        a = np.take(a, ks, axis=wax)
+        a = np.moveaxis(a, wax, 2)
+        in_plane = [ax for ax in range(3) if ax != wax]
+        if not self.resampled:
+            return np.ascontiguousarray(a)
+        if classes is None:
+            out = a.astype(np.float32)
+            for i, ax in enumerate(in_plane):
+                out = resample_axis(out, i, _positions(self.work_shape[ax], self.reoriented_shape[ax],
+                                                       self.zooms[ax] / WORK_ZOOM))
+            return np.ascontiguousarray(out)
+        onehot = np.stack([(a == c).astype(np.float32) for c in range(classes)])
+        for i, ax in enumerate(in_plane):
+            onehot = resample_axis(onehot, i + 1, _positions(self.work_shape[ax], self.reoriented_shape[ax],
+                                                             self.zooms[ax] / WORK_ZOOM))
         return np.argmax(onehot, axis=0).astype(np.uint8)
 
     def work_positions(self, plane: str, native_indices) -> np.ndarray:

@@ -114,17 +114,27 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
              out_dir: str | os.PathLike, config: FinetuneConfig | None = None,
              on_progress: Callable[[FitProgress], None] | None = None,
              on_epoch: Callable[[EpochReport], None] | None = None,
-             cancel: CancelToken | None = None, scan_name: str = "", version: str | None = None) -> FinetuneResult:
-    """Fine-tune the model in parent_dir on axial `slices` of (scan, labels); write a new version
-    to out_dir. Raises Cancelled (nothing written) or ValueError for unusable input."""
+             cancel: CancelToken | None = None, scan_name: str = "", version: str | None = None,
+             affine: np.ndarray | None = None) -> FinetuneResult:
+    """Fine-tune the model in parent_dir on anatomically axial `slices` of (scan, labels) - indices
+    along the scan's own superior-inferior array axis; write a new version to out_dir. `affine`
+    says how the scan lies (None: LAS 1 mm, the OASIS layout): each corrected slice is brought
+    in-plane to the networks' LAS 1 mm orientation exactly as Segmenter brings the scan
+    (engine/conform.py), so corrections drawn on a sagittally stored or 0.8 mm scan teach the
+    right thing. Raises Cancelled (nothing written) or ValueError for unusable input."""
+    from .classes import NUM_CLASSES
+    from .conform import Conform
     from .inference import foreground_box, load_network
+    from .preprocess import foreground_threshold
 
     cfg = config or FinetuneConfig()
     mx = get_mx()
     t0 = time.time()
     if scan.shape != labels.shape:
         raise ValueError(f"scan {scan.shape} and labels {labels.shape} differ in shape")
-    slices = [int(k) for k in slices if 0 <= int(k) < scan.shape[2]]
+    geo = Conform.for_grid(scan.shape, affine)
+    nax = geo.native_axis("axial")
+    slices = sorted({int(k) for k in slices if 0 <= int(k) < scan.shape[nax]})
     if not slices:
         raise ValueError("no corrected slices to learn from")
     train_s, val_s = split_slices(slices, cfg.val_fraction, cfg.seed)
@@ -133,19 +143,30 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     net, parent = load_network(parent_dir, mx.cpu())
     hybridize_for_training(net)
     multiple = int(net.multiple)
-    norm = normalise(scan, normalisation_scale(scan))
+    # whole-scan statistics, as Segmenter computes them (on the work grid)
+    work_scan = geo.to_work(scan)
+    thr = foreground_threshold(work_scan)
+    scale = normalisation_scale(work_scan, foreground_mask(work_scan, thr)) if thr is not None else 1.0
+    del work_scan
+    # the corrected slices only, on the work grid's axial orientation: (X, Y, N), slice i = slices[i]
+    stack = geo.plane_slices_to_work(scan, "axial", slices)
+    lab_stack = geo.plane_slices_to_work(labels, "axial", slices, classes=NUM_CLASSES)
+    pos = {k: i for i, k in enumerate(slices)}
+    norm = normalise(stack, scale)
     # Train and validate on the in-plane box around the brain (and any label) of these slices,
     # with room for the augmentation's rotation and scaling: less work when the brain is small in
     # the slice (a wide field of view, slices near the top). On the demo scan, 10 slices spread
     # through the brain already span the whole 176x208 slice, so it saves nothing there.
-    keep = (foreground_mask(scan)[:, :, slices] | (labels[:, :, slices] > 0))
+    keep = ((stack > thr) if thr is not None else np.zeros(stack.shape, bool)) | (lab_stack > 0)
     bx, by = foreground_box(keep, multiple, margin=FINETUNE_CROP_MARGIN)
-    norm, labels = norm[bx, by], labels[bx, by]
+    norm, lab_stack = norm[bx, by], lab_stack[bx, by]
     pad = SlicePadding.for_shape(norm.shape[:2], multiple)
-    tr_img = np.moveaxis(norm[:, :, train_s], 2, 0)
-    tr_lab = np.moveaxis(labels[:, :, train_s], 2, 0).astype(np.uint8)
-    va_img = np.moveaxis(norm[:, :, val_s], 2, 0) if val_s else np.zeros((0,) + norm.shape[:2], np.float32)
-    va_lab = np.moveaxis(labels[:, :, val_s], 2, 0).astype(np.uint8) if val_s else np.zeros((0,) + norm.shape[:2], np.uint8)
+    tr_i = [pos[k] for k in train_s]
+    va_i = [pos[k] for k in val_s]
+    tr_img = np.moveaxis(norm[:, :, tr_i], 2, 0)
+    tr_lab = np.moveaxis(lab_stack[:, :, tr_i], 2, 0).astype(np.uint8)
+    va_img = np.moveaxis(norm[:, :, va_i], 2, 0) if val_s else np.zeros((0,) + norm.shape[:2], np.float32)
+    va_lab = np.moveaxis(lab_stack[:, :, va_i], 2, 0).astype(np.uint8) if val_s else np.zeros((0,) + norm.shape[:2], np.uint8)
     before = evaluate_slices(net, multiple, va_img, va_lab)
     steps_per_epoch = cfg.steps_per_epoch or max(1, int(np.ceil(2 * len(train_s) / cfg.batch_size)))
     total = steps_per_epoch * cfg.epochs
@@ -201,6 +222,7 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
         "train_slices": train_s,
         "val_slices": val_s,
         "crop_box": [[bx.start, bx.stop], [by.start, by.stop]],
+        "geometry": geo.describe() or "LAS 1 mm, used as stored",
         "settings": asdict(cfg),
         "before": before,
         "after": after,

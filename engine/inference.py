@@ -24,10 +24,10 @@ from typing import Callable
 
 import numpy as np
 
-from .models import count_parameters
-from .mx_env import default_context, get_mx
 from .classes import NUM_CLASSES
 from .conform import PLANE_AXIS, Conform
+from .models import count_parameters
+from .mx_env import default_context, get_mx
 from .preprocess import SlicePadding, foreground_mask, foreground_threshold, normalisation_scale, normalise
 from .training import Cancelled, CancelToken
 from .weights import ModelInfo, read_model_dir, shipped_model_dir
@@ -318,12 +318,15 @@ def int8_offer(model_dir: str | Path) -> tuple[bool, str]:
     return True, f"INT8: {rec.get('speedup', 0):.1f}x faster, Dice change <= {worst:.4f} per class on the demo scan"
 
 
-def least_certain_slices(uncertainty: np.ndarray, count: int = 10, mask: np.ndarray | None = None) -> list[tuple[int, float]]:
-    """Axial slices ranked by mean uncertainty over the foreground (or mask): [(k, score)]."""
+def least_certain_slices(uncertainty: np.ndarray, count: int = 10, mask: np.ndarray | None = None,
+                         axis: int = 2) -> list[tuple[int, float]]:
+    """Slices along `axis` (the scan's anatomically axial axis: Conform.native_axis("axial"))
+    ranked by mean uncertainty over the foreground (or mask): [(k, score)]."""
     u = np.asarray(uncertainty, dtype=np.float32)
     m = (u > 0) if mask is None else mask
-    sums = (u * m).sum(axis=(0, 1))
-    counts = m.sum(axis=(0, 1))
+    other = tuple(a for a in range(3) if a != axis)
+    sums = (u * m).sum(axis=other)
+    counts = m.sum(axis=other)
     score = np.divide(sums, counts, out=np.zeros_like(sums, dtype=np.float64), where=counts > 50)
     order = np.argsort(-score)
     return [(int(k), float(score[k])) for k in order[:count] if score[k] > 0]

@@ -116,8 +116,12 @@ class LabelMap:
     """A uint8 label volume with history. Not thread-safe: the GUI thread owns it."""
 
     def __init__(self, labels: np.ndarray, max_steps: int = 200, max_bytes: int = 256 * 2**20,
-                 predicted: np.ndarray | None = None):
+                 predicted: np.ndarray | None = None, axial_axis: int = 2):
         self.labels = np.ascontiguousarray(labels, dtype=np.uint8)
+        # the array axis normal to anatomically axial slices (2 for OASIS/LAS; engine/conform.py
+        # Conform.native_axis("axial") for any other storage order): edited slices, partial
+        # predictions and fine-tuning count slices along it
+        self.axial_axis = int(axial_axis)
         self.predicted = None if predicted is None else np.ascontiguousarray(predicted, dtype=np.uint8)
         self.max_steps = max_steps
         self.max_bytes = max_bytes
@@ -216,8 +220,9 @@ class LabelMap:
             box3 = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box3, sub))
             new = new[changed]
             old = old[changed]
-        zs = range(box3[2].start, box3[2].stop)
-        axial = tuple(int(z) for z in zs if mask[:, :, z - box3[2].start].any())
+        ax = self.axial_axis
+        zs = range(box3[ax].start, box3[ax].stop)
+        axial = tuple(int(z) for z in zs if np.take(mask, z - box3[ax].start, axis=ax).any())
         atom = EditAtom(kind, box3, mask, old, new.copy(), user=user, axial=axial)
         self._apply(atom, True)
         self._push(atom)
@@ -266,8 +271,9 @@ class LabelMap:
         box3 = self._box3(st.axis, st.index, bi, bj)
         mask3 = np.expand_dims(mask2, st.axis)
         new = np.full(old.shape, st.value, dtype=np.uint8)
-        zs = range(box3[2].start, box3[2].stop)
-        axial = tuple(int(z) for z in zs if mask3[:, :, z - box3[2].start].any())
+        ax = self.axial_axis
+        zs = range(box3[ax].start, box3[ax].stop)
+        axial = tuple(int(z) for z in zs if np.take(mask3, z - box3[ax].start, axis=ax).any())
         atom = EditAtom(st.kind, box3, mask3, old.copy(), new, user=True, axial=axial)
         # Already written during the stroke: record without writing again (like a QUndoCommand
         # whose first redo() is skipped), then count it.
@@ -323,7 +329,7 @@ class LabelMap:
     # ------------------------------------------------------------------ predictions
     def set_prediction(self, prediction: np.ndarray, slices: list[int] | None = None) -> EditAtom | None:
         """Replace the labels by a network prediction (whole volume, or only the given axial
-        slices) as one undoable step; the prediction is remembered as `predicted`."""
+        slices, along `axial_axis`) as one undoable step; the prediction is remembered as `predicted`."""
         pred = np.asarray(prediction, dtype=np.uint8)
         if pred.shape != self.labels.shape:
             raise ValueError(f"prediction shape {pred.shape} != label map {self.labels.shape}")
@@ -331,9 +337,12 @@ class LabelMap:
         if slices is not None:
             if self.predicted is None:
                 new_pred = np.zeros_like(pred)
-            new_pred[:, :, slices] = pred[:, :, slices]
+            sel = [slice(None)] * 3
+            sel[self.axial_axis] = list(slices)
+            sel = tuple(sel)
+            new_pred[sel] = pred[sel]
             target = self.labels.copy()
-            target[:, :, slices] = pred[:, :, slices]
+            target[sel] = pred[sel]
         else:
             target = pred
         diff = self.labels != target
@@ -344,7 +353,7 @@ class LabelMap:
             return None
         mask = diff[box3]
         # User edits on slices the prediction replaces are superseded (and come back on undo).
-        touched = set(range(self.shape[2])) if slices is None else set(slices)
+        touched = set(range(self.shape[self.axial_axis])) if slices is None else set(slices)
         after = Counter({k: n for k, n in self._edited.items() if k not in touched and n > 0})
         atom = EditAtom("prediction", box3, mask, self.labels[box3][mask].copy(), target[box3][mask].copy(),
                         user=False, old_predicted=old_pred, had_predicted=old_pred is not None,

@@ -77,7 +77,6 @@ def preprocess_spec(multiple: int, arch: str = "enet") -> dict:
     from .preprocess import CLIP_MAX
 
     return {
-        "slice_axis": 2,
         "foreground": {"rule": "voxel > fraction * percentile(positive voxels, percentile)",
                        "fraction": FOREGROUND_FRACTION, "percentile": FOREGROUND_PERCENTILE},
         "normalise": {"rule": "clip(voxel / percentile(foreground voxels, percentile), *clip); "
@@ -91,6 +90,26 @@ def preprocess_spec(multiple: int, arch: str = "enet") -> dict:
                          "foreground slices (scope 'batch') or of the whole volume (scope 'volume'), "
                          "plus margin, widened to the multiple"},
         "pad": {"multiple": int(multiple), "placement": "centred", "value": 0.0},
+    }
+
+
+def geometry_spec() -> dict:
+    """engine/conform.py and the fusion rules of engine/inference.py as numbers, for the runner."""
+    from .conform import PLANE_AXIS, WORK_CODES, WORK_ZOOM, ZOOM_TOLERANCE
+    from .inference import DEFAULT_PLANES
+
+    return {
+        "geometry": {"axes": list(WORK_CODES), "voxel_mm": WORK_ZOOM, "tolerance": ZOOM_TOLERANCE,
+                     "plane_axis": dict(PLANE_AXIS),
+                     "rule": "reorient to the closest LAS orientation; resample linearly (centre-aligned, "
+                             "Gaussian anti-aliasing when shrinking > 1.3x) when a voxel side differs from "
+                             "voxel_mm by more than tolerance; probabilities back the inverse way, then argmax"},
+        "planes": list(DEFAULT_PLANES),
+        "fusion": "mean of the planes' softmax probabilities",
+        "tissue_inside_mask": {"enabled": True, "zero_fraction": 0.2,
+                               "rule": "if more than zero_fraction of the voxels (every 2nd along each axis) "
+                                       "are exactly 0 (skull-stripped), every nonzero voxel gets the most "
+                                       "probable tissue class and zero voxels background"},
     }
 
 
@@ -340,6 +359,7 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
                     "dynamic_axes": ["batch", "height", "width"],
                     "output": "logits (N, classes, H, W); label = argmax over axis 1"},
         "preprocess": preprocess_spec(multiple, info.arch),
+        **geometry_spec(),
         "classes": classes,
         "brainseg_version": __version__,
     }

@@ -14,7 +14,7 @@ SKULL_ON_FOREGROUND_ML = 2300.0
 EDGE_FRACTION = 0.05
 
 
-def skull_present(volume: np.ndarray, voxel_volume_ml: float = 0.001) -> bool:
+def skull_present(volume: np.ndarray, voxel_volume_ml: float = 0.001, affine: np.ndarray | None = None) -> bool:
     """True when the scan looks like it still has the skull on (OASIS `*_t88_gfc` rather than
     `*_t88_masked_gfc`); the networks were trained on skull-stripped scans.
 
@@ -22,7 +22,13 @@ def skull_present(volume: np.ndarray, voxel_volume_ml: float = 0.001) -> bool:
     the foreground is larger than any brain (> SKULL_ON_FOREGROUND_ML at this voxel volume, in mL;
     the default is 1 mm isotropic), or it touches at least three of the four in-plane faces of the
     field of view (x and y; the z faces are skipped because axial crops often cut the brain).
-    A warning, not a verdict: a brain cropped tight to its own edges also trips the second test."""
+    A warning, not a verdict: a brain cropped tight to its own edges also trips the second test.
+    With `affine`, the faces are the anatomically axial in-plane ones (left/right, front/back)
+    whatever the storage order (engine/conform.py); without, the array is taken as LAS."""
+    if affine is not None:
+        from .conform import Conform
+
+        volume = Conform.for_grid(np.shape(volume), affine).reorient(np.asarray(volume))
     fg = foreground_mask(volume)
     if not fg.any():
         return False

@@ -51,6 +51,9 @@ class FitConfig:
     dice_weight: float = 1.0
     max_seconds: float | None = None
     log_every: int = 20
+    # anneal by wall-clock time as well: the cosine reaches lr_min at schedule_seconds even when
+    # steps run slower than estimated (a time-budgeted run on a shared machine)
+    schedule_seconds: float | None = None
 
 
 @dataclass
@@ -102,10 +105,12 @@ def seg_loss(F, logits, labels, class_weights, dice_weight: float):
     return ce + dice_weight * (1.0 - F.mean(dice[1:]))
 
 
-def cosine_lr(step: int, cfg: FitConfig) -> float:
+def cosine_lr(step: int, cfg: FitConfig, elapsed_s: float = 0.0) -> float:
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = min(1.0, step / max(cfg.steps, 1))
+    if cfg.schedule_seconds:
+        t = min(1.0, max(t, elapsed_s / cfg.schedule_seconds))
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
 
 
@@ -121,7 +126,7 @@ def make_trainer(net, cfg: FitConfig, kvstore="device"):
 def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, ctx=None,
         on_progress: Callable[[FitProgress], None] | None = None, cancel: CancelToken | None = None,
         trainer=None, start_step: int = 0, on_checkpoint: Callable[[int], None] | None = None,
-        checkpoint_every: int = 0, grad_scale: float = 1.0) -> int:
+        checkpoint_every: int = 0, grad_scale: float = 1.0, elapsed_offset: float = 0.0) -> int:
     """Train on batches of (images (N,1,H,W) float32, labels (N,H,W) uint8). Returns the last step.
 
     Stops at cfg.steps, at cfg.max_seconds, or raises Cancelled when cancel is set (checked each
@@ -138,7 +143,7 @@ def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, c
             raise Cancelled()
         if step >= cfg.steps or (cfg.max_seconds and time.time() - t0 > cfg.max_seconds):
             break
-        lr = cosine_lr(step, cfg)
+        lr = cosine_lr(step, cfg, elapsed_offset + time.time() - t0)
         trainer.set_learning_rate(lr)
         x = mx.nd.array(images, ctx=ctx)
         y = mx.nd.array(labels, ctx=ctx, dtype="int32")

@@ -268,8 +268,9 @@ def main(argv=None) -> int:
         log.info("validation before training: %s", json.dumps(v0))
     remaining = budget - state["elapsed_s"]
     cfg.max_seconds = max(0.0, remaining)
+    cfg.schedule_seconds = budget * 0.97
     last = fit(net, iter(pool), cfg, trainer=trainer, start_step=state["step"], on_progress=on_progress,
-               on_checkpoint=on_checkpoint, checkpoint_every=args.val_every)
+               on_checkpoint=on_checkpoint, checkpoint_every=args.val_every, elapsed_offset=state["elapsed_s"])
     on_checkpoint(last)
     net.load_parameters(str(work / "best.params"))
     record = {

@@ -5,11 +5,14 @@
 
 Needs numpy and nibabel, plus onnxruntime for an ONNX package or mxnet for an MXNet one. Every file
 of the package is first checked against the SHA-256 sums in MANIFEST.json. Then, as package.json
-records: axial slices are the third array axis; the volume is divided by the 99th percentile of its
-foreground voxels (foreground: above 5% of the 99.5th percentile of positive voxels) and clipped to
-[0, 3]; slices without foreground are background; the others run in batches of consecutive slices,
-each cropped to its foreground's in-plane box (plus a margin), padded centred to a multiple the
-network accepts; the label is the argmax of the network's logits. The mask is written with the
+records: the scan is brought to the network's grid (LAS axes, 1 mm: reoriented, and resampled when
+its voxels differ from 1 mm); the volume is divided by the 99th percentile of its foreground voxels
+(foreground: above 5% of the 99.5th percentile of positive voxels) and clipped to [0, 3]; for each
+anatomical plane (axial, coronal, sagittal), slices without foreground are skipped and the others
+run in batches of consecutive slices, each cropped to its foreground's in-plane box (plus a
+margin) and padded centred to a multiple the network accepts; the planes' softmax probabilities
+are averaged, brought back to the scan's grid, and the label is their argmax (in a skull-stripped
+scan, every nonzero voxel gets a tissue label, as FSL FAST's). The mask is written with the
 scan's affine.
 """
 from __future__ import annotations
@@ -125,33 +128,141 @@ def load_network(pkg: Path, spec: dict):
     raise PackageError(f"unknown backend {spec['backend']!r} in package.json")
 
 
-def segment(vol: np.ndarray, spec: dict, run, batch_size: int | None = None) -> np.ndarray:
+# ----------------------------------------------------------------------------- geometry
+# The network's grid (package.json "geometry"): LAS axes, 1 mm voxels. A scan is reoriented to its
+# closest LAS orientation and, when a voxel side differs from 1 mm by more than the tolerance,
+# resampled linearly (centre-aligned, Gaussian anti-aliasing when shrinking by more than 1.3x);
+# class probabilities come back the inverse way and only then become labels. This repeats
+# engine/conform.py in numpy + nibabel; the package tests check the two agree.
+def gaussian_axis(a: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+    r = int(4.0 * sigma + 0.5)
+    if sigma <= 0 or r < 1:
+        return a
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    w /= w.sum()
+    n = a.shape[axis]
+    idx = np.arange(-r, n + r)
+    idx = np.where(idx < 0, -idx - 1, idx)
+    idx = np.where(idx >= n, 2 * n - idx - 1, idx)
+    padded = np.take(a, np.clip(idx, 0, n - 1), axis=axis)
+    out = np.zeros(a.shape, dtype=np.float32)
+    for j, wj in enumerate(w):
+        sl = [slice(None)] * a.ndim
+        sl[axis] = slice(j, j + n)
+        out += np.float32(wj) * padded[tuple(sl)]
+    return out
+
+
+def positions(n_out: int, n_in: int, zoom: float) -> np.ndarray:
+    return (np.arange(n_out, dtype=np.float64) - (n_out - 1) / 2) / zoom + (n_in - 1) / 2
+
+
+def resample_axis(a: np.ndarray, axis: int, pos: np.ndarray) -> np.ndarray:
+    n = a.shape[axis]
+    p = np.clip(pos, 0, n - 1)
+    i0 = np.floor(p).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n - 1)
+    shape = [1] * a.ndim
+    shape[axis] = len(pos)
+    w = (p - i0).astype(np.float32).reshape(shape)
+    out = (np.take(a, i0, axis=axis) * (1 - w) + np.take(a, i1, axis=axis) * w).astype(np.float32)
+    outside = (pos < -0.5) | (pos > n - 0.5)
+    if outside.any():
+        idx = [slice(None)] * a.ndim
+        idx[axis] = np.where(outside)[0]
+        out[tuple(idx)] = 0.0
+    return out
+
+
+class Geometry:
+    def __init__(self, shape, affine, geo: dict):
+        import nibabel as nib
+        from nibabel import orientations as ornt
+
+        self.ornt = ornt
+        self.src = nib.io_orientation(affine)
+        self.target = ornt.axcodes2ornt(tuple(geo["axes"]))
+        self.tr = ornt.ornt_transform(self.src, self.target)
+        self.zoom = float(geo["voxel_mm"])
+        native = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+        self.zooms, self.rshape = [0.0] * 3, [0] * 3
+        for i in range(3):
+            self.zooms[int(self.tr[i, 0])] = float(native[i])
+            self.rshape[int(self.tr[i, 0])] = int(shape[i])
+        self.resampled = any(abs(z / self.zoom - 1) > geo["tolerance"] for z in self.zooms)
+        self.wshape = [max(1, int(round(n * z / self.zoom))) if self.resampled else n
+                       for n, z in zip(self.rshape, self.zooms)]
+
+    def to_work(self, vol: np.ndarray) -> np.ndarray:
+        a = self.ornt.apply_orientation(vol.astype(np.float32), self.tr)
+        if self.resampled:
+            for ax, z in enumerate(self.zooms):
+                if z < self.zoom / 1.3:
+                    a = gaussian_axis(a, 0.5 * np.sqrt((self.zoom / z) ** 2 - 1), ax)
+            for ax in range(3):
+                a = resample_axis(a, ax, positions(self.wshape[ax], self.rshape[ax], self.zooms[ax] / self.zoom))
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def probs_to_native(self, probs: np.ndarray) -> np.ndarray:
+        p = probs
+        if self.resampled:
+            for ax in range(3):
+                p = resample_axis(p, ax + 1, positions(self.rshape[ax], self.wshape[ax], self.zoom / self.zooms[ax]))
+        inv = self.ornt.ornt_transform(self.target, self.src)
+        return np.stack([self.ornt.apply_orientation(c, inv) for c in p])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def segment(vol: np.ndarray, affine: np.ndarray, spec: dict, run, batch_size: int | None = None) -> np.ndarray:
     pre = spec["preprocess"]
-    fg = foreground_mask(vol, pre["foreground"])
-    scale = normalisation_scale(vol, fg, pre["normalise"])
+    geo = Geometry(vol.shape, affine, spec["geometry"])
+    work = geo.to_work(vol)
+    fg = foreground_mask(work, pre["foreground"])
+    scale = normalisation_scale(work, fg, pre["normalise"])
     lo, hi = pre["normalise"]["clip"]
     multiple, crop = int(pre["pad"]["multiple"]), pre["crop"]
-    bx, by = slice(0, vol.shape[0]), slice(0, vol.shape[1])
-    if crop["to_foreground"] and crop["scope"] == "volume":
-        bx, by = crop_box(fg, multiple, int(crop["margin"]))
-    labels = np.zeros(vol.shape, dtype=np.uint8)  # slices without foreground stay background
-    todo = [k for k in range(vol.shape[2]) if fg[:, :, k].any()]
+    rule = spec["tissue_inside_mask"]
+    sub = vol[::2, ::2, ::2]
+    stripped = rule["enabled"] and bool((sub == 0).mean() > rule["zero_fraction"])
+    region = work > 0 if stripped else fg
+    planes = spec["planes"]
+    probs = np.zeros((len(spec.get("classes", [])) or 4,) + work.shape, dtype=np.float32)
     batch_size = max(1, batch_size or int(crop.get("batch_slices", 8)))
-    for start in range(0, len(todo), batch_size):
-        ks = todo[start:start + batch_size]
-        if crop["to_foreground"] and crop["scope"] == "batch":
-            bx, by = crop_box(fg[:, :, ks], multiple, int(crop["margin"]))
-        x = np.clip(np.moveaxis(vol[bx, by][:, :, ks], 2, 0) / scale, lo, hi).astype(np.float32)
-        h, w = x.shape[1:]
-        ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-        oy, ox = (ph - h) // 2, (pw - w) // 2
-        padded = np.full((len(ks), 1, ph, pw), pre["pad"]["value"], dtype=np.float32)
-        padded[:, 0, oy:oy + h, ox:ox + w] = x
-        lab = np.argmax(run(padded), axis=1).astype(np.uint8)[:, oy:oy + h, ox:ox + w]
-        labels[bx, by, ks] = np.moveaxis(lab, 0, 2)
-        print(f"\r{start + len(ks)}/{len(todo)} slices", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    return labels
+    for plane in planes:
+        ax = spec["geometry"]["plane_axis"][plane]
+        order = [a for a in range(3) if a != ax] + [ax]
+        w, f = np.transpose(work, order), np.transpose(region, order)
+        acc = np.transpose(probs, [0] + [a + 1 for a in order])
+        todo = [k for k in range(w.shape[2]) if f[:, :, k].any()]
+        for start in range(0, len(todo), batch_size):
+            ks = todo[start:start + batch_size]
+            bx, by = slice(0, w.shape[0]), slice(0, w.shape[1])
+            if crop["to_foreground"]:
+                bx, by = crop_box(f[:, :, ks], multiple, int(crop["margin"]))
+            x = np.clip(np.moveaxis(w[bx, by][:, :, ks], 2, 0) / scale, lo, hi).astype(np.float32)
+            h, wd = x.shape[1:]
+            ph, pw = -(-h // multiple) * multiple, -(-wd // multiple) * multiple
+            oy, ox = (ph - h) // 2, (pw - wd) // 2
+            padded = np.full((len(ks), 1, ph, pw), pre["pad"]["value"], dtype=np.float32)
+            padded[:, 0, oy:oy + h, ox:ox + wd] = x
+            prob = softmax(run(padded))[:, :, oy:oy + h, ox:ox + wd]
+            acc[:, bx, by, ks] += np.moveaxis(prob, 0, 3)
+            print(f"\r{plane}: {start + len(ks)}/{len(todo)} slices", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+    if len(planes) > 1:
+        probs /= len(planes)
+    probs[0][probs.sum(axis=0) <= 0] = 1.0  # voxels no network saw are background
+    native = geo.probs_to_native(probs)
+    if stripped:  # FSL_SEG semantics: every nonzero voxel is a tissue
+        labels = (np.argmax(native[1:], axis=0) + 1).astype(np.uint8)
+        labels[vol <= 0] = 0
+        return labels
+    return np.argmax(native, axis=0).astype(np.uint8)
 
 
 def write_mask(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
@@ -177,7 +288,7 @@ def main(argv=None) -> int:
             raise PackageError(f"{args.output}: write the mask as .nii or .nii.gz")
         spec = load_package(args.package)
         vol, affine = read_scan(args.scan)
-        labels = segment(vol, spec, load_network(args.package, spec), args.batch_size)
+        labels = segment(vol, affine, spec, load_network(args.package, spec), args.batch_size)
         write_mask(args.output, labels, affine)
     except (PackageError, OSError, ValueError) as exc:
         print(f"segment_package: error: {exc}", file=sys.stderr)

@@ -103,8 +103,11 @@ def test_segment_end_to_end(tmp_path, tiny_model_dir, capsys):
                  "--uncertainty", str(tmp_path / "unc.nii.gz")]) == 0
     captured = capsys.readouterr()
     text = captured.out
-    assert "model: enet (tiny-test)" in text and "weights from" in text and "segmented 4 slices" in text
-    assert "total" in text and "segment (enet): 4/4 slices" in captured.err  # stderr is no tty here
+    assert "model: enet (tiny-test)" in text and "weights from" in text
+    assert "(axial+coronal+sagittal)" in text and "total" in text
+    # 1.5 mm slices: the scan is resampled for the network, and the user is told
+    assert "resampled 1x1x1.5 mm -> 1 mm" in captured.err
+    assert "segment (enet, axial+coronal+sagittal):" in captured.err  # stderr is no tty here
     img = nib.load(str(out))
     assert img.shape == shape and img.get_data_dtype() == np.uint8
     np.testing.assert_allclose(img.affine, aff, atol=1e-5)

@@ -125,7 +125,13 @@ def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
     res = seg.segment(vol, SegmentConfig(batch_size=2, uncertainty=True), progress=lambda d, t: seen.append((d, t)))
     assert res.labels.shape == vol.shape and res.labels.dtype == np.uint8
     assert res.labels[:, :, 0].max() == 0, "empty slices are background"
-    assert seen[-1] == (5, 5) and res.uncertainty.shape == vol.shape
+    # three planes: 5 axial slices hold brain, 22 sagittal (x 8..29), 30 coronal (y 10..39)
+    assert res.planes == ("axial", "coronal", "sagittal") and res.slices_run == 5 + 22 + 30
+    assert seen[0] == (0, 57) and seen[-1] == (57, 57) and res.uncertainty.shape == vol.shape
+    assert (res.labels[vol > 0] > 0).all() and (res.labels[vol == 0] == 0).all()  # FSL_SEG semantics
+    seen.clear()
+    one = seg.segment(vol, SegmentConfig(batch_size=2, planes=("axial",)), progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (5, 5) and one.planes == ("axial",)
     tok = CancelToken()
     tok.cancel()
     with pytest.raises(Cancelled):
@@ -164,8 +170,9 @@ def test_uncertainty_is_higher_on_an_ambiguous_input():
     ambiguous[:, :, 2:] = np.where(brain[:, :, 2:], np.percentile(vol[brain], 60), 0)  # a flat grey brain
     ambiguous[:, :, 2:] += np.random.default_rng(0).normal(0, 25, ambiguous[:, :, 2:].shape) * brain[:, :, 2:]
     seg = Segmenter(shipped_model_dir("unet"))
-    u_real = seg.segment(vol, SegmentConfig(uncertainty=True)).uncertainty
-    u_amb = seg.segment(ambiguous, SegmentConfig(uncertainty=True)).uncertainty
+    axial = SegmentConfig(uncertainty=True, planes=("axial",))  # a 4-slice slab: axial views only
+    u_real = seg.segment(vol, axial).uncertainty
+    u_amb = seg.segment(ambiguous, axial).uncertainty
     amb, real = u_amb[:, :, 2:][brain[:, :, 2:]].mean(), u_real[:, :, 2:][brain[:, :, 2:]].mean()
     assert amb > 1.5 * real, (amb, real)
     ranked = [k for k, _ in least_certain_slices(u_amb, 4)]
@@ -304,12 +311,12 @@ def test_partial_segmentation_reuses_the_volume_statistics_of_the_same_scan_only
     seg = Segmenter(tiny_model_dir)
     one = SegmentConfig(slices=(3,))
     first = seg.segment(a, one).labels
-    assert seg._stats is not None
+    assert seg._work is not None
     np.testing.assert_array_equal(seg.segment(a, one).labels, first)
     b = a * 3.0 + np.where(a > 0, 500.0, 0.0).astype(np.float32)  # another scan, another scale
     np.testing.assert_array_equal(seg.segment(b, one).labels, Segmenter(tiny_model_dir).segment(b, one).labels)
     seg.segment(a, one)
-    before = seg._stats[1]
+    before = seg._work[1][1:]
     a[:20] *= 0.25  # the same array edited in place: measured afresh
     np.testing.assert_array_equal(seg.segment(a, one).labels, Segmenter(tiny_model_dir).segment(a, one).labels)
-    assert seg._stats[1] != before
+    assert seg._work[1][1:] != before

@@ -101,7 +101,9 @@ def test_enet_int8_runs_with_exact_unpooling(tiny_model_dir, slices):
     assert ops["Pooling"] == 2 and ops["_contrib_quantized_pooling"] == 3 and ops["elemwise_mul"] == 2
     # the INT8 block drops into the normal inference path
     vol = phantom(seed=1)
-    res = Segmenter.from_network(qnet, info).segment(vol)
+    from engine.inference import SegmentConfig
+
+    res = Segmenter.from_network(qnet, info).segment(vol, SegmentConfig(planes=("axial",)))
     assert res.labels.shape == vol.shape and res.labels.dtype == np.uint8
     assert (res.labels[..., 0] == 0).all() and res.slices_run == 5
 
