@@ -145,13 +145,21 @@ def split_subjects(subjects: list[Subject], val_fraction: float = 0.2,
 
 
 def load_subject(subject: Subject) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32, labels uint8) of one subject, checked to share a grid."""
+    """(image float32, labels uint8) of one subject, checked to share a grid, on the networks'
+    grid (engine/conform.py: LAS, 1 mm; an OASIS file is used as stored, a NIfTI in another
+    orientation or voxel size is reoriented and resampled, its labels one-hot)."""
+    from .conform import Conform
+
     image = read_volume(subject.image_path, kind="image")
     labels = read_volume(subject.label_path, kind="labels")
     if image.shape != labels.shape:
         raise ValueError(f"{subject.id}: scan {subject.image_path.name} is {image.shape} but labels "
                          f"{subject.label_path.name} are {labels.shape}")
-    return image.data, labels.data
+    geo = Conform.for_grid(image.shape, image.affine)
+    if geo.identity:
+        return image.data, labels.data
+    log.info("%s: %s", subject.id, geo.describe())
+    return geo.to_work(image.data), geo.labels_to_work(labels.data, NUM_CLASSES)
 
 
 def export_png_pairs(subjects: list[Subject], out_dir: str | os.PathLike) -> int:
@@ -184,7 +192,7 @@ class SliceSet:
 
     images: np.ndarray  # (N, PH, PW) float16 (halves the memory of a few hundred OASIS scans)
     labels: np.ndarray  # (N, PH, PW) uint8
-    origin: list[tuple[str, int]]  # (subject id, axial index) per slice
+    origin: list[tuple[str, int]]  # (subject id[/plane], slice index) per slice; no plane: axial
     class_counts: np.ndarray  # (classes,) voxels of each class (unpadded)
     present_counts: np.ndarray  # (classes,) voxels of the slices in which each class appears
 
@@ -192,24 +200,30 @@ class SliceSet:
         return len(self.origin)
 
 
-def load_slices(subjects: list[Subject], multiple: int) -> SliceSet:
+def load_slices(subjects: list[Subject], multiple: int, planes: tuple[str, ...] = ("axial",)) -> SliceSet:
+    """The labelled slices of each subject in each anatomical plane (on the networks' LAS grid:
+    axial [:, :, k], coronal [:, j, :], sagittal [i, :, :]), normalised, padded to one shape."""
+    from .conform import PLANE_AXIS
+
     per_subject = []
     counts = np.zeros(NUM_CLASSES, np.float64)
     present = np.zeros(NUM_CLASSES, np.float64)
     for s in subjects:
         image, labels = load_subject(s)
-        ks = np.where((labels > 0).any(axis=(0, 1)))[0]
-        if len(ks) == 0:
-            log.warning("%s: no labelled slice, nothing to learn from", s.id)
-            continue
         norm = normalise(image)
-        imgs = np.moveaxis(norm[:, :, ks], 2, 0)
-        labs = np.moveaxis(labels[:, :, ks], 2, 0)
-        for lab in labs:
-            c = np.bincount(lab.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
-            counts += c
-            present += (c > 0) * lab.size
-        per_subject.append((s.id, ks, imgs, labs))
+        for plane in planes:
+            ax = PLANE_AXIS[plane]
+            ks = np.where((labels > 0).any(axis=tuple(a for a in range(3) if a != ax)))[0]
+            if len(ks) == 0:
+                log.warning("%s: no labelled slice, nothing to learn from", s.id)
+                continue
+            imgs = np.moveaxis(np.take(norm, ks, axis=ax), ax, 0)
+            labs = np.moveaxis(np.take(labels, ks, axis=ax), ax, 0)
+            for lab in labs:
+                c = np.bincount(lab.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+                counts += c
+                present += (c > 0) * lab.size
+            per_subject.append((s.id if plane == "axial" else f"{s.id}/{plane}", ks, imgs, labs))
     if not per_subject:
         raise ValueError("none of the training subjects has a labelled slice")
     h = max(p[2].shape[1] for p in per_subject)
@@ -267,6 +281,9 @@ class TrainConfig:
     kvstore: str = "device"
     val_batch_size: int = 8
     log_every: int = 20
+    # anatomical planes whose slices are trained on (engine/conform.py); the networks segment by
+    # fusing all three, so they learn all three. ("axial",) holds a third of the memory.
+    planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
 
     def arch_kwargs(self) -> dict:
         return {"base": self.unet_base, "levels": self.unet_levels} if self.model == "unet" else {}
@@ -479,7 +496,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
     arch_kwargs = cfg.arch_kwargs()
     net = get_model(cfg.model, **arch_kwargs)
     multiple = int(net.multiple)
-    slices = load_slices(mine, multiple)
+    slices = load_slices(mine, multiple, tuple(config.planes))
     log.info("rank %d: %d training slices from %d subject(s) (%d in all, %d for validation)", rank, len(slices),
              len(mine), len(train_s), len(val_s))
 
@@ -620,6 +637,7 @@ _FORWARDED_OPTIONS = (  # (flag, dest): what a worker gets from the launcher's c
     ("--optimizer", "optimizer"), ("--class-weights", "class_weights"), ("--val-fraction", "val_fraction"),
     ("--seed", "seed"), ("--unet-base", "unet_base"), ("--unet-levels", "unet_levels"),
     ("--init-weights", "init_weights"), ("--dice-weight", "dice_weight"), ("--log-every", "log_every"),
+    ("--planes", "planes"),
 )
 _FORWARDED_FLAGS = (("--resume", "resume"), ("--no-augment", "no_augment"))
 
@@ -644,6 +662,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint")
     p.add_argument("--export-png", metavar="DIR", help="also write every slice as PNG image/label pairs")
     p.add_argument("--log-every", type=int, default=20, help="steps between progress lines")
+    p.add_argument("--planes", default=None, help="anatomical planes to train on (default axial,coronal,sagittal; "
+                   "'axial' needs a third of the memory)")
     p.add_argument("--kvstore", choices=KVSTORES, default=None,
                    help="device (default) or local for one process; dist_sync / dist_device_sync for a worker "
                         "of a parameter-server cluster (the default with --workers)")
@@ -667,7 +687,19 @@ def config_from_args(args) -> TrainConfig:
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, augment=not args.no_augment,
         class_weights=args.class_weights, dice_weight=args.dice_weight, val_fraction=args.val_fraction,
         seed=args.seed, unet_base=args.unet_base, unet_levels=args.unet_levels, init_weights=args.init_weights,
-        resume=args.resume, export_png=args.export_png, kvstore=kv, log_every=args.log_every)
+        resume=args.resume, export_png=args.export_png, kvstore=kv, log_every=args.log_every,
+        planes=_planes(args.planes))
+
+
+def _planes(text: str | None) -> tuple[str, ...]:
+    from .conform import PLANES
+
+    if not text:
+        return PLANES
+    planes = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    if not planes or any(p not in PLANES for p in planes):
+        raise ValueError(f"--planes {text!r}: choose from {', '.join(PLANES)} (comma-separated)")
+    return planes
 
 
 def worker_argv(args) -> list[str]:

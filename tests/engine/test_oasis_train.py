@@ -197,3 +197,23 @@ def test_command_line_trains_enet(oasis, tmp_path, capsys):
     meta = json.loads((out / "best" / "model.json").read_text())
     assert meta["arch"] == "enet" and len(meta["class_weights"]) == 4
     assert main([str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")]) == 2
+
+
+def test_training_slices_come_from_three_planes_of_the_las_grid(tmp_path):
+    """A NIfTI pair stored RAS (np.eye affine) is flipped to LAS before slicing, and the slice set
+    holds axial, coronal and sagittal slices of it."""
+    from engine.oasis_train import load_slices, load_subject
+
+    image, labels = synthetic_subject(4)
+    labels[0, :, :] = 0
+    labels[1, :, 3] = 3  # a marker on the patient's right edge (x index 1 of a RAS array)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(tmp_path / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / "a_seg.nii.gz"))
+    sub = find_subjects(tmp_path)[0]
+    img_w, lab_w = load_subject(sub)
+    assert lab_w.shape == labels.shape and lab_w[-2, 5, 3] == 3  # LAS: the right edge is now last
+    one = load_slices([sub], 4, ("axial",))
+    three = load_slices([sub], 4, ("axial", "coronal", "sagittal"))
+    planes = {o[0].split("/")[1] if "/" in o[0] else "axial" for o in three.origin}
+    assert planes == {"axial", "coronal", "sagittal"}
+    assert len(three) > len(one) == int((labels > 0).any(axis=(0, 1)).sum())
