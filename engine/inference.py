@@ -56,6 +56,10 @@ class SegmentConfig:
     planes: tuple[str, ...] = DEFAULT_PLANES
     # FSL_SEG semantics: in a skull-stripped scan every nonzero voxel is CSF, grey or white matter.
     tissue_inside_mask: bool = True
+    # Whole skull-stripped volumes: re-estimate this scan's tissue intensities (bias field, then a
+    # Gaussian per tissue) with the fused probabilities as the prior (tissue_model.refine_with_
+    # intensities), as FSL FAST's labels are intensity-based. See README "Intensity refinement".
+    refine: bool = True
     return_probabilities: bool = False
 
 
@@ -269,6 +273,13 @@ class Segmenter:
             native = geo.probs_to_native(probs, cfg.slice_plane, native_ks)
         else:
             native = geo.probs_to_native(probs)
+        if stripped and cfg.refine and cfg.slices is None and (vol > 0).sum() > 1000:
+            from .tissue_model import refine_with_intensities
+
+            t_ref = time.time()
+            tissue = native[1:].sum(axis=0)
+            native[1:] = refine_with_intensities(vol, native[1:], vol > 0) * tissue[None]
+            log.info("intensity refinement: %.2f s", time.time() - t_ref)
         if stripped:  # FSL_SEG: inside the mask, tissue only; outside, background
             inside = vol > 0
             labels = (np.argmax(native[1:], axis=0) + 1).astype(np.uint8)

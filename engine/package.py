@@ -106,6 +106,9 @@ def geometry_spec() -> dict:
                              "voxel_mm by more than tolerance; probabilities back the inverse way, then argmax"},
         "planes": list(DEFAULT_PLANES),
         "fusion": "mean of the planes' softmax probabilities",
+        "intensity_refinement": "not applied by this runner: the app and the brainseg CLI re-estimate the "
+                                "tissue intensities of skull-stripped whole volumes after the networks "
+                                "(engine/tissue_model.py); the runner gives the networks' fused labels",
         "tissue_inside_mask": {"enabled": True, "zero_fraction": 0.2,
                                "rule": "if more than zero_fraction of the voxels (every 2nd along each axis) "
                                        "are exactly 0 (skull-stripped), every nonzero voxel gets the most "

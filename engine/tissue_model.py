@@ -140,13 +140,51 @@ def partial_volume(image: np.ndarray, fit: TissueFit, mask: np.ndarray) -> np.nd
     return pv
 
 
+def _smooth_masked(values: np.ndarray, mask: np.ndarray, sigma: float, step: int = 4) -> np.ndarray:
+    """Normalised Gaussian smoothing of `values` over `mask` (sigma in voxels), computed on a grid
+    `step` times coarser and brought back linearly: a smooth field defined everywhere."""
+    shape = values.shape
+    pad = [(0, (-n) % step) for n in shape]
+    v = np.pad(values * mask, pad)
+    m = np.pad(mask.astype(np.float32), pad)
+    small = tuple(n // step for n in v.shape)
+    vs = v.reshape(small[0], step, small[1], step, small[2], step).sum((1, 3, 5))
+    ms = m.reshape(small[0], step, small[1], step, small[2], step).sum((1, 3, 5))
+    vs = ndi.gaussian_filter(vs, sigma / step)
+    ms = ndi.gaussian_filter(ms, sigma / step)
+    field = vs / np.maximum(ms, 1e-6)
+    full = ndi.zoom(field, [a / b for a, b in zip(v.shape, small)], order=1)
+    return full[tuple(slice(0, n) for n in shape)].astype(np.float32)
+
+
+def bias_corrected(image: np.ndarray, probs: np.ndarray, mask: np.ndarray, sigma: float = 20.0) -> np.ndarray:
+    """The image divided by a smooth multiplicative bias field, estimated (as FAST does, in one
+    step) from the ratio of each voxel to the intensity its tissue probabilities predict."""
+    img = np.asarray(image, dtype=np.float32)
+    m = np.asarray(mask, dtype=bool) & (img > 0)
+    w = probs[:, m]
+    x = img[m]
+    mu = (w * x).sum(1) / np.maximum(w.sum(1), 1e-6)
+    expected = (w * mu[:, None]).sum(0)
+    ratio = np.zeros(img.shape, np.float32)
+    ratio[m] = np.log(np.maximum(x, 1e-6) / np.maximum(expected, 1e-6))
+    # only confident voxels steer the field: partial-volume voxels say little about the bias
+    confident = np.zeros(img.shape, np.float32)
+    confident[m] = (w.max(0) > 0.9)
+    field = _smooth_masked(ratio, confident, sigma)
+    return np.where(m, img * np.exp(-field), img).astype(np.float32)
+
+
 def refine_with_intensities(image: np.ndarray, probs: np.ndarray, mask: np.ndarray, beta: float = 0.0,
-                            iterations: int = 3, prior_weight: float = 1.0) -> np.ndarray:
+                            iterations: int = 3, prior_weight: float = 1.0, bias_sigma: float | None = 20.0
+                            ) -> np.ndarray:
     """Re-estimate the scan's tissue intensities with a network's tissue probabilities as the prior
-    (probs (3, X, Y, Z) = CSF, GM, WM, any scale); returns refined probabilities (3, X, Y, Z)."""
+    (probs (3, X, Y, Z) = CSF, GM, WM, any scale); returns refined probabilities (3, X, Y, Z).
+    With bias_sigma (voxels), a smooth bias field is divided out first (bias_corrected)."""
     p = np.asarray(probs, dtype=np.float32)
     p = p / np.maximum(p.sum(0, keepdims=True), 1e-6)
-    fit = tissue_em(image, mask, beta=beta, iterations=iterations, prior=p, prior_weight=prior_weight)
+    img = bias_corrected(image, p, mask, bias_sigma) if bias_sigma else image
+    fit = tissue_em(img, mask, beta=beta, iterations=iterations, prior=p, prior_weight=prior_weight)
     return fit.posteriors
 
 
