@@ -239,6 +239,36 @@ class Conform:
             p = np.stack([ornt.apply_orientation(c, inv) for c in p])
         return np.ascontiguousarray(p)
 
+    def plane_slice_to_native(self, plane: str, native_index: int, work_slices: dict) -> np.ndarray:
+        """Class probabilities of one native slice of `plane`, from the work-grid slices it needs
+        (work_slices: {work index: (C, a, b)} in the plane's work orientation, as
+        work_slices_for gives them): interpolated across slices, resampled in-plane and
+        reoriented. Returns (C, u, v): the native slice np.take(volume, native_index, axis)."""
+        wax = PLANE_AXIS[plane]
+        pos = float(np.atleast_1d(self.work_positions(plane, [native_index]))[0])
+        k0 = int(np.floor(pos))
+        k1 = int(np.ceil(pos))
+        first = next(iter(work_slices.values()))
+        blank = np.zeros_like(first)
+        blank[0] = 1.0
+
+        def get(k):
+            return work_slices.get(k, blank)
+
+        p = get(k0) if k1 == k0 else (1 - (pos - k0)) * get(k0) + (pos - k0) * get(k1)
+        p = np.asarray(p, dtype=np.float32)
+        if self.resampled:
+            in_plane = [a for a in range(3) if a != wax]
+            for i, ax in enumerate(in_plane):
+                p = resample_axis(p, i + 1, _positions(self.reoriented_shape[ax], self.work_shape[ax],
+                                                       WORK_ZOOM / self.zooms[ax]))
+        if self.reoriented:
+            inv = ornt.ornt_transform(ornt.axcodes2ornt(WORK_CODES), nib.io_orientation(self.affine))
+            p3 = np.expand_dims(p, wax + 1)
+            p3 = np.stack([ornt.apply_orientation(c, inv) for c in p3])
+            p = np.take(p3, 0, axis=self.native_axis(plane) + 1)
+        return np.ascontiguousarray(p)
+
     def _reoriented_indices(self, plane: str, native_indices) -> np.ndarray:
         nax = self.native_axis(plane)
         k = np.asarray(native_indices, dtype=np.intp)

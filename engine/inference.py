@@ -222,16 +222,12 @@ class Segmenter:
         work, scale, thr = self._work_volume(vol, geo, reuse=cfg.slices is not None)
         stripped = cfg.tissue_inside_mask and skull_stripped(vol)
         if cfg.slices is not None:
-            planes = (cfg.slice_plane,)
-            nax = geo.native_axis(cfg.slice_plane)
-            native_ks = [k for k in cfg.slices if 0 <= k < vol.shape[nax]]
-            plan = {cfg.slice_plane: geo.work_slices_for(cfg.slice_plane, native_ks)}
-        else:
-            planes = tuple(cfg.planes)
-            for p in planes:
-                if p not in PLANE_AXIS:
-                    raise ValueError(f"unknown plane {p!r}; choose from {', '.join(PLANE_AXIS)}")
-            plan = {p: None for p in planes}
+            return self._segment_slices(vol, geo, work, scale, thr, stripped, cfg, progress, cancel, t0)
+        planes = tuple(cfg.planes)
+        for p in planes:
+            if p not in PLANE_AXIS:
+                raise ValueError(f"unknown plane {p!r}; choose from {', '.join(PLANE_AXIS)}")
+        plan = {p: None for p in planes}
         region = (work > 0) if stripped else (work > thr) if thr is not None else np.zeros(work.shape, bool)
         todo = {}
         for p, ks in plan.items():
@@ -269,11 +265,8 @@ class Segmenter:
             probs /= len(planes)
         untouched = probs.sum(axis=0) <= 0
         probs[0][untouched] = 1.0  # voxels no network saw are background
-        if cfg.slices is not None:
-            native = geo.probs_to_native(probs, cfg.slice_plane, native_ks)
-        else:
-            native = geo.probs_to_native(probs)
-        if stripped and cfg.refine and cfg.slices is None and (vol > 0).sum() > 1000:
+        native = geo.probs_to_native(probs)
+        if stripped and cfg.refine and (vol > 0).sum() > 1000:
             from .tissue_model import refine_with_intensities
 
             t_ref = time.time()
@@ -286,12 +279,6 @@ class Segmenter:
             labels[~inside] = 0
         else:
             labels = np.argmax(native, axis=0).astype(np.uint8)
-        if cfg.slices is not None:  # only the asked-for slices carry labels
-            keep = np.zeros(vol.shape[nax], dtype=bool)
-            keep[native_ks] = True
-            shape = [1, 1, 1]
-            shape[nax] = -1
-            labels[~np.broadcast_to(keep.reshape(shape), labels.shape)] = 0
         unc = None
         if cfg.uncertainty:
             unc = _entropy(native, axis=0)
@@ -301,6 +288,58 @@ class Segmenter:
                  "+".join(planes), total)
         return SegmentResult(labels, unc, secs, self.name, total, geo.describe(), planes,
                              native if cfg.return_probabilities else None)
+
+
+    def _segment_slices(self, vol, geo: Conform, work, scale, thr, stripped, cfg: SegmentConfig, progress,
+                        cancel, t0) -> SegmentResult:
+        """A few native slices of one plane ("segment this slice"): only the work-grid slices they
+        need are run, and only those native slices are brought back (Conform.plane_slice_to_native);
+        the rest of the volume stays 0. One pass in that plane, no fusion, no refinement."""
+        plane = cfg.slice_plane
+        ax = PLANE_AXIS[plane]
+        nax = geo.native_axis(plane)
+        native_ks = [k for k in cfg.slices if 0 <= k < vol.shape[nax]]
+        needed = geo.work_slices_for(plane, native_ks)
+        sl = np.moveaxis(np.take(work, needed, axis=ax), ax, 0)  # (N, a, b): work slices in this plane
+        region = (sl > 0) if stripped else (sl > thr) if thr is not None else np.zeros(sl.shape, bool)
+        run = [i for i in range(len(needed)) if region[i].any()]
+        if progress:
+            progress(0, len(run))
+        stack = np.zeros((len(needed), NUM_CLASSES) + sl.shape[1:], np.float32)
+        stack[:, 0] = 1.0  # not run: background
+        if run:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled()
+            fg = np.moveaxis(region[run], 0, 2)
+            bx, by = foreground_box(fg, self.multiple) if cfg.crop_to_foreground else (slice(None), slice(None))
+            batch = normalise(sl[run][:, bx, by], scale)
+            prob = self.predict_probabilities(batch)
+            stack[run] = 0.0
+            stack[run, :, bx, by] = prob
+            stack[run, 0] += (stack[run].sum(axis=1) <= 0)
+        if progress:
+            progress(len(run), len(run))
+        by_work = dict(zip(needed, stack))
+        labels = np.zeros(vol.shape, dtype=np.uint8)
+        unc = np.zeros(vol.shape, dtype=np.float32) if cfg.uncertainty else None
+        for k in native_ks:
+            p = geo.plane_slice_to_native(plane, k, by_work)  # (C, native slice)
+            v = np.take(vol, k, axis=nax)
+            if stripped:
+                lab = (np.argmax(p[1:], axis=0) + 1).astype(np.uint8)
+                lab[v <= 0] = 0
+            else:
+                lab = np.argmax(p, axis=0).astype(np.uint8)
+            idx = [slice(None)] * 3
+            idx[nax] = k
+            labels[tuple(idx)] = lab
+            if unc is not None:
+                e = _entropy(p, axis=0)
+                e[lab == 0] = 0.0
+                unc[tuple(idx)] = e
+        secs = time.time() - t0
+        log.info("segmented %d %s slice(s) of %s in %.3f s with %s", len(native_ks), plane, vol.shape, secs, self.name)
+        return SegmentResult(labels, unc, secs, self.name, len(run), geo.describe(), (plane,))
 
 
 def _entropy(prob: np.ndarray, axis: int) -> np.ndarray:
