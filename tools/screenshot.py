@@ -18,6 +18,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="unet")
     ap.add_argument("--tool", default="brush")
     ap.add_argument("--panel", action="store_true", help="show the fine-tune panel too")
+    ap.add_argument("--scan", help="open this scan instead of the demo")
     args = ap.parse_args(argv)
     os.environ.setdefault("BRAINSEG_HOME", "/tmp/brainseg-screenshot")
     configure_threads(interactive=True)
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     win.resize(1560, 960)
     win.show()
     win.segment_panel.model_combo.setCurrentIndex(win.segment_panel.model_combo.findData(args.model))
-    win.open_scan(DEMO_SCAN)
+    win.open_scan(args.scan or DEMO_SCAN)
     done = []
     win.segmentationFinished.connect(done.append)
     win.engine.failed.connect(lambda *a: done.append(a))
@@ -41,7 +42,8 @@ def main(argv=None) -> int:
     while not done:
         app.processEvents(QtCore.QEventLoop.AllEvents, 50)
     win._set_tool(args.tool)
-    win.set_cursor((88, 120, 95))
+    if not args.scan:
+        win.set_cursor((88, 120, 95))
     if args.panel:
         win.training_dock.show()
     for _ in range(20):
