@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean deps
+.PHONY: run test lint bench clean deps ants
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: deps $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/brainseg bench
+
+# ANTs Atropos, the classical peer of bench/proxy_eval.py, in its own venv: antspyx needs a newer
+# numpy than MXNet 1.9.1 allows
+ants: .venv-ants/.installed
+.venv-ants/.installed:
+	$(PYTHON) -m venv .venv-ants
+	.venv-ants/bin/pip install -q antspyx
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -2,7 +2,7 @@
 
 Runs in its own virtual environment (antspyx needs a newer numpy than MXNet 1.9.1 allows):
 
-    python3.11 -m venv .venv-ants && .venv-ants/bin/pip install antspyx
+    make ants    # python3.11 -m venv .venv-ants && .venv-ants/bin/pip install antspyx
     .venv-ants/bin/python tools/atropos_peer.py SCAN.nii.gz -o atropos.nii.gz
 
 Exactly the call the issue tracker fixed for comparisons: k-means initialisation, MRF 0.2 over the
