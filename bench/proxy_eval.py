@@ -126,7 +126,13 @@ def main(argv=None) -> int:
     archs = [a for a in args.models.split(",") if a]
     segs = {a: Segmenter(shipped_model_dir(a)) for a in archs}
     versions = {a: read_model_dir(shipped_model_dir(a)).version for a in archs}
-    methods = [(a, planes) for a in archs for planes in (("axial", "coronal", "sagittal"), ("axial",))]
+    methods = [(a, planes, {}) for a in archs for planes in (("axial", "coronal", "sagittal"), ("axial",))]
+    methods += [(a, ("axial", "coronal", "sagittal"), {"refine": False}) for a in archs]
+    methods += [("enet", ("axial", "coronal", "sagittal"), {"flip": True})] if "enet" in archs else []
+
+    def label(arch, planes, kw):
+        extra = "".join(f" {k}={v}" for k, v in kw.items())
+        return f"{arch} {'+'.join(p[0].upper() for p in planes)}{extra}"
     results: dict = {}
 
     def add(key, lab, pred):
@@ -148,9 +154,11 @@ def main(argv=None) -> int:
                                                           lambda m, shape=img.shape: to_1mm(m, shape))
         forms["resampled to 0.8 mm, unmasked halo"] = (r08, aff08, lambda m, shape=img.shape: to_1mm(m, shape))
         for form, (x, aff, back) in forms.items():
-            for arch, planes in methods:
-                res = segs[arch].segment(x, SegmentConfig(planes=planes), affine=aff)
-                add((form, f"{arch} {'+'.join(p[0].upper() for p in planes)}"), lab, back(res.labels))
+            for arch, planes, kw in methods:
+                if kw and form not in ("OASIS layout (LAS 1 mm)", "MPRAGE-like"):
+                    continue
+                res = segs[arch].segment(x, SegmentConfig(planes=planes, **kw), affine=aff)
+                add((form, label(arch, planes, kw)), lab, back(res.labels))
             if atropos and form in ("OASIS layout (LAS 1 mm)", "MPRAGE-like"):
                 pred, _ = run_atropos(atropos, x, aff, tmp)
                 add((form, "Atropos"), lab, back(pred))
@@ -158,10 +166,9 @@ def main(argv=None) -> int:
 
     demo = read_volume(DEMO_SCAN)
     demo_lab = read_volume(DEMO_LABELS).data
-    for arch, planes in methods:
-        res = segs[arch].segment(demo.data, SegmentConfig(planes=planes), affine=demo.affine)
-        add(("training brain (demo scan; trained on)", f"{arch} {'+'.join(p[0].upper() for p in planes)}"),
-            demo_lab, res.labels)
+    for arch, planes, kw in methods:
+        res = segs[arch].segment(demo.data, SegmentConfig(planes=planes, **kw), affine=demo.affine)
+        add(("training brain (demo scan; trained on)", label(arch, planes, kw)), demo_lab, res.labels)
     if atropos:
         pred, _ = run_atropos(atropos, demo.data, demo.affine, tmp)
         add(("training brain (demo scan; trained on)", "Atropos"), demo_lab, pred)
@@ -190,7 +197,8 @@ def main(argv=None) -> int:
     lines = [f"## Proxies that can fail, and Atropos side by side ({time.strftime('%Y-%m-%d %H:%M')}, {cpu}, "
              f"2 cores; bench/proxy_eval.py)", "",
              f"Models: {', '.join(f'{a} = {versions[a]}' for a in archs)}. A = axial pass only; A+C+S = the "
-             "three planes fused (default). Dice CSF/GM/WM, mean over "
+             "three planes fused; intensity refinement on unless refine=False; flip=True adds left-right "
+             "flip test-time augmentation. Dice CSF/GM/WM, mean over "
              f"{len(proxies)} REPORT proxies (seeds {list(REPORT_SEEDS[:args.proxies])}): synthetic subjects of the "
              "ICBM152 template under deformations and atrophy never used in training or checkpoint selection. "
              "They share the template's anatomy: proxies, not held-out brains. The last block is the training "

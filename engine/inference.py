@@ -60,6 +60,9 @@ class SegmentConfig:
     # Gaussian per tissue) with the fused probabilities as the prior (tissue_model.refine_with_
     # intensities), as FSL FAST's labels are intensity-based. See README "Intensity refinement".
     refine: bool = True
+    # test-time augmentation: axial and coronal slices are also run mirrored left-right and the
+    # probabilities averaged (twice the work in those planes). Off by default: see BENCHMARKS.md.
+    flip: bool = False
     return_probabilities: bool = False
 
 
@@ -257,6 +260,8 @@ class Segmenter:
                 bx, by = foreground_box(fg[:, :, ks], self.multiple) if cfg.crop_to_foreground else full
                 batch = normalise(np.moveaxis(w[bx, by][:, :, ks], 2, 0).astype(np.float32), scale)
                 prob = self.predict_probabilities(batch)  # (N, C, h, w)
+                if cfg.flip and p != "sagittal":  # in-plane axis 0 is the left-right axis here
+                    prob = 0.5 * (prob + self.predict_probabilities(batch[:, ::-1].copy())[:, :, ::-1])
                 acc[:, bx, by, ks] += np.moveaxis(prob, 0, 3)
                 done += len(ks)
                 if progress:
