@@ -63,6 +63,9 @@ class SegmentConfig:
     # test-time augmentation: axial and coronal slices are also run mirrored left-right and the
     # probabilities averaged (twice the work in those planes). Off by default: see BENCHMARKS.md.
     flip: bool = False
+    # planes after the first run every n-th slice only; the slices between are interpolated
+    # linearly along the plane's normal (sparse view aggregation: 1 + 2/n passes instead of 3)
+    secondary_stride: int = 1
     return_probabilities: bool = False
 
 
@@ -233,10 +236,13 @@ class Segmenter:
         plan = {p: None for p in planes}
         region = (work > 0) if stripped else (work > thr) if thr is not None else np.zeros(work.shape, bool)
         todo = {}
-        for p, ks in plan.items():
+        stride = max(1, int(cfg.secondary_stride))
+        for i, (p, ks) in enumerate(plan.items()):
             ax = PLANE_AXIS[p]
             has = region.any(axis=tuple(a for a in range(3) if a != ax))
             todo[p] = [k for k in (range(work.shape[ax]) if ks is None else ks) if has[k]]
+            if i > 0 and stride > 1 and todo[p]:
+                todo[p] = sorted(set(todo[p][::stride]) | {todo[p][-1]})
         total = sum(len(v) for v in todo.values())
         probs = np.zeros((NUM_CLASSES,) + work.shape, dtype=np.float32)
         done = 0
@@ -250,6 +256,9 @@ class Segmenter:
             w = np.transpose(work, order)
             fg = np.transpose(region, order)
             acc = np.transpose(probs, [0] + [a + 1 for a in order])
+            sparse = p != planes[0] and stride > 1
+            if sparse:  # this plane's own probabilities first, interpolated below
+                total_acc, acc = acc, np.zeros(acc.shape, np.float32)
             ks_all = todo[p]
             full = slice(0, w.shape[0]), slice(0, w.shape[1])
             for start in range(0, len(ks_all), bs):
@@ -266,6 +275,9 @@ class Segmenter:
                 done += len(ks)
                 if progress:
                     progress(done, total)
+            if sparse:
+                _fill_between(acc, ks_all)
+                total_acc += acc
         if len(planes) > 1:
             probs /= len(planes)
         untouched = probs.sum(axis=0) <= 0
@@ -345,6 +357,14 @@ class Segmenter:
         secs = time.time() - t0
         log.info("segmented %d %s slice(s) of %s in %.3f s with %s", len(native_ks), plane, vol.shape, secs, self.name)
         return SegmentResult(labels, unc, secs, self.name, len(run), geo.describe(), (plane,))
+
+
+def _fill_between(acc: np.ndarray, ks: list[int]) -> None:
+    """Linear interpolation along the last axis of acc (C, a, b, n) between the computed slices ks."""
+    for k0, k1 in zip(ks[:-1], ks[1:]):
+        for k in range(k0 + 1, k1):
+            w = (k - k0) / (k1 - k0)
+            acc[..., k] = (1 - w) * acc[..., k0] + w * acc[..., k1]
 
 
 def _entropy(prob: np.ndarray, axis: int) -> np.ndarray:
