@@ -117,6 +117,7 @@ def _positive_int(text: str) -> int:
 
 # ----------------------------------------------------------------------------- info
 def cmd_info(args) -> int:
+    from .conform import Conform
     from .volume import label_volumes, read_volume
 
     vol = read_volume(args.path)
@@ -131,6 +132,8 @@ def cmd_info(args) -> int:
         "orientation": vol.orientation,
         "range": [float(d.min()), float(d.max())],
         "layout_note": vol.layout_note,
+        "geometry_note": vol.geometry_note,
+        "for_the_network": Conform.for_grid(vol.shape, vol.affine).describe() or "used as stored (LAS, 1 mm)",
         "affine": np.round(vol.affine, 6).tolist(),
     }
     if vol.is_labels:
@@ -146,7 +149,8 @@ def cmd_info(args) -> int:
     print(f"  kind:        {'label map' if vol.is_labels else 'image'}")
     print(f"  shape:       {_fmt_shape(vol.shape)}   dtype {vol.source_dtype}")
     print(f"  voxel size:  {' x '.join(f'{v:g}' for v in vol.voxel_size)} mm   ({vol.voxel_volume_ml * 1000:g} mm^3)")
-    print(f"  orientation: {vol.orientation}")
+    print(f"  orientation: {vol.orientation}{' (assumed: Analyze stores none)' if vol.geometry_note else ''}")
+    print(f"  network:     {info['for_the_network']}")
     print(f"  range:       {info['range'][0]:g} .. {info['range'][1]:g}")
     if vol.is_labels:
         for k in info["volumes_ml"]:

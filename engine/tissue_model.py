@@ -80,7 +80,7 @@ def tissue_em(image: np.ndarray, mask: np.ndarray, beta: float = 0.35, iteration
     mb = m[box]
     logprior = None
     if prior is not None:
-        logprior = prior_weight * np.log(np.clip(prior[(slice(None),) + box][:, mb], 1e-4, 1.0))
+        logprior = (prior_weight * np.log(np.clip(prior[(slice(None),) + box][:, mb], 1e-4, 1.0))).astype(np.float32)
     if prior is not None:
         w = np.clip(prior[(slice(None),) + box][:, mb], 1e-6, None)
         w = w / w.sum(0, keepdims=True)
@@ -95,16 +95,18 @@ def tissue_em(image: np.ndarray, mask: np.ndarray, beta: float = 0.35, iteration
     it = 0
     for it in range(1, iterations + 1):
         sd = np.maximum(sd, 1e-3 * max(float(x.max()), 1e-6))
-        ll = (-0.5 * ((x[None] - mu[:, None]) / sd[:, None]) ** 2 - np.log(sd)[:, None]
-              + np.log(pi)[:, None])
+        mu32, sd32 = mu.astype(np.float32)[:, None], sd.astype(np.float32)[:, None]
+        ll = -0.5 * ((x[None] - mu32) / sd32) ** 2
+        ll += (np.log(pi) - np.log(sd)).astype(np.float32)[:, None]
         if logprior is not None:
-            ll = ll + logprior
+            ll += logprior
         if post is not None and beta > 0:
-            ll = ll + beta * _neighbour_sum(q)[:, mb]
+            ll += beta * _neighbour_sum(q)[:, mb]
         ll -= ll.max(0, keepdims=True)
-        post = np.exp(ll).astype(np.float32)
+        post = np.exp(ll, out=ll)
         post /= post.sum(0, keepdims=True)
-        q[:, mb] = post
+        if beta > 0:
+            q[:, mb] = post
         n = post.sum(1)
         mu_new = (post * x).sum(1) / np.maximum(n, 1e-6)
         sd = np.sqrt((post * (x - mu_new[:, None]) ** 2).sum(1) / np.maximum(n, 1e-6))
@@ -114,6 +116,7 @@ def tissue_em(image: np.ndarray, mask: np.ndarray, beta: float = 0.35, iteration
         if converged and it > 3:
             break
     order = np.argsort(mu)
+    q[:, mb] = post
     posteriors = np.zeros((TISSUES,) + m.shape, dtype=np.float32)
     posteriors[(slice(None),) + box] = q[order]
     labels = np.zeros(m.shape, dtype=np.uint8)
