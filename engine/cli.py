@@ -302,6 +302,7 @@ def cmd_segment(args) -> int:
     from .qc import skull_present
     from .volume import read_volume, save_image, save_labels
 
+    planes = parse_planes(args.planes)
     check_output(args.output, LABEL_FORMATS, (args.scan,))
     if args.uncertainty:
         check_output(args.uncertainty, IMAGE_FORMATS, (args.scan, args.output))
@@ -328,7 +329,6 @@ def cmd_segment(args) -> int:
             raise CliError(f"--int8: {why}")
         precision = "int8"
     seg = Segmenter(model_dir, precision=precision, calib_volume=vol.data if precision == "int8" else None)
-    planes = parse_planes(args.planes)
     geo = Conform.for_grid(vol.shape, vol.affine)
     if geo.describe():
         print(f"note: {vol.path}: {geo.describe()}", file=sys.stderr)

@@ -253,3 +253,29 @@ def test_saved_mask_carries_the_input_affine(tmp_path, tiny_model_dir):
     m = nib.load(str(out))
     assert m.shape == shape
     np.testing.assert_allclose(m.affine, aff, atol=1e-5)
+
+
+def test_cli_planes_and_geometry_notes(tmp_path, tiny_model_dir, capsys):
+    """`--planes axial` is the single-plane pass; a bad plane is one line and exit 2; an Analyze
+    scan is said to be assumed LAS, a resampled one to be resampled."""
+    from engine.cli import main
+    from engine.volume import save_image
+
+    aff, shape = grid("LAS", (1.0, 1.0, 1.0))
+    img, _ = sample(aff, shape)
+    hdr = tmp_path / "scan.hdr"
+    import nibabel as nib
+
+    nib.save(nib.AnalyzeImage(img.astype(np.int16), np.diag([-1.0, 1, 1, 1])), str(hdr))
+    out = tmp_path / "m.nii.gz"
+    assert main(["segment", str(hdr), "-o", str(out), "--weights", str(tiny_model_dir), "--planes", "axial"]) == 0
+    cap = capsys.readouterr()
+    assert "(axial)" in cap.out and "assumed LAS" in cap.err
+    assert main(["segment", str(hdr), "-o", str(out), "--weights", str(tiny_model_dir), "--planes", "axial,oblique"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "oblique" in err[0] and "axial, coronal, sagittal" in err[0]
+    aff08, shape08 = grid("LAS", (0.8, 0.8, 0.8))
+    p08 = tmp_path / "s08.nii.gz"
+    save_image(p08, sample(aff08, shape08)[0], aff08)
+    assert main(["segment", str(p08), "-o", str(out), "--weights", str(tiny_model_dir), "--planes", "axial"]) == 0
+    assert "resampled 0.8x0.8x0.8 mm -> 1 mm" in capsys.readouterr().err
