@@ -115,7 +115,9 @@ def tissue_em(image: np.ndarray, mask: np.ndarray, beta: float = 0.35, iteration
         mu = mu_new
         if converged and it > 3:
             break
-    order = np.argsort(mu)
+    # without a prior the classes are named by intensity (T1: CSF < GM < WM); with one, the prior
+    # names them (any contrast)
+    order = np.argsort(mu) if prior is None else np.arange(TISSUES)
     q[:, mb] = post
     posteriors = np.zeros((TISSUES,) + m.shape, dtype=np.float32)
     posteriors[(slice(None),) + box] = q[order]

@@ -70,3 +70,14 @@ def test_refinement_sharpens_a_blurry_prior_under_a_bias_field():
     before, after = dice_scores(lab, prior_labels), dice_scores(lab, ref_labels)
     assert after["csf"] > before["csf"] + 0.03, (before, after)
     assert after["gm"] >= before["gm"] and after["wm"] >= before["wm"] - 0.01, (before, after)
+
+
+def test_refinement_keeps_the_prior_class_names_under_inverted_contrast():
+    img, lab = phantom(seed=5)
+    inverted = np.where(lab > 0, 1.0 - img, 0).astype(np.float32)
+    onehot = np.stack([(lab == c).astype(np.float32) for c in (1, 2, 3)])
+    prior = np.stack([ndi.gaussian_filter(c, 1.5) for c in onehot]) + 0.05
+    refined = refine_with_intensities(inverted, prior, lab > 0, bias_sigma=8.0)
+    labels = np.where(lab > 0, np.argmax(refined, 0) + 1, 0).astype(np.uint8)
+    d = dice_scores(lab, labels)
+    assert min(d["csf"], d["gm"], d["wm"]) > 0.85, d
