@@ -374,7 +374,7 @@ def _bench_args(p) -> None:
                    help="bench this model directory instead of the shipped one (repeatable)")
     p.add_argument("--scan", default=None, help="volume for the whole-volume timing (default: the demo scan)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--plot", default="bench_latency.png")
+    p.add_argument("--plot", default=None, help="also save a latency plot (PNG) here, e.g. docs/bench_latency.png")
     p.add_argument("--append", default=None, help="append the table to this Markdown file")
 
 
