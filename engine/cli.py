@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="mask file: .nii, .nii.gz, .hdr or .img")
     p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
     p.add_argument("--weights", help="a model directory (shipped, fine-tuned or trained)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (default: the fastest measured, U-Net 4, ENet 16)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (default: the fastest measured, U-Net 2, ENet 16)")
     p.add_argument("--slices", help="only these axial slices (indices along the scan's own superior-inferior "
                    "array axis), e.g. 10,12,20-30; a single axial pass")
     p.add_argument("--planes", help="anatomical planes whose class probabilities are fused (default "

@@ -27,6 +27,7 @@ from nibabel import orientations as ornt
 WORK_CODES = ("L", "A", "S")
 WORK_ZOOM = 1.0
 ZOOM_TOLERANCE = 0.03  # resample when a voxel side differs from 1 mm by more than 3 %
+MIN_VOXEL_MM, MAX_VOXEL_MM = 0.1, 10.0  # outside this the header's units or scaling are wrong
 PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # normal axis of each plane on the work grid
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -102,6 +103,10 @@ class Conform:
         src = nib.io_orientation(affine)
         tr = ornt.ornt_transform(src, ornt.axcodes2ornt(WORK_CODES))
         native_zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        if not np.all((native_zooms >= MIN_VOXEL_MM) & (native_zooms <= MAX_VOXEL_MM)):
+            raise ValueError(f"voxel size {'x'.join(f'{z:g}' for z in native_zooms)} mm is outside "
+                             f"{MIN_VOXEL_MM:g}-{MAX_VOXEL_MM:g} mm: the header's units or scaling are wrong "
+                             "(a brain scan has voxels of a fraction of a millimetre to a few millimetres)")
         zooms = [0.0, 0.0, 0.0]
         rshape = [0, 0, 0]
         for i in range(3):
@@ -181,6 +186,9 @@ class Conform:
             return np.ascontiguousarray(a)
         if classes is None:
             out = a.astype(np.float32)
+            for i, ax in enumerate(in_plane):  # the same anti-aliasing as to_work
+                if self.zooms[ax] < WORK_ZOOM / 1.3:
+                    out = gaussian_axis(out, 0.5 * np.sqrt((WORK_ZOOM / self.zooms[ax]) ** 2 - 1), i)
             for i, ax in enumerate(in_plane):
                 out = resample_axis(out, i, _positions(self.work_shape[ax], self.reoriented_shape[ax],
                                                        self.zooms[ax] / WORK_ZOOM))
@@ -205,8 +213,8 @@ class Conform:
 
     def work_slices_for(self, plane: str, native_indices) -> list[int]:
         """The work-grid slices needed to produce these native slices (both neighbours when resampled)."""
-        pos = self.work_positions(plane, native_indices)
         n = self.work_shape[PLANE_AXIS[plane]]
+        pos = np.clip(np.round(self.work_positions(plane, native_indices), 9), 0, n - 1)
         out = set()
         for p in np.atleast_1d(pos):
             for k in {int(np.floor(p)), int(np.ceil(p))}:
@@ -217,7 +225,9 @@ class Conform:
     # ------------------------------------------------------------------ back to the scan's grid
     def probs_to_native(self, probs: np.ndarray, plane: str | None = None, native_indices=None) -> np.ndarray:
         """Class probabilities (C, *work_shape) -> (C, *shape) on the scan's grid. With plane and
-        native_indices, only those native slices are computed (the others are zero)."""
+        native_indices on a resampled grid, only those native slices are interpolated (the others
+        are zero); without resampling the whole volume is reoriented either way. Positions beyond
+        the work grid take its edge values (never empty probabilities)."""
         p = np.asarray(probs, dtype=np.float32)
         wax = PLANE_AXIS[plane] if plane is not None and native_indices is not None else None
         if self.resampled:
@@ -227,7 +237,7 @@ class Conform:
                     full = pos
                     wanted = self._reoriented_indices(plane, native_indices)
                     pos = full[wanted]
-                p = resample_axis(p, ax + 1, pos)
+                p = resample_axis(p, ax + 1, np.clip(pos, 0, self.work_shape[ax] - 1))  # clamp, never empty
             if wax is not None:  # scatter the computed slices back into a full array
                 full_arr = np.zeros((p.shape[0],) + self.reoriented_shape, dtype=np.float32)
                 idx = [slice(None)] * 4
@@ -246,6 +256,7 @@ class Conform:
         reoriented. Returns (C, u, v): the native slice np.take(volume, native_index, axis)."""
         wax = PLANE_AXIS[plane]
         pos = float(np.atleast_1d(self.work_positions(plane, [native_index]))[0])
+        pos = min(max(round(pos, 9), 0.0), self.work_shape[wax] - 1.0)  # as resample_axis clamps
         k0 = int(np.floor(pos))
         k1 = int(np.ceil(pos))
         first = next(iter(work_slices.values()))
@@ -260,8 +271,8 @@ class Conform:
         if self.resampled:
             in_plane = [a for a in range(3) if a != wax]
             for i, ax in enumerate(in_plane):
-                p = resample_axis(p, i + 1, _positions(self.reoriented_shape[ax], self.work_shape[ax],
-                                                       WORK_ZOOM / self.zooms[ax]))
+                p = resample_axis(p, i + 1, np.clip(_positions(self.reoriented_shape[ax], self.work_shape[ax],
+                                                               WORK_ZOOM / self.zooms[ax]), 0, self.work_shape[ax] - 1))
         if self.reoriented:
             inv = ornt.ornt_transform(ornt.axcodes2ornt(WORK_CODES), nib.io_orientation(self.affine))
             p3 = np.expand_dims(p, wax + 1)

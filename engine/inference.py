@@ -81,11 +81,19 @@ class SegmentResult:
     probabilities: np.ndarray | None = None  # (4, *shape) float32 when asked for
 
 
-def skull_stripped(volume: np.ndarray) -> bool:
-    """A skull-stripped scan: at least a fifth of its voxels are exactly zero (the masked-out
-    background), so its nonzero voxels are the brain mask FAST labels in full."""
-    v = np.asarray(volume)
-    return bool((v[::2, ::2, ::2] == 0).mean() > 0.2)
+STRIPPED_ZERO_FRACTION = 0.2
+STRIPPED_MAX_ML = 2300.0  # qc.SKULL_ON_FOREGROUND_ML: a head with skull and scalp is 3-4.5 L
+
+
+def skull_stripped(volume: np.ndarray, voxel_ml: float = 0.001) -> bool:
+    """A skull-stripped scan: more than a fifth of its voxels (every 2nd along each axis) are
+    exactly zero (the masked-out background) and the nonzero rest is no larger than a brain with
+    its CSF (a zero-padded head with its skull, e.g. registered to MNI space, is 3-4.5 L). Then the
+    nonzero voxels are the brain mask that FAST labels in full."""
+    v = np.asarray(volume)[::2, ::2, ::2]
+    nonzero = v != 0
+    return bool(1.0 - nonzero.mean() > STRIPPED_ZERO_FRACTION
+                and nonzero.sum() * 8 * voxel_ml <= STRIPPED_MAX_ML)
 
 
 def load_network(model_dir: str | Path, ctx=None):
@@ -226,7 +234,8 @@ class Segmenter:
         if not geo.identity:
             log.info("%s", geo.describe())
         work, scale, thr = self._work_volume(vol, geo, reuse=cfg.slices is not None)
-        stripped = cfg.tissue_inside_mask and skull_stripped(vol)
+        voxel_ml = abs(float(np.linalg.det(geo.affine[:3, :3]))) / 1000.0
+        stripped = cfg.tissue_inside_mask and skull_stripped(vol, voxel_ml)
         if cfg.slices is not None:
             return self._segment_slices(vol, geo, work, scale, thr, stripped, cfg, progress, cancel, t0)
         planes = tuple(cfg.planes)
@@ -288,7 +297,8 @@ class Segmenter:
 
             t_ref = time.time()
             tissue = native[1:].sum(axis=0)
-            native[1:] = refine_with_intensities(vol, native[1:], vol > 0) * tissue[None]
+            native_zooms = np.sqrt((geo.affine[:3, :3] ** 2).sum(axis=0))
+            native[1:] = refine_with_intensities(vol, native[1:], vol > 0, voxel_mm=native_zooms) * tissue[None]
             log.info("intensity refinement: %.2f s", time.time() - t_ref)
         if stripped:  # FSL_SEG: inside the mask, tissue only; outside, background
             inside = vol > 0
@@ -315,7 +325,7 @@ class Segmenter:
         plane = cfg.slice_plane
         ax = PLANE_AXIS[plane]
         nax = geo.native_axis(plane)
-        native_ks = [k for k in cfg.slices if 0 <= k < vol.shape[nax]]
+        native_ks = sorted({int(k) for k in cfg.slices if 0 <= k < vol.shape[nax]})
         needed = geo.work_slices_for(plane, native_ks)
         sl = np.moveaxis(np.take(work, needed, axis=ax), ax, 0)  # (N, a, b): work slices in this plane
         region = (sl > 0) if stripped else (sl > thr) if thr is not None else np.zeros(sl.shape, bool)
@@ -324,18 +334,19 @@ class Segmenter:
             progress(0, len(run))
         stack = np.zeros((len(needed), NUM_CLASSES) + sl.shape[1:], np.float32)
         stack[:, 0] = 1.0  # not run: background
-        if run:
+        bs = max(1, int(cfg.batch_size or BEST_BATCH.get(self.info.arch, 8)))
+        for start in range(0, len(run), bs):
             if cancel is not None and cancel.cancelled:
                 raise Cancelled()
-            fg = np.moveaxis(region[run], 0, 2)
+            chunk = run[start:start + bs]
+            fg = np.moveaxis(region[chunk], 0, 2)
             bx, by = foreground_box(fg, self.multiple) if cfg.crop_to_foreground else (slice(None), slice(None))
-            batch = normalise(sl[run][:, bx, by], scale)
-            prob = self.predict_probabilities(batch)
-            stack[run] = 0.0
-            stack[run, :, bx, by] = prob
-            stack[run, 0] += (stack[run].sum(axis=1) <= 0)
-        if progress:
-            progress(len(run), len(run))
+            prob = self.predict_probabilities(normalise(sl[chunk][:, bx, by], scale))
+            stack[chunk] = 0.0
+            stack[chunk, :, bx, by] = prob
+            stack[chunk, 0] += (stack[chunk].sum(axis=1) <= 0)
+            if progress:
+                progress(min(start + bs, len(run)), len(run))
         by_work = dict(zip(needed, stack))
         labels = np.zeros(vol.shape, dtype=np.uint8)
         unc = np.zeros(vol.shape, dtype=np.float32) if cfg.uncertainty else None

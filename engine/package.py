@@ -96,7 +96,7 @@ def preprocess_spec(multiple: int, arch: str = "enet") -> dict:
 def geometry_spec() -> dict:
     """engine/conform.py and the fusion rules of engine/inference.py as numbers, for the runner."""
     from .conform import PLANE_AXIS, WORK_CODES, WORK_ZOOM, ZOOM_TOLERANCE
-    from .inference import DEFAULT_PLANES
+    from .inference import DEFAULT_PLANES, STRIPPED_MAX_ML, STRIPPED_ZERO_FRACTION
 
     return {
         "geometry": {"axes": list(WORK_CODES), "voxel_mm": WORK_ZOOM, "tolerance": ZOOM_TOLERANCE,
@@ -109,9 +109,10 @@ def geometry_spec() -> dict:
         "intensity_refinement": "not applied by this runner: the app and the brainseg CLI re-estimate the "
                                 "tissue intensities of skull-stripped whole volumes after the networks "
                                 "(engine/tissue_model.py); the runner gives the networks' fused labels",
-        "tissue_inside_mask": {"enabled": True, "zero_fraction": 0.2,
-                               "rule": "if more than zero_fraction of the voxels (every 2nd along each axis) "
-                                       "are exactly 0 (skull-stripped), every nonzero voxel gets the most "
+        "tissue_inside_mask": {"enabled": True, "zero_fraction": STRIPPED_ZERO_FRACTION, "max_ml": STRIPPED_MAX_ML,
+                               "rule": "skull-stripped when, over every 2nd voxel along each axis, more than "
+                                       "zero_fraction are exactly 0 and the nonzero ones (x8, times the voxel "
+                                       "volume) are at most max_ml: then every nonzero voxel gets the most "
                                        "probable tissue class and zero voxels background"},
     }
 

@@ -110,7 +110,8 @@ def tissue_em(image: np.ndarray, mask: np.ndarray, beta: float = 0.35, iteration
         n = post.sum(1)
         mu_new = (post * x).sum(1) / np.maximum(n, 1e-6)
         sd = np.sqrt((post * (x - mu_new[:, None]) ** 2).sum(1) / np.maximum(n, 1e-6))
-        pi = np.maximum(n / n.sum(), 1e-4)
+        if prior is None:  # with a prior, the prior already carries the class frequencies
+            pi = np.maximum(n / n.sum(), 1e-4)
         converged = np.allclose(mu_new, mu, rtol=1e-4, atol=1e-6)
         mu = mu_new
         if converged and it > 3:
@@ -145,9 +146,10 @@ def partial_volume(image: np.ndarray, fit: TissueFit, mask: np.ndarray) -> np.nd
     return pv
 
 
-def _smooth_masked(values: np.ndarray, mask: np.ndarray, sigma: float, step: int = 4) -> np.ndarray:
-    """Normalised Gaussian smoothing of `values` over `mask` (sigma in voxels), computed on a grid
-    `step` times coarser and brought back linearly: a smooth field defined everywhere."""
+def _smooth_masked(values: np.ndarray, mask: np.ndarray, sigma, step: int = 4) -> np.ndarray:
+    """Normalised Gaussian smoothing of `values` over `mask` (sigma in voxels, one or per axis),
+    computed on a grid `step` times coarser and brought back linearly: a smooth field defined
+    everywhere."""
     shape = values.shape
     pad = [(0, (-n) % step) for n in shape]
     v = np.pad(values * mask, pad)
@@ -155,16 +157,18 @@ def _smooth_masked(values: np.ndarray, mask: np.ndarray, sigma: float, step: int
     small = tuple(n // step for n in v.shape)
     vs = v.reshape(small[0], step, small[1], step, small[2], step).sum((1, 3, 5))
     ms = m.reshape(small[0], step, small[1], step, small[2], step).sum((1, 3, 5))
-    vs = ndi.gaussian_filter(vs, sigma / step)
-    ms = ndi.gaussian_filter(ms, sigma / step)
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,)) / step
+    vs = ndi.gaussian_filter(vs, sig)
+    ms = ndi.gaussian_filter(ms, sig)
     field = vs / np.maximum(ms, 1e-6)
     full = ndi.zoom(field, [a / b for a, b in zip(v.shape, small)], order=1)
     return full[tuple(slice(0, n) for n in shape)].astype(np.float32)
 
 
-def bias_corrected(image: np.ndarray, probs: np.ndarray, mask: np.ndarray, sigma: float = 20.0) -> np.ndarray:
+def bias_corrected(image: np.ndarray, probs: np.ndarray, mask: np.ndarray, sigma=20.0) -> np.ndarray:
     """The image divided by a smooth multiplicative bias field, estimated (as FAST does, in one
-    step) from the ratio of each voxel to the intensity its tissue probabilities predict."""
+    step) from the ratio of each voxel to the intensity its tissue probabilities predict. sigma in
+    voxels, one value or one per axis."""
     img = np.asarray(image, dtype=np.float32)
     m = np.asarray(mask, dtype=bool) & (img > 0)
     w = probs[:, m]
@@ -181,14 +185,16 @@ def bias_corrected(image: np.ndarray, probs: np.ndarray, mask: np.ndarray, sigma
 
 
 def refine_with_intensities(image: np.ndarray, probs: np.ndarray, mask: np.ndarray, beta: float = 0.0,
-                            iterations: int = 3, prior_weight: float = 1.0, bias_sigma: float | None = 20.0
-                            ) -> np.ndarray:
+                            iterations: int = 3, prior_weight: float = 1.0, bias_sigma: float | None = 20.0,
+                            voxel_mm=(1.0, 1.0, 1.0)) -> np.ndarray:
     """Re-estimate the scan's tissue intensities with a network's tissue probabilities as the prior
     (probs (3, X, Y, Z) = CSF, GM, WM, any scale); returns refined probabilities (3, X, Y, Z).
-    With bias_sigma (voxels), a smooth bias field is divided out first (bias_corrected)."""
+    With bias_sigma (mm; voxel_mm gives the voxel size per axis), a smooth bias field is divided
+    out first (bias_corrected)."""
     p = np.asarray(probs, dtype=np.float32)
     p = p / np.maximum(p.sum(0, keepdims=True), 1e-6)
-    img = bias_corrected(image, p, mask, bias_sigma) if bias_sigma else image
+    sigma_vox = bias_sigma / np.asarray(voxel_mm, dtype=np.float64) if bias_sigma else None
+    img = bias_corrected(image, p, mask, sigma_vox) if bias_sigma else image
     fit = tissue_em(img, mask, beta=beta, iterations=iterations, prior=p, prior_weight=prior_weight)
     return fit.posteriors
 

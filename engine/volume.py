@@ -228,6 +228,12 @@ def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
         raise VolumeReadError(path, f"has an empty dimension (shape {data.shape})")
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise VolumeReadError(path, "has a degenerate affine (zero voxel size)")
+    from .conform import MAX_VOXEL_MM, MIN_VOXEL_MM
+
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    if not np.all((zooms >= MIN_VOXEL_MM) & (zooms <= MAX_VOXEL_MM)):
+        raise VolumeReadError(path, f"voxel size {'x'.join(f'{z:g}' for z in zooms)} mm is outside "
+                                    f"{MIN_VOXEL_MM:g}-{MAX_VOXEL_MM:g} mm: the header's units or scaling are wrong")
     if kind == "auto":
         kind = _guess_kind(path, data)
     if kind == "labels":

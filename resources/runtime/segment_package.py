@@ -207,8 +207,9 @@ class Geometry:
     def probs_to_native(self, probs: np.ndarray) -> np.ndarray:
         p = probs
         if self.resampled:
-            for ax in range(3):
-                p = resample_axis(p, ax + 1, positions(self.rshape[ax], self.wshape[ax], self.zoom / self.zooms[ax]))
+            for ax in range(3):  # clamped at the edges: never empty probabilities
+                pos = positions(self.rshape[ax], self.wshape[ax], self.zoom / self.zooms[ax])
+                p = resample_axis(p, ax + 1, np.clip(pos, 0, self.wshape[ax] - 1))
         inv = self.ornt.ornt_transform(self.target, self.src)
         return np.stack([self.ornt.apply_orientation(c, inv) for c in p])
 
@@ -227,8 +228,10 @@ def segment(vol: np.ndarray, affine: np.ndarray, spec: dict, run, batch_size: in
     lo, hi = pre["normalise"]["clip"]
     multiple, crop = int(pre["pad"]["multiple"]), pre["crop"]
     rule = spec["tissue_inside_mask"]
-    sub = vol[::2, ::2, ::2]
-    stripped = rule["enabled"] and bool((sub == 0).mean() > rule["zero_fraction"])
+    nonzero = vol[::2, ::2, ::2] != 0
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    stripped = rule["enabled"] and bool(1.0 - nonzero.mean() > rule["zero_fraction"]
+                                        and nonzero.sum() * 8 * voxel_ml <= rule["max_ml"])
     region = work > 0 if stripped else fg
     planes = spec["planes"]
     probs = np.zeros((len(spec.get("classes", [])) or 4,) + work.shape, dtype=np.float32)

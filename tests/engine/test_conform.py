@@ -279,3 +279,50 @@ def test_cli_planes_and_geometry_notes(tmp_path, tiny_model_dir, capsys):
     save_image(p08, sample(aff08, shape08)[0], aff08)
     assert main(["segment", str(p08), "-o", str(out), "--weights", str(tiny_model_dir), "--planes", "axial"]) == 0
     assert "resampled 0.8x0.8x0.8 mm -> 1 mm" in capsys.readouterr().err
+
+
+def test_voxel_sizes_in_the_wrong_units_are_refused(tmp_path):
+    from engine.volume import VolumeReadError, read_volume
+
+    p = tmp_path / "metres.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.diag([0.001, 0.001, 0.001, 1])), str(p))
+    with pytest.raises(VolumeReadError, match="metres.nii.gz.*voxel size 0.001x0.001x0.001 mm"):
+        read_volume(p)
+    with pytest.raises(ValueError, match="outside"):
+        Conform.for_grid((8, 8, 8), np.diag([20.0, 1, 1, 1]))
+
+
+def test_many_slices_run_in_batches_and_can_be_cancelled(intensity_segmenter):
+    from engine.inference import SegmentConfig
+    from engine.training import Cancelled, CancelToken
+
+    aff, shape = grid("LAS", (1, 1, 1))
+    img, _ = sample(aff, shape)
+    ks = tuple(range(10, 60))
+    seen = []
+    res = intensity_segmenter.segment(img, SegmentConfig(slices=ks, batch_size=8), affine=aff,
+                                      progress=lambda d, t: seen.append((d, t)))
+    assert len(seen) >= 50 // 8 and seen[-1][0] == seen[-1][1] == res.slices_run
+    tok = CancelToken()
+    calls = []
+
+    def cancel_after_first(d, t):
+        calls.append(d)
+        if d > 0:
+            tok.cancel()
+
+    with pytest.raises(Cancelled):
+        intensity_segmenter.segment(img, SegmentConfig(slices=ks, batch_size=8), affine=aff,
+                                    progress=cancel_after_first, cancel=tok)
+    assert max(calls) < len(ks)
+
+
+def test_a_zero_padded_head_with_its_skull_is_not_taken_as_skull_stripped():
+    from engine.inference import skull_stripped
+
+    head = np.zeros((200, 240, 200), np.float32)
+    head[20:180, 20:220, 20:180] = 100.0  # 5.1 L of nonzero voxels inside zero padding
+    assert not skull_stripped(head, 0.001)
+    brain = np.zeros((176, 208, 176), np.float32)
+    brain[40:136, 40:168, 40:136] = 100.0  # 1.2 L: a brain with its CSF
+    assert skull_stripped(brain, 0.001)
