@@ -40,6 +40,7 @@ CROP_MARGIN = 8
 # 1.35 s at 16, 1.5 s at 32.
 BEST_BATCH = {"unet": 2, "enet": 16}
 DEFAULT_PLANES = ("axial", "coronal", "sagittal")
+SECONDARY_STRIDE = {"unet": 1, "enet": 1}
 
 
 @dataclass
@@ -64,8 +65,9 @@ class SegmentConfig:
     # probabilities averaged (twice the work in those planes). Off by default: see BENCHMARKS.md.
     flip: bool = False
     # planes after the first run every n-th slice only; the slices between are interpolated
-    # linearly along the plane's normal (sparse view aggregation: 1 + 2/n passes instead of 3)
-    secondary_stride: int = 1
+    # linearly along the plane's normal (sparse view aggregation: 1 + 2/n passes instead of 3).
+    # None: the network's default (SECONDARY_STRIDE, chosen from docs/BENCHMARKS.md)
+    secondary_stride: int | None = None
     return_probabilities: bool = False
 
 
@@ -245,7 +247,7 @@ class Segmenter:
         plan = {p: None for p in planes}
         region = (work > 0) if stripped else (work > thr) if thr is not None else np.zeros(work.shape, bool)
         todo = {}
-        stride = max(1, int(cfg.secondary_stride))
+        stride = max(1, int(cfg.secondary_stride or SECONDARY_STRIDE.get(self.info.arch, 1)))
         for i, (p, ks) in enumerate(plan.items()):
             ax = PLANE_AXIS[p]
             has = region.any(axis=tuple(a for a in range(3) if a != ax))

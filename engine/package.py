@@ -105,7 +105,8 @@ def geometry_spec() -> dict:
                              "Gaussian anti-aliasing when shrinking > 1.3x) when a voxel side differs from "
                              "voxel_mm by more than tolerance; probabilities back the inverse way, then argmax"},
         "planes": list(DEFAULT_PLANES),
-        "fusion": "mean of the planes' softmax probabilities",
+        "fusion": "mean of the planes' softmax probabilities; planes after the first run every "
+                  "secondary_stride-th slice, the slices between interpolated linearly along the normal",
         "intensity_refinement": "not applied by this runner: the app and the brainseg CLI re-estimate the "
                                 "tissue intensities of skull-stripped whole volumes after the networks "
                                 "(engine/tissue_model.py); the runner gives the networks' fused labels",
@@ -334,7 +335,7 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
     The folder is built beside out_dir and renamed into place, so a failed export leaves nothing.
     """
     from . import __version__
-    from .inference import load_network
+    from .inference import SECONDARY_STRIDE, load_network
     from .weights import META
 
     fmt = fmt.lower()
@@ -364,6 +365,7 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
                     "output": "logits (N, classes, H, W); label = argmax over axis 1"},
         "preprocess": preprocess_spec(multiple, info.arch),
         **geometry_spec(),
+        "secondary_stride": SECONDARY_STRIDE.get(info.arch, 1),
         "classes": classes,
         "brainseg_version": __version__,
     }

@@ -236,12 +236,17 @@ def segment(vol: np.ndarray, affine: np.ndarray, spec: dict, run, batch_size: in
     planes = spec["planes"]
     probs = np.zeros((len(spec.get("classes", [])) or 4,) + work.shape, dtype=np.float32)
     batch_size = max(1, batch_size or int(crop.get("batch_slices", 8)))
-    for plane in planes:
+    stride = max(1, int(spec.get("secondary_stride", 1)))
+    for i, plane in enumerate(planes):
         ax = spec["geometry"]["plane_axis"][plane]
         order = [a for a in range(3) if a != ax] + [ax]
         w, f = np.transpose(work, order), np.transpose(region, order)
         acc = np.transpose(probs, [0] + [a + 1 for a in order])
         todo = [k for k in range(w.shape[2]) if f[:, :, k].any()]
+        sparse = i > 0 and stride > 1 and bool(todo)
+        if sparse:  # every stride-th slice, the ones between interpolated along the normal
+            todo = sorted(set(todo[::stride]) | {todo[-1]})
+            total_acc, acc = acc, np.zeros(acc.shape, np.float32)
         for start in range(0, len(todo), batch_size):
             ks = todo[start:start + batch_size]
             bx, by = slice(0, w.shape[0]), slice(0, w.shape[1])
@@ -257,6 +262,12 @@ def segment(vol: np.ndarray, affine: np.ndarray, spec: dict, run, batch_size: in
             acc[:, bx, by, ks] += np.moveaxis(prob, 0, 3)
             print(f"\r{plane}: {start + len(ks)}/{len(todo)} slices", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
+        if sparse:
+            for k0, k1 in zip(todo[:-1], todo[1:]):
+                for k in range(k0 + 1, k1):
+                    t = (k - k0) / (k1 - k0)
+                    acc[..., k] = (1 - t) * acc[..., k0] + t * acc[..., k1]
+            total_acc += acc
     if len(planes) > 1:
         probs /= len(planes)
     probs[0][probs.sum(axis=0) <= 0] = 1.0  # voxels no network saw are background

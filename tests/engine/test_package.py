@@ -287,3 +287,24 @@ def test_int8_package_runs(unet_dir, scan, tmp_path, fmt):
     assert load_runner(pkg / "segment_package.py").main([str(pkg), str(scan), "-o", str(out)]) == 0
     got = np.asanyarray(nib.load(str(out)).dataobj)
     assert got.shape == vol.shape and got.dtype == np.uint8 and got.max() <= 3
+
+
+def test_runner_repeats_sparse_view_aggregation(tiny_model_dir, scan, tmp_path, monkeypatch):
+    """With secondary_stride 2 recorded in the package, the runner skips and interpolates the same
+    coronal and sagittal slices as Segmenter."""
+    import engine.inference as inference
+    from engine.inference import SegmentConfig, Segmenter
+    from engine.package import export_package, load_runner
+
+    monkeypatch.setitem(inference.SECONDARY_STRIDE, "enet", 2)
+    pkg = export_package(tiny_model_dir, tmp_path / "pkg", "onnx")
+    assert json.loads((pkg / "package.json").read_text())["secondary_stride"] == 2
+    out = tmp_path / "mask.nii.gz"
+    assert load_runner(pkg / "segment_package.py").main([str(pkg), str(scan), "-o", str(out)]) == 0
+    img = nib.load(str(scan))
+    res = Segmenter(tiny_model_dir).segment(np.asarray(img.dataobj, np.float32),
+                                            SegmentConfig(return_probabilities=True), affine=img.affine)
+    top2 = np.sort(res.probabilities, axis=0)[-2:]
+    decisive = (top2[1] - top2[0]) > 1e-3
+    got = np.asanyarray(nib.load(str(out)).dataobj)
+    assert decisive.mean() > 0.8 and (got[decisive] == res.labels[decisive]).all()
