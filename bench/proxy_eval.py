@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--proxies", type=int, default=len(REPORT_SEEDS))
     ap.add_argument("--timing-runs", type=int, default=2)
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--timing-only", action="store_true", help="skip the accuracy part")
     ap.add_argument("--json", help="also write the raw figures here")
     args = ap.parse_args(argv)
     from engine.mx_env import configure_threads
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
         results.setdefault(key, []).append({k: d[k] for k in ("csf", "gm", "wm")})
 
     tmp = Path(tempfile.mkdtemp(prefix="proxy_eval_"))
-    for s, img0, lab in proxies:
+    for s, img0, lab in ([] if args.timing_only else proxies):
         img = (img0 * 200.0).astype(np.float32)  # a scanner-like range (normalisation must not care)
         forms = {
             "OASIS layout (LAS 1 mm)": (img, LAS_AFFINE, lambda m: m),
@@ -167,10 +168,10 @@ def main(argv=None) -> int:
 
     demo = read_volume(DEMO_SCAN)
     demo_lab = read_volume(DEMO_LABELS).data
-    for arch, planes, kw in methods:
+    for arch, planes, kw in ([] if args.timing_only else methods):
         res = segs[arch].segment(demo.data, SegmentConfig(planes=planes, **kw), affine=demo.affine)
         add(("training brain (demo scan; trained on)", label(arch, planes, kw)), demo_lab, res.labels)
-    if atropos:
+    if atropos and not args.timing_only:
         pred, _ = run_atropos(atropos, demo.data, demo.affine, tmp)
         add(("training brain (demo scan; trained on)", "Atropos"), demo_lab, pred)
 
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
             timing.setdefault(name, []).append(time.time() - t)
 
     # ---- report
-    cpu = cpu_info(measure_clock=False).get("name", "?")
+    cpu = cpu_info(measure_clock=False).get("cpu", "?")
     lines = [f"## Proxies that can fail, and Atropos side by side ({time.strftime('%Y-%m-%d %H:%M')}, {cpu}, "
              f"2 cores; bench/proxy_eval.py)", "",
              f"Models: {', '.join(f'{a} = {versions[a]}' for a in archs)}. A = axial pass only; A+C+S = the "

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         win.labelmap.mark_clean()
         win.close()
         rows.append((name, times))
-    cpu = cpu_info(measure_clock=False).get("name", "?")
+    cpu = cpu_info(measure_clock=False).get("cpu", "?")
     lines = [f"## One-slice segmentation from the click to the overlay ({time.strftime('%Y-%m-%d %H:%M')}, {cpu}; "
              "bench/slice_click_bench.py)", "",
              "ENet, the real main window offscreen, after the background preload; each click on a new axial slice.",

@@ -21,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 
-from .augment import AugmentConfig, augment_pair
 from .metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
 from .mx_env import get_mx
 from .paths import data_dir
@@ -122,6 +121,7 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     in-plane to the networks' LAS 1 mm orientation exactly as Segmenter brings the scan
     (engine/conform.py), so corrections drawn on a sagittally stored or 0.8 mm scan teach the
     right thing. Raises Cancelled (nothing written) or ValueError for unusable input."""
+    from .augment import AugmentConfig, augment_pair  # scipy: only when fine-tuning (CLI start-up)
     from .classes import NUM_CLASSES
     from .conform import Conform
     from .inference import foreground_box, load_network

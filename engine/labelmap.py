@@ -112,6 +112,11 @@ def capsule_mask(shape: tuple[int, int], p0: tuple[float, float], p1: tuple[floa
     return (slice(lo[0], hi[0]), slice(lo[1], hi[1])), mask
 
 
+def _starts(box) -> tuple[slice, ...]:
+    """A box with open ends (slice(None)) as slices from their start (0 for an open start)."""
+    return tuple(slice(b.start or 0, None) for b in box)
+
+
 class LabelMap:
     """A uint8 label volume with history. Not thread-safe: the GUI thread owns it."""
 
@@ -341,21 +346,38 @@ class LabelMap:
             sel[self.axial_axis] = list(slices)
             sel = tuple(sel)
             new_pred[sel] = pred[sel]
-            target = self.labels.copy()
-            target[sel] = pred[sel]
+            # compare only the slab between the first and last slice (a one-slice click on a
+            # 12 M voxel scan: 1 slice compared, not the volume)
+            lo, hi = min(slices), max(slices) + 1
+            slab = [slice(None)] * 3
+            slab[self.axial_axis] = slice(lo, hi)
+            slab = tuple(slab)
+            part = [slice(None)] * 3
+            part[self.axial_axis] = [k - lo for k in slices]
+            cur = self.labels[slab]
+            tgt = cur.copy()
+            tgt[tuple(part)] = pred[sel]
+            d = cur != tgt
+            sub = box_of(d)
+            box3 = None if sub is None else tuple(slice(b.start + s_.start, b.start + s_.stop)
+                                                  for b, s_ in zip(_starts(slab), sub))
+            diff_box = None if sub is None else d[sub]
+            target_box = None if sub is None else tgt[sub]
         else:
             target = pred
-        diff = self.labels != target
-        box3 = box_of(diff)
+            diff = self.labels != target
+            box3 = box_of(diff)
+            diff_box = None if box3 is None else diff[box3]
+            target_box = None if box3 is None else target[box3]
         old_pred = self.predicted
         if box3 is None:
             self.predicted = new_pred
             return None
-        mask = diff[box3]
+        mask = diff_box
         # User edits on slices the prediction replaces are superseded (and come back on undo).
         touched = set(range(self.shape[self.axial_axis])) if slices is None else set(slices)
         after = Counter({k: n for k, n in self._edited.items() if k not in touched and n > 0})
-        atom = EditAtom("prediction", box3, mask, self.labels[box3][mask].copy(), target[box3][mask].copy(),
+        atom = EditAtom("prediction", box3, mask, self.labels[box3][mask].copy(), target_box[mask].copy(),
                         user=False, old_predicted=old_pred, had_predicted=old_pred is not None,
                         edits_before=(Counter(self._edited), self.edit_count),
                         edits_after=(after, self.edit_count), new_predicted=new_pred)

@@ -5,7 +5,22 @@ import os
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-RESOURCES = PACKAGE_ROOT / "resources"
+
+
+def _resources() -> Path:
+    """The bundled resources: the checkout's top-level resources/ folder, which a built wheel or a
+    plain `pip install .` carries as the package `brainseg_resources` (setup.cfg package_dir)."""
+    checkout = PACKAGE_ROOT / "resources"
+    if (checkout / "colors.json").exists():
+        return checkout
+    try:
+        import brainseg_resources
+    except ImportError:
+        return checkout  # errors name the missing file below it
+    return Path(brainseg_resources.__file__).resolve().parent
+
+
+RESOURCES = _resources()
 DEMO_SCAN = RESOURCES / "demo" / "demo_t88_masked_gfc.hdr"
 DEMO_LABELS = RESOURCES / "demo" / "demo_t88_masked_gfc_fseg.hdr"
 WEIGHTS_DIR = RESOURCES / "weights"

@@ -122,7 +122,8 @@ def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
     vol[8:30, 10:40, 1:6] = 300.0  # int16-like scale: normalisation must not care
     seg = Segmenter(tiny_model_dir)
     seen = []
-    res = seg.segment(vol, SegmentConfig(batch_size=2, uncertainty=True), progress=lambda d, t: seen.append((d, t)))
+    res = seg.segment(vol, SegmentConfig(batch_size=2, uncertainty=True, secondary_stride=1),
+                      progress=lambda d, t: seen.append((d, t)))
     assert res.labels.shape == vol.shape and res.labels.dtype == np.uint8
     assert res.labels[:, :, 0].max() == 0, "empty slices are background"
     # three planes: 5 axial slices hold brain, 22 sagittal (x 8..29), 30 coronal (y 10..39)
@@ -132,6 +133,10 @@ def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
     seen.clear()
     one = seg.segment(vol, SegmentConfig(batch_size=2, planes=("axial",)), progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (5, 5) and one.planes == ("axial",)
+    # the default: every 3rd coronal and sagittal slice (and the last), interpolated between
+    sparse = seg.segment(vol, SegmentConfig(batch_size=2))
+    assert sparse.slices_run == 5 + len(range(8, 30, 3)) + len(range(10, 40, 3)) + 1  # 39 is last, 10+27=37
+    assert (sparse.labels[vol > 0] > 0).all()
     tok = CancelToken()
     tok.cancel()
     with pytest.raises(Cancelled):

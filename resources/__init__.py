@@ -1,0 +1,1 @@
+"""BrainSeg's bundled resources (installed as the package `brainseg_resources`; see setup.cfg)."""

@@ -1,0 +1,57 @@
+"""A built wheel works outside the checkout: `pip wheel .`, install it into a fresh virtual
+environment in a temporary folder, and run `brainseg info` and `brainseg segment` on the demo scan
+that the wheel carries (the resources travel as the package brainseg_resources)."""
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_segments_outside_the_checkout(tmp_path):
+    dist = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(dist), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wheel = next(dist.glob("brainseg-*.whl"))
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        text=True).strip())
+    # the dependencies (MXNet, numpy, nibabel...) come from the test environment's site-packages,
+    # added as a plain path: its .pth files, and so the editable install of this checkout, are
+    # not processed, so `engine` can only come from the wheel
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(site)  # a wheel is a zip laid out for site-packages; no pip needed
+        names = z.namelist()
+    assert "brainseg_resources/weights/enet/model.params" in names
+    assert "brainseg_resources/demo/demo_t88_masked_gfc.img" in names
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["BRAINSEG_HOME"] = str(tmp_path / "home")
+    code = ("import engine, engine.paths as p; print(engine.__file__); print(p.RESOURCES); "
+            "from engine.cli import main; raise SystemExit(main(__import__('sys').argv[1:]))")
+    info = subprocess.run([str(py), "-c", code, "info", "--json", str(site / "brainseg_resources" / "demo" /
+                                                                   "demo_t88_masked_gfc.hdr")],
+                          capture_output=True, text=True, cwd=work, env=env, timeout=300)
+    assert info.returncode == 0, info.stderr[-2000:]
+    lines = info.stdout.splitlines()
+    assert str(ROOT) not in lines[0] and lines[0].startswith(str(site))
+    assert lines[1].startswith(str(site)) and '"shape": [176, 208, 176]' in lines[2]
+    seg = subprocess.run([str(py), "-c", code, "segment", str(site / "brainseg_resources" / "demo" /
+                                                              "demo_t88_masked_gfc.hdr"),
+                          "-o", str(work / "mask.nii.gz"), "--model", "enet", "--planes", "axial"],
+                         capture_output=True, text=True, cwd=work, env=env, timeout=600)
+    assert seg.returncode == 0, seg.stderr[-2000:]
+    assert (work / "mask.nii.gz").stat().st_size > 10_000
