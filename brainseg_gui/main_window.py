@@ -16,7 +16,7 @@ import pyqtgraph as pg
 from PyQt5 import QtCore, QtWidgets
 
 from engine import recovery
-from engine.classes import tissue_classes
+from engine.classes import NUM_CLASSES, tissue_classes
 from engine.labelmap import LabelMap
 from engine.paths import DEMO_SCAN
 from engine.volume import Volume, VolumeReadError, VolumeWriteError, analyze_geometry_loss, read_volume, save_labels
@@ -207,7 +207,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.tool_group.addAction(self.actions[f"tool_{key}"])
         self.actions["tool_navigate"].setChecked(True)
         self.class_group = QtWidgets.QActionGroup(self)
-        for v in range(4):
+        for v in range(NUM_CLASSES):
             self.class_group.addAction(self.actions[f"class_{v}"])
         self.actions[f"class_{self.tool_state.value}"].setChecked(True)
         self.plane_group = QtWidgets.QActionGroup(self)

@@ -10,7 +10,7 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore, QtWidgets
 
-from engine.classes import CLASS_KEYS, tissue_classes
+from engine.classes import CLASS_KEYS, NUM_CLASSES, TISSUE_KEYS, tissue_classes
 from engine.finetune import FinetuneConfig
 from engine.metrics import row_normalised
 
@@ -146,7 +146,7 @@ class TrainingPanel(QtWidgets.QWidget):
 
         res_box = QtWidgets.QGroupBox("Held-back slices: before / after")
         rl = QtWidgets.QVBoxLayout(res_box)
-        self.dice_table = QtWidgets.QTableWidget(4, 3)
+        self.dice_table = QtWidgets.QTableWidget(NUM_CLASSES, 3)
         self.dice_table.setObjectName("ft_dice_table")
         self.dice_table.setHorizontalHeaderLabels(["Class", "Dice before", "Dice after"])
         self.dice_table.verticalHeader().setVisible(False)
@@ -374,7 +374,7 @@ class TrainingPanel(QtWidgets.QWidget):
             return
         cmp = self.store.compare(sel[0], sel[1])
         lines = []
-        for key in ("csf", "gm", "wm"):
+        for key in TISSUE_KEYS:
             a = (cmp["a"]["dice"] or {}).get(key)
             b = (cmp["b"]["dice"] or {}).get(key)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731

@@ -26,5 +26,7 @@ def tissue_classes() -> tuple[TissueClass, ...]:
     )
 
 
-NUM_CLASSES = 4
-CLASS_KEYS = ("background", "csf", "gm", "wm")
+# Derived from resources/colors.json, the one place the classes are written down.
+CLASS_KEYS: tuple[str, ...] = tuple(c.key for c in tissue_classes())
+NUM_CLASSES = len(CLASS_KEYS)
+TISSUE_KEYS: tuple[str, ...] = CLASS_KEYS[1:]  # every class but background (value 0)

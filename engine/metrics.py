@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import CLASS_KEYS, NUM_CLASSES
+from .classes import CLASS_KEYS, NUM_CLASSES, TISSUE_KEYS
 
 
 def confusion_matrix(reference: np.ndarray, prediction: np.ndarray, classes: int = NUM_CLASSES) -> np.ndarray:
@@ -31,7 +31,7 @@ def dice_scores(reference: np.ndarray, prediction: np.ndarray) -> dict[str, floa
 
 
 def mean_tissue_dice(dice: dict[str, float | None]) -> float:
-    vals = [dice[k] for k in ("csf", "gm", "wm") if dice.get(k) is not None]
+    vals = [dice[k] for k in TISSUE_KEYS if dice.get(k) is not None]
     return float(np.mean(vals)) if vals else float("nan")
 
 

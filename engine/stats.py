@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import tissue_classes
+from .classes import TISSUE_KEYS, tissue_classes
 from .volume import Volume, atomic_write, label_volumes
 
 
@@ -28,7 +28,7 @@ def volume_stats(labels: np.ndarray | Volume, voxel_volume_ml: float | None = No
     if voxel_volume_ml is None:
         raise ValueError("volume_stats needs voxel_volume_ml for a bare array")
     per = label_volumes(labels, voxel_volume_ml)
-    icv_ml = sum(per[k]["ml"] for k in ("csf", "gm", "wm"))
+    icv_ml = sum(per[k]["ml"] for k in TISSUE_KEYS)
     classes = {}
     for tc in tissue_classes():
         row = per[tc.key]
@@ -52,7 +52,7 @@ def stats_csv_text(stats: dict) -> str:
     for key, row in stats["classes"].items():
         frac = "" if row["icv_fraction"] is None else f"{row['icv_fraction']:.6f}"
         w.writerow([key, row["name"], row["voxels"], f"{row['volume_ml']:.4f}", frac])
-    w.writerow(["icv", "Intracranial (CSF+GM+WM)", sum(stats["voxels"][k] for k in ("csf", "gm", "wm")),
+    w.writerow(["icv", "Intracranial (CSF+GM+WM)", sum(stats["voxels"][k] for k in TISSUE_KEYS),
                 f"{stats['icv_ml']:.4f}", "1.000000"])
     return buf.getvalue()
 

@@ -1,10 +1,12 @@
 """Model registry in the style of GluonCV's model zoo: `get_model(name, **kw)`."""
 from __future__ import annotations
 
+from ..classes import NUM_CLASSES
+
 MODEL_NAMES = ("unet", "enet")
 
 
-def get_model(name: str, classes: int = 4, **kw):
+def get_model(name: str, classes: int = NUM_CLASSES, **kw):
     """Build a network by name. Unknown names raise ValueError listing the valid ones."""
     key = name.lower().strip()
     if key == "unet":

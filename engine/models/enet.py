@@ -38,6 +38,7 @@ BatchNorms -> ReLU -> add. Dropout is dropped. A layer with a slope outside [0, 
 """
 from __future__ import annotations
 
+from ..classes import NUM_CLASSES
 from ..mx_env import get_mx
 
 mx = get_mx()
@@ -239,7 +240,7 @@ class ENet(mx.gluon.HybridBlock):
 
     multiple = 8
 
-    def __init__(self, classes: int = 4, in_channels: int = 1, skips: bool = True, **kw):
+    def __init__(self, classes: int = NUM_CLASSES, in_channels: int = 1, skips: bool = True, **kw):
         super().__init__(**kw)
         self.skips = skips
         with self.name_scope():

@@ -6,6 +6,7 @@ Conv + BatchNorm + ReLU chains are kept adjacent so MXNet's oneDNN backend can f
 (Segmenter hybridizes with `backend="MKLDNN"`)."""
 from __future__ import annotations
 
+from ..classes import NUM_CLASSES
 from ..mx_env import get_mx
 
 mx = get_mx()
@@ -34,7 +35,7 @@ class DoubleConv(nn.HybridSequential):
 class UNet(mx.gluon.HybridBlock):
     """Input (N, 1, H, W) with H, W multiples of 2**(levels-1); output (N, classes, H, W) logits."""
 
-    def __init__(self, classes: int = 4, base: int = 32, levels: int = 5, **kw):
+    def __init__(self, classes: int = NUM_CLASSES, base: int = 32, levels: int = 5, **kw):
         super().__init__(**kw)
         self.levels = levels
         self.base = base

@@ -6,8 +6,16 @@ from engine.cli import main
 
 
 def test_peak_estimate_is_explained():
-    info = cpu_info()
-    assert info["cores"] >= 1 and "GFLOPS" in info["peak_how"]
+    """The peak is cores x clock x FLOP per cycle, for the cores this process may use, and the
+    explanation states those same numbers."""
+    import os
+
+    info = cpu_info(measure_clock=False)
+    assert info["cores"] == len(os.sched_getaffinity(0))
+    assert abs(info["peak_gflops"] - info["cores"] * info["mhz"] / 1000 * info["flop_per_cycle"]) < 1e-6
+    assert info["flop_per_cycle"] in (16, 32, 64)
+    assert f"{info['cores']} cores x {info['mhz'] / 1000:.3f} GHz x {info['flop_per_cycle']} FP32" in info["peak_how"]
+    assert f"= {info['peak_gflops']:.0f} GFLOPS" in info["peak_how"]
 
 
 def test_flop_count_of_seed_unet_matches_the_paper_sizing():
