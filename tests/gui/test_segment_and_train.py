@@ -80,7 +80,11 @@ def test_segment_current_slice_only(enet_window, small_scan, qtbot):
     with qtbot.waitSignal(win.segmentationFinished, timeout=60000):
         win.actions["segment_slice"].trigger()
     touched = np.where(win.labelmap.labels.any(axis=(0, 1)))[0]
-    assert set(touched) <= {k}
+    assert list(touched) == [k], "that slice, and only that slice, was segmented"
+    # a skull-stripped scan: every voxel of the brain in that slice got a tissue label (FSL_SEG)
+    brain = win.scan.data[:, :, k] > 0
+    assert brain.any() and np.array_equal(win.labelmap.labels[:, :, k] > 0, brain)
+    assert "Segmented the slice" in win.statusBar().currentMessage()
 
 
 def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_scan, qtbot, tiny_model_dir):
