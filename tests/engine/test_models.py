@@ -137,10 +137,18 @@ def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
     sparse = seg.segment(vol, SegmentConfig(batch_size=2))
     assert sparse.slices_run == 5 + len(range(8, 30, 3)) + len(range(10, 40, 3)) + 1  # 39 is last, 10+27=37
     assert (sparse.labels[vol > 0] > 0).all()
+    # cancel while it runs (after the first batch): it stops before the end
     tok = CancelToken()
-    tok.cancel()
+    seen.clear()
+
+    def cancel_after_first_batch(d, t):
+        seen.append(d)
+        if d > 0:
+            tok.cancel()
+
     with pytest.raises(Cancelled):
-        seg.segment(vol, progress=None, cancel=tok)
+        seg.segment(vol, SegmentConfig(batch_size=2, secondary_stride=1), progress=cancel_after_first_batch, cancel=tok)
+    assert 0 < max(seen) < 57
 
 
 def test_cropping_to_foreground_matches_full_slices_with_shipped_weights():
@@ -325,3 +333,23 @@ def test_partial_segmentation_reuses_the_volume_statistics_of_the_same_scan_only
     a[:20] *= 0.25  # the same array edited in place: measured afresh
     np.testing.assert_array_equal(seg.segment(a, one).labels, Segmenter(tiny_model_dir).segment(a, one).labels)
     assert seg._work[1][1:] != before
+
+
+def test_enet_unpooling_is_max_unpooling_with_indices():
+    """ENet's decoder puts each value back where its 2x2 window had its maximum, zeros elsewhere
+    (max-unpooling with indices, which MXNet lacks), checked against a numpy reference."""
+    from engine.models.enet import _unpool
+
+    rng = np.random.default_rng(3)
+    pre = rng.standard_normal((2, 3, 8, 10)).astype(np.float32)  # continuous values: no ties
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    got = _unpool(mx.nd, mx.nd.array(x), mx.nd.array(pre)).asnumpy()
+    ref = np.zeros_like(pre)
+    for n in range(2):
+        for c in range(3):
+            for i in range(4):
+                for j in range(5):
+                    win = pre[n, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+                    di, dj = np.unravel_index(np.argmax(win), (2, 2))
+                    ref[n, c, 2 * i + di, 2 * j + dj] = x[n, c, i, j]
+    np.testing.assert_array_equal(got, ref)
