@@ -5,7 +5,6 @@ import pytest
 
 from engine.orientation import ViewGeometry
 
-
 # Radiological convention, written down here independently of engine/orientation.py: where a
 # step to the right / down on screen goes in the patient (RAS world: +x = R, +y = A, +z = S).
 EXPECTED = {"axial": ("L", "P"), "coronal": ("L", "I"), "sagittal": ("P", "I")}
