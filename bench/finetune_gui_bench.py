@@ -28,14 +28,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--model", default="enet")
     args = ap.parse_args(argv)
-    from engine.mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     configure_threads(interactive=True)
     pg.setConfigOptions(imageAxisOrder="row-major")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     from brainseg_gui.main_window import MainWindow
-    from engine.paths import DEMO_LABELS, DEMO_SCAN
-    from engine.volume import read_volume
+    from engine.core.paths import DEMO_LABELS, DEMO_SCAN
+    from engine.io.volume import read_volume
 
     win = MainWindow()
     win.show()

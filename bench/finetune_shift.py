@@ -38,15 +38,15 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args(argv)
-    from engine.mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     configure_threads()
-    from engine.finetune import FinetuneConfig, finetune
-    from engine.inference import SegmentConfig, Segmenter
-    from engine.metrics import dice_scores, mean_tissue_dice
-    from engine.paths import DEMO_LABELS, DEMO_SCAN
-    from engine.volume import read_volume
-    from engine.weights import shipped_model_dir
+    from engine.core.metrics import dice_scores, mean_tissue_dice
+    from engine.core.paths import DEMO_LABELS, DEMO_SCAN
+    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.io.volume import read_volume
+    from engine.nets.weights import shipped_model_dir
+    from engine.train.finetune import FinetuneConfig, finetune
 
     scan = shifted_contrast(read_volume(DEMO_SCAN).data)
     ref = read_volume(DEMO_LABELS).data

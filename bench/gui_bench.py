@@ -54,8 +54,8 @@ def main(argv=None) -> int:
     pg.setConfigOptions(imageAxisOrder="row-major")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     from brainseg_gui.main_window import MainWindow
-    from engine.labelmap import LabelMap
-    from engine.paths import DEMO_SCAN
+    from engine.core.paths import DEMO_SCAN
+    from engine.labels.labelmap import LabelMap
 
     rows = []
     win = MainWindow(start_engine=False)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     rows.append(("brush: one mouse event, 176x208 slice", statistics.median(ts) * 1000, pct(ts, 95) * 1000, "<= 16 ms"))
     # a 512x512 in-plane scan
     big = np.random.default_rng(0).random((512, 512, 40)).astype(np.float32) * 100
-    from engine.volume import Volume
+    from engine.io.volume import Volume
 
     win._set_labelmap(None)
     win.scan = Volume(big, np.diag([-0.5, 0.5, 3.0, 1.0]), Path("/tmp/big.nii"))

@@ -26,14 +26,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--models", default="unet,enet")
     args = ap.parse_args(argv)
-    from engine.mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     configure_threads()
-    from engine.inference import INT8_MAX_DICE_CHANGE, SegmentConfig, Segmenter
-    from engine.metrics import dice_scores
-    from engine.paths import DEMO_LABELS, DEMO_SCAN
-    from engine.volume import atomic_write, read_volume
-    from engine.weights import shipped_model_dir
+    from engine.core.atomic import atomic_write
+    from engine.core.metrics import dice_scores
+    from engine.core.paths import DEMO_LABELS, DEMO_SCAN
+    from engine.infer.inference import INT8_MAX_DICE_CHANGE, SegmentConfig, Segmenter
+    from engine.io.volume import read_volume
+    from engine.nets.weights import shipped_model_dir
 
     scan = read_volume(DEMO_SCAN).data
     ref = read_volume(DEMO_LABELS).data

@@ -5,7 +5,7 @@ end-to-end speed of `brainseg segment` against Atropos in the same run.
 
 What the data is, exactly (no second labelled real brain installs offline, and the team keeps one
 back on purpose):
-- REPORT proxies: synthetic subjects built from the ICBM152 template by `engine.synth` with seeds
+- REPORT proxies: synthetic subjects built from the ICBM152 template by `engine.train.synth` with seeds
   that neither training (its pool) nor checkpoint selection (tools/train_shipped.py VAL_SEEDS)
   ever used: the template's anatomy under an unseen 3-D deformation and unseen atrophy (opened
   sulci, thinner cortex, wider ventricles), with the template's own intensities. Their labels
@@ -63,7 +63,7 @@ def from_pir(mask: np.ndarray) -> np.ndarray:
 
 def resampled_copy(img: np.ndarray, zoom: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
     """The 1 mm LAS volume on a `zoom` mm grid over the same field of view (linear)."""
-    from engine.conform import _positions, resample_axis
+    from engine.io.conform import _positions, resample_axis
 
     out = img.astype(np.float32)
     shape = [int(round(n / zoom)) for n in img.shape]
@@ -106,17 +106,17 @@ def main(argv=None) -> int:
     ap.add_argument("--timing-only", action="store_true", help="skip the accuracy part")
     ap.add_argument("--json", help="also write the raw figures here")
     args = ap.parse_args(argv)
-    from engine.mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     configure_threads()
     from train_shipped import perturb, proxy_subject, template_tissue
 
     from engine.bench import cpu_info
-    from engine.inference import SegmentConfig, Segmenter
-    from engine.metrics import dice_scores
-    from engine.paths import DEMO_LABELS, DEMO_SCAN
-    from engine.volume import read_volume
-    from engine.weights import read_model_dir, shipped_model_dir
+    from engine.core.metrics import dice_scores
+    from engine.core.paths import DEMO_LABELS, DEMO_SCAN
+    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.io.volume import read_volume
+    from engine.nets.weights import read_model_dir, shipped_model_dir
 
     atropos = args.atropos if args.atropos and Path(args.atropos).exists() else None
     t1, labels, csf_mean = template_tissue()

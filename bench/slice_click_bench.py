@@ -25,8 +25,8 @@ def sagittal_08_copy(out: Path) -> Path:
     import nibabel as nib
 
     from bench.proxy_eval import pir_copy, resampled_copy
-    from engine.paths import DEMO_SCAN
-    from engine.volume import read_volume
+    from engine.core.paths import DEMO_SCAN
+    from engine.io.volume import read_volume
 
     v = read_volume(DEMO_SCAN)
     r, aff = resampled_copy(v.data, 0.8)
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clicks", type=int, default=12)
     args = ap.parse_args(argv)
     os.environ.setdefault("BRAINSEG_HOME", tempfile.mkdtemp(prefix="brainseg-bench-"))
-    from engine.mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     configure_threads(interactive=True)
     import pyqtgraph as pg
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     app = QtWidgets.QApplication(sys.argv[:1])
     from brainseg_gui.main_window import MainWindow
     from engine.bench import cpu_info
-    from engine.paths import DEMO_SCAN
+    from engine.core.paths import DEMO_SCAN
 
     scans = {"demo (OASIS layout)": DEMO_SCAN,
              "demo stored sagittally, 0.8 mm": sagittal_08_copy(Path(tempfile.mkdtemp()) / "pir08.nii.gz")}

@@ -12,8 +12,8 @@ import logging.handlers
 import sys
 import traceback
 
-from engine.mx_env import configure_threads
-from engine.paths import DEMO_SCAN, data_dir
+from engine.core.mx_env import configure_threads
+from engine.core.paths import DEMO_SCAN, data_dir
 
 log = logging.getLogger("brainseg_gui")
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from PyQt5 import QtCore
 
-from engine.training import Cancelled, CancelToken
+from engine.core.cancel import Cancelled, CancelToken
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class EngineState:
     segmenters: dict = field(default_factory=dict)
 
     def segmenter(self, model_dir, precision: str = "fp32"):
-        from engine.inference import Segmenter
+        from engine.infer.inference import Segmenter
 
         key = (str(model_dir), precision)
         if key not in self.segmenters:
@@ -109,7 +109,7 @@ class EngineThread(QtCore.QThread):
     def run(self) -> None:  # runs on the engine thread
         import sys
 
-        from engine.mx_env import start_mxnet_below_gui_priority
+        from engine.core.mx_env import start_mxnet_below_gui_priority
 
         if "mxnet" in sys.modules:
             log.warning("mxnet was loaded outside the engine thread; its threads keep the GUI's priority")

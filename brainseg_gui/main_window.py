@@ -15,11 +15,11 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore, QtWidgets
 
-from engine import recovery
-from engine.classes import NUM_CLASSES, tissue_classes
-from engine.labelmap import LabelMap
-from engine.paths import DEMO_SCAN
-from engine.volume import Volume, VolumeReadError, VolumeWriteError, analyze_geometry_loss, read_volume, save_labels
+from engine.core.classes import NUM_CLASSES, tissue_classes
+from engine.core.paths import DEMO_SCAN
+from engine.io import recovery
+from engine.io.volume import Volume, VolumeReadError, VolumeWriteError, analyze_geometry_loss, read_volume, save_labels
+from engine.labels.labelmap import LabelMap
 
 from . import dialogs
 from .actions import ACTIONS, MOUSE_HELP, build_actions, build_menus
@@ -57,7 +57,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._segment_scan = None
         self._segment_slices = None
 
-        from engine.finetune import ModelStore
+        from engine.store.versions import ModelStore
 
         self.model_store = ModelStore()
         self.actions = build_actions(self)
@@ -306,8 +306,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if vol.layout_note:
             msg += f" - {vol.layout_note}"
             dialogs.show_info(self, "Layout assumed", f"{vol.path}:\n{vol.layout_note}")
-        from engine.conform import Conform
-        from engine.qc import skull_present
+        from engine.infer.qc import skull_present
+        from engine.io.conform import Conform
 
         geo = Conform.for_grid(vol.shape, vol.affine)
         if vol.geometry_note:
@@ -339,7 +339,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         precision = "int8" if self.segment_panel.int8_check.isChecked() else "fp32"
         data, affine, k = self.scan.data, self.scan.affine, self.views["axial"].index
-        from engine.inference import SegmentConfig
+        from engine.infer.inference import SegmentConfig
 
         def warm(state):
             # segmenting one slice, thrown away, also builds the graph and measures the scan's
@@ -546,7 +546,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ================================================================== segmentation
     def model_choice(self) -> tuple[str, str]:
-        from engine.hardware import choose_model
+        from engine.core.hardware import choose_model
 
         pref = self.segment_panel.model_combo.currentData() or "auto"
         return choose_model(pref)
@@ -557,7 +557,7 @@ class MainWindow(QtWidgets.QMainWindow):
         except Exception as exc:  # hardware probing must never stop the app
             arch, reason = "enet", f"(could not probe the hardware: {exc})"
         self.segment_panel.reason.setText(f"Will run {'U-Net' if arch == 'unet' else 'ENet'}: {reason}")
-        from engine.inference import int8_offer
+        from engine.infer.inference import int8_offer
 
         try:
             ok, why = int8_offer(self.model_dir())
@@ -593,7 +593,7 @@ class MainWindow(QtWidgets.QMainWindow):
                 return None
         model_dir = self.model_dir()
         data, affine = self.scan.data, self.scan.affine
-        from engine.inference import SegmentConfig
+        from engine.infer.inference import SegmentConfig
 
         cfg = SegmentConfig(batch_size=self.prefs.batch_size, slices=slices, uncertainty=True)
 
@@ -652,7 +652,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.update_state()
 
     def _set_uncertainty(self, unc) -> None:
-        from engine.inference import least_certain_slices
+        from engine.infer.inference import least_certain_slices
 
         self.uncertainty = unc
         show = self.actions["toggle_uncertainty"].isChecked()
@@ -673,7 +673,7 @@ class MainWindow(QtWidgets.QMainWindow):
         """The open scan's array axis normal to anatomically axial slices (2 for OASIS files)."""
         if self.scan is None:
             return 2
-        from engine.conform import Conform
+        from engine.io.conform import Conform
 
         return Conform.for_grid(self.scan.shape, self.scan.affine).native_axis("axial")
 
@@ -765,7 +765,7 @@ class MainWindow(QtWidgets.QMainWindow):
         return bool(path) and self.save_labels_to(path)
 
     def on_export_png(self) -> None:
-        from engine.export import export_png_slices
+        from engine.io.export import export_png_slices
 
         d = dialogs.get_directory(self, "Export PNG slices to")
         if d and self.labelmap is not None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from engine.classes import tissue_classes
+from engine.core.classes import tissue_classes
 
 
 @dataclass

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 
 from PyQt5 import QtCore
 
-from engine.paths import data_dir
-from engine.volume import atomic_write
+from engine.core.atomic import atomic_write
+from engine.core.paths import data_dir
 
 log = logging.getLogger(__name__)
 SETTINGS_VERSION = 1

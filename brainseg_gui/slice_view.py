@@ -14,8 +14,8 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from engine.labelmap import LabelMap
-from engine.orientation import ViewGeometry
+from engine.io.orientation import ViewGeometry
+from engine.labels.labelmap import LabelMap
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtWidgets
 
-from engine.classes import tissue_classes
-from engine.stats import volume_stats, write_stats_csv, write_stats_json
+from engine.core.classes import tissue_classes
+from engine.io.stats import volume_stats, write_stats_csv, write_stats_json
 
 from . import dialogs
 

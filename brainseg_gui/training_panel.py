@@ -10,9 +10,9 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore, QtWidgets
 
-from engine.classes import CLASS_KEYS, NUM_CLASSES, TISSUE_KEYS, tissue_classes
-from engine.finetune import FinetuneConfig
-from engine.metrics import row_normalised
+from engine.core.classes import CLASS_KEYS, NUM_CLASSES, TISSUE_KEYS, tissue_classes
+from engine.core.metrics import row_normalised
+from engine.train.finetune import FinetuneConfig
 
 from . import dialogs
 
@@ -247,7 +247,7 @@ class TrainingPanel(QtWidgets.QWidget):
 
     # ------------------------------------------------------------------ run
     def start(self) -> int | None:
-        from engine.finetune import FinetuneConfig, finetune
+        from engine.train.finetune import FinetuneConfig, finetune
 
         win = self.win
         slices = self.slices_to_learn()
@@ -303,7 +303,7 @@ class TrainingPanel(QtWidgets.QWidget):
                     curve.setData(*zip(*pts))
 
     def on_finished(self, result) -> None:
-        from engine.weights import WeightsError
+        from engine.nets.weights import WeightsError
 
         self.job_id = None
         self.result = result
@@ -357,7 +357,7 @@ class TrainingPanel(QtWidgets.QWidget):
         self.versionActivated.emit(sel[0])
 
     def rollback(self) -> None:
-        from engine.weights import WeightsError
+        from engine.nets.weights import WeightsError
 
         try:
             d = self.store.rollback(self.arch())

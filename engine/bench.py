@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.hardware import cpu_cores
+
 SLICE_SHAPE = (176, 208)
 
 
@@ -45,7 +47,7 @@ def cpu_info(measure_clock: bool = True) -> dict:
                     vendor = val
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_cores()
     if "avx512f" in flags:
         # Intel server cores have two 512-bit FMA units (64 FP32 FLOP/cycle); AMD Zen 4 executes
         # AVX-512 on two 256-bit FMA pipes (32 FP32 FLOP/cycle).
@@ -113,7 +115,7 @@ def measure_clock_mhz(cores: int) -> float | None:
 
 def count_flops(net, shape=SLICE_SHAPE) -> int:
     """Multiply-adds x 2 of every (transposed) convolution for one (1, 1, H, W) slice."""
-    from .mx_env import get_mx
+    from engine.core.mx_env import get_mx
 
     mx = get_mx()
     nn = mx.gluon.nn
@@ -146,13 +148,13 @@ def count_flops(net, shape=SLICE_SHAPE) -> int:
 # ----------------------------------------------------------------------------- worker
 def _worker(model: str, runtime: str, batch_sizes: list[int], repeats: int, model_dir: str | None,
             scan_path: str | None = None) -> dict:
-    from .mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     configure_threads()
-    from .inference import SegmentConfig, Segmenter
-    from .paths import DEMO_SCAN
-    from .volume import read_volume
-    from .weights import shipped_model_dir
+    from engine.core.paths import DEMO_SCAN
+    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.io.volume import read_volume
+    from engine.nets.weights import shipped_model_dir
 
     mdir = Path(model_dir) if model_dir else shipped_model_dir(model)
     if runtime == "lowmem":
@@ -169,7 +171,7 @@ def _worker(model: str, runtime: str, batch_sizes: list[int], repeats: int, mode
     rng = np.random.default_rng(0)
     scan = read_volume(scan_path or DEMO_SCAN).data
     if runtime == "mxnet":
-        from .mx_env import get_mx
+        from engine.core.mx_env import get_mx
 
         mx = get_mx()
 
@@ -178,7 +180,7 @@ def _worker(model: str, runtime: str, batch_sizes: list[int], repeats: int, mode
     else:
         import onnxruntime as ort
 
-        from .package import export_package
+        from engine.package import export_package
 
         tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"brainseg-bench-{model}-{os.getpid()}"
         export_package(mdir, tmp, fmt="onnx")
@@ -218,8 +220,8 @@ def _worker(model: str, runtime: str, batch_sizes: list[int], repeats: int, mode
 
 
 def _flops_for(model: str, model_dir: str | None) -> int:
-    from .inference import load_network
-    from .weights import shipped_model_dir
+    from engine.infer.inference import load_network
+    from engine.nets.weights import shipped_model_dir
 
     net, _ = load_network(Path(model_dir) if model_dir else shipped_model_dir(model))
     return count_flops(net)

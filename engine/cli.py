@@ -87,7 +87,7 @@ PLANE_CHOICES = ("axial", "coronal", "sagittal")
 def parse_planes(text: str | None) -> tuple[str, ...]:
     """'axial,coronal,sagittal' (the default: the three views fused) or a subset, e.g. 'axial'."""
     if not text:
-        from .inference import DEFAULT_PLANES
+        from engine.infer.inference import DEFAULT_PLANES
 
         return DEFAULT_PLANES
     planes = tuple(p.strip().lower() for p in text.split(",") if p.strip())
@@ -117,8 +117,8 @@ def _positive_int(text: str) -> int:
 
 # ----------------------------------------------------------------------------- info
 def cmd_info(args) -> int:
-    from .conform import Conform
-    from .volume import label_volumes, read_volume
+    from engine.io.conform import Conform
+    from engine.io.volume import label_volumes, read_volume
 
     vol = read_volume(args.path)
     d = vol.data
@@ -160,8 +160,8 @@ def cmd_info(args) -> int:
 
 # ----------------------------------------------------------------------------- stats
 def cmd_stats(args) -> int:
-    from .stats import stats_csv_text, volume_stats, write_stats_csv
-    from .volume import read_volume
+    from engine.io.stats import stats_csv_text, volume_stats, write_stats_csv
+    from engine.io.volume import read_volume
 
     vol = read_volume(args.mask, kind="labels")
     st = volume_stats(vol)
@@ -193,9 +193,9 @@ def _stats_table(st: dict) -> str:
 
 # ----------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args) -> int:
-    from .classes import CLASS_KEYS
-    from .metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
-    from .volume import read_volume
+    from engine.core.classes import CLASS_KEYS
+    from engine.core.metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
+    from engine.io.volume import read_volume
 
     pred = read_volume(args.pred, kind="labels")
     ref = read_volume(args.ref, kind="labels")
@@ -205,7 +205,7 @@ def cmd_evaluate(args) -> int:
         print(f"warning: {args.pred} and {args.ref} have different voxel-to-world affines "
               f"({pred.orientation} {_fmt_vox(pred.voxel_size)} vs {ref.orientation} {_fmt_vox(ref.voxel_size)}); "
               "comparing voxel by voxel anyway", file=sys.stderr)
-    from .conform import Conform
+    from engine.io.conform import Conform
 
     ax = Conform.for_grid(ref.shape, ref.affine).native_axis("axial")
     slices = parse_slices(args.slices, ref.shape[ax])
@@ -254,9 +254,9 @@ class _Progress:
 
 def resolve_model(model: str, weights: str | None) -> tuple[Path, str, str]:
     """(model directory, arch, reason) from --model / --weights."""
-    from .finetune import ModelStore
-    from .hardware import choose_model
-    from .weights import read_model_dir
+    from engine.core.hardware import choose_model
+    from engine.nets.weights import read_model_dir
+    from engine.store.versions import ModelStore
 
     if weights:
         info = read_model_dir(weights)
@@ -295,18 +295,18 @@ def check_output(path: str, formats: tuple[str, ...], inputs: tuple[str, ...] = 
 
 
 def cmd_segment(args) -> int:
-    from .mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     configure_threads()
     t0 = time.time()
-    from .qc import skull_present
-    from .volume import read_volume, save_image, save_labels
+    from engine.infer.qc import skull_present
+    from engine.io.volume import read_volume, save_image, save_labels
 
     planes = parse_planes(args.planes)
     check_output(args.output, LABEL_FORMATS, (args.scan,))
     if args.uncertainty:
         check_output(args.uncertainty, IMAGE_FORMATS, (args.scan, args.output))
-    from .conform import Conform
+    from engine.io.conform import Conform
 
     vol = read_volume(args.scan, kind="image")
     slices = parse_slices(args.slices, vol.shape[Conform.for_grid(vol.shape, vol.affine).native_axis("axial")])
@@ -318,11 +318,11 @@ def cmd_segment(args) -> int:
         print(f"warning: {vol.path} looks like it still has the skull on; labels outside the brain "
               "are unreliable (the networks were trained on skull-stripped scans)", file=sys.stderr)
     model_dir, arch, reason = resolve_model(args.model, args.weights)
-    from .inference import SegmentConfig, Segmenter
+    from engine.infer.inference import SegmentConfig, Segmenter
 
     precision = "fp32"
     if args.int8:
-        from .inference import int8_offer
+        from engine.infer.inference import int8_offer
 
         ok, why = int8_offer(model_dir)
         if not ok:
@@ -352,17 +352,18 @@ def cmd_segment(args) -> int:
 
 # ----------------------------------------------------------------------------- finetune
 def cmd_finetune(args) -> int:
-    from .mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     configure_threads()
-    from .finetune import FinetuneConfig, ModelStore, finetune
-    from .volume import read_volume
+    from engine.io.volume import read_volume
+    from engine.store.versions import ModelStore
+    from engine.train.finetune import FinetuneConfig, finetune
 
     scan = read_volume(args.scan, kind="image")
     labels = read_volume(args.labels, kind="labels")
     if scan.shape != labels.shape:
         raise CliError(f"{args.scan} is {_fmt_shape(scan.shape)} but {args.labels} is {_fmt_shape(labels.shape)}")
-    from .conform import Conform
+    from engine.io.conform import Conform
 
     slices = parse_slices(args.slices, scan.shape[Conform.for_grid(scan.shape, scan.affine).native_axis("axial")])
     if args.__dict__.get("from"):
@@ -485,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 # cmd_<name>(args) -> int raises CliError / VolumeReadError / WeightsError for user errors.
 # info, stats, evaluate, segment, finetune and gui are defined in this file.
 EXTRA_COMMANDS = (
-    ("train", "engine.oasis_train", "add_train_parser"),
+    ("train", "engine.train.oasis", "add_train_parser"),
     ("bench", "engine.bench", "add_bench_parser"),
     ("export", "engine.package", "add_export_parser"),
 )
@@ -522,8 +523,8 @@ def main(argv=None) -> int:
     """Run one subcommand. 0 on success; 2 and one line on stderr for a user error (bad file,
     bad option, missing weights); 1 and one line for an unexpected failure (-v adds the
     traceback); 130 when interrupted."""
-    from .volume import VolumeReadError, VolumeWriteError
-    from .weights import WeightsError
+    from engine.io.volume import VolumeReadError, VolumeWriteError
+    from engine.nets.weights import WeightsError
 
     verbose = False
     try:

@@ -6,7 +6,7 @@ It holds:
 
 - the network: `network.onnx`, or MXNet's `network-symbol.json` + `network-0000.params`;
 - `package.json`: backend, precision, input/output layout and the preprocessing as numbers (the
-  rules of engine/preprocess.py and engine/inference.py, which the runner re-implements);
+  rules of engine/infer/preprocess.py and engine/infer/inference.py, which the runner re-implements);
 - `classes.json` (resources/colors.json) and `model.json` (the model directory's metadata);
 - `segment_package.py` (resources/runtime/segment_package.py, imports nothing from BrainSeg);
 - `MANIFEST.json`: the SHA-256 of every other file; the runner refuses a package that differs.
@@ -15,7 +15,7 @@ ONNX export (mx.onnx.export_model, MXNet 1.9.1 + onnx <= 1.18) with dynamic batc
 width. Every op of both networks converts as it is, ENet's included: the channel pad (transpose +
 Pad + transpose), slice_axis (-> Slice), zeros_like (-> Shape + ConstantOfShape), concat,
 UpSampling nearest (-> Resize), broadcast_equal (-> Equal + Cast), BlockGrad and Dropout
-(-> Identity: inference semantics), so engine/models/enet.py needs no change for export. Two
+(-> Identity: inference semantics), so engine/nets/enet.py needs no change for export. Two
 repairs are made to the converter's graph:
 - PReLU: MXNet exports the per-channel slope as shape (C,), which ONNX broadcasts against the
   *last* axis (W); ONNX Runtime rejects it (or, when W == C, computes the wrong thing). The slope
@@ -27,7 +27,7 @@ repairs are made to the converter's graph:
 Every export is checked: the packaged runner's own loader runs the exported network on two input
 sizes and its labels are compared with MXNet's (`package.json` records the result).
 
-INT8 (`--int8`): the MXNet format uses engine.quantize (MXNet's oneDNN quantize_net_v2, naive
+INT8 (`--int8`): the MXNet format uses engine.infer.quantize (MXNet's oneDNN quantize_net_v2, naive
 calibration); the ONNX format uses onnxruntime.quantization.quantize_static (QDQ, per-channel int8
 weights, uint8 activations, MinMax calibration), which needs the ml_dtypes package. Both calibrate
 on foreground slices of a scan: the one given, else the bundled demo scan.
@@ -45,9 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .mx_env import get_mx
-from .paths import DEMO_SCAN, RESOURCES
-from .weights import sha256
+from engine.core.mx_env import get_mx
+from engine.core.paths import DEMO_SCAN, RESOURCES
+from engine.nets.weights import sha256
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ ONNX_OPSET = 13  # the newest opset MXNet 1.9.1's converter has translations for
 ONNX_IR_VERSION = 7  # the IR version that goes with opset 13
 MIN_AGREEMENT_FP32 = 0.999  # labels of the exported network vs MXNet, on decisive pixels
 
-# engine/preprocess.py and engine/inference.py as numbers (keep in step with them; the package
+# engine/infer/preprocess.py and engine/infer/inference.py as numbers (keep in step with them; the package
 # tests check the runner against Segmenter).
 FOREGROUND_FRACTION = 0.05  # foreground: voxel > 5% of ...
 FOREGROUND_PERCENTILE = 99.5  # ... the 99.5th percentile of positive voxels
@@ -73,8 +73,8 @@ CROP_SCOPE = "batch"  # Segmenter.segment crops each batch to its own foreground
 
 
 def preprocess_spec(multiple: int, arch: str = "enet") -> dict:
-    from .inference import BEST_BATCH, CROP_MARGIN
-    from .preprocess import CLIP_MAX
+    from engine.infer.inference import BEST_BATCH, CROP_MARGIN
+    from engine.infer.preprocess import CLIP_MAX
 
     return {
         "foreground": {"rule": "voxel > fraction * percentile(positive voxels, percentile)",
@@ -94,9 +94,9 @@ def preprocess_spec(multiple: int, arch: str = "enet") -> dict:
 
 
 def geometry_spec() -> dict:
-    """engine/conform.py and the fusion rules of engine/inference.py as numbers, for the runner."""
-    from .conform import PLANE_AXIS, WORK_CODES, WORK_ZOOM, ZOOM_TOLERANCE
-    from .inference import DEFAULT_PLANES, STRIPPED_MAX_ML, STRIPPED_ZERO_FRACTION
+    """engine/io/conform.py and the fusion rules of engine/infer/inference.py as numbers, for the runner."""
+    from engine.infer.inference import DEFAULT_PLANES, STRIPPED_MAX_ML, STRIPPED_ZERO_FRACTION
+    from engine.io.conform import PLANE_AXIS, WORK_CODES, WORK_ZOOM, ZOOM_TOLERANCE
 
     return {
         "geometry": {"axes": list(WORK_CODES), "voxel_mm": WORK_ZOOM, "tolerance": ZOOM_TOLERANCE,
@@ -109,7 +109,7 @@ def geometry_spec() -> dict:
                   "secondary_stride-th slice, the slices between interpolated linearly along the normal",
         "intensity_refinement": "not applied by this runner: the app and the brainseg CLI re-estimate the "
                                 "tissue intensities of skull-stripped whole volumes after the networks "
-                                "(engine/tissue_model.py); the runner gives the networks' fused labels",
+                                "(engine/labels/tissue_model.py); the runner gives the networks' fused labels",
         "tissue_inside_mask": {"enabled": True, "zero_fraction": STRIPPED_ZERO_FRACTION, "max_ml": STRIPPED_MAX_ML,
                                "rule": "skull-stripped when, over every 2nd voxel along each axis, more than "
                                        "zero_fraction are exactly 0 and the nonzero ones (x8, times the voxel "
@@ -120,13 +120,13 @@ def geometry_spec() -> dict:
 
 def resolve_model_dir(model: str | os.PathLike) -> Path:
     """A model directory, or "unet"/"enet" for the active version of that architecture."""
-    from .models import MODEL_NAMES
+    from engine.nets import MODEL_NAMES
 
     path = Path(model)
     if path.is_dir():
         return path
     if str(model).lower() in MODEL_NAMES:
-        from .finetune import ModelStore
+        from engine.store.versions import ModelStore
 
         return ModelStore().active_dir(str(model).lower())
     raise ValueError(f"{model}: not a model directory, nor one of {', '.join(MODEL_NAMES)}")
@@ -299,15 +299,15 @@ def check_package_network(pkg: Path, spec: dict, net, inputs: list[np.ndarray]) 
 # ----------------------------------------------------------------------------- the package
 def _calibration(calib_volume, multiple: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(normalised slices (N, H, W), padded batch (N, 1, PH, PW), description)."""
-    from .preprocess import SlicePadding
-    from .quantize import calibration_slices
+    from engine.infer.preprocess import SlicePadding
+    from engine.infer.quantize import calibration_slices
 
     if calib_volume is None:
         if not DEMO_SCAN.exists():
             raise ValueError("INT8 export needs a calibration scan (--calib SCAN)")
         calib_volume = DEMO_SCAN
     if isinstance(calib_volume, (str, os.PathLike)):
-        from .volume import read_volume
+        from engine.io.volume import read_volume
 
         source = Path(calib_volume).name
         volume = read_volume(calib_volume, kind="image").data
@@ -334,9 +334,9 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
     calib_volume (INT8 only): a raw scan as an array or a file path; default the demo scan.
     The folder is built beside out_dir and renamed into place, so a failed export leaves nothing.
     """
-    from . import __version__
-    from .inference import SECONDARY_STRIDE, load_network
-    from .weights import META
+    from engine import __version__
+    from engine.infer.inference import SECONDARY_STRIDE, load_network
+    from engine.nets.weights import META
 
     fmt = fmt.lower()
     if fmt not in FORMATS:
@@ -388,11 +388,11 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
             spec["network"]["opset"] = opset
         else:
             if int8:
-                from .quantize import quantize_model
+                from engine.infer.quantize import quantize_model
 
                 qnet = quantize_model(net, calib)
                 spec["quantization"] = {
-                    "tool": "mxnet.contrib.quantization.quantize_net_v2 (oneDNN), see engine/quantize.py",
+                    "tool": "mxnet.contrib.quantization.quantize_net_v2 (oneDNN), see engine/infer/quantize.py",
                     "calibration": "naive (min/max)",
                     "int8": "convolutions (with BatchNorm and residual adds fused), max pooling, concat",
                     "fp32": "PReLU, relu, transposed convolutions, pad, transpose, UpSampling, "
@@ -440,7 +440,7 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
 
 # ----------------------------------------------------------------------------- command line
 def cmd_export(args) -> int:
-    from .mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     configure_threads()
     model_dir = resolve_model_dir(args.model)

@@ -11,11 +11,11 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """An untrained ENet model directory (real MXNet, random weights) for pipeline tests."""
-    from engine.mx_env import get_mx
+    from engine.core.mx_env import get_mx
 
     mx = get_mx()
-    from engine.models import get_model
-    from engine.weights import write_model_dir
+    from engine.nets import get_model
+    from engine.nets.weights import write_model_dir
 
     d = tmp_path_factory.mktemp("enet_model")
     net = get_model("enet")

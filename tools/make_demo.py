@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.volume import OASIS_SHAPE, save_labels  # noqa: E402
+from engine.io.volume import OASIS_SHAPE, save_labels  # noqa: E402
 
 NOTICE = """The demo scan in this folder is derived from the MNI ICBM152 2009a nonlinear symmetric
 template (T1 and grey/white-matter probability maps), as shipped in the nilearn Python package.
@@ -87,8 +87,8 @@ def template_labels(tpl: dict[str, np.ndarray]) -> np.ndarray:
 def tissue_labels(t1: np.ndarray):
     """FSL_SEG-like labels of a skull-stripped T1 from its own intensities, as FAST makes them:
     every nonzero voxel is CSF, GM or WM by a 3-class Gaussian mixture with a Potts MRF
-    (engine/tissue_model.py, beta 0.35). Returns (labels uint8, TissueFit)."""
-    from engine.tissue_model import tissue_em
+    (engine/labels/tissue_model.py, beta 0.35). Returns (labels uint8, TissueFit)."""
+    from engine.labels.tissue_model import tissue_em
 
     fit = tissue_em(t1, t1 > 0, beta=0.35)
     return fit.labels, fit

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from engine.mx_env import configure_threads
+from engine.core.mx_env import configure_threads
 
 
 def main(argv=None) -> int:
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     pg.setConfigOptions(imageAxisOrder="row-major")
     app = QtWidgets.QApplication(sys.argv[:1])
     from brainseg_gui.main_window import MainWindow
-    from engine.paths import DEMO_SCAN
+    from engine.core.paths import DEMO_SCAN
 
     win = MainWindow()
     win.resize(1560, 960)

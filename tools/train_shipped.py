@@ -5,10 +5,10 @@
 Training data (all derived from the one template brain; see README "Shipped weights"):
 - labels with FSL_SEG semantics: `tissue_model.tissue_em` (Gaussian mixture + MRF on the template's
   own intensities, inside the skull-stripped template's whole mask, CSF rim included);
-- a pool of synthetic subjects (`engine.synth.make_subject`: affine + elastic deformation, atrophy
+- a pool of synthetic subjects (`engine.train.synth.make_subject`: affine + elastic deformation, atrophy
   that opens sulci, template or label-drawn intensities, thick slices), refreshed as training runs;
 - 2-D slices of all three anatomical planes (axial, coronal, sagittal) with 2-D intensity and
-  spatial augmentation (`engine.augment`), cropped to CROP pixels for speed.
+  spatial augmentation (`engine.train.augment`), cropped to CROP pixels for speed.
 
 Validation picks the best checkpoint on VALIDATION proxies: synthetic subjects from seeds that
 never enter the training pool (template anatomy under an unseen deformation and contrast), plus an
@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.mx_env import configure_threads, get_mx  # noqa: E402
+from engine.core.mx_env import configure_threads, get_mx  # noqa: E402
 
 CROP = (144, 160)  # training crop (multiple of 16); inference runs on whole slices
 PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}  # anatomical plane -> fixed axis of the LAS grid
@@ -48,7 +48,7 @@ def template_tissue(cache: Path = LABEL_CACHE):
     sys.path.insert(0, str(ROOT / "tools"))
     from make_demo import load_template, tissue_labels
 
-    from engine.preprocess import normalisation_scale
+    from engine.infer.preprocess import normalisation_scale
 
     if cache.exists():
         z = np.load(cache)
@@ -82,7 +82,7 @@ def perturb(volume: np.ndarray, seed: int = 7) -> np.ndarray:
 def proxy_subject(t1, labels, csf_mean, seed: int):
     """A proxy subject: template anatomy under a deformation and atrophy drawn from `seed`, with the
     template's own intensities (real-looking), never in the training pool."""
-    from engine.synth import SubjectConfig, make_subject
+    from engine.train.synth import SubjectConfig, make_subject
 
     cfg = SubjectConfig(p_atrophy=1.0, p_synthetic=0.0, p_thick=0.0)
     return make_subject(t1, labels, np.random.default_rng(seed), cfg, csf_mean=csf_mean)
@@ -93,7 +93,7 @@ class SlicePool:
 
     def __init__(self, t1, labels, csf_mean, seed: int, size: int, refresh: int, batch_size: int, aug_cfg,
                  log):
-        from engine.synth import SubjectConfig
+        from engine.train.synth import SubjectConfig
 
         self.t1, self.labels, self.csf_mean = t1, labels, csf_mean
         self.rng = np.random.default_rng(seed)
@@ -104,7 +104,7 @@ class SlicePool:
         self.count = 0
 
     def _new(self):
-        from engine.synth import make_subject
+        from engine.train.synth import make_subject
 
         t = time.time()
         s = make_subject(self.t1, self.labels, np.random.default_rng(int(self.rng.integers(1 << 31))),
@@ -131,7 +131,7 @@ class SlicePool:
     def __iter__(self):
         import dataclasses
 
-        from engine.augment import augment_pair
+        from engine.train.augment import augment_pair
 
         while True:
             self.count += 1
@@ -172,12 +172,12 @@ def main(argv=None) -> int:
 
     configure_threads()
     get_mx()
-    from engine.augment import AugmentConfig
-    from engine.inference import SegmentConfig, Segmenter
-    from engine.metrics import dice_scores, mean_tissue_dice
-    from engine.models import count_parameters, get_model
-    from engine.training import FitConfig, fit, hybridize_for_training, init_network, make_trainer
-    from engine.weights import ModelInfo, update_manifest, write_model_dir
+    from engine.core.metrics import dice_scores, mean_tissue_dice
+    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.nets import count_parameters, get_model
+    from engine.nets.weights import ModelInfo, update_manifest, write_model_dir
+    from engine.train.augment import AugmentConfig
+    from engine.train.loop import FitConfig, fit, hybridize_for_training, init_network, make_trainer
 
     work = Path(args.workdir or ROOT / "runs" / args.model)
     work.mkdir(parents=True, exist_ok=True)
@@ -277,9 +277,9 @@ def main(argv=None) -> int:
         "source": "MNI ICBM152 2009a template from nilearn: one brain, a population average",
         "labels": "FSL_SEG semantics: tissue_model.tissue_em (GMM + MRF on the template's own intensities, "
                   "whole skull-stripped mask incl. the CSF rim)",
-        "data": "engine/synth.py synthetic subjects (affine + elastic deformation, atrophy opening sulci, "
+        "data": "engine/train/synth.py synthetic subjects (affine + elastic deformation, atrophy opening sulci, "
                 "template or label-drawn intensities, thick slices) -> 2-D slices of all three planes, "
-                f"crops {CROP[0]}x{CROP[1]}, engine/augment.py intensity/spatial augmentation",
+                f"crops {CROP[0]}x{CROP[1]}, engine/train/augment.py intensity/spatial augmentation",
         "planes": dict(zip(PLANES, PLANE_P)),
         "initialised_from": args.init,
         "script": "tools/train_shipped.py",

@@ -133,7 +133,7 @@ def load_network(pkg: Path, spec: dict):
 # closest LAS orientation and, when a voxel side differs from 1 mm by more than the tolerance,
 # resampled linearly (centre-aligned, Gaussian anti-aliasing when shrinking by more than 1.3x);
 # class probabilities come back the inverse way and only then become labels. This repeats
-# engine/conform.py in numpy + nibabel; the package tests check the two agree.
+# engine/io/conform.py in numpy + nibabel; the package tests check the two agree.
 def gaussian_axis(a: np.ndarray, sigma: float, axis: int) -> np.ndarray:
     r = int(4.0 * sigma + 0.5)
     if sigma <= 0 or r < 1:

@@ -5,7 +5,7 @@ import sys
 
 def test_importing_every_engine_module_loads_no_qt():
     code = (
-        "import pkgutil, importlib, sys, engine, engine.models\n"
+        "import pkgutil, importlib, sys, engine, engine.nets\n"
         "for m in pkgutil.walk_packages(engine.__path__, 'engine.'):\n"
         "    importlib.import_module(m.name)\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('PyQt5', 'pyqtgraph', 'brainseg_gui')]\n"

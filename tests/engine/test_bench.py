@@ -19,8 +19,8 @@ def test_peak_estimate_is_explained():
 
 
 def test_flop_count_of_seed_unet_matches_the_paper_sizing():
-    from engine.models import get_model
-    from engine.mx_env import get_mx
+    from engine.core.mx_env import get_mx
+    from engine.nets import get_model
 
     net = get_model("unet")
     net.initialize(get_mx().init.Xavier())

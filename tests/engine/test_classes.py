@@ -1,8 +1,8 @@
 """The class table has one source: resources/colors.json."""
 import json
 
-from engine.classes import CLASS_KEYS, NUM_CLASSES, TISSUE_KEYS, tissue_classes
-from engine.paths import RESOURCES
+from engine.core.classes import CLASS_KEYS, NUM_CLASSES, TISSUE_KEYS, tissue_classes
+from engine.core.paths import RESOURCES
 
 
 def test_class_constants_come_from_the_colour_table():

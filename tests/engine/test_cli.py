@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.cli import main, parse_slices
-from engine.volume import save_labels
+from engine.io.volume import save_labels
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_info_json_for_image_and_text(tmp_path, capsys):
 
 
 def test_info_headerless_labels_reports_layout(tmp_path, capsys):
-    from engine.volume import OASIS_SHAPE
+    from engine.io.volume import OASIS_SHAPE
 
     lab = np.zeros(OASIS_SHAPE, np.uint8)
     lab[60:100, 60:120, 60:100] = 3
@@ -231,8 +231,8 @@ def test_stats_csv_to_stdout_and_table(labels_file, capsys, tmp_path, monkeypatc
 
 
 def test_stats_api_takes_a_volume(labels_file, tmp_path):
-    from engine.stats import volume_stats, write_stats_json
-    from engine.volume import read_volume
+    from engine.io.stats import volume_stats, write_stats_json
+    from engine.io.volume import read_volume
 
     p, lab = labels_file
     st = volume_stats(read_volume(p))
@@ -279,11 +279,11 @@ def test_segment_refuses_bad_outputs_before_loading_a_model(tmp_path, capsys):
 
 
 def test_segment_without_weights_says_what_to_do(tmp_path, capsys, monkeypatch):
-    import engine.finetune
+    import engine.store.versions
 
     p, _, _ = _scan(tmp_path)
     monkeypatch.setenv("BRAINSEG_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(engine.finetune, "shipped_model_dir", lambda arch: tmp_path / "no-weights" / arch)
+    monkeypatch.setattr(engine.store.versions, "shipped_model_dir", lambda arch: tmp_path / "no-weights" / arch)
     assert main(["segment", str(p), "-o", str(tmp_path / "s.nii"), "--model", "enet"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "no enet weights" in line and "--weights" in line
@@ -293,10 +293,10 @@ def test_segment_without_weights_says_what_to_do(tmp_path, capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- hardware and QC
 def test_choose_model_profiles(monkeypatch):
-    import engine.hardware as hw
+    import engine.core.hardware as hw
 
     # what the hardware check says agrees with MXNet itself (whatever this machine has)
-    from engine.mx_env import get_mx
+    from engine.core.mx_env import get_mx
 
     assert hw.gpu_available() == (get_mx().context.num_gpus() > 0)
     monkeypatch.setattr(hw, "gpu_available", lambda: False)
@@ -321,7 +321,7 @@ def test_choosing_the_model_does_not_load_mxnet():
     import subprocess
     import sys
 
-    code = ("import sys; from engine.hardware import choose_model; print(choose_model()[0]); "
+    code = ("import sys; from engine.core.hardware import choose_model; print(choose_model()[0]); "
             "assert 'mxnet' not in sys.modules, 'mxnet loaded'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -340,9 +340,9 @@ def _head(skull: bool) -> np.ndarray:
 
 
 def test_skull_heuristic():
-    from engine.paths import DEMO_SCAN
-    from engine.qc import skull_present
-    from engine.volume import read_volume
+    from engine.core.paths import DEMO_SCAN
+    from engine.infer.qc import skull_present
+    from engine.io.volume import read_volume
 
     assert not skull_present(_head(False), 0.001)
     assert skull_present(_head(True), 0.001)
@@ -355,7 +355,7 @@ def test_skull_heuristic():
 def test_segment_int8_refused_unless_validated(tmp_path, tiny_model_dir, capsys):
     import json as _json
 
-    from engine.inference import int8_offer
+    from engine.infer.inference import int8_offer
 
     p, _, _ = _scan(tmp_path)
     assert main(["segment", str(p), "-o", str(tmp_path / "q.nii.gz"), "--weights", str(tiny_model_dir), "--int8"]) == 2

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.conform import Conform, resample_axis
+from engine.io.conform import Conform, resample_axis
 
 # world-space phantom: semi-axes in mm of the brain (CSF outer), GM and WM surfaces
 AXES_CSF = np.array([30.0, 36.0, 27.0])
@@ -142,11 +142,11 @@ def intensity_segmenter():
     """A Segmenter around a real MXNet block that classifies by intensity (a fixed 1x1 'network':
     logits = -(x - mean_c)^2 / width). Deterministic, so any difference between copies of the
     phantom comes from geometry, not from training noise."""
-    from engine.mx_env import get_mx
+    from engine.core.mx_env import get_mx
 
     mx = get_mx()
-    from engine.inference import Segmenter
-    from engine.weights import ModelInfo
+    from engine.infer.inference import Segmenter
+    from engine.nets.weights import ModelInfo
 
     # normalised intensities: the 99th percentile of the brain (WM, 220) is 1.0
     means = [0.0, 60 / 220, 140 / 220, 1.0]
@@ -180,8 +180,8 @@ def test_same_mask_for_any_storage_order_and_voxel_size(intensity_segmenter):
     >= 0.93 after a nearest-neighbour look-up on the 1 mm grid (a partial-volume boundary voxel
     can go either way, and the phantom's shells are only 4-5 mm thick, 3 voxels at 1.5 mm), and
     each copy's Dice against its own grid's truth within 0.03 of the LAS copy's."""
-    from engine.inference import SegmentConfig
-    from engine.metrics import dice_scores
+    from engine.core.metrics import dice_scores
+    from engine.infer.inference import SegmentConfig
 
     seg = intensity_segmenter
     ref_aff, ref_shape = grid("LAS", (1.0, 1.0, 1.0))
@@ -212,7 +212,7 @@ def test_same_mask_for_any_storage_order_and_voxel_size(intensity_segmenter):
 def test_one_axial_slice_of_a_sagittally_stored_scan(intensity_segmenter):
     """'Segment this slice' on a PIR scan segments an anatomically axial slice: the labels lie
     in one index of the scan's superior-inferior array axis and match the whole-volume run."""
-    from engine.inference import SegmentConfig
+    from engine.infer.inference import SegmentConfig
 
     seg = intensity_segmenter
     aff, shape = grid("PIR", (1, 1, 1))
@@ -230,7 +230,7 @@ def test_one_axial_slice_of_a_sagittally_stored_scan(intensity_segmenter):
 def test_skull_stripped_mask_is_all_tissue(intensity_segmenter):
     """FSL_SEG semantics: every nonzero voxel of a skull-stripped scan gets a tissue label, even one
     darker than the network's idea of CSF; the background stays 0."""
-    from engine.inference import SegmentConfig
+    from engine.infer.inference import SegmentConfig
 
     aff, shape = grid("LAS", (1, 1, 1))
     img, _ = sample(aff, shape)
@@ -259,7 +259,7 @@ def test_cli_planes_and_geometry_notes(tmp_path, tiny_model_dir, capsys):
     """`--planes axial` is the single-plane pass; a bad plane is one line and exit 2; an Analyze
     scan is said to be assumed LAS, a resampled one to be resampled."""
     from engine.cli import main
-    from engine.volume import save_image
+    from engine.io.volume import save_image
 
     aff, shape = grid("LAS", (1.0, 1.0, 1.0))
     img, _ = sample(aff, shape)
@@ -282,7 +282,7 @@ def test_cli_planes_and_geometry_notes(tmp_path, tiny_model_dir, capsys):
 
 
 def test_voxel_sizes_in_the_wrong_units_are_refused(tmp_path):
-    from engine.volume import VolumeReadError, read_volume
+    from engine.io.volume import VolumeReadError, read_volume
 
     p = tmp_path / "metres.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.diag([0.001, 0.001, 0.001, 1])), str(p))
@@ -293,8 +293,8 @@ def test_voxel_sizes_in_the_wrong_units_are_refused(tmp_path):
 
 
 def test_many_slices_run_in_batches_and_can_be_cancelled(intensity_segmenter):
-    from engine.inference import SegmentConfig
-    from engine.training import Cancelled, CancelToken
+    from engine.core.cancel import Cancelled, CancelToken
+    from engine.infer.inference import SegmentConfig
 
     aff, shape = grid("LAS", (1, 1, 1))
     img, _ = sample(aff, shape)
@@ -318,7 +318,7 @@ def test_many_slices_run_in_batches_and_can_be_cancelled(intensity_segmenter):
 
 
 def test_a_zero_padded_head_with_its_skull_is_not_taken_as_skull_stripped():
-    from engine.inference import skull_stripped
+    from engine.infer.inference import skull_stripped
 
     head = np.zeros((200, 240, 200), np.float32)
     head[20:180, 20:220, 20:180] = 100.0  # 5.1 L of nonzero voxels inside zero padding

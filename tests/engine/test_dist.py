@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.dist import grad_scale, launch_local
+from engine.train.dist import grad_scale, launch_local
 from tests.engine.test_oasis_train import make_oasis_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ TINY_ARGS = ["--unet-base", "4", "--unet-levels", "3", "--no-augment", "--optimi
 def _run_cli(args, timeout=120, **env):
     e = dict(os.environ, OMP_NUM_THREADS="1", **env)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "engine.oasis_train", *args], cwd=REPO, env=e,
+    proc = subprocess.run([sys.executable, "-m", "engine.train.oasis", *args], cwd=REPO, env=e,
                           capture_output=True, text=True, timeout=timeout)
     return proc, time.time() - t0
 
@@ -44,9 +44,9 @@ def _run_cli(args, timeout=120, **env):
 def cluster_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     data = make_oasis_tree(root / "data", n=3, identical=True)
-    from engine.models import get_model
-    from engine.mx_env import get_mx
-    from engine.oasis_train import _init_weights
+    from engine.core.mx_env import get_mx
+    from engine.nets import get_model
+    from engine.train.oasis import _init_weights
 
     net = get_model("unet", base=4, levels=3)
     _init_weights(net, get_mx().cpu(), (32, 40), seed=4, init_from=None)  # as train() does
@@ -55,7 +55,7 @@ def cluster_data(tmp_path_factory):
 
 
 def _params(path):
-    from engine.mx_env import get_mx
+    from engine.core.mx_env import get_mx
 
     return {k: v.asnumpy() for k, v in get_mx().nd.load(str(path)).items()}
 
@@ -65,7 +65,7 @@ def test_grad_scale_is_the_number_of_workers():
 
 
 def test_two_workers_match_one_worker_with_twice_the_batch(cluster_data):
-    from engine.oasis_train import TrainConfig, train
+    from engine.train.oasis import TrainConfig, train
 
     root, data, init = cluster_data
     out = root / "dist"
@@ -136,7 +136,7 @@ def test_stopping_the_launcher_takes_the_cluster_down():
     import signal
 
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
-            "from engine.dist import launch_local\n"
+            "from engine.train.dist import launch_local\n"
             "launch_local([sys.executable, '-c', 'import time; time.sleep(120)'], workers=1, servers=1, "
             "timeout_s=100, output=None)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
@@ -159,7 +159,7 @@ def test_stopping_the_launcher_takes_the_cluster_down():
 def test_workers_get_the_launchers_options(tmp_path):
     import argparse
 
-    from engine.oasis_train import _train_args, config_from_args, worker_argv
+    from engine.train.oasis import _train_args, config_from_args, worker_argv
 
     ap = argparse.ArgumentParser()
     _train_args(ap)
@@ -167,7 +167,7 @@ def test_workers_get_the_launchers_options(tmp_path):
                           "--lr", "0.002", "--class-weights", "median", "--no-augment", "--resume", "--seed", "5",
                           "--export-png", str(tmp_path / "png"), "--workers", "3", "--servers", "2"])
     argv = worker_argv(args)
-    assert argv[:3] == [sys.executable, "-m", "engine.oasis_train"] and argv[-1] == "--_worker"
+    assert argv[:3] == [sys.executable, "-m", "engine.train.oasis"] and argv[-1] == "--_worker"
     assert "--workers" not in argv and "--export-png" not in argv  # the launcher's own business
     worker = config_from_args(ap.parse_args(argv[3:]))
     launcher = config_from_args(args)

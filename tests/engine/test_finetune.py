@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from engine.finetune import FinetuneConfig, ModelStore, finetune, split_slices
-from engine.training import Cancelled, CancelToken
+from engine.core.cancel import Cancelled, CancelToken
+from engine.store.versions import ModelStore
+from engine.train.finetune import FinetuneConfig, finetune, split_slices
 
 
 def _volume():
@@ -43,7 +44,7 @@ def test_finetune_writes_new_version_with_stats(tiny_model_dir, tmp_path):
 
 
 def test_decoder_only_leaves_encoder_unchanged(tiny_model_dir, tmp_path):
-    from engine.inference import load_network
+    from engine.infer.inference import load_network
 
     scan, lab = _volume()
     finetune(scan, lab, [3, 5, 7], tiny_model_dir, tmp_path / "dec",

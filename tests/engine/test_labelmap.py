@@ -1,7 +1,7 @@
 """Label map editing: strokes, fill, protection, prediction replacement, undo/redo and its caps."""
 import numpy as np
 
-from engine.labelmap import LabelMap, capsule_mask
+from engine.labels.labelmap import LabelMap, capsule_mask
 
 
 def test_fast_drag_leaves_no_gap():

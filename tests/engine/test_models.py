@@ -7,14 +7,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from engine.mx_env import get_mx
+from engine.core.mx_env import get_mx
 
 mx = get_mx()
 
 
 def _net(name):
-    from engine.models import get_model
-    from engine.training import init_network
+    from engine.nets import get_model
+    from engine.train.loop import init_network
 
     net = get_model(name)
     init_network(net)
@@ -22,7 +22,7 @@ def _net(name):
 
 
 def test_registry_names_valid_choices():
-    from engine.models import get_model
+    from engine.nets import get_model
 
     with pytest.raises(ValueError, match="unet, enet"):
         get_model("resnet")
@@ -30,8 +30,8 @@ def test_registry_names_valid_choices():
 
 @pytest.mark.parametrize("name,lo,hi", [("unet", 7.7e6, 7.9e6), ("enet", 0.34e6, 0.40e6)])
 def test_build_train_and_infer(name, lo, hi):
-    from engine.models import count_parameters
-    from engine.training import FitConfig, fit
+    from engine.nets import count_parameters
+    from engine.train.loop import FitConfig, fit
 
     net = _net(name)
     net.hybridize(static_alloc=True)
@@ -54,10 +54,10 @@ def test_hybridized_enet_trains_with_one_channel_input_in_a_subprocess():
     has a channel count that is not a multiple of 16 (ENet's 15+1 initial block). Our ENet avoids
     that concat; a crash here would kill the process, so it runs in a child."""
     code = textwrap.dedent("""
-        from engine.mx_env import get_mx
+        from engine.core.mx_env import get_mx
         mx = get_mx()
-        from engine.models import get_model
-        from engine.training import seg_loss, SEED_CLASS_WEIGHTS
+        from engine.nets import get_model
+        from engine.train.loop import seg_loss, SEED_CLASS_WEIGHTS
         net = get_model("enet"); net.initialize(mx.init.Xavier(magnitude=6)); net.hybridize(static_alloc=True)
         tr = mx.gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 1e-3})
         x = mx.nd.random.uniform(shape=(2, 1, 64, 64)); y = mx.nd.zeros((2, 64, 64), dtype="int32")
@@ -84,8 +84,8 @@ def test_spatial_dropout_masks_per_sample_and_channel_and_rescales():
 
 @pytest.mark.parametrize("name", ["unet", "enet"])
 def test_export_import_round_trips(name, tmp_path):
-    from engine.inference import load_network
-    from engine.weights import write_model_dir
+    from engine.infer.inference import load_network
+    from engine.nets.weights import write_model_dir
 
     net = _net(name)
     net.hybridize()
@@ -102,7 +102,7 @@ def test_export_import_round_trips(name, tmp_path):
 
 
 def test_corrupt_weights_are_refused(tmp_path):
-    from engine.weights import WeightsError, read_model_dir, write_model_dir
+    from engine.nets.weights import WeightsError, read_model_dir, write_model_dir
 
     net = _net("enet")
     net(mx.nd.zeros((1, 1, 16, 16)))
@@ -115,8 +115,8 @@ def test_corrupt_weights_are_refused(tmp_path):
 
 
 def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
-    from engine.inference import SegmentConfig, Segmenter
-    from engine.training import Cancelled, CancelToken
+    from engine.core.cancel import Cancelled, CancelToken
+    from engine.infer.inference import SegmentConfig, Segmenter
 
     vol = np.zeros((40, 52, 7), np.float32)
     vol[8:30, 10:40, 1:6] = 300.0  # int16-like scale: normalisation must not care
@@ -153,10 +153,10 @@ def test_segment_volume_grid_progress_and_cancel(tiny_model_dir):
 
 def test_cropping_to_foreground_matches_full_slices_with_shipped_weights():
     """Per-batch cropping to the brain changes almost nothing for a trained network."""
-    from engine.inference import SegmentConfig, Segmenter
-    from engine.paths import DEMO_SCAN
-    from engine.volume import read_volume
-    from engine.weights import shipped_model_dir
+    from engine.core.paths import DEMO_SCAN
+    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.io.volume import read_volume
+    from engine.nets.weights import shipped_model_dir
 
     if not (shipped_model_dir("unet") / "model.json").exists():
         pytest.skip("no shipped U-Net weights")
@@ -170,10 +170,10 @@ def test_cropping_to_foreground_matches_full_slices_with_shipped_weights():
 
 def test_uncertainty_is_higher_on_an_ambiguous_input():
     """Softmax entropy rises where the image stops looking like tissue the model knows."""
-    from engine.inference import SegmentConfig, Segmenter, least_certain_slices
-    from engine.paths import DEMO_SCAN
-    from engine.volume import read_volume
-    from engine.weights import shipped_model_dir
+    from engine.core.paths import DEMO_SCAN
+    from engine.infer.inference import SegmentConfig, Segmenter, least_certain_slices
+    from engine.io.volume import read_volume
+    from engine.nets.weights import shipped_model_dir
 
     if not (shipped_model_dir("unet") / "model.json").exists():
         pytest.skip("no shipped U-Net weights")
@@ -214,8 +214,8 @@ def _randomised_enet(skips=True, seed=0):
 
 
 def get_model_enet(skips):
-    from engine.models import get_model
-    from engine.training import init_network
+    from engine.nets import get_model
+    from engine.train.loop import init_network
 
     net = get_model("enet", skips=skips)
     init_network(net)
@@ -262,8 +262,8 @@ def test_enet_skips_start_as_the_plain_enet(tmp_path):
 def test_segmenter_inference_graph_matches_the_trained_network(name, tmp_path):
     """Segmenter's fused oneDNN graph gives the plain network's logits, across the changing batch
     sizes and crop shapes of a volume."""
-    from engine.inference import Segmenter
-    from engine.weights import write_model_dir
+    from engine.infer.inference import Segmenter
+    from engine.nets.weights import write_model_dir
 
     net = _randomised_enet() if name == "enet" else _net(name)
     x0 = mx.nd.array(np.random.default_rng(3).random((1, 1, 32, 48)))
@@ -282,7 +282,7 @@ def test_enet_trainable_prelu_gives_the_true_gradients_and_the_same_file(tmp_pat
     """Hybridized training uses TrainablePReLU: the same loss and the gradients of the imperative
     nn.PReLU network (which float64 finite differences confirm), where MXNet 1.9.1's hybridized
     PReLU halves some slopes' gradients; saved files are the same as nn.PReLU's."""
-    from engine.training import hybridize_for_training, seg_loss
+    from engine.train.loop import hybridize_for_training, seg_loss
 
     x = mx.nd.array(np.random.default_rng(0).random((2, 1, 48, 64)))
     y = mx.nd.array((np.random.default_rng(1).random((2, 48, 64)) * 4).astype(np.uint8))
@@ -316,7 +316,7 @@ def test_enet_trainable_prelu_gives_the_true_gradients_and_the_same_file(tmp_pat
 def test_partial_segmentation_reuses_the_volume_statistics_of_the_same_scan_only(tiny_model_dir):
     """A few slices of the scan already seen reuse its normalisation (percentiles over the
     whole volume); another scan, or the same array changed, is measured afresh."""
-    from engine.inference import SegmentConfig, Segmenter
+    from engine.infer.inference import SegmentConfig, Segmenter
 
     rng = np.random.default_rng(5)
     a = np.zeros((40, 48, 8), np.float32)
@@ -338,7 +338,7 @@ def test_partial_segmentation_reuses_the_volume_statistics_of_the_same_scan_only
 def test_enet_unpooling_is_max_unpooling_with_indices():
     """ENet's decoder puts each value back where its 2x2 window had its maximum, zeros elsewhere
     (max-unpooling with indices, which MXNet lacks), checked against a numpy reference."""
-    from engine.models.enet import _unpool
+    from engine.nets.enet import _unpool
 
     rng = np.random.default_rng(3)
     pre = rng.standard_normal((2, 3, 8, 10)).astype(np.float32)  # continuous values: no ties

@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.oasis_train import (
+from engine.core.cancel import Cancelled, CancelToken
+from engine.train.oasis import (
     Subject,
     TrainConfig,
     export_png_pairs,
@@ -18,7 +19,6 @@ from engine.oasis_train import (
     split_subjects,
     train,
 )
-from engine.training import Cancelled, CancelToken
 
 SHAPE = (32, 40, 6)
 TINY = {"model": "unet", "unet_base": 4, "unet_levels": 3, "batch_size": 4, "augment": False, "log_every": 1}
@@ -187,7 +187,7 @@ def test_export_png_pairs(oasis, tmp_path):
 
 
 def test_command_line_trains_enet(oasis, tmp_path, capsys):
-    from engine.oasis_train import main
+    from engine.train.oasis import main
 
     out = tmp_path / "enet"
     rc = main([str(oasis), "--model", "enet", "--epochs", "1", "--batch-size", "4", "--no-augment",
@@ -202,7 +202,7 @@ def test_command_line_trains_enet(oasis, tmp_path, capsys):
 def test_training_slices_come_from_three_planes_of_the_las_grid(tmp_path):
     """A NIfTI pair stored RAS (np.eye affine) is flipped to LAS before slicing, and the slice set
     holds axial, coronal and sagittal slices of it."""
-    from engine.oasis_train import load_slices, load_subject
+    from engine.train.oasis import load_slices, load_subject
 
     image, labels = synthetic_subject(4)
     labels[0, :, :] = 0

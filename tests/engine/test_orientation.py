@@ -3,9 +3,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.orientation import ViewGeometry
+from engine.io.orientation import ViewGeometry
 
-# Radiological convention, written down here independently of engine/orientation.py: where a
+# Radiological convention, written down here independently of engine/io/orientation.py: where a
 # step to the right / down on screen goes in the patient (RAS world: +x = R, +y = A, +z = S).
 EXPECTED = {"axial": ("L", "P"), "coronal": ("L", "I"), "sagittal": ("P", "I")}
 OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.mx_env import get_mx
+from engine.core.mx_env import get_mx
 
 mx = get_mx()
 
@@ -46,8 +46,8 @@ def scan(tmp_path_factory):
 @pytest.fixture(scope="module")
 def unet_dir(tmp_path_factory):
     """A small untrained U-Net; its model.json carries arch_kwargs the export must honour."""
-    from engine.models import get_model
-    from engine.weights import write_model_dir
+    from engine.nets import get_model
+    from engine.nets.weights import write_model_dir
 
     kw = {"base": 8, "levels": 3}
     net = get_model("unet", **kw)
@@ -93,7 +93,7 @@ def _reference(seg, path):
     """Segmenter's labels on a scan file and the top-2 margin of its fused class probabilities."""
     img = nib.load(str(path))
     vol = np.asarray(img.dataobj, dtype=np.float32)
-    from engine.inference import SegmentConfig
+    from engine.infer.inference import SegmentConfig
 
     res = seg.segment(vol, SegmentConfig(return_probabilities=True), affine=img.affine)
     top2 = np.sort(res.probabilities, axis=0)[-2:]
@@ -104,7 +104,7 @@ def _reference(seg, path):
 def references(scan, pir_scan, tiny_model_dir, unet_dir):
     """arch -> Segmenter's labels and probability margins (the scan has 1 x 1.2 x 2 mm voxels:
     both go through the resampling and the three-plane fusion)."""
-    from engine.inference import Segmenter
+    from engine.infer.inference import Segmenter
 
     out = {}
     for arch, model_dir in (("enet", tiny_model_dir), ("unet", unet_dir)):
@@ -144,7 +144,7 @@ def masks(packages, scan, pir_scan, tmp_path_factory):
     jobs.insert(1, ("enet-onnx-pir", [str(packages["enet", "onnx"] / "segment_package.py"),
                                       str(packages["enet", "onnx"]), str(pir_scan), "-o",
                                       str(out_dir / "enet-onnx-pir.nii.gz")]))
-    # engine.mx_env exported OMP_WAIT_POLICY=ACTIVE to this process's environment; spinning OpenMP
+    # engine.core.mx_env exported OMP_WAIT_POLICY=ACTIVE to this process's environment; spinning OpenMP
     # threads on shared cores make a small ENet 50x slower, so the child waits passively.
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     res = subprocess.run([sys.executable, "-I", "-c", RUN_ALL, json.dumps(jobs)], capture_output=True,
@@ -264,8 +264,8 @@ def test_export_errors_are_one_line(tmp_path, unet_dir, capsys):
 
 
 def test_model_name_resolves_to_the_active_version(tmp_path, monkeypatch):
+    from engine.nets.weights import shipped_model_dir
     from engine.package import resolve_model_dir
-    from engine.weights import shipped_model_dir
 
     monkeypatch.setenv("BRAINSEG_HOME", str(tmp_path))
     assert resolve_model_dir("enet") == shipped_model_dir("enet")
@@ -292,8 +292,8 @@ def test_int8_package_runs(unet_dir, scan, tmp_path, fmt):
 def test_runner_repeats_sparse_view_aggregation(tiny_model_dir, scan, tmp_path, monkeypatch):
     """With secondary_stride 2 recorded in the package, the runner skips and interpolates the same
     coronal and sagittal slices as Segmenter."""
-    import engine.inference as inference
-    from engine.inference import SegmentConfig, Segmenter
+    import engine.infer.inference as inference
+    from engine.infer.inference import SegmentConfig, Segmenter
     from engine.package import export_package, load_runner
 
     monkeypatch.setitem(inference.SECONDARY_STRIDE, "enet", 2)

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.mx_env import get_mx
+from engine.core.mx_env import get_mx
 
 mx = get_mx()
 
@@ -31,15 +31,15 @@ def phantom(shape=(64, 56, 6), seed=0):
 
 @pytest.fixture(scope="module")
 def slices():
-    from engine.quantize import calibration_slices
+    from engine.infer.quantize import calibration_slices
 
     return calibration_slices(phantom()), calibration_slices(phantom(seed=1))
 
 
 @pytest.fixture(scope="module")
 def unet_pair(slices):
-    from engine.models import get_model
-    from engine.quantize import quantize_model
+    from engine.infer.quantize import quantize_model
+    from engine.nets import get_model
 
     net = get_model("unet", base=8, levels=3)
     net.initialize(mx.init.Xavier(magnitude=6))
@@ -54,7 +54,7 @@ def _ops(block) -> dict:
 
 
 def test_calibration_slices_are_normalised_foreground_slices():
-    from engine.quantize import calibration_slices
+    from engine.infer.quantize import calibration_slices
 
     vol = phantom(shape=(64, 56, 30))
     s = calibration_slices(vol, count=8)
@@ -66,8 +66,8 @@ def test_calibration_slices_are_normalised_foreground_slices():
 
 
 def test_unet_int8_is_close_to_fp32(unet_pair, slices):
-    from engine.preprocess import SlicePadding
-    from engine.quantize import label_agreement
+    from engine.infer.preprocess import SlicePadding
+    from engine.infer.quantize import label_agreement
 
     net, qnet = unet_pair
     ops = _ops(qnet)
@@ -88,8 +88,8 @@ def test_unet_int8_is_close_to_fp32(unet_pair, slices):
 
 
 def test_enet_int8_runs_with_exact_unpooling(tiny_model_dir, slices):
-    from engine.inference import Segmenter, load_network
-    from engine.quantize import quantize_model, unpool_mask_layers
+    from engine.infer.inference import Segmenter, load_network
+    from engine.infer.quantize import quantize_model, unpool_mask_layers
 
     net, info = load_network(tiny_model_dir)
     mask_pools = unpool_mask_layers(net)
@@ -104,7 +104,7 @@ def test_enet_int8_runs_with_exact_unpooling(tiny_model_dir, slices):
     assert set(mask_pools) <= fp32_pools
     # the INT8 block drops into the normal inference path
     vol = phantom(seed=1)
-    from engine.inference import SegmentConfig
+    from engine.infer.inference import SegmentConfig
 
     res = Segmenter.from_network(qnet, info).segment(vol, SegmentConfig(planes=("axial",)))
     assert res.labels.shape == vol.shape and res.labels.dtype == np.uint8
@@ -112,7 +112,7 @@ def test_enet_int8_runs_with_exact_unpooling(tiny_model_dir, slices):
 
 
 def test_bad_settings_are_refused(unet_pair, slices):
-    from engine.quantize import quantize_model
+    from engine.infer.quantize import quantize_model
 
     net, _ = unet_pair
     with pytest.raises(ValueError, match="calib_mode"):
@@ -124,11 +124,11 @@ def test_bad_settings_are_refused(unet_pair, slices):
 @pytest.mark.parametrize("arch", ["unet", "enet"])
 def test_shipped_weights_keep_their_labels_in_int8(arch):
     """With the real weights: calibrate on 4 slices of the demo scan, compare on 4 others."""
-    from engine.inference import load_network
-    from engine.paths import DEMO_SCAN
-    from engine.quantize import calibration_slices, label_agreement, quantize_model
-    from engine.volume import read_volume
-    from engine.weights import shipped_model_dir
+    from engine.core.paths import DEMO_SCAN
+    from engine.infer.inference import load_network
+    from engine.infer.quantize import calibration_slices, label_agreement, quantize_model
+    from engine.io.volume import read_volume
+    from engine.nets.weights import shipped_model_dir
 
     if not (shipped_model_dir(arch) / "model.json").exists() or not DEMO_SCAN.exists():
         pytest.skip(f"no shipped {arch} weights")

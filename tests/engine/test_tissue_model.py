@@ -3,8 +3,8 @@ probabilities by the scan's own intensities."""
 import numpy as np
 from scipy import ndimage as ndi
 
-from engine.metrics import dice_scores
-from engine.tissue_model import bias_corrected, partial_volume, refine_with_intensities, tissue_em
+from engine.core.metrics import dice_scores
+from engine.labels.tissue_model import bias_corrected, partial_volume, refine_with_intensities, tissue_em
 
 
 def phantom(seed=0, shape=(48, 56, 40), noise=0.04):

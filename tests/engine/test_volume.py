@@ -3,8 +3,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import engine.volume
-from engine.volume import (
+import engine.core.atomic
+from engine.io.volume import (
     OASIS_SHAPE,
     VolumeReadError,
     VolumeWriteError,
@@ -198,7 +198,7 @@ def test_interrupted_atomic_write_mid_file(tmp_path):
 
 def test_written_files_get_normal_permissions(tmp_path):
     """mkstemp makes 0600 files; what we write must get the umask default (or keep its old mode)."""
-    default = 0o666 & ~engine.volume._UMASK
+    default = 0o666 & ~engine.core.atomic._UMASK
     atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
     save_labels(tmp_path / "m.hdr", np.zeros((3, 3, 3), np.uint8), np.eye(4))
     save_labels(tmp_path / "m.nii.gz", np.zeros((3, 3, 3), np.uint8), np.eye(4))

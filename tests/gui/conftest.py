@@ -80,7 +80,7 @@ def small_scan(tmp_path):
     hdr.set_zooms((1.0, 1.0, 1.2, 1.0))
     scan = tmp_path / "small_t88_masked_gfc.hdr"
     nib.save(nib.AnalyzeImage(img[..., None], hdr.get_best_affine(), header=hdr), str(scan))
-    from engine.volume import save_labels
+    from engine.io.volume import save_labels
 
     labels = tmp_path / "small_fseg.nii.gz"
     save_labels(labels, lab, hdr.get_best_affine())

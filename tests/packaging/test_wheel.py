@@ -40,7 +40,7 @@ def test_wheel_installs_and_segments_outside_the_checkout(tmp_path):
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["BRAINSEG_HOME"] = str(tmp_path / "home")
-    code = ("import engine, engine.paths as p; print(engine.__file__); print(p.RESOURCES); "
+    code = ("import engine, engine.core.paths as p; print(engine.__file__); print(p.RESOURCES); "
             "from engine.cli import main; raise SystemExit(main(__import__('sys').argv[1:]))")
     info = subprocess.run([str(py), "-c", code, "info", "--json", str(site / "brainseg_resources" / "demo" /
                                                                    "demo_t88_masked_gfc.hdr")],

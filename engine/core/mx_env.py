@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import os
 
+from engine.core.hardware import cpu_cores
+
 log = logging.getLogger(__name__)
 _mx = None
 
 
 def configure_threads(interactive: bool = False, threads: int | None = None) -> None:
     """Set OpenMP/MXNet thread variables unless the user set them. Must run before mxnet loads."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_cores()
     n = threads or cores
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
@@ -80,7 +82,9 @@ def get_mx():
     return _mx
 
 
-def gpu_available() -> bool:
+def _mxnet_sees_a_gpu() -> bool:
+    """MXNet's own answer (loads MXNet: engine thread only). hardware.gpu_available asks without
+    loading it."""
     mx = get_mx()
     try:
         return mx.context.num_gpus() > 0
@@ -90,4 +94,4 @@ def gpu_available() -> bool:
 
 def default_context():
     mx = get_mx()
-    return mx.gpu(0) if gpu_available() else mx.cpu()
+    return mx.gpu(0) if _mxnet_sees_a_gpu() else mx.cpu()

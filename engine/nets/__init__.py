@@ -1,7 +1,7 @@
 """Model registry in the style of GluonCV's model zoo: `get_model(name, **kw)`."""
 from __future__ import annotations
 
-from ..classes import NUM_CLASSES
+from engine.core.classes import NUM_CLASSES
 
 MODEL_NAMES = ("unet", "enet")
 
@@ -10,11 +10,11 @@ def get_model(name: str, classes: int = NUM_CLASSES, **kw):
     """Build a network by name. Unknown names raise ValueError listing the valid ones."""
     key = name.lower().strip()
     if key == "unet":
-        from .unet import UNet
+        from engine.nets.unet import UNet
 
         return UNet(classes=classes, **kw)
     if key == "enet":
-        from .enet import ENet
+        from engine.nets.enet import ENet
 
         return ENet(classes=classes, **kw)
     raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .paths import data_dir
-from .volume import atomic_write
+from engine.core.atomic import atomic_write
+from engine.core.paths import data_dir
 
 log = logging.getLogger(__name__)
 

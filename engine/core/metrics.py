@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import CLASS_KEYS, NUM_CLASSES, TISSUE_KEYS
+from engine.core.classes import CLASS_KEYS, NUM_CLASSES, TISSUE_KEYS
 
 
 def confusion_matrix(reference: np.ndarray, prediction: np.ndarray, classes: int = NUM_CLASSES) -> np.ndarray:

@@ -24,13 +24,13 @@ from typing import Callable
 
 import numpy as np
 
-from .classes import NUM_CLASSES
-from .conform import PLANE_AXIS, Conform
-from .models import count_parameters
-from .mx_env import default_context, get_mx
-from .preprocess import SlicePadding, foreground_mask, foreground_threshold, normalisation_scale, normalise
-from .training import Cancelled, CancelToken
-from .weights import ModelInfo, read_model_dir, shipped_model_dir
+from engine.core.cancel import Cancelled, CancelToken
+from engine.core.classes import NUM_CLASSES
+from engine.core.mx_env import default_context, get_mx
+from engine.infer.preprocess import SlicePadding, foreground_mask, foreground_threshold, normalisation_scale, normalise
+from engine.io.conform import PLANE_AXIS, Conform
+from engine.nets import count_parameters
+from engine.nets.weights import ModelInfo, read_model_dir, shipped_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def skull_stripped(volume: np.ndarray, voxel_ml: float = 0.001) -> bool:
 
 def load_network(model_dir: str | Path, ctx=None):
     """Build the network described by a model directory and load its parameters."""
-    from .models import get_model
+    from engine.nets import get_model
 
     get_mx()
     info = read_model_dir(model_dir)
@@ -144,11 +144,11 @@ class Segmenter:
         self.parameter_count = count_parameters(self.net)  # before any inference rewrite
         self.precision = precision
         if precision == "int8":
-            from .quantize import calibration_slices, quantize_model
+            from engine.infer.quantize import calibration_slices, quantize_model
 
             if calib_volume is None:
-                from .paths import DEMO_SCAN
-                from .volume import read_volume
+                from engine.core.paths import DEMO_SCAN
+                from engine.io.volume import read_volume
 
                 calib_volume = read_volume(DEMO_SCAN).data
             self.net = quantize_model(self.net, calibration_slices(calib_volume), self.ctx)
@@ -227,7 +227,7 @@ class Segmenter:
                 cancel: CancelToken | None = None, affine: np.ndarray | None = None) -> SegmentResult:
         """Segment a scan given on its own grid. `affine` (voxel -> world, as nibabel gives it) says
         how the scan lies; without it the array is taken as LAS 1 mm, the OASIS layout. The scan
-        is brought to the network's grid (engine/conform.py), each plane in config.planes is run
+        is brought to the network's grid (engine/io/conform.py), each plane in config.planes is run
         slice by slice, the class probabilities are averaged, brought back to the scan's grid and
         turned into labels there."""
         cfg = config or SegmentConfig()
@@ -300,7 +300,7 @@ class Segmenter:
             probs[0][untouched] = 1.0  # voxels no network saw are background
         native = geo.probs_to_native(probs)
         if stripped and cfg.refine and (vol > 0).sum() > 1000:
-            from .tissue_model import refine_with_intensities
+            from engine.labels.tissue_model import refine_with_intensities
 
             t_ref = time.time()
             tissue = native[1:].sum(axis=0)

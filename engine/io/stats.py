@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import TISSUE_KEYS, tissue_classes
-from .volume import Volume, atomic_write, label_volumes
+from engine.core.atomic import atomic_write
+from engine.core.classes import TISSUE_KEYS, tissue_classes
+from engine.io.volume import Volume, label_volumes
 
 
 def volume_stats(labels: np.ndarray | Volume, voxel_volume_ml: float | None = None, source: str = "") -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .preprocess import foreground_mask
+from engine.infer.preprocess import foreground_mask
 
 # A skull-stripped adult brain (with its CSF) is about 1.1-1.9 L: the demo scan (ICBM152, masked)
 # has 1.88 L of foreground. A head with skull and scalp is 3-4.5 L, and more than 2.3 L of it
@@ -24,9 +24,9 @@ def skull_present(volume: np.ndarray, voxel_volume_ml: float = 0.001, affine: np
     field of view (x and y; the z faces are skipped because axial crops often cut the brain).
     A warning, not a verdict: a brain cropped tight to its own edges also trips the second test.
     With `affine`, the faces are the anatomically axial in-plane ones (left/right, front/back)
-    whatever the storage order (engine/conform.py); without, the array is taken as LAS."""
+    whatever the storage order (engine/io/conform.py); without, the array is taken as LAS."""
     if affine is not None:
-        from .conform import Conform
+        from engine.io.conform import Conform
 
         volume = Conform.for_grid(np.shape(volume), affine).reorient(np.asarray(volume))
     fg = foreground_mask(volume)

@@ -12,11 +12,11 @@ it; the data order depends only on (seed, epoch, rank), so a resumed run sees wh
 one would have.
 
 With ``--workers N --servers M`` the same command is re-run as N data-parallel workers on MXNet's
-parameter server (see `engine.dist`): each worker loads only its shard of the training subjects,
+parameter server (see `engine.train.dist`): each worker loads only its shard of the training subjects,
 rank 0 validates and writes the model directories.
 
     brainseg train /data/oasis --model unet --epochs 30 -o runs/oasis-unet
-    python -m engine.oasis_train /data/oasis --model enet --workers 2 --servers 1 -o runs/oasis-enet
+    python -m engine.train.oasis /data/oasis --model enet --workers 2 --servers 1 -o runs/oasis-enet
 """
 from __future__ import annotations
 
@@ -34,12 +34,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .augment import AugmentConfig, augment_pair
-from .classes import NUM_CLASSES
-from .metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
-from .preprocess import SlicePadding, normalise
-from .training import SEED_CLASS_WEIGHTS, Cancelled, CancelToken, FitConfig, FitProgress, hybridize_for_training
-from .volume import atomic_write, read_volume
+from engine.core.atomic import atomic_write
+from engine.core.cancel import Cancelled, CancelToken
+from engine.core.classes import NUM_CLASSES
+from engine.core.metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
+from engine.infer.preprocess import SlicePadding, normalise
+from engine.io.volume import read_volume
+from engine.train.augment import AugmentConfig, augment_pair
+from engine.train.loop import SEED_CLASS_WEIGHTS, FitConfig, FitProgress, hybridize_for_training, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +148,9 @@ def split_subjects(subjects: list[Subject], val_fraction: float = 0.2,
 
 def load_subject(subject: Subject) -> tuple[np.ndarray, np.ndarray]:
     """(image float32, labels uint8) of one subject, checked to share a grid, on the networks'
-    grid (engine/conform.py: LAS, 1 mm; an OASIS file is used as stored, a NIfTI in another
+    grid (engine/io/conform.py: LAS, 1 mm; an OASIS file is used as stored, a NIfTI in another
     orientation or voxel size is reoriented and resampled, its labels one-hot)."""
-    from .conform import Conform
+    from engine.io.conform import Conform
 
     image = read_volume(subject.image_path, kind="image")
     labels = read_volume(subject.label_path, kind="labels")
@@ -203,7 +205,7 @@ class SliceSet:
 def load_slices(subjects: list[Subject], multiple: int, planes: tuple[str, ...] = ("axial",)) -> SliceSet:
     """The labelled slices of each subject in each anatomical plane (on the networks' LAS grid:
     axial [:, :, k], coronal [:, j, :], sagittal [i, :, :]), normalised, padded to one shape."""
-    from .conform import PLANE_AXIS
+    from engine.io.conform import PLANE_AXIS
 
     per_subject = []
     counts = np.zeros(NUM_CLASSES, np.float64)
@@ -267,7 +269,7 @@ class TrainConfig:
     batch_size: int | None = None  # per worker; None: 4 (U-Net) or 8 (ENet)
     lr: float = 1e-3
     lr_min: float = 1e-5
-    optimizer: str = "adam"  # adam (beta1 0.9, beta2 0.99, as engine.training) | sgd (momentum 0.9)
+    optimizer: str = "adam"  # adam (beta1 0.9, beta2 0.99, as engine.train.loop) | sgd (momentum 0.9)
     augment: bool = True
     class_weights: str = "seed"  # seed (SEED_CLASS_WEIGHTS) | median (median frequency of the training labels)
     dice_weight: float = 1.0
@@ -281,7 +283,7 @@ class TrainConfig:
     kvstore: str = "device"
     val_batch_size: int = 8
     log_every: int = 20
-    # anatomical planes whose slices are trained on (engine/conform.py); the networks segment by
+    # anatomical planes whose slices are trained on (engine/io/conform.py); the networks segment by
     # fusing all three, so they learn all three. ("axial",) holds a third of the memory.
     planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
 
@@ -374,28 +376,16 @@ def _checkpoint_dir(out: Path) -> Path | None:
 
 
 def _build_trainer(net, cfg: TrainConfig, kv):
-    """Same optimizer settings as engine.training.make_trainer, plus SGD, and updates on the workers
-    when distributed (see engine.dist)."""
-    from .mx_env import get_mx
-
-    mx = get_mx()
-    # A list in network order, not a dict: Trainer sorts a dict by parameter name, and Gluon names
-    # carry process-wide counters (conv0_ vs conv13_ for the second network built), so the
-    # index -> parameter map saved with the optimizer state would not match the resumed network.
-    params = [p for p in net.collect_params().values() if p.grad_req != "null"]
-    if cfg.optimizer == "adam":
-        opts = {"learning_rate": cfg.lr, "beta1": 0.9, "beta2": 0.99}
-    else:
-        opts = {"learning_rate": cfg.lr, "momentum": 0.9}
+    """make_trainer with this run's optimizer; distributed: the cluster's kvstore, updates on the workers."""
     if kv is not None:
-        return mx.gluon.Trainer(params, cfg.optimizer, opts, kvstore=kv, update_on_kvstore=False)
-    return mx.gluon.Trainer(params, cfg.optimizer, opts, kvstore=cfg.kvstore)
+        return make_trainer(net, cfg, kvstore=kv, optimizer=cfg.optimizer, update_on_kvstore=False)
+    return make_trainer(net, cfg, kvstore=cfg.kvstore, optimizer=cfg.optimizer)
 
 
 def _init_weights(net, ctx, slice_shape: tuple[int, ...], seed: int, init_from: str | None) -> None:
     """Xavier initialisation from `seed`, or the parameters in `init_from` (.params or model dir)."""
-    from .mx_env import get_mx
-    from .training import init_network
+    from engine.core.mx_env import get_mx
+    from engine.train.loop import init_network
 
     mx = get_mx()
     mx.random.seed(seed)
@@ -435,8 +425,8 @@ def _epoch_batches(slices: SliceSet, epoch: int, rank: int, steps: int, batch: i
 
 def validate(net, arch: str, arch_kwargs: dict, subjects: list[Subject], ctx=None, batch_size: int = 8) -> dict:
     """Hard Dice per class and confusion matrix over the labelled axial slices of `subjects`."""
-    from .inference import SegmentConfig, Segmenter
-    from .weights import ModelInfo
+    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.nets.weights import ModelInfo
 
     seg = Segmenter.from_network(net, ModelInfo(Path("."), arch, arch_kwargs, {"version": "training"}), ctx=ctx)
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
@@ -456,18 +446,18 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
           cancel: CancelToken | None = None) -> TrainResult:
     """Train `config.model` on the subjects in `config.data_dir`; see the module docstring.
 
-    With a ``dist_*`` kvstore this process must be a worker of a running cluster (engine.dist).
+    With a ``dist_*`` kvstore this process must be a worker of a running cluster (engine.train.dist).
     Raises ValueError for unusable data or options, Cancelled when `cancel` is set (the last
     epoch's checkpoint stays)."""
-    from .mx_env import default_context, get_mx
+    from engine.core.mx_env import default_context, get_mx
 
     cfg = config
     cfg.check()
     t0 = time.time()
     mx = get_mx()
-    from .models import get_model
-    from .training import fit
-    from .weights import write_model_dir
+    from engine.nets import get_model
+    from engine.nets.weights import write_model_dir
+    from engine.train.loop import fit
 
     out = Path(cfg.output)
     ckpt_src = _checkpoint_dir(out)
@@ -479,7 +469,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
 
     dist = None
     if cfg.kvstore.startswith("dist"):
-        from .dist import DistContext
+        from engine.train.dist import DistContext
 
         dist = DistContext(cfg.kvstore)
     rank, nworkers = (dist.rank, dist.num_workers) if dist else (0, 1)
@@ -610,7 +600,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
                start_step=start_epoch * steps_per_epoch, on_checkpoint=end_of_epoch,
                checkpoint_every=steps_per_epoch, grad_scale=gscale)
 
-    from .dist import params_digest
+    from engine.train.dist import params_digest
 
     digest = params_digest(net)
     best_rec = next((h for h in state["history"] if h["epoch"] == state.get("best_epoch")), {})
@@ -692,7 +682,7 @@ def config_from_args(args) -> TrainConfig:
 
 
 def _planes(text: str | None) -> tuple[str, ...]:
-    from .conform import PLANES
+    from engine.io.conform import PLANES
 
     if not text:
         return PLANES
@@ -704,7 +694,7 @@ def _planes(text: str | None) -> tuple[str, ...]:
 
 def worker_argv(args) -> list[str]:
     """The command each worker of a local cluster runs: this one, minus the launcher options."""
-    argv = [sys.executable, "-m", "engine.oasis_train", str(Path(args.data_dir).resolve()),
+    argv = [sys.executable, "-m", "engine.train.oasis", str(Path(args.data_dir).resolve()),
             "-o", str(Path(args.output).resolve())]
     for flag, dest in _FORWARDED_OPTIONS:
         value = getattr(args, dest)
@@ -719,7 +709,7 @@ def _print_progress(p: TrainProgress) -> None:
 
 
 def _launch(args) -> int:
-    from .dist import DIST_KVSTORES, launch_local
+    from engine.train.dist import DIST_KVSTORES, launch_local
 
     kv = args.kvstore or "dist_sync"
     if kv not in DIST_KVSTORES:
@@ -779,13 +769,13 @@ def _run_worker(args) -> int:
 
 def run_train(args) -> int:
     """`brainseg train`: one process, a local cluster (--workers), or one worker of a cluster."""
-    from .mx_env import configure_threads
+    from engine.core.mx_env import configure_threads
 
     if args.workers and not args._worker:
         return _launch(args)
     configure_threads()
     if args._worker or (args.kvstore or "").startswith("dist"):
-        from .dist import in_cluster
+        from engine.train.dist import in_cluster
 
         if not in_cluster():
             raise ValueError(f"--kvstore {args.kvstore or 'dist_sync'} needs a parameter-server cluster "
@@ -801,7 +791,7 @@ def run_train(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.oasis_train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m engine.train.oasis", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true")
     _train_args(ap)

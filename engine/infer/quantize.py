@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .mx_env import get_mx
-from .preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
+from engine.core.mx_env import get_mx
+from engine.infer.preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ CALIB_MODES = ("naive", "entropy")
 def calibration_slices(volume: np.ndarray, count: int = 16, margin: int | None = None) -> np.ndarray:
     """Up to `count` normalised axial slices (N, H, W) spread over the foreground of a raw volume,
     cropped to their foreground's in-plane box plus margin (default: inference's), not padded."""
-    from .inference import CROP_MARGIN, foreground_box
+    from engine.infer.inference import CROP_MARGIN, foreground_box
 
     vol = np.asarray(volume, dtype=np.float32)
     if vol.ndim != 3:

@@ -132,7 +132,7 @@ def make_subject(t1: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
                  cfg: SubjectConfig | None = None, csf_mean: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic subject (image float32 normalised to its foreground's 99th percentile, labels uint8)
     from a normalised template image and its tissue labels."""
-    from .preprocess import normalisation_scale
+    from engine.infer.preprocess import normalisation_scale
 
     cfg = cfg or SubjectConfig()
     coords = deformation(t1.shape, rng, cfg)

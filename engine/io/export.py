@@ -1,4 +1,4 @@
-"""Mask export beyond NIfTI/Analyze (those are engine.volume.save_labels): PNG slices."""
+"""Mask export beyond NIfTI/Analyze (those are engine.io.volume.save_labels): PNG slices."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
-from .volume import atomic_write
+from engine.core.atomic import atomic_write
 
 
 def export_png_slices(labels: np.ndarray, out_dir: str | os.PathLike, prefix: str = "slice") -> list[Path]:

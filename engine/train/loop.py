@@ -8,36 +8,18 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .mx_env import get_mx
+from engine.core.cancel import Cancelled, CancelToken
+from engine.core.mx_env import get_mx
 
 log = logging.getLogger(__name__)
 
 SEED_CLASS_WEIGHTS = (1.35, 17.18, 8.29, 12.42)
-
-
-class CancelToken:
-    """Set from any thread; checked by tasks between batches."""
-
-    def __init__(self):
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-
-class Cancelled(Exception):
-    """A task stopped because its cancel token was set."""
 
 
 @dataclass
@@ -114,13 +96,24 @@ def cosine_lr(step: int, cfg: FitConfig, elapsed_s: float = 0.0) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
 
 
-def make_trainer(net, cfg: FitConfig, kvstore="device"):
+def make_trainer(net, cfg, kvstore="device", optimizer: str = "adam", update_on_kvstore: bool | None = None):
+    """The one optimiser set-up of every training path: Adam (beta1 0.9, beta2 0.99) or SGD
+    (momentum 0.9) at cfg.lr; distributed training passes its kvstore and update_on_kvstore=False
+    (updates on the workers, engine.train.dist)."""
     mx = get_mx()
     # Frozen parameters (grad_req "null", e.g. the encoder in decoder-only fine-tuning) are left out.
-    # A list, not a dict: Trainer sorts a dict by name, and Gluon names carry process-wide counters.
+    # A list in network order, not a dict: Trainer sorts a dict by parameter name, and Gluon names
+    # carry process-wide counters (conv0_ vs conv13_ for the second network built), so the index ->
+    # parameter map saved with the optimizer state would not match a resumed network.
     params = [p for p in net.collect_params().values() if p.grad_req != "null"]
-    return mx.gluon.Trainer(params, "adam", {"learning_rate": cfg.lr, "beta1": 0.9, "beta2": 0.99},
-                            kvstore=kvstore)
+    if optimizer == "adam":
+        opts = {"learning_rate": cfg.lr, "beta1": 0.9, "beta2": 0.99}
+    elif optimizer == "sgd":
+        opts = {"learning_rate": cfg.lr, "momentum": 0.9}
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose adam or sgd")
+    kw = {} if update_on_kvstore is None else {"update_on_kvstore": update_on_kvstore}
+    return mx.gluon.Trainer(params, optimizer, opts, kvstore=kvstore, **kw)
 
 
 def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, ctx=None,

@@ -14,7 +14,7 @@ Two halves:
   fails the job at once, naming it and its exit code; the rest are killed; an overall timeout kills
   everything. The launcher never waits without a timeout.
 
-Gradient scaling. `engine.training.seg_loss` is already normalised over the batch (class-weighted
+Gradient scaling. `engine.train.loop.seg_loss` is already normalised over the batch (class-weighted
 cross-entropy divided by the batch's class-weighted pixel count, plus a soft Dice over batch sums),
 so one worker steps with ``trainer.step(1)``. ``dist_sync`` *sums* the workers' gradients: with N
 workers on batches of B, the pulled gradient is sum_i grad L(batch_i), N times the mean of the
@@ -48,7 +48,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .mx_env import get_mx
+from engine.core.hardware import cpu_cores
+from engine.core.mx_env import get_mx
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +291,9 @@ def launch_local(argv_for_worker: Sequence[str], workers: int, servers: int = 1,
     if workers < 1 or servers < 1:
         raise ValueError(f"need at least one worker and one server (got {workers} workers, {servers} servers)")
     report = report or (lambda _msg: None)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_cores()
     base = dict(os.environ if env is None else env)
-    repo_root = str(Path(__file__).resolve().parent.parent)
+    repo_root = str(Path(__file__).resolve().parents[2])  # engine/train/dist.py -> the checkout
     base["PYTHONPATH"] = os.pathsep.join([repo_root] + [p for p in [base.get("PYTHONPATH", "")] if p])
     base.update(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(free_port()), DMLC_NUM_SERVER=str(servers),
                 DMLC_NUM_WORKER=str(workers), DMLC_INTERFACE="lo", DMLC_NODE_HOST="127.0.0.1", PS_VERBOSE="0",

@@ -15,7 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .classes import CLASS_KEYS, NUM_CLASSES
+from engine.core.atomic import atomic_write
+from engine.core.classes import CLASS_KEYS, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
         raise VolumeReadError(path, f"has an empty dimension (shape {data.shape})")
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise VolumeReadError(path, "has a degenerate affine (zero voxel size)")
-    from .conform import MAX_VOXEL_MM, MIN_VOXEL_MM
+    from engine.io.conform import MAX_VOXEL_MM, MIN_VOXEL_MM
 
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     if not np.all((zooms >= MIN_VOXEL_MM) & (zooms <= MAX_VOXEL_MM)):
@@ -289,40 +290,6 @@ def _as_labels(path: Path, data: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- writing
-def _process_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _process_umask()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename tmp over path; the old file survives any failure.
-
-    The result gets the old file's permissions, or the umask default for a new file (mkstemp
-    creates its file 0600, which would otherwise leave every written file private)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_UMASK
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray) -> list[Path]:
     """Write a uint8 label map with the scan's affine. Format from the extension:
     .nii / .nii.gz (NIfTI-1), .hdr / .img (Analyze 7.5 big-endian, 4-D singleton as OASIS FSL_SEG).

@@ -11,23 +11,21 @@ one is active per architecture, compares two and rolls back. Nothing is ever ove
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
-from .mx_env import get_mx
-from .paths import data_dir
-from .preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
-from .training import Cancelled, CancelToken, FitConfig, FitProgress, fit, hybridize_for_training
-from .volume import atomic_write
-from .weights import ModelInfo, WeightsError, read_model_dir, shipped_model_dir, write_model_dir
+from engine.core.cancel import Cancelled, CancelToken
+from engine.core.metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
+from engine.core.mx_env import get_mx
+from engine.infer.preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
+from engine.nets.weights import write_model_dir
+from engine.train.loop import FitConfig, FitProgress, fit, hybridize_for_training
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +117,13 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     along the scan's own superior-inferior array axis; write a new version to out_dir. `affine`
     says how the scan lies (None: LAS 1 mm, the OASIS layout): each corrected slice is brought
     in-plane to the networks' LAS 1 mm orientation exactly as Segmenter brings the scan
-    (engine/conform.py), so corrections drawn on a sagittally stored or 0.8 mm scan teach the
+    (engine/io/conform.py), so corrections drawn on a sagittally stored or 0.8 mm scan teach the
     right thing. Raises Cancelled (nothing written) or ValueError for unusable input."""
-    from .augment import AugmentConfig, augment_pair  # scipy: only when fine-tuning (CLI start-up)
-    from .classes import NUM_CLASSES
-    from .conform import Conform
-    from .inference import foreground_box, load_network
-    from .preprocess import foreground_threshold
+    from engine.core.classes import NUM_CLASSES
+    from engine.infer.inference import foreground_box, load_network
+    from engine.infer.preprocess import foreground_threshold
+    from engine.io.conform import Conform
+    from engine.train.augment import AugmentConfig, augment_pair  # scipy: only when fine-tuning (CLI start-up)
 
     cfg = config or FinetuneConfig()
     mx = get_mx()
@@ -240,99 +238,3 @@ def _pad_labels(pad: SlicePadding, labels: np.ndarray) -> np.ndarray:
     out = np.zeros((labels.shape[0],) + pad.padded, dtype=np.uint8)
     out[:, oy:oy + pad.shape[0], ox:ox + pad.shape[1]] = labels
     return out
-
-
-# ============================================================================ version store
-@dataclass
-class VersionEntry:
-    version: str
-    arch: str
-    directory: Path
-    parent: str | None
-    created: str
-    after: dict = field(default_factory=dict)
-    shipped: bool = False
-
-
-class ModelStore:
-    """Model versions per architecture: the shipped one plus every fine-tune, and which is active."""
-
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root else data_dir() / "models"
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _state_path(self) -> Path:
-        return self.root / "active.json"
-
-    def _state(self) -> dict:
-        try:
-            return json.loads(self._state_path().read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return {}
-
-    def versions(self, arch: str) -> list[VersionEntry]:
-        out = []
-        ship = shipped_model_dir(arch)
-        if (ship / "model.json").exists():
-            meta = json.loads((ship / "model.json").read_text(encoding="utf-8"))
-            out.append(VersionEntry(meta.get("version", "shipped"), arch, ship, None,
-                                    meta.get("training", {}).get("trained_at", ""), {}, shipped=True))
-        d = self.root / arch
-        if d.is_dir():
-            for sub in sorted(d.iterdir()):
-                if (sub / "model.json").exists():
-                    try:
-                        meta = json.loads((sub / "model.json").read_text(encoding="utf-8"))
-                    except ValueError:
-                        continue
-                    out.append(VersionEntry(meta.get("version", sub.name), arch, sub, meta.get("parent"),
-                                            meta.get("created", ""), meta.get("after", {})))
-        return out
-
-    def new_version_dir(self, arch: str) -> tuple[str, Path]:
-        d = self.root / arch
-        d.mkdir(parents=True, exist_ok=True)
-        n = 1 + max([int(p.name.split("-v")[-1]) for p in d.glob(f"{arch}-v*") if p.name.split("-v")[-1].isdigit()],
-                    default=0)
-        name = f"{arch}-v{n:03d}"
-        return name, d / name
-
-    def active_dir(self, arch: str) -> Path:
-        path = self._state().get(arch)
-        if path and (Path(path) / "model.json").exists():
-            return Path(path)
-        return shipped_model_dir(arch)
-
-    def activate(self, arch: str, directory: str | os.PathLike) -> None:
-        read_model_dir(directory)  # refuse a broken version
-        state = self._state()
-        history = state.setdefault("history", {}).setdefault(arch, [])
-        prev = state.get(arch)
-        if prev and prev != str(directory):
-            history.append(prev)
-        state[arch] = str(directory)
-        atomic_write(self._state_path(), lambda tmp: tmp.write_text(json.dumps(state, indent=2), encoding="utf-8"))
-
-    def rollback(self, arch: str) -> Path:
-        """Make the previously active version active again; returns it."""
-        state = self._state()
-        history = state.get("history", {}).get(arch, [])
-        if not history:
-            raise WeightsError(f"no earlier {arch} version to roll back to")
-        prev = history.pop()
-        state[arch] = prev
-        atomic_write(self._state_path(), lambda tmp: tmp.write_text(json.dumps(state, indent=2), encoding="utf-8"))
-        return Path(prev)
-
-    @staticmethod
-    def compare(a: str | os.PathLike, b: str | os.PathLike) -> dict:
-        """Stats of two versions side by side (Dice after fine-tuning, parents, slices)."""
-        out = {}
-        for key, d in (("a", a), ("b", b)):
-            info: ModelInfo = read_model_dir(d, verify=False)
-            m = info.meta
-            out[key] = {"version": info.version, "parent": m.get("parent"), "created": m.get("created"),
-                        "dice": (m.get("after") or {}).get("dice") or
-                        (m.get("training", {}).get("validation_on_held_out_slab", {}).get("clean")),
-                        "train_slices": m.get("train_slices"), "scan": m.get("scan")}
-        return out

@@ -38,8 +38,8 @@ BatchNorms -> ReLU -> add. Dropout is dropped. A layer with a slope outside [0, 
 """
 from __future__ import annotations
 
-from ..classes import NUM_CLASSES
-from ..mx_env import get_mx
+from engine.core.classes import NUM_CLASSES
+from engine.core.mx_env import get_mx
 
 mx = get_mx()
 nn = mx.gluon.nn

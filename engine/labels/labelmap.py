@@ -123,7 +123,7 @@ class LabelMap:
     def __init__(self, labels: np.ndarray, max_steps: int = 200, max_bytes: int = 256 * 2**20,
                  predicted: np.ndarray | None = None, axial_axis: int = 2):
         self.labels = np.ascontiguousarray(labels, dtype=np.uint8)
-        # the array axis normal to anatomically axial slices (2 for OASIS/LAS; engine/conform.py
+        # the array axis normal to anatomically axial slices (2 for OASIS/LAS; engine/io/conform.py
         # Conform.native_axis("axial") for any other storage order): edited slices, partial
         # predictions and fine-tuning count slices along it
         self.axial_axis = int(axial_axis)

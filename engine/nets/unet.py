@@ -6,8 +6,8 @@ Conv + BatchNorm + ReLU chains are kept adjacent so MXNet's oneDNN backend can f
 (Segmenter hybridizes with `backend="MKLDNN"`)."""
 from __future__ import annotations
 
-from ..classes import NUM_CLASSES
-from ..mx_env import get_mx
+from engine.core.classes import NUM_CLASSES
+from engine.core.mx_env import get_mx
 
 mx = get_mx()
 nn = mx.gluon.nn

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .paths import RESOURCES
+from engine.core.paths import RESOURCES
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import WEIGHTS_DIR
-from .volume import atomic_write
+from engine.core.atomic import atomic_write
+from engine.core.paths import WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,108 @@
+"""The versioned model store: the shipped model of each architecture plus every fine-tune (one
+folder each under <data dir>/models/<arch>/), which one is active, rollback and comparison.
+Nothing is ever overwritten."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.core.atomic import atomic_write
+from engine.core.paths import data_dir
+from engine.nets.weights import ModelInfo, WeightsError, read_model_dir, shipped_model_dir
+
+
+@dataclass
+class VersionEntry:
+    version: str
+    arch: str
+    directory: Path
+    parent: str | None
+    created: str
+    after: dict = field(default_factory=dict)
+    shipped: bool = False
+
+
+class ModelStore:
+    """Model versions per architecture: the shipped one plus every fine-tune, and which is active."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else data_dir() / "models"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _state_path(self) -> Path:
+        return self.root / "active.json"
+
+    def _state(self) -> dict:
+        try:
+            return json.loads(self._state_path().read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def versions(self, arch: str) -> list[VersionEntry]:
+        out = []
+        ship = shipped_model_dir(arch)
+        if (ship / "model.json").exists():
+            meta = json.loads((ship / "model.json").read_text(encoding="utf-8"))
+            out.append(VersionEntry(meta.get("version", "shipped"), arch, ship, None,
+                                    meta.get("training", {}).get("trained_at", ""), {}, shipped=True))
+        d = self.root / arch
+        if d.is_dir():
+            for sub in sorted(d.iterdir()):
+                if (sub / "model.json").exists():
+                    try:
+                        meta = json.loads((sub / "model.json").read_text(encoding="utf-8"))
+                    except ValueError:
+                        continue
+                    out.append(VersionEntry(meta.get("version", sub.name), arch, sub, meta.get("parent"),
+                                            meta.get("created", ""), meta.get("after", {})))
+        return out
+
+    def new_version_dir(self, arch: str) -> tuple[str, Path]:
+        d = self.root / arch
+        d.mkdir(parents=True, exist_ok=True)
+        n = 1 + max([int(p.name.split("-v")[-1]) for p in d.glob(f"{arch}-v*") if p.name.split("-v")[-1].isdigit()],
+                    default=0)
+        name = f"{arch}-v{n:03d}"
+        return name, d / name
+
+    def active_dir(self, arch: str) -> Path:
+        path = self._state().get(arch)
+        if path and (Path(path) / "model.json").exists():
+            return Path(path)
+        return shipped_model_dir(arch)
+
+    def activate(self, arch: str, directory: str | os.PathLike) -> None:
+        read_model_dir(directory)  # refuse a broken version
+        state = self._state()
+        history = state.setdefault("history", {}).setdefault(arch, [])
+        prev = state.get(arch)
+        if prev and prev != str(directory):
+            history.append(prev)
+        state[arch] = str(directory)
+        atomic_write(self._state_path(), lambda tmp: tmp.write_text(json.dumps(state, indent=2), encoding="utf-8"))
+
+    def rollback(self, arch: str) -> Path:
+        """Make the previously active version active again; returns it."""
+        state = self._state()
+        history = state.get("history", {}).get(arch, [])
+        if not history:
+            raise WeightsError(f"no earlier {arch} version to roll back to")
+        prev = history.pop()
+        state[arch] = prev
+        atomic_write(self._state_path(), lambda tmp: tmp.write_text(json.dumps(state, indent=2), encoding="utf-8"))
+        return Path(prev)
+
+    @staticmethod
+    def compare(a: str | os.PathLike, b: str | os.PathLike) -> dict:
+        """Stats of two versions side by side (Dice after fine-tuning, parents, slices)."""
+        out = {}
+        for key, d in (("a", a), ("b", b)):
+            info: ModelInfo = read_model_dir(d, verify=False)
+            m = info.meta
+            out[key] = {"version": info.version, "parent": m.get("parent"), "created": m.get("created"),
+                        "dice": (m.get("after") or {}).get("dice") or
+                        (m.get("training", {}).get("validation_on_held_out_slab", {}).get("clean")),
+                        "train_slices": m.get("train_slices"), "scan": m.get("scan")}
+        return out
