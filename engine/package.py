@@ -73,8 +73,8 @@ CROP_SCOPE = "batch"  # Segmenter.segment crops each batch to its own foreground
 
 
 def preprocess_spec(multiple: int, arch: str = "enet") -> dict:
-    from engine.infer.inference import BEST_BATCH, CROP_MARGIN
-    from engine.infer.preprocess import CLIP_MAX
+    from engine.infer.inference import BEST_BATCH
+    from engine.infer.preprocess import CLIP_MAX, CROP_MARGIN
 
     return {
         "foreground": {"rule": "voxel > fraction * percentile(positive voxels, percentile)",

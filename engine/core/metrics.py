@@ -1,4 +1,9 @@
-"""Segmentation metrics: per-class hard Dice and the confusion matrix (rows = reference)."""
+"""Segmentation metrics: per-class hard Dice and the confusion matrix (rows = reference).
+
+One np.bincount over (reference, prediction) pairs rather than scikit-learn's confusion_matrix:
+the same result, several times faster on the 6 M voxels of a volume (sklearn validates and sorts
+the labels first). scikit-learn serves where it is the right tool: the by-person split of
+`brainseg train` (engine/train/oasis.py)."""
 from __future__ import annotations
 
 import numpy as np

@@ -27,14 +27,20 @@ import numpy as np
 from engine.core.cancel import Cancelled, CancelToken
 from engine.core.classes import NUM_CLASSES
 from engine.core.mx_env import default_context, get_mx
-from engine.infer.preprocess import SlicePadding, foreground_mask, foreground_threshold, normalisation_scale, normalise
+from engine.infer.preprocess import (
+    SlicePadding,
+    foreground_box,
+    foreground_mask,
+    foreground_threshold,
+    normalisation_scale,
+    normalise,
+)
 from engine.io.conform import PLANE_AXIS, Conform
 from engine.nets import count_parameters
 from engine.nets.weights import ModelInfo, read_model_dir, shipped_model_dir
 
 log = logging.getLogger(__name__)
 
-CROP_MARGIN = 8
 # Whole-volume time on 2 cores by batch size, fused oneDNN graphs, after the first volume
 # (2026-11-24): U-Net 7.3 s at 2, 7.5 s at 4, 7.8 s at 8, 8.3 s at 16; ENet 2.1 s at 4, 1.4 s at 8,
 # 1.35 s at 16, 1.5 s at 32.
@@ -111,25 +117,6 @@ def load_network(model_dir: str | Path, ctx=None):
     ctx = ctx or default_context()
     net.load_parameters(str(info.params_path), ctx=ctx)
     return net, info
-
-
-def foreground_box(fg: np.ndarray, multiple: int, margin: int = CROP_MARGIN) -> tuple[slice, slice]:
-    """In-plane (x, y) box holding every slice's foreground, widened to a multiple of `multiple`."""
-    any_xy = fg.any(axis=2)
-    if not any_xy.any():
-        return slice(0, fg.shape[0]), slice(0, fg.shape[1])
-    box = []
-    for axis, n in ((1, fg.shape[0]), (0, fg.shape[1])):
-        idx = np.where(any_xy.any(axis=axis))[0]
-        lo, hi = max(0, idx[0] - margin), min(n, idx[-1] + 1 + margin)
-        size = -(-(hi - lo) // multiple) * multiple
-        if size >= n:
-            lo, hi = 0, n
-        else:
-            lo = max(0, min(lo - (size - (hi - lo)) // 2, n - size))
-            hi = lo + size
-        box.append(slice(lo, hi))
-    return box[0], box[1]
 
 
 class Segmenter:

@@ -80,3 +80,25 @@ class SlicePadding:
         """(..., PH, PW) -> (..., H, W)."""
         oy, ox = self.offsets()
         return arr[..., oy:oy + self.shape[0], ox:ox + self.shape[1]]
+
+
+CROP_MARGIN = 8  # pixels of context kept around the foreground of a batch of slices
+
+
+def foreground_box(fg: np.ndarray, multiple: int, margin: int = CROP_MARGIN) -> tuple[slice, slice]:
+    """In-plane (x, y) box holding every slice's foreground, widened to a multiple of `multiple`."""
+    any_xy = fg.any(axis=2)
+    if not any_xy.any():
+        return slice(0, fg.shape[0]), slice(0, fg.shape[1])
+    box = []
+    for axis, n in ((1, fg.shape[0]), (0, fg.shape[1])):
+        idx = np.where(any_xy.any(axis=axis))[0]
+        lo, hi = max(0, idx[0] - margin), min(n, idx[-1] + 1 + margin)
+        size = -(-(hi - lo) // multiple) * multiple
+        if size >= n:
+            lo, hi = 0, n
+        else:
+            lo = max(0, min(lo - (size - (hi - lo)) // 2, n - size))
+            hi = lo + size
+        box.append(slice(lo, hi))
+    return box[0], box[1]

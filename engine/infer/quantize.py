@@ -46,7 +46,7 @@ CALIB_MODES = ("naive", "entropy")
 def calibration_slices(volume: np.ndarray, count: int = 16, margin: int | None = None) -> np.ndarray:
     """Up to `count` normalised axial slices (N, H, W) spread over the foreground of a raw volume,
     cropped to their foreground's in-plane box plus margin (default: inference's), not padded."""
-    from engine.infer.inference import CROP_MARGIN, foreground_box
+    from engine.infer.preprocess import CROP_MARGIN, foreground_box
 
     vol = np.asarray(volume, dtype=np.float32)
     if vol.ndim != 3:

@@ -120,8 +120,8 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     (engine/io/conform.py), so corrections drawn on a sagittally stored or 0.8 mm scan teach the
     right thing. Raises Cancelled (nothing written) or ValueError for unusable input."""
     from engine.core.classes import NUM_CLASSES
-    from engine.infer.inference import foreground_box, load_network
-    from engine.infer.preprocess import foreground_threshold
+    from engine.infer.inference import load_network
+    from engine.infer.preprocess import foreground_box, foreground_threshold
     from engine.io.conform import Conform
     from engine.train.augment import AugmentConfig, augment_pair  # scipy: only when fine-tuning (CLI start-up)
 

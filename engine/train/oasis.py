@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -130,20 +131,30 @@ def find_subjects(data_dir: str | os.PathLike) -> list[Subject]:
     return [found[k] for k in sorted(found)]
 
 
+def person_of(subject_id: str) -> str:
+    """The person a scan belongs to: OASIS-1 re-scans the same person in a second session
+    (OAS1_0001_MR1 and OAS1_0001_MR2), so the session suffix is dropped; BIDS-like _ses-X too."""
+    return re.sub(r"(_MR\d+|_ses-[A-Za-z0-9]+)$", "", subject_id)
+
+
 def split_subjects(subjects: list[Subject], val_fraction: float = 0.2,
                    seed: int = 1984) -> tuple[list[Subject], list[Subject]]:
-    """Split by subject: numpy RandomState(seed) shuffles the id-sorted list, the first
-    round(n * val_fraction) go to validation (at least one, and at least one left for training,
-    when there are two or more subjects). Deterministic; returns (train, val), each sorted by id."""
+    """Split by person (scikit-learn GroupShuffleSplit, random_state=seed, on the id-sorted list):
+    every scan of one person lands on the same side, so a re-scan never validates its own
+    twin. round(n_people * val_fraction) people go to validation (at least one, and at least one
+    left for training, when there are two or more). Deterministic; returns (train, val), each
+    sorted by id."""
+    from sklearn.model_selection import GroupShuffleSplit
+
     subs = sorted(subjects, key=lambda s: s.id)
-    n = len(subs)
-    if n < 2 or val_fraction <= 0:
+    groups = [person_of(s.id) for s in subs]
+    people = len(set(groups))
+    if people < 2 or val_fraction <= 0:
         return subs, []
-    order = np.arange(n)
-    np.random.RandomState(seed).shuffle(order)
-    n_val = min(max(1, int(round(n * val_fraction))), n - 1)
-    val_idx = set(order[:n_val].tolist())
-    return ([s for i, s in enumerate(subs) if i not in val_idx], [s for i, s in enumerate(subs) if i in val_idx])
+    n_val = min(max(1, int(round(people * val_fraction))), people - 1)
+    split = GroupShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
+    tr_idx, va_idx = next(split.split(np.zeros(len(subs)), groups=groups))
+    return [subs[i] for i in sorted(tr_idx)], [subs[i] for i in sorted(va_idx)]
 
 
 def load_subject(subject: Subject) -> tuple[np.ndarray, np.ndarray]:

@@ -128,6 +128,17 @@ def test_split_is_deterministic_and_by_subject():
     assert split_subjects(subs[:1]) == (subs[:1], [])
 
 
+def test_split_keeps_a_persons_sessions_together():
+    """OASIS-1 re-scanned some people (…_MR1 and …_MR2): both scans land on the same side."""
+    subs = [Subject(f"OAS1_{i:04d}_MR{m}", Path(f"{i}{m}.nii"), Path(f"{i}{m}_seg.nii"))
+            for i in range(1, 11) for m in ((1, 2) if i % 3 == 0 else (1,))]
+    for seed in range(5):
+        tr, va = split_subjects(subs, seed=seed)
+        people = lambda part: {s.id[:9] for s in part}  # noqa: E731
+        assert not people(tr) & people(va) and len(tr) + len(va) == len(subs)
+        assert len(people(va)) == 2  # 20 % of 10 people
+
+
 def test_median_frequency_weights():
     w = median_frequency_weights([600, 100, 200, 100], [1000, 1000, 1000, 500])
     freq = np.array([0.6, 0.1, 0.2, 0.2])
