@@ -1,4 +1,6 @@
-"""BrainSeg engine: volumes, label maps and their history, models, inference, training, metrics,
-export and the command line. Never imports Qt (enforced by an import-linter contract and a test)."""
+"""BrainSeg engine: everything but the widgets. Never imports Qt.
+
+Rooms, each importing only those below it (import-linter contracts in pyproject.toml):
+cli / bench -> package -> store -> train -> infer -> nets -> labels -> io -> core."""
 
 __version__ = "0.1.0"

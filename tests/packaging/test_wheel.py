@@ -16,8 +16,16 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_wheel_installs_and_segments_outside_the_checkout(tmp_path):
     dist = tmp_path / "dist"
+    # build from a copy of the tracked files, so the checkout gets no build/ or egg-info folders
+    src = tmp_path / "src"
+    files = subprocess.check_output(["git", "ls-files"], cwd=ROOT, text=True).split()
+    import shutil
+
+    for f in files:
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, src / f)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(dist), str(ROOT)], capture_output=True, text=True, timeout=600)
+                        "-w", str(dist), str(src)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(dist.glob("brainseg-*.whl"))
     env_dir = tmp_path / "venv"
@@ -32,7 +40,7 @@ def test_wheel_installs_and_segments_outside_the_checkout(tmp_path):
     import zipfile
 
     with zipfile.ZipFile(wheel) as z:
-        z.extractall(site)  # a wheel is a zip laid out for site-packages; no pip needed
+        z.extractall(site)  # a wheel is a zip laid out for site-packages: installing it is unpacking it
         names = z.namelist()
     assert "brainseg_resources/weights/enet/model.params" in names
     assert "brainseg_resources/demo/demo_t88_masked_gfc.img" in names
