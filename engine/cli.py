@@ -351,6 +351,19 @@ def cmd_segment(args) -> int:
 
 
 # ----------------------------------------------------------------------------- finetune
+def check_new_version_dir(path: str) -> None:
+    """A fine-tune writes a new version: never into an existing non-empty folder (an earlier
+    version), never into the shipped weights."""
+    from engine.core.paths import WEIGHTS_DIR
+
+    out = Path(path).resolve()
+    if out == WEIGHTS_DIR.resolve() or WEIGHTS_DIR.resolve() in out.parents:
+        raise CliError(f"{path}: that is where the shipped weights live; write the new version elsewhere")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CliError(f"{path}: exists and is not empty; a fine-tune writes a new version and never "
+                       "overwrites one (choose a new folder)")
+
+
 def cmd_finetune(args) -> int:
     from engine.core.mx_env import configure_threads
 
@@ -359,6 +372,7 @@ def cmd_finetune(args) -> int:
     from engine.store.versions import ModelStore
     from engine.train.finetune import FinetuneConfig, finetune
 
+    check_new_version_dir(args.output)
     scan = read_volume(args.scan, kind="image")
     labels = read_volume(args.labels, kind="labels")
     if scan.shape != labels.shape:

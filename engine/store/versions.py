@@ -4,13 +4,17 @@ Nothing is ever overwritten."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.core.atomic import atomic_write
 from engine.core.paths import data_dir
 from engine.nets.weights import ModelInfo, WeightsError, read_model_dir, shipped_model_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,14 +34,30 @@ class ModelStore:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root else data_dir() / "models"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.problems: list[str] = []  # what went wrong reading the store, for the GUI and CLI to show
 
     def _state_path(self) -> Path:
         return self.root / "active.json"
 
     def _state(self) -> dict:
+        """active.json. A corrupt one is never silently taken as "shipped, no history": it is
+        kept aside as active.json.corrupt-<time>, reported in the log and in `self.problems`,
+        and the store starts again from the shipped models."""
+        path = self._state_path()
         try:
-            return json.loads(self._state_path().read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+            return state
+        except FileNotFoundError:
+            return {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            backup = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, backup)
+            msg = (f"{path}: unreadable ({exc}); kept as {backup.name}, the shipped models are active again "
+                   "(earlier versions are still in the store: activate one to use it)")
+            log.error("%s", msg)
+            self.problems.append(msg)
             return {}
 
     def versions(self, arch: str) -> list[VersionEntry]:
@@ -77,8 +97,10 @@ class ModelStore:
         read_model_dir(directory)  # refuse a broken version
         state = self._state()
         history = state.setdefault("history", {}).setdefault(arch, [])
-        prev = state.get(arch)
-        if prev and prev != str(directory):
+        # the shipped model is active implicitly until something else is: it is the first
+        # history entry, so the first fine-tune can be rolled back
+        prev = state.get(arch) or str(shipped_model_dir(arch))
+        if prev != str(directory):
             history.append(prev)
         state[arch] = str(directory)
         atomic_write(self._state_path(), lambda tmp: tmp.write_text(json.dumps(state, indent=2), encoding="utf-8"))

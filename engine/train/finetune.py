@@ -216,7 +216,8 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
         "parent": parent.version,
         "parent_dir": str(parent.directory),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "scan": scan_name,
+        # a scan's path often holds a patient identifier: keep a short hash of its name only
+        "scan": scan_fingerprint(scan_name),
         "train_slices": train_s,
         "val_slices": val_s,
         "crop_box": [[bx.start, bx.stop], [by.start, by.stop]],
@@ -238,3 +239,14 @@ def _pad_labels(pad: SlicePadding, labels: np.ndarray) -> np.ndarray:
     out = np.zeros((labels.shape[0],) + pad.padded, dtype=np.uint8)
     out[:, oy:oy + pad.shape[0], ox:ox + pad.shape[1]] = labels
     return out
+
+
+def scan_fingerprint(name: str) -> str:
+    """'sha256:<12 hex>' of a scan's file name (not its folder), or '' for none: enough to tell
+    whether two versions learned from the same scan, nothing to identify a patient by."""
+    import hashlib
+    from pathlib import PurePath
+
+    if not name:
+        return ""
+    return "sha256:" + hashlib.sha256(PurePath(str(name)).name.encode("utf-8")).hexdigest()[:12]

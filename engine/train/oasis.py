@@ -51,7 +51,6 @@ LABEL_TAGS = ("_seg", "_fseg", "_labels")
 KVSTORES = ("local", "device", "dist_sync", "dist_device_sync")
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_BATCH = {"unet": 4, "enet": 8}  # the seed's per-step batch on a laptop
-FAIL_RANK_ENV = "BRAINSEG_DIST_FAIL_RANK"  # fault injection for tests: that rank exits 3 after epoch 1
 
 
 @dataclass(frozen=True)
@@ -536,9 +535,6 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
                         log_every=max(1, min(cfg.log_every, steps_per_epoch)))
     gscale = dist.grad_scale if dist else 1.0
     aug = AugmentConfig()
-    fail_rank = os.environ.get(FAIL_RANK_ENV)
-    if fail_rank is not None and dist:
-        log.warning("%s=%s is set: that worker will exit with code 3 after epoch 1", FAIL_RANK_ENV, fail_rank)
     meta_common = {
         "train_subjects": [s.id for s in train_s], "val_subjects": [s.id for s in val_s],
         "data_dir": str(Path(cfg.data_dir).resolve()), "workers": nworkers, "batch_size_per_worker": batch,
@@ -569,9 +565,6 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
 
     def end_of_epoch(step: int) -> None:
         epoch = cur["epoch"]
-        if fail_rank is not None and dist and str(rank) == fail_rank:
-            print(f"{FAIL_RANK_ENV}={fail_rank}: worker rank {rank} exits with code 3", flush=True)
-            os._exit(3)
         if dist:
             dist.average_aux(net)
         state.update(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, arch=cfg.model, arch_kwargs=arch_kwargs)

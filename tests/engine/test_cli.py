@@ -377,3 +377,17 @@ def test_segment_int8_refused_unless_validated(tmp_path, tiny_model_dir, capsys)
         assert not ok and "not faster" in why
     finally:
         meta_path.write_text(saved)
+
+
+def test_finetune_never_overwrites(tmp_path, capsys):
+    """`finetune -o` refuses an existing non-empty folder and the shipped weights, before any work."""
+    from engine.core.paths import WEIGHTS_DIR
+
+    old = tmp_path / "v1"
+    old.mkdir()
+    (old / "model.json").write_text("{}")
+    for out in (old, WEIGHTS_DIR / "enet", WEIGHTS_DIR / "new"):
+        assert main(["finetune", "scan.nii", "labels.nii", "--slices", "1", "-o", str(out)]) == 2
+        err = _one_error_line(capsys.readouterr().err)
+        assert ("not empty" in err or "shipped weights" in err) and "no such file" not in err
+    assert (old / "model.json").read_text() == "{}" and not (WEIGHTS_DIR / "new").exists()

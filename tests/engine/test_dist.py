@@ -104,8 +104,12 @@ def test_two_workers_match_one_worker_with_twice_the_batch(cluster_data):
 
 def test_a_dying_worker_fails_the_job_quickly(cluster_data):
     root, data, init = cluster_data
+    # the fault comes from outside the product: a sitecustomize on the workers' PYTHONPATH
+    hooks = Path(__file__).resolve().parent / "fault_hooks"
     proc, secs = _run_cli([str(data), *TINY_ARGS, "--epochs", "3", "--batch-size", "5", "--workers", "2",
-                           "-o", str(root / "dies"), "--timeout", "100"], BRAINSEG_DIST_FAIL_RANK="1")
+                           "-o", str(root / "dies"), "--timeout", "100"],
+                          PYTHONPATH=str(hooks), BRAINSEG_TEST_KILL_ONE_WORKER=str(root / "killed-one"))
+    assert (root / "killed-one").exists()
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "distributed training failed: worker" in proc.stderr and "exited with code 3" in proc.stderr
     assert "stopped the other 3 process(es)" in proc.stderr

@@ -7,7 +7,7 @@ import pytest
 
 from engine.core.cancel import Cancelled, CancelToken
 from engine.store.versions import ModelStore
-from engine.train.finetune import FinetuneConfig, finetune, split_slices
+from engine.train.finetune import FinetuneConfig, finetune, scan_fingerprint, split_slices
 
 
 def _volume():
@@ -33,9 +33,12 @@ def test_finetune_writes_new_version_with_stats(tiny_model_dir, tmp_path):
     epochs = []
     res = finetune(scan, lab, [2, 4, 6, 8, 10], tiny_model_dir, tmp_path / "v1",
                    FinetuneConfig(epochs=2, batch_size=2, steps_per_epoch=2), on_epoch=epochs.append,
-                   scan_name="synthetic")
+                   scan_name="/data/patients/Doe_Jane_1957/t1.nii.gz")
     meta = json.loads((tmp_path / "v1" / "model.json").read_text())
-    assert meta["parent"] == "tiny-test" and meta["scan"] == "synthetic"
+    # privacy: no folder (often a patient's name) in the record, only a hash of the file name
+    assert meta["parent"] == "tiny-test" and meta["scan"].startswith("sha256:")
+    assert "Doe" not in (tmp_path / "v1" / "model.json").read_text()
+    assert meta["scan"] == scan_fingerprint("/elsewhere/t1.nii.gz")  # same file name, same hash
     assert len(meta["after"]["confusion_matrix"]) == 4 and "gm" in meta["after"]["dice"]
     assert meta["before"]["confusion_matrix"] is not None
     assert sorted(meta["train_slices"] + meta["val_slices"]) == [2, 4, 6, 8, 10] and res.val_slices
@@ -81,3 +84,32 @@ def test_store_activate_compare_rollback(tiny_model_dir, tmp_path):
     assert cmp["b"]["parent"] == "tiny-test"
     assert store.rollback("enet") == tiny_model_dir
     assert store.active_dir("enet") == tiny_model_dir
+
+
+def test_first_fine_tune_can_be_rolled_back_to_the_shipped_model(tiny_model_dir, tmp_path, monkeypatch):
+    """The shipped model is active implicitly; activating the first fine-tune records it, so
+    rollback brings it back (it used to say 'no earlier version')."""
+    import engine.store.versions as versions
+
+    monkeypatch.setattr(versions, "shipped_model_dir", lambda arch: tiny_model_dir)
+    store = ModelStore(tmp_path / "models")
+    name, d = store.new_version_dir("enet")
+    scan, lab = _volume()
+    finetune(scan, lab, [2, 4, 6], tiny_model_dir, d, FinetuneConfig(epochs=1, batch_size=2, steps_per_epoch=1),
+             version=name)
+    assert store.active_dir("enet") == tiny_model_dir
+    store.activate("enet", d)  # no explicit activation of the shipped model before
+    assert store.rollback("enet") == tiny_model_dir and store.active_dir("enet") == tiny_model_dir
+
+
+def test_a_corrupt_active_json_is_kept_aside_and_reported(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    import engine.store.versions as versions
+
+    monkeypatch.setattr(versions, "shipped_model_dir", lambda arch: tiny_model_dir)
+    root = tmp_path / "models"
+    store = ModelStore(root)
+    (root / "active.json").write_text('{"enet": "/some/where", "history": {')  # cut off mid-write
+    assert store.active_dir("enet") == tiny_model_dir
+    backups = list(root.glob("active.json.corrupt-*"))
+    assert len(backups) == 1 and backups[0].read_text().startswith('{"enet"')
+    assert store.problems and "unreadable" in store.problems[0] and "active.json" in caplog.text
