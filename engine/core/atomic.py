@@ -15,21 +15,23 @@ def _process_umask() -> int:
 _UMASK = _process_umask()
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, mode: int | None = None) -> None:
     """Call write(tmp_path) then rename tmp over path; the old file survives any failure.
 
-    The result gets the old file's permissions, or the umask default for a new file (mkstemp
-    creates its file 0600, which would otherwise leave every written file private)."""
+    The result gets `mode` if given (0o600 for files private to the user), else the old file's
+    permissions, or the umask default for a new file (mkstemp creates its file 0600, which would
+    otherwise leave every written file private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_UMASK
+        if mode is None:
+            try:
+                mode = os.stat(path).st_mode & 0o7777
+            except FileNotFoundError:
+                mode = 0o666 & ~_UMASK
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

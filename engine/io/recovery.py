@@ -39,7 +39,7 @@ class RecoveryInfo:
 
 def recovery_dir() -> Path:
     d = data_dir() / "recovery"
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
     return d
 
 
@@ -59,7 +59,7 @@ def save_recovery(scan_path: str | os.PathLike, labels: np.ndarray, edited_slice
     if predicted is not None:
         arrays["predicted"] = predicted
     np.savez_compressed(buf, **arrays)
-    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()), mode=0o600)  # labels of a patient: private
     return path
 
 

@@ -232,3 +232,16 @@ def test_fsl_seg_geometry_matches_nibabel(tmp_path):
     assert v.kind == "labels" and v.source_dtype == "uint8" and v.shape == (8, 10, 6)
     assert v.voxel_size == pytest.approx(ref.header.get_zooms()[:3])
     assert v.orientation == "".join(nib.aff2axcodes(ref.affine))
+
+
+def test_recovery_files_and_the_data_folder_are_private(tmp_path, monkeypatch):
+    """Autosaved labels of a patient's scan are the user's only: 0600 files in 0700 folders."""
+    import stat
+
+    from engine.io import recovery
+
+    monkeypatch.setenv("BRAINSEG_HOME", str(tmp_path / "home"))
+    p = recovery.save_recovery(tmp_path / "scan.nii.gz", np.zeros((4, 4, 4), np.uint8), [1], 1, None)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
+    assert stat.S_IMODE(p.parent.stat().st_mode) == 0o700
