@@ -409,6 +409,49 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- models
+def cmd_models(args) -> int:
+    """The model store from the command line: list versions, activate one, roll back."""
+    from engine.core.hardware import choose_model
+    from engine.store.versions import ModelStore
+
+    store = ModelStore()
+    archs = [args.model] if args.model in ("unet", "enet") else ["unet", "enet"]
+    if args.action == "list":
+        rows = []
+        for arch in archs:
+            active = str(store.active_dir(arch))
+            for v in store.versions(arch):
+                rows.append({"arch": arch, "version": v.version, "shipped": v.shipped, "parent": v.parent,
+                             "created": v.created, "active": str(v.directory) == active,
+                             "mean_tissue_dice": (v.after or {}).get("mean_tissue_dice"),
+                             "directory": str(v.directory)})
+        for p in store.problems:
+            print(f"warning: {p}", file=sys.stderr)
+        if args.json:
+            _print_json(rows)
+            return 0
+        for r in rows:
+            dice = "" if r["mean_tissue_dice"] is None else f"  held-back Dice {r['mean_tissue_dice']:.3f}"
+            origin = " (shipped)" if r["shipped"] else f" <- {r['parent']}"
+            print(f"{'*' if r['active'] else ' '} {r['arch']:<5} {r['version']:<18}{origin}{dice}")
+        return 0
+    if args.action == "activate":
+        if not args.version:
+            raise CliError("models activate needs a VERSION (see 'brainseg models list')")
+        for arch in archs:
+            for v in store.versions(arch):
+                if v.version == args.version or str(v.directory) == args.version:
+                    store.activate(arch, v.directory)
+                    print(f"{arch}: {v.version} is active")
+                    return 0
+        raise CliError(f"no model version {args.version!r} (see 'brainseg models list')")
+    arch = args.model if args.model in ("unet", "enet") else choose_model("auto")[0]
+    back = store.rollback(arch)
+    print(f"{arch}: rolled back to {back.name}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- gui
 def cmd_gui(args) -> int:
     # Imported dynamically on purpose: the engine never imports the GUI package statically (an
@@ -486,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         getattr(mod, adder)(sub)
 
+    p = sub.add_parser("models", help="model versions: list, activate VERSION, rollback")
+    p.add_argument("action", choices=("list", "activate", "rollback"))
+    p.add_argument("version", nargs="?", help="with activate: a version name or folder")
+    p.add_argument("--model", default="all", choices=("all", "unet", "enet"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
     p = sub.add_parser("gui", help="open the desktop app")
     p.add_argument("scan", nargs="?")
     p.add_argument("--demo", action="store_true")
@@ -547,6 +597,8 @@ def main(argv=None) -> int:
         _setup_logging(verbose)
         return int(args.func(args) or 0)
     except (CliError, VolumeReadError, VolumeWriteError, WeightsError, ValueError, OSError) as exc:
+        if verbose and not isinstance(exc, CliError):
+            log.error("details", exc_info=True)  # -v: the traceback too
         print(f"brainseg: error: {_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -205,7 +205,8 @@ class LabelMap:
     def _push(self, atom: EditAtom) -> None:
         self._undo.append(atom)
         self._redo.clear()
-        while self._undo and (len(self._undo) > self.max_steps or self.history_bytes > self.max_bytes):
+        # the newest step is never evicted, however large: the user was promised its undo
+        while len(self._undo) > 1 and (len(self._undo) > self.max_steps or self.history_bytes > self.max_bytes):
             dropped = self._undo.pop(0)
             log.debug("history cap: dropped a %s step of %d bytes", dropped.kind, dropped.nbytes)
 

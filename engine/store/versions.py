@@ -73,7 +73,10 @@ class ModelStore:
                 if (sub / "model.json").exists():
                     try:
                         meta = json.loads((sub / "model.json").read_text(encoding="utf-8"))
-                    except ValueError:
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        msg = f"{sub / 'model.json'}: unreadable ({exc}); that version is not listed"
+                        log.warning("%s", msg)
+                        self.problems.append(msg)
                         continue
                     out.append(VersionEntry(meta.get("version", sub.name), arch, sub, meta.get("parent"),
                                             meta.get("created", ""), meta.get("after", {})))

@@ -391,3 +391,36 @@ def test_finetune_never_overwrites(tmp_path, capsys):
         err = _one_error_line(capsys.readouterr().err)
         assert ("not empty" in err or "shipped weights" in err) and "no such file" not in err
     assert (old / "model.json").read_text() == "{}" and not (WEIGHTS_DIR / "new").exists()
+
+
+def test_verbose_shows_the_traceback_of_a_user_error(tmp_path, capsys):
+    bad = tmp_path / "bad.nii"
+    bad.write_bytes(b"not a nifti at all" * 10)
+    assert main(["info", str(bad)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["-v", "info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "brainseg: error: " in err
+
+
+def test_models_list_activate_rollback(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import shutil
+
+    import engine.store.versions as versions
+
+    monkeypatch.setenv("BRAINSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(versions, "shipped_model_dir", lambda arch: tiny_model_dir)
+    v1 = tmp_path / "home" / "models" / "enet" / "enet-v001"
+    shutil.copytree(tiny_model_dir, v1)
+    meta = json.loads((v1 / "model.json").read_text())
+    meta.update(version="enet-v001", parent="tiny-test")
+    (v1 / "model.json").write_text(json.dumps(meta))
+    assert main(["models", "list", "--model", "enet", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["version"], r["active"]) for r in rows] == [("tiny-test", True), ("enet-v001", False)]
+    assert main(["models", "activate", "enet-v001"]) == 0 and "enet-v001 is active" in capsys.readouterr().out
+    assert main(["models", "list", "--model", "enet"]) == 0
+    assert "* enet  enet-v001" in capsys.readouterr().out
+    assert main(["models", "rollback", "--model", "enet"]) == 0
+    assert "rolled back" in capsys.readouterr().out
+    assert main(["models", "activate", "nope"]) == 2 and "no model version" in capsys.readouterr().err

@@ -125,3 +125,15 @@ def test_undoing_a_restore_clears_the_restored_edit_record():
     assert lm.edited_axial_slices() == [1] and lm.edit_count == 3
     lm.undo()
     assert lm.edited_axial_slices() == [] and lm.edit_count == 0 and lm.labels.sum() == 0
+
+
+def test_the_newest_step_is_never_evicted_by_the_byte_cap():
+    """A step bigger than the whole byte budget (a prediction over a large volume) stays undoable;
+    older steps make room for it."""
+    lm = LabelMap(np.zeros((40, 40, 10), np.uint8), max_bytes=2000)
+    lm.paint("axial", 2, [(5, 5)], 2, 1)
+    big = np.full((40, 40, 10), 3, np.uint8)
+    lm.set_prediction(big)
+    assert lm.undo_steps == 1 and lm.history_bytes > 2000
+    lm.undo()
+    assert lm.labels[5, 5, 2] == 1 and (lm.labels == 3).sum() == 0
