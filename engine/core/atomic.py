@@ -27,6 +27,7 @@ def atomic_write(path: Path, write, mode: int | None = None) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        fsync_file(Path(tmp))
         if mode is None:
             try:
                 mode = os.stat(path).st_mode & 0o7777
@@ -34,9 +35,34 @@ def atomic_write(path: Path, write, mode: int | None = None) -> None:
                 mode = 0o666 & ~_UMASK
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file to the disk (a rename is only as durable as what it renames)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames, new files) to the disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -6,6 +6,7 @@ file size (the OASIS grids) and reported in `Volume.layout_note`. Any problem ra
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from engine.core.atomic import atomic_write
+from engine.core.atomic import atomic_write, fsync_dir, fsync_file
 from engine.core.classes import CLASS_KEYS, NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
             for p in (hdr_path, img_path):
                 if p.exists() and p.stat().st_size == 0:
                     raise VolumeReadError(p, "file is empty")
+            repair_analyze_pair(hdr_path)
             if not hdr_path.exists():
                 if suffix == ".hdr":
                     raise VolumeReadError(path, "no such file")
@@ -355,23 +357,68 @@ def analyze_geometry_loss(affine: np.ndarray, shape: tuple = (2, 2, 2)) -> str |
             "mask flipped or shifted against the scan. Save as NIfTI (.nii.gz) to keep the geometry.")
 
 
+PAIR_JOURNAL = ".{name}.pair-pending"  # beside an Analyze pair while both halves are being replaced
+
+
 def _save_analyze(hdr_path: Path, img_path: Path, labels: np.ndarray, affine: np.ndarray) -> list[Path]:
+    """Replace an Analyze pair so that a crash at any point leaves a readable pair, old or new:
+    both halves are written and flushed under temporary names, then a journal naming them is
+    written, then both are renamed into place and the journal removed. `read_volume` finishes a
+    journalled replacement it finds (the new halves were complete before the journal existed)."""
     data4 = labels[..., np.newaxis]  # OASIS FSL_SEG files carry a 4th singleton axis
     img = nib.AnalyzeImage(data4, affine, header=_analyze_header(data4.shape, affine))
     loss = analyze_geometry_loss(affine, labels.shape)
     if loss:
         log.warning("%s: %s", hdr_path, loss)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".brainseg-", dir=hdr_path.parent))
+    folder = hdr_path.parent
+    tmpdir = Path(tempfile.mkdtemp(prefix=".brainseg-", dir=folder))
+    journal = folder / PAIR_JOURNAL.format(name=hdr_path.stem)
     try:
         tmp_hdr = tmpdir / hdr_path.name
         nib.save(img, str(tmp_hdr.with_suffix(".hdr")))
+        for p in (tmp_hdr.with_suffix(".hdr"), tmp_hdr.with_suffix(".img")):
+            fsync_file(p)
+        fsync_dir(tmpdir)
+        journal.write_text(json.dumps({"tmpdir": tmpdir.name, "hdr": hdr_path.name, "img": img_path.name}))
+        fsync_file(journal)
+        fsync_dir(folder)
         os.replace(tmp_hdr.with_suffix(".img"), img_path)
         os.replace(tmp_hdr.with_suffix(".hdr"), hdr_path)
+        fsync_dir(folder)
+        journal.unlink()
+        fsync_dir(folder)
     finally:
+        if tmpdir.exists():
+            for p in tmpdir.iterdir():
+                p.unlink()
+            tmpdir.rmdir()
+    return [hdr_path, img_path]
+
+
+def repair_analyze_pair(hdr_path: Path) -> bool:
+    """Finish a replacement of this Analyze pair that a crash interrupted (see _save_analyze).
+    Returns True when something was repaired."""
+    journal = hdr_path.parent / PAIR_JOURNAL.format(name=hdr_path.stem)
+    if not journal.exists():
+        return False
+    try:
+        j = json.loads(journal.read_text())
+        tmpdir = hdr_path.parent / j["tmpdir"]
+    except (ValueError, KeyError, OSError):
+        journal.unlink(missing_ok=True)  # written last before the renames: a torn one means none began
+        return False
+    for suffix, name in ((".img", j["img"]), (".hdr", j["hdr"])):  # as _save_analyze named them
+        src = (tmpdir / j["hdr"]).with_suffix(suffix)
+        if src.exists():
+            os.replace(src, hdr_path.parent / name)
+    fsync_dir(hdr_path.parent)
+    if tmpdir.exists():
         for p in tmpdir.iterdir():
             p.unlink()
         tmpdir.rmdir()
-    return [hdr_path, img_path]
+    journal.unlink()
+    log.warning("%s: finished replacing the pair that an earlier save left half done", hdr_path)
+    return True
 
 
 def label_volumes(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, dict[str, float]]:

@@ -245,3 +245,44 @@ def test_recovery_files_and_the_data_folder_are_private(tmp_path, monkeypatch):
     assert stat.S_IMODE(p.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
     assert stat.S_IMODE(p.parent.stat().st_mode) == 0o700
+
+
+KILL_CHILD = """
+import os, sys
+import numpy as np
+import engine.io.volume as v
+path, when = sys.argv[1], sys.argv[2]
+real_replace, real_fsync = os.replace, v.fsync_file
+n = {"replace": 0}
+def replace(a, b):
+    real_replace(a, b)
+    n["replace"] += 1
+    if when == f"after-rename-{n['replace']}":
+        os.kill(os.getpid(), 9)
+def fsync_file(p):
+    if when == "halves-written" and str(p).endswith(".img"):
+        os.kill(os.getpid(), 9)
+    if when == "journal-written" and str(p).endswith("pair-pending"):
+        os.kill(os.getpid(), 9)
+    real_fsync(p)
+os.replace, v.fsync_file = replace, fsync_file
+v.save_labels(path, np.full((6, 7, 5), 2, np.uint8), np.diag([-1.0, 1, 1, 1]))
+"""
+
+
+@pytest.mark.parametrize("when, expect", [("halves-written", 1), ("journal-written", 2), ("after-rename-1", 2),
+                                         ("after-rename-2", 2)])
+def test_analyze_pair_survives_kill_9_at_any_point(tmp_path, when, expect):
+    """kill -9 while an Analyze pair is being replaced: opening it afterwards gives the old pair or
+    the new one, never a new .img with an old .hdr."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "mask_fseg.hdr"
+    save_labels(path, np.full((6, 7, 5), 1, np.uint8), np.diag([-1.0, 1, 1, 1]))
+    r = subprocess.run([sys.executable, "-c", KILL_CHILD, str(path), when], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == -9, r.stderr
+    vol = read_volume(path, kind="labels")
+    assert vol.shape == (6, 7, 5) and np.unique(vol.data).tolist() == [expect]
+    assert not list(tmp_path.glob(".*pair-pending"))
