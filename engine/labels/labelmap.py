@@ -418,20 +418,21 @@ class LabelMap:
 
     def restore(self, labels: np.ndarray, edited_slices: list[int], edit_count: int,
                 predicted: np.ndarray | None = None) -> None:
-        """Load recovered labels (after a crash) as one undoable user step."""
-        diff = self.labels != labels
-        box3 = box_of(diff)
+        """Load recovered labels (after a crash) as a new baseline: the recovered map with its
+        record of edited slices, and no undo step that one Ctrl+Z would use to wipe every
+        restored edit (the recovery file holds a snapshot, not the strokes). It is unsaved."""
+        new = np.asarray(labels, dtype=np.uint8)
+        if new.shape != self.labels.shape:
+            raise ValueError(f"recovered labels {new.shape} != label map {self.labels.shape}")
         if predicted is not None:
             self.predicted = np.asarray(predicted, dtype=np.uint8)
-        after = Counter(self._edited)
-        for k in edited_slices:
-            after[int(k)] += 1
-        if box3 is None:
-            self._edited, self.edit_count = after, int(edit_count)
-            return
-        mask = diff[box3]
-        atom = EditAtom("restore", box3, mask, self.labels[box3][mask].copy(),
-                        np.asarray(labels, dtype=np.uint8)[box3][mask].copy(), user=False,
-                        edits_before=(Counter(self._edited), self.edit_count), edits_after=(after, int(edit_count)))
-        self._apply(atom, True)
-        self._push(atom)
+        self.labels[...] = new
+        self._undo.clear()
+        self._redo.clear()
+        self._stroke = None
+        self._edited = Counter({int(k): 1 for k in edited_slices})
+        self.edit_count = int(edit_count)
+        self.revision += 1
+        full = tuple(slice(0, n) for n in self.labels.shape)
+        for fn in list(self.listeners):
+            fn(full)

@@ -117,14 +117,18 @@ def test_undoing_a_prediction_brings_back_the_record_of_edits():
     assert lm.edited_axial_slices() == [] and (lm.labels == 1).all()
 
 
-def test_undoing_a_restore_clears_the_restored_edit_record():
+def test_a_restore_is_a_new_baseline_that_one_undo_cannot_wipe():
     lm = LabelMap(np.zeros((8, 8, 4), np.uint8))
+    lm.paint("axial", 0, [(1, 1)], 1, 3)  # history from before the restore is gone with it
     rec = np.zeros((8, 8, 4), np.uint8)
     rec[2:4, 2:4, 1] = 2
     lm.restore(rec, [1], 3)
-    assert lm.edited_axial_slices() == [1] and lm.edit_count == 3
+    assert lm.edited_axial_slices() == [1] and lm.edit_count == 3 and not lm.is_clean
+    assert lm.undo() is None and not lm.can_undo
+    np.testing.assert_array_equal(lm.labels, rec)
+    lm.paint("axial", 3, [(5, 5)], 1, 1)  # new edits go on top and undo back to the baseline
     lm.undo()
-    assert lm.edited_axial_slices() == [] and lm.edit_count == 0 and lm.labels.sum() == 0
+    np.testing.assert_array_equal(lm.labels, rec)
 
 
 def test_the_newest_step_is_never_evicted_by_the_byte_cap():
