@@ -307,23 +307,39 @@ class TrainingPanel(QtWidgets.QWidget):
 
         self.job_id = None
         self.result = result
-        try:
-            self.store.activate(self._job_arch, result.version_dir)
-        except WeightsError as exc:
-            self.status.setText(f"The new version could not be activated: {exc}")
+        b, a = result.before.get("mean_tissue_dice"), result.after.get("mean_tissue_dice")
+        # the parent and the new version, measured on the same held-back slices: a version that
+        # scored worse is not activated without asking
+        worse = a is not None and b is not None and a < b
+        activate = not worse or dialogs.ask_yes_no(
+            self, "Keep the previous model?",
+            f"The new version {result.version_dir.name} scored lower than its parent on the same "
+            f"{len(result.val_slices)} held-back slices (mean tissue Dice {b:.3f} -> {a:.3f}).\n\n"
+            "Activate it anyway? (No keeps the current model; the new version stays in the list.)")
+        activated = False
+        if activate:
+            try:
+                self.store.activate(self._job_arch, result.version_dir)
+                activated = True
+            except WeightsError as exc:
+                self.status.setText(f"The new version could not be activated: {exc}")
         for r, key in enumerate(CLASS_KEYS):
             for c, which in ((1, result.before), (2, result.after)):
                 v = (which.get("dice") or {}).get(key)
                 self.dice_table.setItem(r, c, QtWidgets.QTableWidgetItem("-" if v is None else f"{v:.3f}"))
         self._show_cm()
         self.progress.setValue(100)
-        b, a = result.before.get("mean_tissue_dice"), result.after.get("mean_tissue_dice")
-        msg = f"Done in {result.seconds:.0f} s: {result.version_dir.name} is now active."
+        if activated:
+            msg = (f"Done in {result.seconds:.0f} s: {result.version_dir.name} is now active. Segment again "
+                   "to use it on the open scan.")
+        else:
+            msg = f"Done in {result.seconds:.0f} s: {result.version_dir.name} was kept but not activated."
         if a is not None and b is not None:
-            msg += f" Mean tissue Dice on {len(result.val_slices)} held-back slices: {b:.3f} -> {a:.3f}."
+            msg += f" Mean tissue Dice on the same {len(result.val_slices)} held-back slices: {b:.3f} -> {a:.3f}."
         self.status.setText(msg)
         self.refresh_versions()
-        self.versionActivated.emit(str(result.version_dir))
+        if activated:
+            self.versionActivated.emit(str(result.version_dir))
         self.trainingFinished.emit(result)
         self.update_state()
 

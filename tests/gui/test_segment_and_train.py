@@ -87,7 +87,8 @@ def test_segment_current_slice_only(enet_window, small_scan, qtbot):
     assert "Segmented the slice" in win.statusBar().currentMessage()
 
 
-def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_scan, qtbot, tiny_model_dir):
+def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_scan, qtbot, tiny_model_dir, dialogs):
+    dialogs.yes = True  # if the tiny random model scores lower than its parent: activate anyway
     win = enet_window
     _open_with_brush(win, small_scan)
     panel = win.training_panel
@@ -157,3 +158,28 @@ def test_navigate_click_moves_every_linked_view(window, small_scan, qtbot):
     window.open_scan(scan)
     window.set_cursor((7, 9, 4))
     assert [window.views[v].index for v in ("sagittal", "coronal", "axial")] == [7, 9, 4]
+
+
+def test_a_worse_fine_tune_is_not_activated_without_asking(enet_window, small_scan, qtbot, tiny_model_dir,
+                                                            dialogs, tmp_path):
+    """Measured on the same held-back slices, the new version scored lower than its parent: the
+    user is asked, No keeps the current model (the version stays in the list), Yes activates it."""
+    import shutil
+    from types import SimpleNamespace
+
+    win = enet_window
+    win.open_scan(small_scan[0])
+    panel = win.training_panel
+    name, d = win.model_store.new_version_dir("enet")
+    shutil.copytree(tiny_model_dir, d)
+    result = SimpleNamespace(version_dir=d, before={"mean_tissue_dice": 0.923, "dice": {}},
+                             after={"mean_tissue_dice": 0.912, "dice": {}}, val_slices=[3, 7], seconds=12.0,
+                             train_slices=[1, 2])
+    panel._job_arch = "enet"
+    dialogs.yes = False
+    panel.on_finished(result)
+    assert dialogs.questions and "0.923 -> 0.912" in dialogs.questions[-1]
+    assert win.model_dir() == tiny_model_dir and "not activated" in panel.status.text()
+    dialogs.yes = True
+    panel.on_finished(result)
+    assert win.model_dir() == d and "Segment again" in panel.status.text()
