@@ -395,5 +395,5 @@ class TrainingPanel(QtWidgets.QWidget):
             b = (cmp["b"]["dice"] or {}).get(key)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             lines.append(f"{key.upper()}: {fmt(a)} vs {fmt(b)}")
-        self.compare_label.setText(f"{cmp['a']['version']} vs {cmp['b']['version']} (validation Dice): "
+        self.compare_label.setText(f"{cmp['a']['version']} vs {cmp['b']['version']}, Dice on {cmp['basis']}: "
                                    + ";  ".join(lines))

@@ -121,13 +121,29 @@ class ModelStore:
 
     @staticmethod
     def compare(a: str | os.PathLike, b: str | os.PathLike) -> dict:
-        """Stats of two versions side by side (Dice after fine-tuning, parents, slices)."""
-        out = {}
+        """Two versions side by side, with Dice only where both were measured on the same data: a
+        fine-tune's record holds its parent's Dice ("before") and its own ("after") on the same
+        held-back slices, so a parent and its child compare; other pairs get no Dice and a
+        `basis` that says why (each version's own figures were measured on different slices)."""
+        metas = {}
+        out: dict = {}
         for key, d in (("a", a), ("b", b)):
             info: ModelInfo = read_model_dir(d, verify=False)
-            m = info.meta
-            out[key] = {"version": info.version, "parent": m.get("parent"), "created": m.get("created"),
-                        "dice": (m.get("after") or {}).get("dice") or
-                        (m.get("training", {}).get("validation_on_held_out_slab", {}).get("clean")),
-                        "train_slices": m.get("train_slices"), "scan": m.get("scan")}
+            metas[key] = (info, info.meta)
+            out[key] = {"version": info.version, "parent": info.meta.get("parent"), "created": info.meta.get("created"),
+                        "dice": None, "train_slices": info.meta.get("train_slices"), "scan": info.meta.get("scan")}
+        (ia, ma), (ib, mb) = metas["a"], metas["b"]
+        pair = None
+        if mb.get("parent") == ia.version and mb.get("after"):
+            pair = ("a", "b", mb, ib.version)
+        elif ma.get("parent") == ib.version and ma.get("after"):
+            pair = ("b", "a", ma, ia.version)
+        if pair:
+            parent_key, child_key, rec, child = pair
+            out[parent_key]["dice"] = (rec.get("before") or {}).get("dice")
+            out[child_key]["dice"] = (rec.get("after") or {}).get("dice")
+            out["basis"] = f"the same {len(rec.get('val_slices') or [])} held-back slices of {child}'s fine-tune"
+        else:
+            out["basis"] = ("not measured on the same slices: compare a version with its parent, or segment "
+                            "and correct a scan with each")
         return out

@@ -82,6 +82,16 @@ def test_store_activate_compare_rollback(tiny_model_dir, tmp_path):
     assert any(v.version == "enet-v001" for v in store.versions("enet"))
     cmp = store.compare(tiny_model_dir, d)
     assert cmp["b"]["parent"] == "tiny-test"
+    # parent and child: both Dice from the child's record, on the same held-back slices
+    meta = json.loads((d / "model.json").read_text())
+    assert cmp["a"]["dice"] == meta["before"]["dice"] and cmp["b"]["dice"] == meta["after"]["dice"]
+    assert "same" in cmp["basis"] and cmp == {**store.compare(d, tiny_model_dir), "a": cmp["a"], "b": cmp["b"]}
+    # two siblings were measured on different slices: no Dice side by side
+    name2, d2 = store.new_version_dir("enet")
+    finetune(scan, lab, [3, 5, 7], tiny_model_dir, d2, FinetuneConfig(epochs=1, batch_size=2, steps_per_epoch=1),
+             version=name2)
+    sib = store.compare(d, d2)
+    assert sib["a"]["dice"] is None and sib["b"]["dice"] is None and "not measured on the same" in sib["basis"]
     assert store.rollback("enet") == tiny_model_dir
     assert store.active_dir("enet") == tiny_model_dir
 
