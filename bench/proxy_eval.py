@@ -45,8 +45,9 @@ REPORT_SEEDS = (777_001, 777_002, 777_003)
 LAS_AFFINE = np.array([[-1.0, 0, 0, 87.0], [0, 1.0, 0, -103.0], [0, 0, 1.0, -87.0], [0, 0, 0, 1]])
 
 
-def pir_copy(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The LAS volume stored sagittally: array axes Posterior, Inferior, Right; exact affine."""
+def pir_copy(img: np.ndarray, affine: np.ndarray = LAS_AFFINE) -> tuple[np.ndarray, np.ndarray]:
+    """A LAS volume (with its affine) stored sagittally: array axes Posterior, Inferior, Right;
+    exact affine."""
     nx, ny, nz = img.shape
     pir = np.ascontiguousarray(img.transpose(1, 2, 0)[::-1, ::-1, ::-1])
     m = np.zeros((4, 4))  # pir index (i, j, k) -> las index (x, y, z)
@@ -54,7 +55,7 @@ def pir_copy(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m[1, 0], m[1, 3] = -1, ny - 1
     m[2, 1], m[2, 3] = -1, nz - 1
     m[3, 3] = 1
-    return pir, LAS_AFFINE @ m
+    return pir, affine @ m
 
 
 def from_pir(mask: np.ndarray) -> np.ndarray:

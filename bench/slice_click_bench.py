@@ -32,11 +32,8 @@ def sagittal_08_copy(out: Path) -> Path:
     r, aff = resampled_copy(v.data, 0.8)
     m, _ = resampled_copy((v.data > 0).astype(np.float32), 0.8)
     r = np.where(m > 0.5, r, 0).astype(np.float32)
-    pir, _ = pir_copy(r)
-    nx, ny, nz = r.shape
-    t = np.zeros((4, 4))
-    t[0, 2], t[0, 3], t[1, 0], t[1, 3], t[2, 1], t[2, 3], t[3, 3] = -1, nx - 1, -1, ny - 1, -1, nz - 1, 1
-    nib.save(nib.Nifti1Image(pir, aff @ t), str(out))
+    pir, pir_aff = pir_copy(r, aff)
+    nib.save(nib.Nifti1Image(pir, pir_aff), str(out))
     return out
 
 

@@ -35,6 +35,7 @@ from engine.infer.preprocess import (
     normalisation_scale,
     normalise,
 )
+from engine.infer.qc import SKULL_ON_FOREGROUND_ML
 from engine.io.conform import PLANE_AXIS, Conform
 from engine.nets import count_parameters
 from engine.nets.weights import ModelInfo, read_model_dir, shipped_model_dir
@@ -93,7 +94,7 @@ class SegmentResult:
 
 
 STRIPPED_ZERO_FRACTION = 0.2
-STRIPPED_MAX_ML = 2300.0  # qc.SKULL_ON_FOREGROUND_ML: a head with skull and scalp is 3-4.5 L
+STRIPPED_MAX_ML = SKULL_ON_FOREGROUND_ML  # more than any brain with its CSF: a head with skull and scalp is 3-4.5 L
 
 
 def skull_stripped(volume: np.ndarray, voxel_ml: float = 0.001) -> bool:

@@ -145,30 +145,34 @@ class Conform:
     def reorient(self, data: np.ndarray) -> np.ndarray:
         return ornt.apply_orientation(data, self.transform) if self.reoriented else data
 
+    def _to_1mm(self, a: np.ndarray, axes: dict[int, int], classes: int | None = None) -> np.ndarray:
+        """Resample array axes to the work grid's 1 mm: axes maps an axis of `a` to the LAS axis
+        it runs along. A scan is smoothed first where it shrinks by more than 1.3x (anti-aliasing)
+        and interpolated linearly; a label map (classes given) goes one-hot, is interpolated like
+        probabilities, and comes back by argmax."""
+        if classes is None:
+            a = a.astype(np.float32)
+            for i, ax in axes.items():
+                if self.zooms[ax] < WORK_ZOOM / 1.3:
+                    a = gaussian_axis(a, 0.5 * np.sqrt((WORK_ZOOM / self.zooms[ax]) ** 2 - 1), i)
+        else:
+            a = np.stack([(a == c).astype(np.float32) for c in range(classes)])
+        shift = 0 if classes is None else 1
+        for i, ax in axes.items():
+            a = resample_axis(a, i + shift, _positions(self.work_shape[ax], self.reoriented_shape[ax],
+                                                       self.zooms[ax] / WORK_ZOOM))
+        return np.ascontiguousarray(a if classes is None else np.argmax(a, axis=0).astype(np.uint8))
+
     def to_work(self, data: np.ndarray) -> np.ndarray:
         """A scan (float) on the work grid: reoriented, then resampled linearly if needed."""
         a = self.reorient(np.asarray(data, dtype=np.float32))
-        if not self.resampled:
-            return np.ascontiguousarray(a)
-        for ax, z in enumerate(self.zooms):  # anti-aliasing before shrinking by more than 1.3x
-            if z < WORK_ZOOM / 1.3:
-                a = gaussian_axis(a, 0.5 * np.sqrt((WORK_ZOOM / z) ** 2 - 1), ax)
-        for ax in range(3):
-            a = resample_axis(a, ax, _positions(self.work_shape[ax], self.reoriented_shape[ax],
-                                                self.zooms[ax] / WORK_ZOOM))
-        return np.ascontiguousarray(a)
+        return self._to_1mm(a, {0: 0, 1: 1, 2: 2}) if self.resampled else np.ascontiguousarray(a)
 
     def labels_to_work(self, labels: np.ndarray, classes: int) -> np.ndarray:
         """A label map on the work grid (for fine-tuning on corrections): one-hot, resampled like
         probabilities, argmax."""
         lab = self.reorient(np.asarray(labels))
-        if not self.resampled:
-            return np.ascontiguousarray(lab)
-        onehot = np.stack([(lab == c).astype(np.float32) for c in range(classes)])
-        for ax in range(3):
-            onehot = resample_axis(onehot, ax + 1, _positions(self.work_shape[ax], self.reoriented_shape[ax],
-                                                              self.zooms[ax] / WORK_ZOOM))
-        return np.argmax(onehot, axis=0).astype(np.uint8)
+        return self._to_1mm(lab, {0: 0, 1: 1, 2: 2}, classes) if self.resampled else np.ascontiguousarray(lab)
 
     def plane_slices_to_work(self, data: np.ndarray, plane: str, native_indices, classes: int | None = None
                              ) -> np.ndarray:
@@ -177,27 +181,12 @@ class Conform:
         the slices themselves (no interpolation across slices: what fine-tuning learns from is
         exactly what the user drew). With `classes`, `data` is a label map (one-hot resampling)."""
         wax = PLANE_AXIS[plane]
-        ks = self._reoriented_indices(plane, native_indices)
         a = self.reorient(np.asarray(data))
-        a = np.take(a, ks, axis=wax)
-        a = np.moveaxis(a, wax, 2)
-        in_plane = [ax for ax in range(3) if ax != wax]
+        a = np.moveaxis(np.take(a, self._reoriented_indices(plane, native_indices), axis=wax), wax, 2)
         if not self.resampled:
             return np.ascontiguousarray(a)
-        if classes is None:
-            out = a.astype(np.float32)
-            for i, ax in enumerate(in_plane):  # the same anti-aliasing as to_work
-                if self.zooms[ax] < WORK_ZOOM / 1.3:
-                    out = gaussian_axis(out, 0.5 * np.sqrt((WORK_ZOOM / self.zooms[ax]) ** 2 - 1), i)
-            for i, ax in enumerate(in_plane):
-                out = resample_axis(out, i, _positions(self.work_shape[ax], self.reoriented_shape[ax],
-                                                       self.zooms[ax] / WORK_ZOOM))
-            return np.ascontiguousarray(out)
-        onehot = np.stack([(a == c).astype(np.float32) for c in range(classes)])
-        for i, ax in enumerate(in_plane):
-            onehot = resample_axis(onehot, i + 1, _positions(self.work_shape[ax], self.reoriented_shape[ax],
-                                                             self.zooms[ax] / WORK_ZOOM))
-        return np.argmax(onehot, axis=0).astype(np.uint8)
+        in_plane = [ax for ax in range(3) if ax != wax]
+        return self._to_1mm(a, dict(enumerate(in_plane)), classes)
 
     def work_positions(self, plane: str, native_indices) -> np.ndarray:
         """Fractional work-grid positions (along the plane's normal) of native slice indices."""

@@ -112,11 +112,6 @@ def capsule_mask(shape: tuple[int, int], p0: tuple[float, float], p1: tuple[floa
     return (slice(lo[0], hi[0]), slice(lo[1], hi[1])), mask
 
 
-def _starts(box) -> tuple[slice, ...]:
-    """A box with open ends (slice(None)) as slices from their start (0 for an open start)."""
-    return tuple(slice(b.start or 0, None) for b in box)
-
-
 class LabelMap:
     """A uint8 label volume with history. Not thread-safe: the GUI thread owns it."""
 
@@ -360,8 +355,8 @@ class LabelMap:
             tgt[tuple(part)] = pred[sel]
             d = cur != tgt
             sub = box_of(d)
-            box3 = None if sub is None else tuple(slice(b.start + s_.start, b.start + s_.stop)
-                                                  for b, s_ in zip(_starts(slab), sub))
+            box3 = None if sub is None else tuple(
+                slice(b.start + lo, b.stop + lo) if a == self.axial_axis else b for a, b in enumerate(sub))
             diff_box = None if sub is None else d[sub]
             target_box = None if sub is None else tgt[sub]
         else:

@@ -197,7 +197,3 @@ def refine_with_intensities(image: np.ndarray, probs: np.ndarray, mask: np.ndarr
     img = bias_corrected(image, p, mask, sigma_vox) if bias_sigma else image
     fit = tissue_em(img, mask, beta=beta, iterations=iterations, prior=p, prior_weight=prior_weight)
     return fit.posteriors
-
-
-def smooth_probabilities(p: np.ndarray, sigma: float) -> np.ndarray:
-    return np.stack([ndi.gaussian_filter(c, sigma) for c in p]) if sigma > 0 else p
