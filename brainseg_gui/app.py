@@ -31,6 +31,17 @@ def setup_logging(level=logging.INFO) -> str:
     return str(path)
 
 
+def crash_message(exc_type, exc, window) -> str:
+    """The unexpected-error dialog's text: what happened, and the truth about the user's edits
+    (autosaved when, not autosaved because, or nothing unsaved) from the session."""
+    safety = ""
+    try:
+        safety = window.session.safety_summary()
+    except Exception:  # the window itself may be what broke
+        safety = "The state of your edits is unknown: save the labels now if you can."
+    return f"{exc_type.__name__}: {exc}\n\nDetails are in the log file. {safety}"
+
+
 def install_excepthook(window_getter) -> None:
     def hook(exc_type, exc, tb):
         text = "".join(traceback.format_exception(exc_type, exc, tb))
@@ -38,9 +49,8 @@ def install_excepthook(window_getter) -> None:
         try:
             from PyQt5 import QtWidgets
 
-            QtWidgets.QMessageBox.critical(window_getter(), "Unexpected error",
-                                           f"{exc_type.__name__}: {exc}\n\nDetails are in the log file. "
-                                           "Your edits are autosaved.")
+            win = window_getter()
+            QtWidgets.QMessageBox.critical(win, "Unexpected error", crash_message(exc_type, exc, win))
         except Exception:
             sys.__excepthook__(exc_type, exc, tb)
 

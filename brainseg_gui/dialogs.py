@@ -40,3 +40,18 @@ def get_save_path(parent, title: str, filters: str, directory: str = "") -> str:
 
 def get_directory(parent, title: str, directory: str = "") -> str:
     return QtWidgets.QFileDialog.getExistingDirectory(parent, title, directory)
+
+
+def ask_choice(parent, title: str, message: str, choices: list[tuple[str, str]], default: str) -> str:
+    """One of several named answers: choices are (key, button text); returns the key chosen
+    ('cancel' when the box is closed; include a 'cancel' choice to offer it as a button)."""
+    box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Question, title, message, QtWidgets.QMessageBox.NoButton, parent)
+    buttons = {}
+    for key, text in choices:
+        role = QtWidgets.QMessageBox.RejectRole if key == "cancel" else QtWidgets.QMessageBox.AcceptRole
+        buttons[box.addButton(text, role)] = key
+    for b, key in buttons.items():
+        if key == default:
+            box.setDefaultButton(b)
+    box.exec_()
+    return buttons.get(box.clickedButton(), "cancel")

@@ -91,6 +91,16 @@ class EngineThread(QtCore.QThread):
         if job is not None:
             job.cancel.cancel()
 
+    def cancel_all(self) -> int:
+        """Cancel every job submitted and not finished: the running one stops within a batch, a
+        queued one (behind a model preload, say) is reported cancelled without running. Returns
+        how many were cancelled."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel.cancel()
+        return len(jobs)
+
     @property
     def is_busy(self) -> bool:
         return self._outstanding > 0
@@ -133,6 +143,8 @@ class EngineThread(QtCore.QThread):
             self._current = job
             self.busy_changed.emit(True)
             try:
+                if job.cancel.cancelled:  # cancelled while it waited in the queue
+                    raise Cancelled()
                 result = job.fn(self.state, lambda payload, j=job: self.progress.emit(j.id, j.name, payload),
                                 job.cancel)
             except Cancelled:

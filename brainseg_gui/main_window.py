@@ -1,13 +1,16 @@
-"""The main window: a thin shell that wires the views, panels, engine thread and autosave.
+"""The main window: a shell that wires the views, panels and dialogs to the document session
+(`session.py`: scan, labels, history, saving, autosave, recovery, what jobs may write) and the
+segmentation controller (`segmentation.py`). It asks the user questions and shows answers; the
+rules live in those two.
 
 Which steps are enabled (open, segment, edit, save/export, train) is decided in one place,
-`update_state()`, as ilastik's workflow does.
+`update_state()`, as ilastik's workflow does. Editing stays enabled while a segmentation runs:
+the prediction keeps every voxel the user corrected (Session.land_prediction).
 """
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -17,14 +20,15 @@ from PyQt5 import QtCore, QtWidgets
 
 from engine.core.classes import NUM_CLASSES, tissue_classes
 from engine.core.paths import DEMO_SCAN
-from engine.io import recovery
-from engine.io.volume import Volume, VolumeReadError, VolumeWriteError, analyze_geometry_loss, read_volume, save_labels
+from engine.io.volume import Volume, VolumeReadError, VolumeWriteError, analyze_geometry_loss
 from engine.labels.labelmap import LabelMap
 
 from . import dialogs
 from .actions import ACTIONS, MOUSE_HELP, build_actions, build_menus
 from .engine_thread import EngineThread
 from .panels import SegmentPanel, ToolPanel, ToolState
+from .segmentation import SegmentationController
+from .session import AUTOSAVE_IDLE_MS, LabelsError, Session
 from .settings import Preferences, app_settings
 from .slice_view import SliceView, overlay_lut
 
@@ -32,8 +36,9 @@ log = logging.getLogger(__name__)
 
 SCAN_FILTER = "Scans (*.hdr *.img *.nii *.nii.gz *.HDR *.IMG);;All files (*)"
 LABEL_FILTER = "Label maps (*.hdr *.img *.nii *.nii.gz);;All files (*)"
-AUTOSAVE_IDLE_MS = 3000
 MAX_RECENT = 10
+QUIT_WAIT_MS = 5000  # how long quitting waits for a cancelled job before it asks
+__all__ = ["MainWindow", "AUTOSAVE_IDLE_MS"]
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -47,15 +52,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setWindowTitle("BrainSeg[*]")
         self.setAcceptDrops(True)
         self.resize(1400, 900)
-        self.scan: Volume | None = None
-        self.labelmap: LabelMap | None = None
-        self.labels_path: Path | None = None
+        self.session = Session(self)
         self.tool_state = ToolState()
-        self._autosave_thread: threading.Thread | None = None
-        self._autosaved_revision = -1
-        self._segment_job: int | None = None
-        self._segment_scan = None
-        self._segment_slices = None
 
         from engine.store.versions import ModelStore
 
@@ -70,6 +68,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self._group_actions()
 
         self.engine = EngineThread(self)
+        self.segmentation = SegmentationController(
+            self.session, self.engine, self.segment_panel, self.model_dir, lambda: self.prefs.batch_size, self)
+        self.segmentation.message.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+        self.segmentation.uncertaintyChanged.connect(self._show_uncertainty)
+        self.segmentation.finished.connect(self.segmentationFinished.emit)
         self._build_training_dock()
         self.engine.progress.connect(self._on_engine_progress)
         self.engine.finished_job.connect(self._on_engine_finished)
@@ -80,14 +83,42 @@ class MainWindow(QtWidgets.QMainWindow):
         if start_engine:
             self.engine.start()
 
-        self.autosave_timer = QtCore.QTimer(self)
-        self.autosave_timer.setSingleShot(True)
-        self.autosave_timer.setInterval(AUTOSAVE_IDLE_MS)
-        self.autosave_timer.timeout.connect(self.autosave)
+        self.session.labelmapChanged.connect(self._on_labelmap_changed)
+        self.session.changed.connect(self.update_state)
+        self.session.autosaveChanged.connect(self._on_autosave_changed)
+        self.session.predictionLanded.connect(lambda *_: self.update_state())
 
         self._restore_window_state()
         self._choose_model_reason()
+        self.training_panel.refresh_versions()  # reads the store: any problem is said now
+        if self.model_store.problems:
+            self.statusBar().showMessage("Model store: " + self.model_store.problems[0], 30000)
+            self.training_dock.show()
         self.update_state()
+
+    # ================================================================== the document
+    @property
+    def scan(self) -> Volume | None:
+        return self.session.scan
+
+    @property
+    def labelmap(self) -> LabelMap | None:
+        return self.session.labelmap
+
+    @property
+    def labels_path(self) -> Path | None:
+        return self.session.labels_path
+
+    @property
+    def uncertainty(self):
+        return self.segmentation.uncertainty
+
+    @property
+    def autosave_timer(self) -> QtCore.QTimer:
+        return self.session.autosave_timer
+
+    def autosave(self) -> None:
+        self.session.autosave()
 
     # ================================================================== construction
     def _build_views(self) -> None:
@@ -157,7 +188,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def _build_training_dock(self) -> None:
         from .training_panel import TrainingPanel
 
-        self.training_panel = TrainingPanel(self)
+        self.training_panel = TrainingPanel(self.session, self.engine, self.model_store,
+                                            lambda: self.model_choice()[0])
         self.training_panel.versionActivated.connect(self._on_version_activated)
         dock = QtWidgets.QDockWidget("Fine-tune", self)
         dock.setObjectName("training_dock")
@@ -198,8 +230,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.readout.setMinimumWidth(420)
         self.edit_label = QtWidgets.QLabel("")
         self.edit_label.setObjectName("edit_count")
+        # autosave you can see: saving / saved at / failed (red, with the reason and the retry)
+        self.autosave_label = QtWidgets.QLabel("")
+        self.autosave_label.setObjectName("autosave_status")
         sb.addPermanentWidget(self.readout)
         sb.addPermanentWidget(self.edit_label)
+        sb.addPermanentWidget(self.autosave_label)
 
     def _group_actions(self) -> None:
         self.tool_group = QtWidgets.QActionGroup(self)
@@ -244,30 +280,33 @@ class MainWindow(QtWidgets.QMainWindow):
         busy = self.engine.is_busy if hasattr(self, "engine") else False
         a = self.actions
         self.stack.setCurrentIndex(1 if has_scan else 0)
-        a["toggle_uncertainty"].setEnabled(getattr(self, "uncertainty", None) is not None)
-        for key in ("open_labels", "auto_window", "reset_view", "single_view"):
+        a["toggle_uncertainty"].setEnabled(hasattr(self, "segmentation") and self.uncertainty is not None)
+        for key in ("auto_window", "reset_view", "single_view"):
             a[key].setEnabled(has_scan)
+        # a segmentation on its way writes the labels: opening others meanwhile would lose one or the other
+        labels_job = self.session.labels_job_running
+        a["open_labels"].setEnabled(has_scan and not labels_job)
+        a["open_labels"].setToolTip("Wait for the segmentation (or cancel it) to open a label map" if labels_job
+                                    else "Open a label map (e.g. OASIS FSL_SEG) for the open scan")
         for key in ("segment", "segment_slice"):
             a[key].setEnabled(has_scan and not busy)
         a["cancel"].setEnabled(busy)
         for key in ("save_labels", "save_labels_as", "export_png", "show_stats", "toggle_overlay",
                     "toggle_outline", "opacity_up", "opacity_down"):
             a[key].setEnabled(has_labels)
-        edit_ok = has_scan and not busy
+        # editing stays possible while jobs run: a landing prediction keeps the corrections, and
+        # fine-tuning learns from a snapshot taken when it started
         for key in ("tool_brush", "tool_eraser", "tool_fill"):
-            a[key].setEnabled(edit_ok)
-        a["undo"].setEnabled(has_labels and self.labelmap.can_undo and not busy)
-        a["redo"].setEnabled(has_labels and self.labelmap.can_redo and not busy)
+            a[key].setEnabled(has_scan)
+        a["undo"].setEnabled(has_labels and self.labelmap.can_undo)
+        a["redo"].setEnabled(has_labels and self.labelmap.can_redo)
         single = a["single_view"].isChecked()
         for p in ("axial", "coronal", "sagittal"):
             a[f"plane_{p}"].setEnabled(has_scan and single)
-        dirty = has_labels and not self.labelmap.is_clean
+        dirty = self.session.dirty
         self.setWindowModified(bool(dirty))
         if has_labels:
-            lm = self.labelmap
-            self.edit_label.setText(
-                f"{lm.edit_count} edit{'s' if lm.edit_count != 1 else ''} on {len(lm.edited_axial_slices())} slices"
-                f"{'  - unsaved' if dirty else ''}")
+            self.edit_label.setText(self.session.edit_summary() + ("  - unsaved" if dirty else ""))
         else:
             self.edit_label.setText("")
         if hasattr(self, "training_panel"):
@@ -285,69 +324,33 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         t0 = time.perf_counter()
         try:
-            vol = read_volume(path, kind="image")
+            report = self.session.open_scan(path)
         except VolumeReadError as exc:
             log.warning("open failed: %s", exc)
             dialogs.show_error(self, "Cannot open scan", str(exc))
             self.statusBar().showMessage(f"Could not open {Path(path).name}", 8000)
             return False
-        self._forget_segmentation()
-        self._discard_labels()
-        self._set_uncertainty(None)
-        self.scan = vol
+        vol = report.volume
         for v in self.views.values():
             v.set_volume(vol.data, vol.affine)
         self.auto_window()
         self._sync_cursor_to_views()
         self.update_state()
         self._add_recent(str(Path(path).resolve()))
-        msg = f"Opened {vol.name}: {'x'.join(map(str, vol.shape))}, voxel " \
-              f"{' x '.join(f'{s:g}' for s in vol.voxel_size)} mm, {vol.orientation}"
-        if vol.layout_note:
-            msg += f" - {vol.layout_note}"
-            dialogs.show_info(self, "Layout assumed", f"{vol.path}:\n{vol.layout_note}")
-        from engine.infer.qc import skull_present
-        from engine.io.conform import Conform
-
-        geo = Conform.for_grid(vol.shape, vol.affine)
-        if vol.geometry_note:
-            msg += f" - {vol.geometry_note}"
-        if geo.describe():
-            msg += f" - for the network: {geo.describe()}"
-            log.info("%s: %s", vol.path, geo.describe())
-        if skull_present(vol.data, vol.voxel_volume_ml, vol.affine):
-            msg += " - the skull seems to be on: labels outside the brain are unreliable"
-            dialogs.show_info(self, "Skull not removed?",
-                              f"{vol.name} looks like it still has the skull on (as OASIS *_t88_gfc rather than "
-                              "*_t88_masked_gfc). The networks were trained on skull-stripped brains: labels "
-                              "outside the brain will be unreliable.")
-        self.statusBar().showMessage(msg, 15000)
-        log.info("%s (%.0f ms)", msg, (time.perf_counter() - t0) * 1000)
-        self._offer_recovery()
+        for title, text in report.notices:
+            dialogs.show_info(self, title, text)
+        self.statusBar().showMessage(report.message, 15000)
+        log.info("%s (%.0f ms)", report.message, (time.perf_counter() - t0) * 1000)
+        if report.recovery is not None:
+            self._offer_recovery(report.recovery)
         self._preload_model()
         self.scanOpened.emit(str(path))
         return True
 
     def _preload_model(self) -> None:
-        """Load the model that Segment would use while the user looks at the scan, so the first
-        click runs at once (loading takes ~1.6 s). Preference preload_model turns it off."""
-        if not self.prefs.preload_model or self.scan is None:
-            return
-        try:
-            model_dir = self.model_dir()
-        except Exception:  # missing weights: the segment job will say so
-            return
-        precision = "int8" if self.segment_panel.int8_check.isChecked() else "fp32"
-        data, affine, k = self.scan.data, self.scan.affine, self.views["axial"].index
-        from engine.infer.inference import SegmentConfig
-
-        def warm(state):
-            # segmenting one slice, thrown away, also builds the graph and measures the scan's
-            # normalisation: the first "segment this slice" click then takes 80 ms, not 420
-            state.segmenter(model_dir, precision).segment(data, SegmentConfig(slices=(k,), uncertainty=True),
-                                                          affine=affine)
-
-        self.engine.prefetch("load model", warm)
+        """Preference preload_model: load the model while the user looks at the scan."""
+        if self.prefs.preload_model and self.scan is not None:
+            self.segmentation.preload(self.views["axial"].index)
 
     def open_labels(self, path: str | os.PathLike) -> bool:
         if self.scan is None:
@@ -355,83 +358,54 @@ class MainWindow(QtWidgets.QMainWindow):
         if not self._confirm_discard("load other labels"):
             return False
         try:
-            lab = read_volume(path, kind="labels")
-        except VolumeReadError as exc:
+            warning = self.session.open_labels(path)
+        except LabelsError as exc:
             dialogs.show_error(self, "Cannot open labels", str(exc))
             return False
-        if lab.shape != self.scan.shape:
-            dialogs.show_error(self, "Cannot open labels",
-                               f"{path}: label map is {'x'.join(map(str, lab.shape))} but the scan is "
-                               f"{'x'.join(map(str, self.scan.shape))}")
-            return False
-        if not np.allclose(lab.affine, self.scan.affine, atol=1e-3):
-            self.statusBar().showMessage("Warning: the label map's affine differs from the scan's", 10000)
-        self._set_labelmap(LabelMap(lab.data, axial_axis=self.axial_axis))
-        self.labels_path = Path(path)
-        self.statusBar().showMessage(f"Loaded labels {Path(path).name}", 8000)
+        self.statusBar().showMessage(warning or f"Loaded labels {Path(path).name}", 10000)
         return True
 
-    def _set_labelmap(self, lm: LabelMap | None) -> None:
-        self.labelmap = lm
-        self._autosaved_revision = -1
+    def _on_labelmap_changed(self) -> None:
+        lm = self.labelmap
         if lm is not None:
             for v in self.views.values():
                 lm.listeners.append(v.labels_changed)
-            lm.listeners.append(self._on_labels_changed)
         for v in self.views.values():
             v.set_labelmap(lm)
         self._apply_overlay_style(*self.tool_panel.overlay_style())
         self.update_state()
 
     def _ensure_labelmap(self) -> LabelMap:
-        if self.labelmap is None:
-            self._set_labelmap(LabelMap(np.zeros(self.scan.shape, dtype=np.uint8), axial_axis=self.axial_axis))
-        return self.labelmap
-
-    def _discard_recovery(self) -> None:
-        """Drop the recovery file, after any autosave still writing it has finished."""
-        self.autosave_timer.stop()
-        if self._autosave_thread is not None:
-            self._autosave_thread.join(10)
-        if self.scan is not None:
-            recovery.discard_recovery(self.scan.path)
-
-    def _discard_labels(self) -> None:
-        if self.scan is not None:
-            self._discard_recovery()
-        self._set_labelmap(None)
-        self.labels_path = None
+        return self.session.ensure_labelmap()
 
     def _confirm_discard(self, what: str) -> bool:
         """Ask before unsaved edits would be dropped. True to go ahead."""
-        if self.labelmap is None or self.labelmap.is_clean:
+        if not self.session.dirty:
             return True
+        what_changed = (self.session.edit_summary() if self.labelmap.edit_count
+                        else "a segmentation that is not saved yet")
         answer = dialogs.ask_save_discard_cancel(
             self, "Unsaved edits",
-            f"The label map has unsaved changes ({self.labelmap.edit_count} edits). Save them before you {what}?")
+            f"The label map has unsaved changes ({what_changed}). Save them before you {what}?")
         if answer == "save":
             return self.on_save_labels()
         return answer == "discard"
 
-    def _offer_recovery(self) -> None:
-        info = recovery.find_recovery(self.scan.path, self.scan.shape)
-        if info is None:
-            return
+    def _offer_recovery(self, info) -> None:
+        k = len(info.edited_slices)
         ok = dialogs.ask_yes_no(
             self, "Restore unsaved edits?",
             f"BrainSeg found edits to {self.scan.name} that were not saved "
-            f"({info.edit_count} edits on {len(info.edited_slices)} slices, autosaved {info.saved_at_text}).\n\n"
+            f"({info.edit_count} edits on {k} slice{'s' if k != 1 else ''}, autosaved {info.saved_at_text}).\n\n"
             "Restore them?", default_yes=True)
         if ok:
-            labels, predicted = recovery.load_recovery(info)
-            lm = self._ensure_labelmap()
-            lm.restore(labels, info.edited_slices, info.edit_count, predicted)
+            self.session.restore_recovery(info)
             for v in self.views.values():
                 v.redraw_overlay()
             self.statusBar().showMessage(f"Restored {info.edit_count} edits from {info.saved_at_text}", 10000)
             self.update_state()
         else:
-            recovery.discard_recovery(self.scan.path)
+            self.session.discard_recovery()
 
     # ================================================================== view
     def auto_window(self) -> None:
@@ -487,9 +461,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.cursor_voxel = tuple(vox)
             for v in self.views.values():
                 v.set_cursor_voxel(self.cursor_voxel)
-        if self.labelmap is not None and self.labelmap.revision != self._autosaved_revision and \
-                self.labelmap.edit_count:
-            self.autosave()
+        if self.labelmap is not None and self.labelmap.edit_count and self.session.autosave_due():
+            self.session.autosave()
 
     def _on_view_activated(self, view) -> None:
         self.active_view = view
@@ -512,37 +485,21 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_edit_finished(self, atom) -> None:
         if atom is not None:
             self.statusBar().showMessage(f"{atom.kind}: {atom.voxels} voxels changed", 3000)
+        self.session.stroke_finished()  # a prediction that arrived during the stroke lands now
         self.update_state()
 
-    def _on_labels_changed(self, _box) -> None:
-        self.autosave_timer.start()
-
     # ================================================================== autosave
-    def autosave(self) -> None:
-        """Snapshot the labels to the recovery file in a worker thread (copy taken here)."""
-        lm = self.labelmap
-        if lm is None or self.scan is None or self.scan.path is None or lm.in_stroke:
-            return
-        if lm.is_clean or lm.revision == self._autosaved_revision:
-            return
-        if self._autosave_thread is not None and self._autosave_thread.is_alive():
-            self.autosave_timer.start()
-            return
-        labels = lm.labels.copy()
-        predicted = None if lm.predicted is None else lm.predicted.copy()
-        edited, count, rev, scan_path = lm.edited_axial_slices(), lm.edit_count, lm.revision, self.scan.path
-
-        def work():
-            try:
-                p = recovery.save_recovery(scan_path, labels, edited, count, predicted)
-                log.debug("autosaved %s", p)
-                self.autosaved.emit(str(p))
-            except Exception:
-                log.exception("autosave failed")
-
-        self._autosaved_revision = rev
-        self._autosave_thread = threading.Thread(target=work, name="autosave", daemon=True)
-        self._autosave_thread.start()
+    def _on_autosave_changed(self, state: str, text: str) -> None:
+        colour = {"failed": "#c00000", "saving": "#666", "saved": "#2a7a2a"}.get(state, "#666")
+        self.autosave_label.setText(text)
+        self.autosave_label.setStyleSheet(f"color: {colour};" + (" font-weight: bold;" if state == "failed" else ""))
+        self.autosave_label.setToolTip(
+            "Unsaved edits are written to a recovery file a few seconds after you stop editing, so a crash "
+            "loses nothing; File > Save labels writes the label map itself.")
+        if state == "saved":
+            self.autosaved.emit(text)
+        elif state == "failed":
+            log.warning("%s", text)
 
     # ================================================================== segmentation
     def model_choice(self) -> tuple[str, str]:
@@ -580,81 +537,22 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.model_store.active_dir(arch)
 
     def start_segmentation(self, slices=None) -> int | None:
-        if self.scan is None or self.engine.is_busy:
-            return None
-        lm = self.labelmap
-        if lm is not None and lm.has_manual_edits:
-            affected = lm.edited_axial_slices() if slices is None else [k for k in lm.edited_axial_slices() if k in slices]
-            if affected and not dialogs.ask_yes_no(
-                    self, "Replace manual edits?",
-                    f"You edited {len(affected)} slice(s) that the new segmentation will replace "
-                    f"({', '.join(map(str, affected[:12]))}{'...' if len(affected) > 12 else ''}).\n\n"
-                    "Replace them? (Undo brings them back.)"):
-                return None
-        model_dir = self.model_dir()
-        data, affine = self.scan.data, self.scan.affine
-        from engine.infer.inference import SegmentConfig
-
-        cfg = SegmentConfig(batch_size=self.prefs.batch_size, slices=slices, uncertainty=True)
-
-        precision = "int8" if self.segment_panel.int8_check.isChecked() else "fp32"
-
-        def job(state, progress, cancel):
-            seg = state.segmenter(model_dir, precision)
-            res = seg.segment(data, cfg, progress=lambda d, t: progress((d, t)), cancel=cancel, affine=affine)
-            return res
-
-        self._segment_slices = slices
-        self._segment_scan = self.scan
-        self.segment_panel.progress.setVisible(True)
-        self.segment_panel.progress.setValue(0)
-        self.statusBar().showMessage(f"Segmenting with {model_dir.name}...")
-        self._segment_job = self.engine.submit("segment", job)
+        job = self.segmentation.start(slices)
         self.update_state()
-        return self._segment_job
+        return job
 
     def _on_engine_progress(self, job_id: int, name: str, payload) -> None:
         if name == "finetune":
             self.training_panel.on_progress(payload)
-        elif name == "segment":
-            done, total = payload
-            self.segment_panel.progress.setMaximum(max(total, 1))
-            self.segment_panel.progress.setValue(done)
-
-    def _forget_segmentation(self) -> None:
-        """A running segmentation belongs to the scan that is open now: cancel and forget it."""
-        if self._segment_job is not None:
-            self.engine.cancel(self._segment_job)
-        self._segment_job = None
-        self._segment_scan = None
-        self.segment_panel.progress.setVisible(False)
 
     def _on_engine_finished(self, job_id: int, name: str, result) -> None:
         if name == "finetune":
             self.training_panel.on_finished(result)
-        if name == "segment":
-            current = job_id == self._segment_job and self._segment_scan is self.scan and self.scan is not None
-            self._segment_job = None
-            self.segment_panel.progress.setVisible(False)
-            if not current:
-                log.info("dropping the result of segmentation job %d: its scan is no longer open", job_id)
-                self.update_state()
-                return
-            lm = self._ensure_labelmap()
-            lm.set_prediction(result.labels, slices=self._segment_slices)
-            self.segment_panel.progress.setVisible(False)
-            what = "slice" if self._segment_slices else "volume"
-            geo = f" - {result.geometry}" if result.geometry else ""
-            self.statusBar().showMessage(f"Segmented the {what} with {result.model} "
-                                         f"({'+'.join(result.planes)}) in {result.seconds:.1f} s{geo}", 15000)
-            self._set_uncertainty(result.uncertainty if self._segment_slices is None else None)
-            self.segmentationFinished.emit(result)
         self.update_state()
 
-    def _set_uncertainty(self, unc) -> None:
+    def _show_uncertainty(self, unc) -> None:
         from engine.infer.inference import least_certain_slices
 
-        self.uncertainty = unc
         show = self.actions["toggle_uncertainty"].isChecked()
         for v in self.views.values():
             v.set_uncertainty(unc, show)
@@ -662,20 +560,17 @@ class MainWindow(QtWidgets.QMainWindow):
         lst.clear()
         if unc is not None:
             for k, score in least_certain_slices(unc, 10, axis=self.axial_axis):
-                item = QtWidgets.QListWidgetItem(f"axial {k}: mean entropy {score:.3f}")
+                item = QtWidgets.QListWidgetItem(f"axial {k + 1}: mean entropy {score:.3f}")
                 item.setData(QtCore.Qt.UserRole, k)
                 lst.addItem(item)
         lst.setVisible(unc is not None)
         self.segment_panel.uncertain_label.setVisible(unc is not None)
+        self.update_state()
 
     @property
     def axial_axis(self) -> int:
         """The open scan's array axis normal to anatomically axial slices (2 for OASIS files)."""
-        if self.scan is None:
-            return 2
-        from engine.io.conform import Conform
-
-        return Conform.for_grid(self.scan.shape, self.scan.affine).native_axis("axial")
+        return self.session.axial_axis
 
     def _view_of_axis(self, axis: int) -> SliceView:
         """The view whose slices run along this array axis (the engine segments along axis 2)."""
@@ -687,17 +582,15 @@ class MainWindow(QtWidgets.QMainWindow):
     def on_toggle_uncertainty(self) -> None:
         show = self.actions["toggle_uncertainty"].isChecked()
         for v in self.views.values():
-            v.set_uncertainty(getattr(self, "uncertainty", None), show)
+            v.set_uncertainty(self.uncertainty, show)
 
     def _on_engine_failed(self, job_id: int, name: str, message: str) -> None:
-        self.segment_panel.progress.setVisible(False)
         if name == "finetune":
             self.training_panel.on_failed(message)
         dialogs.show_error(self, f"{name.capitalize()} failed", message)
         self.update_state()
 
     def _on_engine_cancelled(self, job_id: int, name: str) -> None:
-        self.segment_panel.progress.setVisible(False)
         if name == "finetune":
             self.training_panel.on_cancelled()
         self.statusBar().showMessage(f"{name.capitalize()} cancelled; nothing was changed", 8000)
@@ -707,6 +600,11 @@ class MainWindow(QtWidgets.QMainWindow):
     def save_labels_to(self, path: str | os.PathLike) -> bool:
         if self.labelmap is None or self.scan is None:
             return False
+        try:
+            self.session.check_save_target(path)
+        except VolumeWriteError as exc:
+            dialogs.show_error(self, "Cannot save labels", str(exc))
+            return False
         if str(path).lower().endswith((".hdr", ".img")):
             loss = analyze_geometry_loss(self.scan.affine, self.scan.shape)
             if loss and not dialogs.ask_yes_no(self, "Analyze loses the geometry",
@@ -714,27 +612,16 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.statusBar().showMessage("Not saved", 5000)
                 return False
         try:
-            save_labels(path, self.labelmap.labels, self.scan.affine)
+            self.session.save_labels_to(path)
         except (VolumeWriteError, OSError) as exc:
             dialogs.show_error(self, "Cannot save labels", str(exc))
             return False
-        self.labels_path = Path(path)
-        self.labelmap.mark_clean()
-        self._discard_recovery()
         self.statusBar().showMessage(f"Saved {path}", 8000)
         self.update_state()
         return True
 
     def default_labels_path(self) -> Path:
-        if self.labels_path is not None:
-            return self.labels_path
-        p = self.scan.path
-        stem = p.name
-        for suf in (".nii.gz", ".nii", ".hdr", ".img"):
-            if stem.lower().endswith(suf):
-                stem = stem[: -len(suf)]
-                break
-        return p.with_name(f"{stem}_brainseg_seg.nii.gz")
+        return self.session.default_labels_path()
 
     # ================================================================== action slots
     def on_open_scan(self) -> None:
@@ -901,7 +788,9 @@ class MainWindow(QtWidgets.QMainWindow):
             self.start_segmentation(slices=[self._view_of_axis(self.axial_axis).index])
 
     def on_cancel(self):
-        self.engine.cancel_current()
+        # every job: the running one and any queued behind a model preload
+        if self.engine.cancel_all():
+            self.statusBar().showMessage("Cancelling (stops within one batch)...", 5000)
 
     def on_shortcuts(self):
         ShortcutsDialog(self).exec_()
@@ -946,10 +835,30 @@ class MainWindow(QtWidgets.QMainWindow):
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState())
         # Saved or deliberately discarded: the recovery file has nothing left to offer.
-        self._discard_recovery()
-        if not self.engine.stop():
-            self.engine.wait()  # never destroy a running QThread
+        self.session.discard_recovery()
+        self.session.shutdown()
+        self.engine.cancel_all()
+        # a cancelled job stops within one batch; one MXNet call cannot be interrupted, so the wait
+        # is bounded and then the user chooses
+        while not self.engine.stop(QUIT_WAIT_MS):
+            answer = dialogs.ask_choice(
+                self, "Still stopping",
+                f"The running job has not stopped after {QUIT_WAIT_MS // 1000} s (one step of the network cannot "
+                "be interrupted). Your labels are already saved or discarded as you chose.",
+                [("wait", "Keep waiting"), ("quit", "Quit now")], "wait")
+            if answer == "quit":
+                log.warning("quitting with the engine thread still running")
+                app_settings().sync()
+                logging.shutdown()
+                self._exit_now()
+                return
         ev.accept()
+
+    @staticmethod
+    def _exit_now() -> None:
+        """End the process at once (a running QThread must not be destroyed; nothing of the
+        user's is left unsaved when this is called)."""
+        os._exit(0)
 
 
 class ShortcutsDialog(QtWidgets.QDialog):

@@ -67,9 +67,11 @@ class TrainingPanel(QtWidgets.QWidget):
     versionActivated = QtCore.pyqtSignal(str)
     trainingFinished = QtCore.pyqtSignal(object)
 
-    def __init__(self, window, parent=None):
+    def __init__(self, session, engine, store, arch, parent=None):
+        """session: the open document (scan, labels); engine: the engine thread; store: the
+        ModelStore; arch: a callable giving the architecture Segment would use now."""
         super().__init__(parent)
-        self.win = window
+        self.session, self.engine, self._store, self._arch = session, engine, store, arch
         self.job_id: int | None = None
         self._job_arch: str | None = None
         self.result = None
@@ -187,6 +189,14 @@ class TrainingPanel(QtWidgets.QWidget):
         self.compare_label.setObjectName("ft_compare")
         self.compare_label.setWordWrap(True)
         vl.addWidget(self.compare_label)
+        # what went wrong reading the store (a corrupt active.json, an unreadable version): said
+        # here, never silently reset
+        self.problems_label = QtWidgets.QLabel("")
+        self.problems_label.setObjectName("ft_store_problems")
+        self.problems_label.setWordWrap(True)
+        self.problems_label.setStyleSheet("color: #c00000;")
+        self.problems_label.setVisible(False)
+        vl.addWidget(self.problems_label)
         lay.addWidget(ver_box)
         lay.addStretch(1)
         self._losses: list[tuple[int, float]] = []
@@ -197,13 +207,13 @@ class TrainingPanel(QtWidgets.QWidget):
     # ------------------------------------------------------------------ state
     @property
     def store(self):
-        return self.win.model_store
+        return self._store
 
     def arch(self) -> str:
-        return self.win.model_choice()[0]
+        return self._arch()
 
     def slices_to_learn(self) -> list[int]:
-        lm = self.win.labelmap
+        lm = self.session.labelmap
         if lm is None:
             return []
         if self.source.currentData() == "all":
@@ -214,8 +224,8 @@ class TrainingPanel(QtWidgets.QWidget):
     def update_state(self) -> None:
         running = self.job_id is not None
         n = len(self.slices_to_learn())
-        busy = self.win.engine.is_busy if hasattr(self.win, "engine") else False
-        self.start_button.setEnabled(not running and not busy and n >= 1 and self.win.scan is not None)
+        busy = self.engine.is_busy
+        self.start_button.setEnabled(not running and not busy and n >= 1 and self.session.scan is not None)
         self.cancel_button.setEnabled(running)
         current = self.status.text()
         idle_text = not current or current.endswith("to learn from.") or current.startswith("Correct some")
@@ -225,6 +235,9 @@ class TrainingPanel(QtWidgets.QWidget):
 
     def refresh_versions(self) -> None:
         self.versions.clear()
+        problems = list(dict.fromkeys(self.store.problems))
+        self.problems_label.setText("\n".join(problems))
+        self.problems_label.setVisible(bool(problems))
         try:
             arch = self.arch()
         except Exception:
@@ -249,9 +262,9 @@ class TrainingPanel(QtWidgets.QWidget):
     def start(self) -> int | None:
         from engine.train.finetune import FinetuneConfig, finetune
 
-        win = self.win
+        session = self.session
         slices = self.slices_to_learn()
-        if win.scan is None or win.labelmap is None or not slices or win.engine.is_busy:
+        if session.scan is None or session.labelmap is None or not slices or self.engine.is_busy:
             return None
         arch = self._job_arch = self.arch()
         parent = self.store.active_dir(arch)
@@ -259,9 +272,9 @@ class TrainingPanel(QtWidgets.QWidget):
         cfg = FinetuneConfig(epochs=self.epochs.value(), lr=self.lr.value(), batch_size=self.batch.value(),
                              augment=self.augment.isChecked(), layers=self.layers.currentData(),
                              steps_per_epoch=self.steps_per_epoch)
-        scan, affine = win.scan.data, win.scan.affine
-        labels = win.labelmap.labels.copy()  # a snapshot: the user may keep editing
-        scan_name = str(win.scan.path)
+        scan, affine = session.scan.data, session.scan.affine
+        labels = session.labelmap.labels.copy()  # a snapshot: the user may keep editing
+        scan_name = str(session.scan.path)
 
         def job(state, progress, cancel):
             return finetune(scan, labels, slices, parent, out, cfg,
@@ -276,14 +289,13 @@ class TrainingPanel(QtWidgets.QWidget):
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.status.setText(f"Fine-tuning {parent.name} on {len(slices)} slices -> {name}...")
-        self.job_id = win.engine.submit("finetune", job)
+        self.job_id = self.engine.submit("finetune", job)
         self.update_state()
-        win.update_state()
         return self.job_id
 
     def cancel(self) -> None:
         if self.job_id is not None:
-            self.win.engine.cancel_current()
+            self.engine.cancel(self.job_id)
             self.status.setText("Cancelling (stops within one batch)...")
 
     def on_progress(self, payload) -> None:

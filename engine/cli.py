@@ -372,7 +372,8 @@ def cmd_finetune(args) -> int:
     from engine.store.versions import ModelStore
     from engine.train.finetune import FinetuneConfig, finetune
 
-    check_new_version_dir(args.output)
+    if args.output:
+        check_new_version_dir(args.output)
     scan = read_volume(args.scan, kind="image")
     labels = read_volume(args.labels, kind="labels")
     if scan.shape != labels.shape:
@@ -399,13 +400,30 @@ def cmd_finetune(args) -> int:
         print(f"epoch {e.epoch}/{e.epochs}  val Dice {d or '-'}  ({e.elapsed_s:.0f} s, ~{e.eta_s:.0f} s left)",
               file=sys.stderr)
 
-    res = finetune(scan.data, labels.data, slices, parent, args.output, cfg, on_epoch=on_epoch,
-                   scan_name=str(scan.path), version=Path(args.output).name, affine=scan.affine)
+    store = None
+    if args.output:
+        out, version = Path(args.output), Path(args.output).name
+    else:  # a new version in the model store, as the GUI's panel makes
+        from engine.nets.weights import read_model_dir
+
+        store = ModelStore()
+        arch = read_model_dir(parent).arch
+        version, out = store.new_version_dir(arch)
+    res = finetune(scan.data, labels.data, slices, parent, out, cfg, on_epoch=on_epoch,
+                   scan_name=str(scan.path), version=version, affine=scan.affine)
     b, a = res.before.get("mean_tissue_dice"), res.after.get("mean_tissue_dice")
     print(f"wrote {res.version_dir} (parent {parent}) in {res.seconds:.1f} s; trained on slices {res.train_slices}, "
           f"validated on {res.val_slices}")
     if a is not None:
-        print(f"mean CSF/GM/WM Dice on held-back slices: before {b:.4f}, after {a:.4f}")
+        print(f"mean CSF/GM/WM Dice on the same held-back slices: parent {b:.4f}, new version {a:.4f}")
+    if store is not None:
+        worse = a is not None and b is not None and a < b
+        if worse and not args.activate:
+            print(f"{version} scored lower than its parent: it is in the store but NOT active "
+                  f"(brainseg models activate {version} to use it anyway)")
+        else:
+            store.activate(arch, out)
+            print(f"{version} is now the active {arch} model (brainseg models rollback undoes this)")
     return 0
 
 
@@ -510,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--layers", choices=("all", "decoder"), default="all")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("-o", "--output", required=True, help="new version directory")
+    p.add_argument("-o", "--output", help="write the new version to this new folder; without it, the version is "
+                   "added to the model store and activated unless it scored lower than its parent")
+    p.add_argument("--activate", action="store_true",
+                   help="without -o: activate the new version even if it scored lower than its parent")
     p.set_defaults(func=cmd_finetune)
 
     # Subcommands kept in their own modules (see EXTRA_COMMANDS). A module not written yet is

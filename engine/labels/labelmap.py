@@ -44,8 +44,12 @@ class EditAtom:
     new: np.ndarray  # values at mask after
     user: bool = True  # a manual correction (counts towards edited slices)
     axial: tuple[int, ...] = ()  # axial slices touched
-    old_predicted: np.ndarray | None = None  # for prediction steps: the predicted map it replaced
-    new_predicted: np.ndarray | None = None  # ... and the one it installs
+    # prediction steps change the network's map too, stored as compactly as the labels (changed
+    # voxels only, not two whole maps): box, mask and old/new values of `predicted`
+    pred_box: Box | None = None
+    pred_mask: np.ndarray | None = None
+    pred_old: np.ndarray | None = None
+    pred_new: np.ndarray | None = None
     had_predicted: bool = False
     # the record of user edits before/after a step that rewrites it (prediction, restore)
     edits_before: tuple | None = None
@@ -53,7 +57,7 @@ class EditAtom:
 
     @property
     def nbytes(self) -> int:
-        extra = self.old_predicted.nbytes if self.old_predicted is not None else 0
+        extra = sum(a.nbytes for a in (self.pred_mask, self.pred_old, self.pred_new) if a is not None)
         return int(self.mask.nbytes + self.old.nbytes + self.new.nbytes + extra)
 
     @property
@@ -123,6 +127,9 @@ class LabelMap:
         # predictions and fine-tuning count slices along it
         self.axial_axis = int(axial_axis)
         self.predicted = None if predicted is None else np.ascontiguousarray(predicted, dtype=np.uint8)
+        # the labels as they were opened (a file, zeros, a recovery): where the network has not
+        # run, corrections are measured against this
+        self._baseline = self.labels.copy()
         self.max_steps = max_steps
         self.max_bytes = max_bytes
         self._undo: list[EditAtom] = []
@@ -169,9 +176,14 @@ class LabelMap:
     def edited_axial_slices(self) -> list[int]:
         return sorted(k for k, n in self._edited.items() if n > 0)
 
-    def corrected_mask(self) -> np.ndarray | None:
-        """Voxels where the labels now differ from what the network predicted."""
-        return None if self.predicted is None else self.labels != self.predicted
+    def reference(self) -> np.ndarray:
+        """What the user's corrections are measured against: the network's prediction where it
+        ran, else the labels as they were opened."""
+        return self._baseline if self.predicted is None else self.predicted
+
+    def corrected_mask(self) -> np.ndarray:
+        """Voxels the user corrected: where the labels now differ from the reference."""
+        return self.labels != self.reference()
 
     def slice_view(self, plane: str | int, index: int) -> np.ndarray:
         return np.take(self.labels, index, axis=_axis(plane))
@@ -181,10 +193,12 @@ class LabelMap:
         region = self.labels[atom.box]
         region[atom.mask] = atom.new if forward else atom.old
         if atom.kind == "prediction":
-            if forward:
-                self.predicted = atom.new_predicted
-            else:
-                self.predicted = atom.old_predicted if atom.had_predicted else None
+            if forward and not atom.had_predicted:
+                self.predicted = self._baseline.copy()
+            if atom.pred_box is not None:
+                self.predicted[atom.pred_box][atom.pred_mask] = atom.pred_new if forward else atom.pred_old
+            if not forward and not atom.had_predicted:
+                self.predicted = None
         snap = atom.edits_after if forward else atom.edits_before
         if snap is not None:
             self._edited, self.edit_count = Counter(snap[0]), snap[1]
@@ -328,55 +342,74 @@ class LabelMap:
         return self._commit("fill", box3, np.expand_dims(region[bi, bj], axis), value)
 
     # ------------------------------------------------------------------ predictions
-    def set_prediction(self, prediction: np.ndarray, slices: list[int] | None = None) -> EditAtom | None:
-        """Replace the labels by a network prediction (whole volume, or only the given axial
-        slices, along `axial_axis`) as one undoable step; the prediction is remembered as `predicted`."""
+    def set_prediction(self, prediction: np.ndarray, slices: list[int] | None = None,
+                       keep: np.ndarray | None = None) -> EditAtom | None:
+        """Install a network prediction (whole volume, or only the given axial slices, along
+        `axial_axis`) as one undoable step; it is remembered as `predicted`.
+
+        `keep` (bool, the volume's shape) marks voxels whose labels stay as they are: the user's
+        corrections, which a prediction never overwrites unless the caller chose to replace them
+        (MONAI Label #780). Slices with kept corrections still count as edited."""
         pred = np.asarray(prediction, dtype=np.uint8)
         if pred.shape != self.labels.shape:
             raise ValueError(f"prediction shape {pred.shape} != label map {self.labels.shape}")
-        new_pred = pred.copy() if self.predicted is None or slices is None else self.predicted.copy()
-        if slices is not None:
-            if self.predicted is None:
-                new_pred = np.zeros_like(pred)
-            sel = [slice(None)] * 3
-            sel[self.axial_axis] = list(slices)
-            sel = tuple(sel)
-            new_pred[sel] = pred[sel]
-            # compare only the slab between the first and last slice (a one-slice click on a
-            # 12 M voxel scan: 1 slice compared, not the volume)
-            lo, hi = min(slices), max(slices) + 1
-            slab = [slice(None)] * 3
-            slab[self.axial_axis] = slice(lo, hi)
-            slab = tuple(slab)
-            part = [slice(None)] * 3
-            part[self.axial_axis] = [k - lo for k in slices]
-            cur = self.labels[slab]
-            tgt = cur.copy()
-            tgt[tuple(part)] = pred[sel]
-            d = cur != tgt
-            sub = box_of(d)
-            box3 = None if sub is None else tuple(
-                slice(b.start + lo, b.stop + lo) if a == self.axial_axis else b for a, b in enumerate(sub))
-            diff_box = None if sub is None else d[sub]
-            target_box = None if sub is None else tgt[sub]
+        if keep is not None and keep.shape != self.labels.shape:
+            raise ValueError(f"keep mask {keep.shape} != label map {self.labels.shape}")
+        ax = self.axial_axis
+        # the region the prediction covers: the slab between the first and last slice (a
+        # one-slice click on a 12 M voxel scan compares 1 slice, not the volume), or everything
+        if slices is None:
+            lo, hi, part = 0, self.shape[ax], slice(None)
         else:
-            target = pred
-            diff = self.labels != target
-            box3 = box_of(diff)
-            diff_box = None if box3 is None else diff[box3]
-            target_box = None if box3 is None else target[box3]
-        old_pred = self.predicted
-        if box3 is None:
-            self.predicted = new_pred
+            lo, hi = min(slices), max(slices) + 1
+            part = [int(k) - lo for k in slices]
+        slab = tuple(slice(lo, hi) if a == ax else slice(None) for a in range(3))
+        sel = tuple(part if a == ax else slice(None) for a in range(3))
+        cur = self.labels[slab]
+        ref_old = self.reference()[slab]
+        new_pred = ref_old.copy()
+        new_pred[sel] = pred[slab][sel]
+        tgt = cur.copy()
+        tgt[sel] = new_pred[sel]
+        kept_slices: set[int] = set()
+        if keep is not None:
+            k = keep[slab]
+            tgt[k] = cur[k]
+            real = k & (cur != new_pred)  # kept corrections that differ from the new prediction
+            other = tuple(a for a in range(3) if a != ax)
+            kept_slices = {int(z) + lo for z in np.where(real.any(axis=other))[0]}
+
+        def local(box):  # a box inside the slab -> a box in the volume
+            return tuple(slice(b.start + lo, b.stop + lo) if a == ax else b for a, b in enumerate(box))
+
+        d = cur != tgt
+        sub = box_of(d)
+        pd = ref_old != new_pred
+        psub = box_of(pd)
+        if sub is None and psub is None:
             return None
-        mask = diff_box
-        # User edits on slices the prediction replaces are superseded (and come back on undo).
-        touched = set(range(self.shape[self.axial_axis])) if slices is None else set(slices)
-        after = Counter({k: n for k, n in self._edited.items() if k not in touched and n > 0})
-        atom = EditAtom("prediction", box3, mask, self.labels[box3][mask].copy(), target_box[mask].copy(),
-                        user=False, old_predicted=old_pred, had_predicted=old_pred is not None,
+        pred_box = pred_mask = pred_old = pred_new = None
+        if psub is not None:
+            pred_box, pred_mask = local(psub), pd[psub]
+            pred_old = ref_old[psub][pred_mask].copy()
+            pred_new = new_pred[psub][pred_mask].copy()
+        if sub is None:  # labels unchanged (all kept or equal): an empty labels part
+            box3 = tuple(slice(lo, lo + 1) if a == ax else slice(0, 1) for a in range(3))
+            mask = np.zeros((1, 1, 1), bool)
+        else:
+            box3, mask = local(sub), d[sub]
+        touched = set(range(self.shape[ax])) if slices is None else {int(z) for z in slices}
+        # user edits on slices the prediction replaces are superseded (and come back on undo),
+        # unless corrections on them were kept
+        after = Counter({z: n for z, n in self._edited.items() if n > 0 and (z not in touched or z in kept_slices)})
+        for z in kept_slices:
+            after[z] = max(after[z], 1)
+        atom = EditAtom("prediction", box3, mask, self.labels[box3][mask].copy(),
+                        tgt[sub][mask].copy() if sub is not None else np.zeros(0, np.uint8),
+                        user=False, pred_box=pred_box, pred_mask=pred_mask, pred_old=pred_old, pred_new=pred_new,
+                        had_predicted=self.predicted is not None,
                         edits_before=(Counter(self._edited), self.edit_count),
-                        edits_after=(after, self.edit_count), new_predicted=new_pred)
+                        edits_after=(after, self.edit_count))
         self._apply(atom, True)
         self._push(atom)
         return atom
@@ -420,7 +453,7 @@ class LabelMap:
         if new.shape != self.labels.shape:
             raise ValueError(f"recovered labels {new.shape} != label map {self.labels.shape}")
         if predicted is not None:
-            self.predicted = np.asarray(predicted, dtype=np.uint8)
+            self.predicted = np.asarray(predicted, dtype=np.uint8).copy()
         self.labels[...] = new
         self._undo.clear()
         self._redo.clear()

@@ -132,6 +132,25 @@ def test_finetune_cli_writes_version_segment_accepts(tmp_path, tiny_model_dir, c
     assert main(["segment", str(p), "-o", str(tmp_path / "s.nii"), "--weights", str(out)]) == 0
 
 
+def test_finetune_without_output_adds_a_store_version(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Without -o, finetune adds a version to the model store, as the GUI's panel does; it becomes
+    active unless it scored lower than its parent on the same held-back slices (then --activate)."""
+    monkeypatch.setenv("BRAINSEG_HOME", str(tmp_path / "home"))
+    p, aff, shape = _scan(tmp_path)
+    lab = np.zeros(shape, np.uint8)
+    lab[8:32, 8:40, 1:5] = 2
+    lab[14:26, 16:32, 1:5] = 3
+    save_labels(tmp_path / "lab.nii.gz", lab, aff)
+    assert main(["finetune", str(p), str(tmp_path / "lab.nii.gz"), "--slices", "1-4", "--from", str(tiny_model_dir),
+                 "--epochs", "1", "--batch-size", "2", "--activate"]) == 0
+    out = capsys.readouterr().out
+    assert "enet-v001 is now the active enet model" in out
+    assert main(["models", "list", "--json", "--model", "enet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    mine = [r for r in rows if r["version"] == "enet-v001"]
+    assert mine and mine[0]["active"] and mine[0]["parent"]
+
+
 # ----------------------------------------------------------------------------- errors and options
 def _one_error_line(err: str) -> str:
     lines = err.strip().splitlines()

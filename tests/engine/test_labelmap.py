@@ -141,3 +141,53 @@ def test_the_newest_step_is_never_evicted_by_the_byte_cap():
     assert lm.undo_steps == 1 and lm.history_bytes > 2000
     lm.undo()
     assert lm.labels[5, 5, 2] == 1 and (lm.labels == 3).sum() == 0
+
+
+def test_a_prediction_keeps_the_voxels_the_caller_marks_as_corrections():
+    """The merge rule of a prediction that lands over corrections: corrected voxels stay, the
+    rest takes the prediction, the slice still counts as edited, and one undo restores all."""
+    lm = LabelMap(np.zeros((16, 16, 6), np.uint8))
+    lm.set_prediction(np.full((16, 16, 6), 2, np.uint8))
+    lm.paint("axial", 3, [(8, 8)], 2, 3)  # a correction: GM -> WM
+    corrected = lm.corrected_mask()
+    assert corrected.sum() > 0 and corrected[:, :, 3].sum() == corrected.sum()
+    before = lm.labels.copy()
+    lm.set_prediction(np.ones((16, 16, 6), np.uint8), keep=corrected)
+    assert (lm.labels[corrected] == 3).all() and (lm.labels[~corrected] == 1).all()
+    assert lm.edited_axial_slices() == [3]
+    assert (lm.predicted == 1).all()  # the network's map is the new prediction...
+    assert lm.corrected_mask().sum() == corrected.sum()  # ...so the corrections are still corrections
+    lm.undo()
+    np.testing.assert_array_equal(lm.labels, before)
+    assert (lm.predicted == 2).all()
+
+
+def test_a_prediction_step_stores_changed_voxels_not_whole_maps():
+    """A second volume prediction that changes one slab costs that slab in history, not two
+    copies of the volume's predicted map."""
+    shape = (64, 64, 40)
+    lm = LabelMap(np.zeros(shape, np.uint8), max_bytes=10**9)
+    first = np.full(shape, 2, np.uint8)
+    lm.set_prediction(first)
+    second = first.copy()
+    second[:, :, 10] = 3
+    before = lm.history_bytes
+    atom = lm.set_prediction(second)
+    assert atom.nbytes < 64 * 64 * 8  # two slabs' worth at most, not 2 x 163,840 bytes
+    assert lm.history_bytes - before == atom.nbytes
+    lm.undo()
+    assert (lm.predicted == 2).all() and (lm.labels == 2).all()
+    lm.redo()
+    assert (lm.predicted[:, :, 10] == 3).all()
+
+
+def test_without_a_prediction_corrections_are_measured_against_the_labels_as_opened():
+    opened = np.zeros((12, 12, 4), np.uint8)
+    opened[2:10, 2:10] = 2
+    lm = LabelMap(opened)
+    assert not lm.corrected_mask().any()
+    lm.paint("axial", 1, [(5, 5)], 1, 3)
+    assert lm.corrected_mask().sum() == 1
+    # a one-slice prediction elsewhere does not turn the opened labels into "corrections"
+    lm.set_prediction(np.ones((12, 12, 4), np.uint8), slices=[3])
+    assert lm.corrected_mask().sum() == 1 and (lm.labels[:, :, 0] == opened[:, :, 0]).all()

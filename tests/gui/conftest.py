@@ -20,6 +20,7 @@ class Dialogs:
         self.errors, self.infos, self.questions = [], [], []
         self.yes = True
         self.save_discard = "discard"
+        self.choice = None  # ask_choice: None answers the default
         self.open_path = ""
         self.save_path = ""
         self.directory = ""
@@ -34,6 +35,8 @@ def dialogs(monkeypatch):
     monkeypatch.setattr(mod, "show_info", lambda p, t, m: d.infos.append(m))
     monkeypatch.setattr(mod, "ask_yes_no", lambda p, t, m, default_yes=False: (d.questions.append(m), d.yes)[1])
     monkeypatch.setattr(mod, "ask_save_discard_cancel", lambda p, t, m: (d.questions.append(m), d.save_discard)[1])
+    monkeypatch.setattr(mod, "ask_choice", lambda p, t, m, choices, default: (
+        d.questions.append(m), d.choice if d.choice is not None else default)[1])
     monkeypatch.setattr(mod, "get_open_path", lambda *a, **k: d.open_path)
     monkeypatch.setattr(mod, "get_save_path", lambda *a, **k: d.save_path)
     monkeypatch.setattr(mod, "get_directory", lambda *a, **k: d.directory)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 from PyQt5 import QtCore
 
-from tests.gui.helpers import click, drag
+from tests.gui.helpers import click
 
 
 def _open_with_brush(win, small_scan):
@@ -54,22 +54,6 @@ def test_model_preloads_when_a_scan_opens(enet_window, small_scan, qtbot, tiny_m
     with qtbot.waitSignal(win.segmentationFinished, timeout=60000):
         win.actions["segment"].trigger()
     assert win.labelmap is not None and len(win.engine.state.segmenters) == 1, "the preloaded model was used"
-
-
-def test_segment_asks_before_replacing_edits_and_undo_restores(enet_window, small_scan, qtbot, dialogs):
-    win = enet_window
-    _open_with_brush(win, small_scan)
-    drag(qtbot, win.views["axial"], [(5, 5), (5, 30)])
-    edited = win.labelmap.labels.copy()
-    dialogs.yes = False
-    win.actions["segment"].trigger()
-    assert dialogs.questions and "edited 1 slice" in dialogs.questions[-1]
-    assert not win.engine.is_busy
-    dialogs.yes = True
-    with qtbot.waitSignal(win.segmentationFinished, timeout=60000):
-        win.actions["segment"].trigger()
-    win.actions["undo"].trigger()
-    np.testing.assert_array_equal(win.labelmap.labels, edited)
 
 
 def test_segment_current_slice_only(enet_window, small_scan, qtbot):

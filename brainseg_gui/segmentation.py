@@ -1,0 +1,169 @@
+"""Segmentation controller: starts segmentation jobs on the engine thread, follows their progress
+and hands finished predictions to the session, which keeps the user's corrections
+(`Session.land_prediction`). Owns the model preload and the uncertainty result; no MXNet here.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from PyQt5 import QtCore
+
+from . import dialogs
+from .session import PredictionTicket, Session
+
+log = logging.getLogger(__name__)
+
+
+class SegmentationController(QtCore.QObject):
+    finished = QtCore.pyqtSignal(object)  # SegmentResult, after it landed in the labels
+    message = QtCore.pyqtSignal(str, int)  # status bar text, milliseconds
+    uncertaintyChanged = QtCore.pyqtSignal(object)  # the volume's uncertainty map or None
+
+    def __init__(self, session: Session, engine, panel, model_dir: Callable[[], Path],
+                 batch_size: Callable[[], int], dialog_parent=None):
+        super().__init__(dialog_parent)
+        self.session, self.engine, self.panel = session, engine, panel
+        self.model_dir, self.batch_size = model_dir, batch_size
+        self.dialog_parent = dialog_parent
+        self.job_id: int | None = None
+        self.ticket: PredictionTicket | None = None
+        self.uncertainty = None
+        self._result = None
+        engine.progress.connect(self._on_progress)
+        engine.finished_job.connect(self._on_finished)
+        engine.failed.connect(self._on_stopped)
+        engine.cancelled.connect(self._on_stopped)
+        session.scanChanged.connect(self.forget)
+        session.predictionLanded.connect(self._on_landed)
+
+    @property
+    def running(self) -> bool:
+        return self.job_id is not None
+
+    def precision(self) -> str:
+        return "int8" if self.panel.int8_check.isChecked() else "fp32"
+
+    # ------------------------------------------------------------------ start
+    def start(self, slices: list[int] | None = None) -> int | None:
+        """Segment the volume (or the given axial slices). If the prediction would land on slices
+        the user corrected, ask: keep the corrections (default), replace them, or cancel."""
+        s = self.session
+        if s.scan is None or self.running or self.engine.is_busy:
+            return None
+        replace = False
+        affected = s.corrections_on(slices)
+        if affected:
+            shown = ", ".join(str(k + 1) for k in affected[:12]) + ("..." if len(affected) > 12 else "")
+            answer = dialogs.ask_choice(
+                self.dialog_parent, "Your corrections",
+                f"You corrected {len(affected)} slice{'s' if len(affected) != 1 else ''} that the new segmentation "
+                f"covers (axial {shown}).\n\nKeep my corrections: the network fills in everything else, every "
+                "voxel you changed stays.\nReplace them: the network's labels everywhere (Undo brings your "
+                "corrections back).",
+                [("keep", "Keep my corrections"), ("replace", "Replace them"), ("cancel", "Cancel")], "keep")
+            if answer == "cancel":
+                return None
+            replace = answer == "replace"
+        model_dir = self.model_dir()
+        data, affine = s.scan.data, s.scan.affine
+        from engine.infer.inference import SegmentConfig
+
+        cfg = SegmentConfig(batch_size=self.batch_size(), slices=slices, uncertainty=True)
+        precision = self.precision()
+
+        def job(state, progress, cancel):
+            seg = state.segmenter(model_dir, precision)
+            return seg.segment(data, cfg, progress=lambda d, t: progress((d, t)), cancel=cancel, affine=affine)
+
+        self.ticket = s.begin_prediction(slices, replace)
+        self.panel.progress.setVisible(True)
+        self.panel.progress.setValue(0)
+        self.message.emit(f"Segmenting with {model_dir.name}... (you can keep correcting: your edits are kept)", 0)
+        self.job_id = self.engine.submit("segment", job)
+        self.ticket.job_id = self.job_id
+        return self.job_id
+
+    def preload(self, slice_index: int) -> None:
+        """Load the model Segment would use while the user looks at the scan, so the first click
+        runs at once (loading takes ~1.6 s)."""
+        s = self.session
+        if s.scan is None:
+            return
+        try:
+            model_dir = self.model_dir()
+        except Exception:  # missing weights: the segment job will say so
+            return
+        precision = self.precision()
+        data, affine, k = s.scan.data, s.scan.affine, slice_index
+        from engine.infer.inference import SegmentConfig
+
+        def warm(state):
+            # segmenting one slice, thrown away, also builds the graph and measures the scan's
+            # normalisation: the first "segment this slice" click then takes 80 ms, not 420
+            state.segmenter(model_dir, precision).segment(data, SegmentConfig(slices=(k,), uncertainty=True),
+                                                          affine=affine)
+
+        self.engine.prefetch("load model", warm)
+
+    def cancel(self) -> None:
+        if self.job_id is not None:
+            self.engine.cancel(self.job_id)
+
+    def forget(self) -> None:
+        """A new scan is open: a running segmentation belongs to the old one; cancel and forget it."""
+        if self.job_id is not None:
+            self.engine.cancel(self.job_id)
+        self.job_id = None
+        self.ticket = None
+        self.panel.progress.setVisible(False)
+        self.set_uncertainty(None)
+
+    # ------------------------------------------------------------------ engine signals
+    def _on_progress(self, job_id: int, name: str, payload) -> None:
+        if job_id == self.job_id:
+            done, total = payload
+            self.panel.progress.setMaximum(max(total, 1))
+            self.panel.progress.setValue(done)
+
+    def _on_finished(self, job_id: int, name: str, result) -> None:
+        if job_id != self.job_id:
+            if name == "segment":
+                log.info("dropping the result of segmentation job %d: its scan is no longer open", job_id)
+            return
+        ticket, self.job_id, self.ticket = self.ticket, None, None
+        self.panel.progress.setVisible(False)
+        self._result = result
+        outcome = self.session.land_prediction(ticket, result.labels)
+        if outcome == "stale":
+            self._result = None
+        elif outcome == "deferred":
+            self.message.emit("Segmentation finished: it is applied when you release the mouse", 5000)
+
+    def _on_landed(self, ticket, atom) -> None:
+        result, self._result = self._result, None
+        if result is None:
+            return
+        what = "slice" if ticket.slices else "volume"
+        geo = f" - {result.geometry}" if result.geometry else ""
+        kept = ""
+        lm = self.session.labelmap
+        if lm is not None and lm.has_manual_edits:
+            kept = f"; your corrections on {len(lm.edited_axial_slices())} slice(s) were kept"
+        self.message.emit(f"Segmented the {what} with {result.model} ({'+'.join(result.planes)}) in "
+                          f"{result.seconds:.1f} s{geo}{kept}", 15000)
+        if ticket.slices is None:
+            self.set_uncertainty(result.uncertainty)
+        self.finished.emit(result)
+
+    def _on_stopped(self, job_id: int, name: str, *_):
+        if job_id != self.job_id:
+            return
+        self.session.abandon_prediction(self.ticket)
+        self.job_id, self.ticket = None, None
+        self.panel.progress.setVisible(False)
+
+    def set_uncertainty(self, unc) -> None:
+        self.uncertainty = unc
+        self.uncertaintyChanged.emit(unc)
