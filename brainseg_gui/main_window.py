@@ -210,8 +210,15 @@ class MainWindow(QtWidgets.QMainWindow):
         self.menus["Segment"].addAction(act)
 
     def _on_version_activated(self, directory: str) -> None:
+        from engine.nets.weights import WeightsError, read_model_dir
+
         self._choose_model_reason()
-        self.statusBar().showMessage(f"Model for segmentation: {directory}", 8000)
+        try:
+            name = read_model_dir(directory, verify=False).version
+        except WeightsError:
+            name = Path(directory).name
+        again = " - segment again to use it on the open scan" if self.labelmap is not None else ""
+        self.statusBar().showMessage(f"Model for segmentation: {name}{again}", 10000)
 
     def _build_toolbar(self) -> None:
         tb = self.toolbar = self.addToolBar("Main")
@@ -402,7 +409,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.session.restore_recovery(info)
             for v in self.views.values():
                 v.redraw_overlay()
-            self.statusBar().showMessage(f"Restored {info.edit_count} edits from {info.saved_at_text}", 10000)
+            n = info.edit_count
+            self.statusBar().showMessage(f"Restored {n} edit{'s' if n != 1 else ''} from {info.saved_at_text}", 10000)
             self.update_state()
         else:
             self.session.discard_recovery()
@@ -493,9 +501,11 @@ class MainWindow(QtWidgets.QMainWindow):
         colour = {"failed": "#c00000", "saving": "#666", "saved": "#2a7a2a"}.get(state, "#666")
         self.autosave_label.setText(text)
         self.autosave_label.setStyleSheet(f"color: {colour};" + (" font-weight: bold;" if state == "failed" else ""))
-        self.autosave_label.setToolTip(
-            "Unsaved edits are written to a recovery file a few seconds after you stop editing, so a crash "
-            "loses nothing; File > Save labels writes the label map itself.")
+        tip = ("Unsaved edits are written to a recovery file a few seconds after you stop editing, so a crash "
+               "loses nothing; File > Save labels writes the label map itself.")
+        if state == "failed":
+            tip = f"{text}.\nThe recovery file could not be written: save your labels (Ctrl+S) to keep them safe.\n\n" + tip
+        self.autosave_label.setToolTip(tip)
         if state == "saved":
             self.autosaved.emit(text)
         elif state == "failed":

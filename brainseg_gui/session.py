@@ -359,7 +359,8 @@ class Session(QtCore.QObject):
                 p = recovery.save_recovery(scan_path, labels, edited, count, predicted)
             except Exception as exc:  # reported in the GUI thread, retried with back-off
                 log.exception("autosave failed")
-                done.emit(rev, "", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                done.emit(rev, "", reason)
             else:
                 done.emit(rev, str(p), "")
 
@@ -373,8 +374,7 @@ class Session(QtCore.QObject):
         if error:
             self._failures += 1
             delay = RETRY_MS[min(self._failures - 1, len(RETRY_MS) - 1)]
-            self._set_autosave("failed", f"Autosave failed ({error}); retrying in {delay // 1000} s. "
-                                         "Save your labels to keep them safe.")
+            self._set_autosave("failed", f"Autosave failed: {error}; retrying in {delay / 1000:g} s")
             self.retry_timer.start(delay)
             return
         self._failures = 0
@@ -391,7 +391,7 @@ class Session(QtCore.QObject):
         if lm is None or lm.is_clean:
             return "There are no unsaved edits."
         if self.autosave_state == "failed":
-            return f"Your latest edits are NOT autosaved: {self.autosave_text} Save the labels now (File > Save labels as)."
+            return f"Your latest edits are NOT autosaved ({self.autosave_text}). Save the labels now (File > Save labels as)."
         if self.last_autosave is None:
             return "Your edits have not been autosaved yet: save the labels now (File > Save labels as)."
         when = time.strftime("%H:%M:%S", time.localtime(self.last_autosave))

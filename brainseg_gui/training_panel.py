@@ -204,6 +204,10 @@ class TrainingPanel(QtWidgets.QWidget):
         self.refresh_versions()
         self.update_state()
 
+    def showEvent(self, ev):  # versions may have been added from the command line meanwhile
+        super().showEvent(ev)
+        self.refresh_versions()
+
     # ------------------------------------------------------------------ state
     @property
     def store(self):
