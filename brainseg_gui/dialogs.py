@@ -55,3 +55,12 @@ def ask_choice(parent, title: str, message: str, choices: list[tuple[str, str]],
             box.setDefaultButton(b)
     box.exec_()
     return buttons.get(box.clickedButton(), "cancel")
+
+
+def get_number(parent, title: str, label: str, value: float, lo: float, hi: float, decimals: int = 0):
+    """A number from the user, or None when cancelled."""
+    if decimals == 0:
+        v, ok = QtWidgets.QInputDialog.getInt(parent, title, label, int(value), int(lo), int(hi))
+    else:
+        v, ok = QtWidgets.QInputDialog.getDouble(parent, title, label, float(value), float(lo), float(hi), decimals)
+    return v if ok else None

@@ -54,6 +54,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.resize(1400, 900)
         self.session = Session(self)
         self.tool_state = ToolState()
+        self._preview = False  # a label operation's preview is shown: editing locked
+        self.prefs_islands, self.prefs_smooth_mm = 50, 1.0
 
         from engine.store.versions import ModelStore
 
@@ -303,10 +305,20 @@ class MainWindow(QtWidgets.QMainWindow):
             a[key].setEnabled(has_labels)
         # editing stays possible while jobs run: a landing prediction keeps the corrections, and
         # fine-tuning learns from a snapshot taken when it started
+        preview = self._preview
         for key in ("tool_brush", "tool_eraser", "tool_fill"):
-            a[key].setEnabled(has_scan)
-        a["undo"].setEnabled(has_labels and self.labelmap.can_undo)
-        a["redo"].setEnabled(has_labels and self.labelmap.can_redo)
+            a[key].setEnabled(has_scan and not preview)
+        a["undo"].setEnabled(has_labels and self.labelmap.can_undo and not preview)
+        a["redo"].setEnabled(has_labels and self.labelmap.can_redo and not preview)
+        # label operations replace labels wholesale: not while a prediction is on its way or a preview shows
+        for key in ("fill_between", "remove_islands", "keep_largest", "smooth_labels"):
+            a[key].setEnabled(has_labels and not preview and not labels_job)
+        if preview:
+            for key in ("segment", "segment_slice", "open_labels", "open_scan", "open_demo"):
+                a[key].setEnabled(False)
+        else:
+            a["open_scan"].setEnabled(True)
+            a["open_demo"].setEnabled(True)
         single = a["single_view"].isChecked()
         for p in ("axial", "coronal", "sagittal"):
             a[f"plane_{p}"].setEnabled(has_scan and single)
@@ -490,6 +502,40 @@ class MainWindow(QtWidgets.QMainWindow):
         self.readout.setText(txt)
 
     # ================================================================== editing
+    def view_axis(self, plane: str) -> int:
+        """The array axis that the named view's slices run along."""
+        return self.views[plane].geometry_.axis
+
+    def set_preview(self, on: bool) -> None:
+        """While a label operation's result is previewed, editing is locked; views still scroll."""
+        self._preview = bool(on)
+        if on and self.tool_state.tool != "navigate":
+            self._set_tool("navigate")
+        self.update_state()
+
+    def on_fill_between(self) -> None:
+        from .label_tools import FillBetweenDialog
+
+        if self.labelmap is None:
+            return
+        self.fill_dialog = FillBetweenDialog(self)
+        self.fill_dialog.show()  # not modal: the views scroll through the preview
+
+    def on_remove_islands(self) -> None:
+        from .label_tools import run_operation
+
+        run_operation(self, "islands")
+
+    def on_keep_largest(self) -> None:
+        from .label_tools import run_operation
+
+        run_operation(self, "largest")
+
+    def on_smooth_labels(self) -> None:
+        from .label_tools import run_operation
+
+        run_operation(self, "smooth")
+
     def _on_edit_finished(self, atom) -> None:
         if atom is not None:
             self.statusBar().showMessage(f"{atom.kind}: {atom.voxels} voxels changed", 3000)
@@ -662,16 +708,12 @@ class MainWindow(QtWidgets.QMainWindow):
         return bool(path) and self.save_labels_to(path)
 
     def on_export_png(self) -> None:
-        from engine.io.export import export_png_slices
+        from .label_tools import PngExportDialog
 
-        d = dialogs.get_directory(self, "Export PNG slices to")
-        if d and self.labelmap is not None:
-            try:
-                files = export_png_slices(self.labelmap.labels, d)
-            except OSError as exc:
-                dialogs.show_error(self, "Export failed", str(exc))
-                return
-            self.statusBar().showMessage(f"Wrote {len(files)} PNG slices to {d}", 8000)
+        if self.labelmap is None:
+            return
+        self.png_dialog = PngExportDialog(self)
+        self.png_dialog.show()
 
     def on_show_stats(self) -> None:
         from .stats_dialog import StatsDialog

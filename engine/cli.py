@@ -427,6 +427,106 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- postprocess
+PLANE_NAMES = ("axial", "coronal", "sagittal")
+
+
+def parse_fill_between(text: str, vol) -> tuple[int, int, int, str]:
+    """'axial:40-60' (anatomical plane, 0-based slice indices along the mask's own axis for that
+    plane) or '2:40-60' (an array axis) -> (axis, first, last, plane name)."""
+    from engine.io.conform import Conform
+
+    try:
+        plane, rng = text.split(":", 1)
+        a, b = rng.split("-", 1)
+        first, last = int(a), int(b)
+    except ValueError as exc:
+        raise CliError(f"--fill-between {text!r}: expected PLANE:FIRST-LAST, e.g. axial:40-60") from exc
+    plane = plane.strip().lower()
+    if plane in PLANE_NAMES:
+        axis = Conform.for_grid(vol.shape, vol.affine).native_axis(plane)
+    elif plane in ("0", "1", "2"):
+        axis = int(plane)
+    else:
+        raise CliError(f"--fill-between {text!r}: plane must be axial, coronal, sagittal or an array axis 0-2")
+    n = vol.shape[axis]
+    if not 0 <= first < last < n:
+        raise CliError(f"--fill-between {text!r}: need 0 <= FIRST < LAST < {n} along that axis")
+    return axis, first, last, plane
+
+
+def cmd_postprocess(args) -> int:
+    """Label operations on a mask file, in a fixed order: fill between slices, remove small
+    islands, keep the largest piece, smooth. The output keeps the mask's grid and affine."""
+    from engine.io.volume import read_volume, save_labels
+    from engine.labels import ops
+
+    if not (args.fill_between or args.remove_islands is not None or args.keep_largest or args.smooth is not None):
+        raise CliError("nothing to do: give --fill-between, --remove-islands, --keep-largest and/or --smooth")
+    check_output(args.output, LABEL_FORMATS, inputs=(args.mask,))
+    if args.remove_islands is not None and args.remove_islands < 1:
+        raise CliError(f"--remove-islands {args.remove_islands}: the minimum size is at least 1 voxel")
+    if args.smooth is not None and not args.smooth > 0:
+        raise CliError(f"--smooth {args.smooth}: give a positive number of mm")
+    vol = read_volume(args.mask, kind="labels")
+    fill = parse_fill_between(args.fill_between, vol) if args.fill_between else None
+    lab = vol.data
+    steps = []
+    try:
+        if fill:
+            axis, first, last, plane = fill
+            keys = ops.key_slices(lab, axis, first, last)
+            new = ops.fill_between(lab, axis, first, last, keys)
+            steps.append((f"fill between {plane} slices {first}-{last} (drawn: {len(keys)})", lab, new))
+            lab = new
+        if args.remove_islands is not None:
+            new = ops.remove_islands(lab, args.remove_islands)
+            steps.append((f"remove islands < {args.remove_islands} voxels", lab, new))
+            lab = new
+        if args.keep_largest:
+            new = ops.keep_largest(lab)
+            steps.append(("keep the largest piece", lab, new))
+            lab = new
+        if args.smooth:
+            new = ops.smooth(lab, args.smooth, vol.voxel_size, method=args.smooth_method)
+            steps.append((f"smooth {args.smooth:g} mm ({args.smooth_method})", lab, new))
+            lab = new
+    except ops.OpError as exc:
+        raise CliError(f"{args.mask}: {exc}") from exc
+    save_labels(args.output, lab, vol.affine)
+    for what, before, after in steps:
+        print(f"{what}: {int((before != after).sum()):,} voxels changed")
+    print(f"wrote {args.output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- png
+def cmd_png(args) -> int:
+    """Colour PNGs of a mask (over its scan with --scan), as the app shows them."""
+    from engine.io.export import export_png, export_png_slices
+    from engine.io.volume import read_volume
+
+    vol = read_volume(args.mask, kind="labels")
+    scan = None
+    if args.scan:
+        sv = read_volume(args.scan, kind="image")
+        if sv.shape != vol.shape:
+            raise CliError(f"{args.scan} is {_fmt_shape(sv.shape)} but {args.mask} is {_fmt_shape(vol.shape)}")
+        scan = sv.data
+    if not 0 <= args.opacity <= 1:
+        raise CliError(f"--opacity {args.opacity}: give a number from 0 to 1")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out}: exists and is not a folder")
+    if args.values:
+        files = export_png_slices(vol.data, out)
+    else:
+        files = export_png(vol.data, vol.affine, out, plane=args.plane, scan=scan, montage=args.montage,
+                           panels=args.panels, opacity=args.opacity)
+    print(f"wrote {len(files)} PNG file{'s' if len(files) != 1 else ''} to {out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- models
 def cmd_models(args) -> int:
     """The model store from the command line: list versions, activate one, roll back."""
@@ -556,6 +656,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="all", choices=("all", "unet", "enet"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("postprocess", help="clean up a mask: fill between slices, islands, largest piece, smoothing")
+    p.add_argument("mask")
+    p.add_argument("-o", "--output", required=True, help="output mask (.nii.gz, .nii, .hdr, .img)")
+    p.add_argument("--fill-between", metavar="PLANE:FIRST-LAST",
+                   help="interpolate the slices between the drawn ones, e.g. axial:40-60 (0-based)")
+    p.add_argument("--remove-islands", type=int, metavar="MIN_VOXELS",
+                   help="pieces of a class smaller than this take the label around them")
+    p.add_argument("--keep-largest", action="store_true", help="keep the largest connected piece of the brain")
+    p.add_argument("--smooth", type=float, metavar="MM", help="smooth class boundaries by about MM millimetres")
+    p.add_argument("--smooth-method", choices=("gaussian", "median"), default="gaussian")
+    p.set_defaults(func=cmd_postprocess)
+
+    p = sub.add_parser("png", help="colour PNG images of a mask, optionally over its scan, as the app shows them")
+    p.add_argument("mask")
+    p.add_argument("--scan", help="draw the labels over this scan")
+    p.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default="axial")
+    p.add_argument("--montage", action="store_true", help="one grid image of evenly spaced slices")
+    p.add_argument("--panels", type=_positive_int, default=24, help="slices in a montage (default 24)")
+    p.add_argument("--opacity", type=float, default=0.5, help="label opacity over the scan (0-1)")
+    p.add_argument("--values", action="store_true",
+                   help="instead: one grey PNG per axial array slice with the class values 0-3 (for training data)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.set_defaults(func=cmd_png)
 
     p = sub.add_parser("gui", help="open the desktop app")
     p.add_argument("scan", nargs="?")

@@ -341,6 +341,28 @@ class LabelMap:
         box3 = self._box3(axis, index, bi, bj)
         return self._commit("fill", box3, np.expand_dims(region[bi, bj], axis), value)
 
+    # ------------------------------------------------------------------ whole-map operations
+    def apply_volume(self, new: np.ndarray, kind: str, user: bool = True) -> EditAtom | None:
+        """Install the result of a label operation (engine/labels/ops.py: fill between slices,
+        islands, smoothing) as one undo step holding only the voxels it changed; None when it
+        changed nothing."""
+        new = np.asarray(new, dtype=np.uint8)
+        if new.shape != self.labels.shape:
+            raise ValueError(f"result shape {new.shape} != label map {self.labels.shape}")
+        d = self.labels != new
+        box3 = box_of(d)
+        if box3 is None:
+            return None
+        mask = d[box3]
+        ax = self.axial_axis
+        other = tuple(a for a in range(3) if a != ax)
+        axial = tuple(int(z) + box3[ax].start for z in np.where(mask.any(axis=other))[0])
+        atom = EditAtom(kind, box3, mask, self.labels[box3][mask].copy(), new[box3][mask].copy(), user=user,
+                        axial=axial)
+        self._apply(atom, True)
+        self._push(atom)
+        return atom
+
     # ------------------------------------------------------------------ predictions
     def set_prediction(self, prediction: np.ndarray, slices: list[int] | None = None,
                        keep: np.ndarray | None = None) -> EditAtom | None:
@@ -424,6 +446,10 @@ class LabelMap:
         self._apply(atom, False)
         self._redo.append(atom)
         return atom
+
+    def drop_redo(self) -> None:
+        """Forget the redo steps (a previewed operation that was cancelled leaves none)."""
+        self._redo.clear()
 
     def redo(self) -> EditAtom | None:
         if not self._redo:

@@ -21,6 +21,7 @@ class Dialogs:
         self.yes = True
         self.save_discard = "discard"
         self.choice = None  # ask_choice: None answers the default
+        self.number = None  # get_number: None cancels
         self.open_path = ""
         self.save_path = ""
         self.directory = ""
@@ -37,6 +38,8 @@ def dialogs(monkeypatch):
     monkeypatch.setattr(mod, "ask_save_discard_cancel", lambda p, t, m: (d.questions.append(m), d.save_discard)[1])
     monkeypatch.setattr(mod, "ask_choice", lambda p, t, m, choices, default: (
         d.questions.append(m), d.choice if d.choice is not None else default)[1])
+    monkeypatch.setattr(mod, "get_number", lambda p, t, m, value, lo, hi, decimals=0: (
+        d.questions.append(m), d.number)[1])
     monkeypatch.setattr(mod, "get_open_path", lambda *a, **k: d.open_path)
     monkeypatch.setattr(mod, "get_save_path", lambda *a, **k: d.save_path)
     monkeypatch.setattr(mod, "get_directory", lambda *a, **k: d.directory)

@@ -98,13 +98,44 @@ def test_save_and_export_read_back_with_scan_affine(window, small_scan, qtbot, t
         np.testing.assert_array_equal(data.reshape(window.scan.shape), window.labelmap.labels)
     assert not window.isWindowModified()
     assert nib.load(str(tmp_path / "mask_fseg.hdr")).shape == window.scan.shape + (1,), "4-D singleton like OASIS"
+    import imageio.v2 as imageio
+    from PyQt5 import QtCore
+
+    from engine.core.classes import tissue_classes
+
+    # colour images over the scan, as the axial view shows them
     dialogs.directory = str(tmp_path / "png")
     window.actions["export_png"].trigger()
-    import imageio.v2 as imageio
-
+    dlg = window.png_dialog
+    assert dlg.plane.currentData() == "axial" and dlg.over_scan.isChecked()
+    qtbot.mouseClick(dlg.export_button, QtCore.Qt.LeftButton)
     pngs = sorted((tmp_path / "png").glob("*.png"))
-    assert len(pngs) == window.scan.shape[2]
-    np.testing.assert_array_equal(imageio.imread(pngs[ax.index]), window.labelmap.labels[:, :, ax.index])
+    assert len(pngs) == window.scan.shape[2] and pngs[0].name == "axial_001.png"
+    shown = imageio.imread(pngs[ax.index])
+    g = ax.geometry_
+    disp = g.display(window.labelmap.labels, ax.index)
+    assert shown.shape[:2] == disp.shape and shown.shape[2] == 3
+    csf = np.array(tissue_classes()[1].rgb, float)
+    tinted = shown[disp == 1].astype(float)
+    grey = shown[disp == 0].astype(float)
+    assert len(tinted) and np.abs(tinted - tinted.mean(axis=1, keepdims=True)).mean() > 5, "coloured"
+    assert np.abs(grey - grey.mean(axis=1, keepdims=True)).max() < 1e-6, "the scan is grey"
+    assert np.linalg.norm(tinted.mean(axis=0) / 255 - csf / 255) < np.linalg.norm(grey.mean(axis=0) / 255 - csf / 255)
+    assert f"Wrote {len(pngs)} PNG images" in window.statusBar().currentMessage()
+    # a montage of another plane, and the class values for training data
+    dialogs.directory = str(tmp_path / "montage")
+    window.actions["export_png"].trigger()
+    dlg = window.png_dialog
+    dlg.plane.setCurrentIndex(dlg.plane.findData("coronal"))
+    dlg.montage.setChecked(True)
+    qtbot.mouseClick(dlg.export_button, QtCore.Qt.LeftButton)
+    assert [p.name for p in (tmp_path / "montage").glob("*.png")] == ["coronal_montage.png"]
+    dialogs.directory = str(tmp_path / "values")
+    window.actions["export_png"].trigger()
+    window.png_dialog.values.setChecked(True)
+    qtbot.mouseClick(window.png_dialog.export_button, QtCore.Qt.LeftButton)
+    vals = sorted((tmp_path / "values").glob("*.png"))
+    np.testing.assert_array_equal(imageio.imread(vals[ax.index]), window.labelmap.labels[:, :, ax.index])
 
 
 def test_saving_an_oblique_scan_as_analyze_asks_first(window, qtbot, tmp_path, dialogs):

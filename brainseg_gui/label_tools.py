@@ -1,0 +1,269 @@
+"""The Labels menu: fill between slices (with a preview), remove small islands, keep the largest
+piece, smoothing. The operations are engine functions (engine/labels/ops.py); this module asks for
+their parameters and installs the result through the label map's one write path, as one undo step.
+
+Fill between slices previews its result in the views before it is kept: while the preview is
+shown, editing is locked (the views still scroll and zoom), Apply keeps it as one undo step and
+Cancel takes it back without leaving a redo step behind.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from PyQt5 import QtCore, QtWidgets
+
+from engine.labels import ops
+
+from . import dialogs
+
+log = logging.getLogger(__name__)
+
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def _busy(fn):
+    QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.WaitCursor)
+    try:
+        return fn()
+    finally:
+        QtWidgets.QApplication.restoreOverrideCursor()
+
+
+def edited_slices_along(lm, axis: int) -> list[int]:
+    """Slices along `axis` holding voxels the user corrected (against the prediction or the
+    labels as opened)."""
+    other = tuple(a for a in range(3) if a != axis)
+    return [int(k) for k in np.where(lm.corrected_mask().any(axis=other))[0]]
+
+
+class FillBetweenDialog(QtWidgets.QDialog):
+    """Plane, range and which slices count as drawn; Preview, Apply, Cancel."""
+
+    def __init__(self, window, parent=None):
+        super().__init__(parent or window)
+        self.win = window
+        self.setWindowTitle("Fill between slices")
+        self.setObjectName("fill_between_dialog")
+        self.preview_atom = None
+        lay = QtWidgets.QFormLayout(self)
+        self.plane = QtWidgets.QComboBox()
+        self.plane.setObjectName("fb_plane")
+        for p in PLANES:
+            self.plane.addItem(p.capitalize(), p)
+        active = getattr(window.active_view, "view", "axial")
+        self.plane.setCurrentIndex(PLANES.index(active) if active in PLANES else 0)
+        lay.addRow("Plane", self.plane)
+        self.source = QtWidgets.QComboBox()
+        self.source.setObjectName("fb_source")
+        self.source.addItem("Slices that hold labels", "labelled")
+        self.source.addItem("Slices I corrected", "corrected")
+        lay.addRow("Drawn slices", self.source)
+        self.first = QtWidgets.QSpinBox()
+        self.first.setObjectName("fb_first")
+        self.last = QtWidgets.QSpinBox()
+        self.last.setObjectName("fb_last")
+        lay.addRow("From slice", self.first)
+        lay.addRow("To slice", self.last)
+        self.info = QtWidgets.QLabel("")
+        self.info.setObjectName("fb_info")
+        self.info.setWordWrap(True)
+        lay.addRow(self.info)
+        bb = QtWidgets.QDialogButtonBox()
+        self.preview_button = bb.addButton("Preview", QtWidgets.QDialogButtonBox.ActionRole)
+        self.apply_button = bb.addButton("Apply", QtWidgets.QDialogButtonBox.AcceptRole)
+        self.cancel_button = bb.addButton(QtWidgets.QDialogButtonBox.Cancel)
+        self.preview_button.clicked.connect(self.preview)
+        self.apply_button.clicked.connect(self.apply)
+        self.cancel_button.clicked.connect(self.reject)
+        lay.addRow(bb)
+        self.plane.currentIndexChanged.connect(self._defaults)
+        self.source.currentIndexChanged.connect(self._defaults)
+        self._defaults()
+
+    # slices are shown 1-based, as in the view titles
+    def axis(self) -> int:
+        return self.win.view_axis(self.plane.currentData())
+
+    def keys(self) -> list[int]:
+        lm = self.win.labelmap
+        ax = self.axis()
+        if self.source.currentData() == "corrected":
+            drawn = edited_slices_along(lm, ax)
+        else:
+            drawn = ops.key_slices(lm.labels, ax, 0, lm.shape[ax] - 1)
+        lo, hi = self.first.value() - 1, self.last.value() - 1
+        return [k for k in drawn if lo <= k <= hi]
+
+    def _defaults(self, *_):
+        self._take_back()
+        lm = self.win.labelmap
+        ax = self.axis()
+        n = lm.shape[ax]
+        for sb in (self.first, self.last):
+            sb.setRange(1, n)
+        self.first.setValue(1)
+        self.last.setValue(n)
+        keys = self.keys()
+        if len(keys) >= 2:
+            self.first.setValue(keys[0] + 1)
+            self.last.setValue(keys[-1] + 1)
+        self._describe()
+
+    def _describe(self):
+        keys = self.keys()
+        gaps = sum(b - a - 1 for a, b in zip(keys[:-1], keys[1:]))
+        if len(keys) < 2:
+            self.info.setText(f"{len(keys)} drawn slice(s) in this range: draw at least two, with empty slices "
+                              "between them, to interpolate.")
+        elif gaps == 0:
+            self.info.setText(f"{len(keys)} drawn slices and no empty slice between them: nothing to fill.")
+        else:
+            shown = ", ".join(str(k + 1) for k in keys[:10]) + ("..." if len(keys) > 10 else "")
+            self.info.setText(f"Drawn: {shown}. {gaps} slice(s) between them will be interpolated "
+                              "(the drawn slices are not changed).")
+        return keys, gaps
+
+    def _compute(self):
+        keys, gaps = self._describe()
+        if len(keys) < 2 or gaps == 0:
+            return None
+        lm = self.win.labelmap
+        try:
+            return _busy(lambda: ops.fill_between(lm.labels, self.axis(), keys[0], keys[-1], keys))
+        except ops.OpError as exc:
+            self.info.setText(str(exc))
+            return None
+
+    def preview(self) -> bool:
+        """Show the result in the views (editing locked until Apply or Cancel)."""
+        self._take_back()
+        new = self._compute()
+        if new is None:
+            return False
+        self.preview_atom = self.win.labelmap.apply_volume(new, "fill between")
+        self.win.set_preview(self.preview_atom is not None)
+        if self.preview_atom is not None:
+            self.info.setText(self.info.text() + f"\nPreview: {self.preview_atom.voxels:,} voxels change. "
+                              "Apply keeps it (one undo step); Cancel takes it back.")
+        return self.preview_atom is not None
+
+    def apply(self) -> None:
+        if self.preview_atom is None and not self.preview():
+            return
+        atom, self.preview_atom = self.preview_atom, None
+        self.win.set_preview(False)
+        self.win.statusBar().showMessage(f"Filled between slices: {atom.voxels:,} voxels changed (Ctrl+Z undoes)",
+                                         8000)
+        self.accept()
+
+    def _take_back(self) -> None:
+        if self.preview_atom is not None:
+            lm = self.win.labelmap
+            lm.undo()
+            lm.drop_redo()
+            self.preview_atom = None
+            self.win.set_preview(False)
+
+    def reject(self) -> None:
+        self._take_back()
+        super().reject()
+
+
+def run_operation(window, kind: str) -> None:
+    """Islands, keep-largest or smoothing on the open label map, asking for its parameter."""
+    lm, scan = window.labelmap, window.scan
+    if lm is None or scan is None:
+        return
+    if kind == "islands":
+        n = dialogs.get_number(window, "Remove small islands",
+                               "Pieces smaller than this many voxels take the label around them:",
+                               window.prefs_islands, 1, 10**7, decimals=0)
+        if n is None:
+            return
+        n = int(n)
+        window.prefs_islands = n
+        label, fn = f"removed islands < {n} voxels", lambda: ops.remove_islands(lm.labels, n)
+    elif kind == "largest":
+        label, fn = "kept the largest piece", lambda: ops.keep_largest(lm.labels)
+    elif kind == "smooth":
+        mm = dialogs.get_number(window, "Smooth labels", "Smooth class boundaries by (mm):",
+                                window.prefs_smooth_mm, 0.1, 20.0, decimals=1)
+        if mm is None:
+            return
+        window.prefs_smooth_mm = mm
+        label, fn = f"smoothed {mm:g} mm", lambda: ops.smooth(lm.labels, mm, scan.voxel_size)
+    else:
+        raise ValueError(kind)
+    try:
+        new = _busy(fn)
+    except ops.OpError as exc:
+        dialogs.show_error(window, "Cannot do that", str(exc))
+        return
+    atom = lm.apply_volume(new, kind)
+    if atom is None:
+        window.statusBar().showMessage(f"Nothing to change ({label.split(' ', 1)[1]})", 5000)
+    else:
+        window.statusBar().showMessage(f"{label.capitalize()}: {atom.voxels:,} voxels changed (Ctrl+Z undoes)", 8000)
+    window.update_state()
+
+
+class PngExportDialog(QtWidgets.QDialog):
+    """File > Export images: colour PNGs of the labels as the views show them (any plane, over the
+    scan or not, each slice or one montage), or the class values 0-3 for training data."""
+
+    def __init__(self, window, parent=None):
+        super().__init__(parent or window)
+        self.win = window
+        self.setWindowTitle("Export images (PNG)")
+        self.setObjectName("png_export_dialog")
+        lay = QtWidgets.QFormLayout(self)
+        self.plane = QtWidgets.QComboBox()
+        self.plane.setObjectName("png_plane")
+        for p in PLANES:
+            self.plane.addItem(p.capitalize(), p)
+        active = getattr(window.active_view, "view", "axial")
+        self.plane.setCurrentIndex(PLANES.index(active) if active in PLANES else 0)
+        lay.addRow("Plane", self.plane)
+        self.over_scan = QtWidgets.QCheckBox("Labels over the scan")
+        self.over_scan.setObjectName("png_over_scan")
+        self.over_scan.setChecked(True)
+        lay.addRow(self.over_scan)
+        self.montage = QtWidgets.QCheckBox("One montage image (24 slices that hold labels)")
+        self.montage.setObjectName("png_montage")
+        lay.addRow(self.montage)
+        self.values = QtWidgets.QCheckBox("Class values 0-3 instead, one grey PNG per axial slice (training data)")
+        self.values.setObjectName("png_values")
+        self.values.toggled.connect(lambda on: [w.setEnabled(not on) for w in (self.plane, self.over_scan,
+                                                                                  self.montage)])
+        lay.addRow(self.values)
+        bb = QtWidgets.QDialogButtonBox()
+        self.export_button = bb.addButton("Export to folder...", QtWidgets.QDialogButtonBox.AcceptRole)
+        self.export_button.setObjectName("png_export")
+        bb.addButton(QtWidgets.QDialogButtonBox.Cancel).clicked.connect(self.reject)
+        self.export_button.clicked.connect(self.export)
+        lay.addRow(bb)
+        self.files: list = []
+
+    def export(self) -> None:
+        from engine.io.export import export_png, export_png_slices
+
+        win = self.win
+        d = dialogs.get_directory(self, "Export PNG images to")
+        if not d or win.labelmap is None:
+            return
+        lm, scan = win.labelmap, win.scan
+        try:
+            if self.values.isChecked():
+                self.files = _busy(lambda: export_png_slices(lm.labels, d))
+            else:
+                plane = self.plane.currentData()
+                self.files = _busy(lambda: export_png(
+                    lm.labels, scan.affine, d, plane=plane, scan=scan.data if self.over_scan.isChecked() else None,
+                    montage=self.montage.isChecked(), opacity=win.tool_panel.overlay_style()[0] or 0.5))
+        except (OSError, ValueError) as exc:
+            dialogs.show_error(self, "Export failed", f"{d}: {exc}")
+            return
+        what = self.files[0].name if len(self.files) == 1 else f"{len(self.files)} PNG images"
+        win.statusBar().showMessage(f"Wrote {what} to {d}", 10000)
+        self.accept()

@@ -1,0 +1,98 @@
+"""The Labels menu driven through the real window: fill between slices with its preview, remove
+small islands, keep the largest piece, smoothing; each is one undo step."""
+import numpy as np
+from PyQt5 import QtCore
+
+from tests.gui.helpers import click, drag
+
+
+def _paint_disk(qtbot, win, k, centre, size=14):
+    ax = win.views["axial"]
+    ax.set_slice(k)
+    win.tool_panel.size_spin.setValue(size)
+    r, c = centre
+    drag(qtbot, ax, [(r, c), (r, c + 1)])
+
+
+def test_fill_between_previews_locks_editing_then_applies_as_one_step(window, small_scan, qtbot):
+    win = window
+    win.open_scan(small_scan[0])
+    win.actions["tool_brush"].trigger()
+    win.actions["class_2"].trigger()
+    _paint_disk(qtbot, win, 4, (28, 24), size=20)
+    _paint_disk(qtbot, win, 12, (28, 24), size=8)
+    lm = win.labelmap
+    z = win.axial_axis
+    drawn = lm.labels.copy()
+    assert drawn[:, :, 8].sum() == 0 and lm.undo_steps == 2
+    win.actions["fill_between"].trigger()
+    dlg = win.fill_dialog
+    assert dlg.isVisible() and dlg.plane.currentData() == "axial"
+    assert (dlg.first.value(), dlg.last.value()) == (5, 13), "1-based, as the view titles"
+    assert "7 slice(s) between them" in dlg.info.text()
+    qtbot.mouseClick(dlg.preview_button, QtCore.Qt.LeftButton)
+    assert (lm.labels[:, :, 8] == 2).sum() > 0, "the preview is in the views"
+    assert not win.actions["tool_brush"].isEnabled() and not win.actions["undo"].isEnabled()
+    assert win.tool_state.tool == "navigate"
+    areas = [(lm.labels[:, :, k] == 2).sum() for k in range(4, 13)]
+    assert all(a >= b for a, b in zip(areas, areas[1:])), "a big disk shrinks to a small one"
+    qtbot.mouseClick(dlg.cancel_button, QtCore.Qt.LeftButton)
+    np.testing.assert_array_equal(lm.labels, drawn)
+    assert not lm.can_redo and lm.undo_steps == 2 and win.actions["tool_brush"].isEnabled()
+    win.actions["fill_between"].trigger()
+    dlg = win.fill_dialog
+    qtbot.mouseClick(dlg.preview_button, QtCore.Qt.LeftButton)
+    qtbot.mouseClick(dlg.apply_button, QtCore.Qt.LeftButton)
+    assert not dlg.isVisible() and lm.undo_steps == 3 and (lm.labels[:, :, 8] == 2).any()
+    assert "Filled between slices" in win.statusBar().currentMessage()
+    assert z == 2
+    win.actions["undo"].trigger()
+    np.testing.assert_array_equal(lm.labels, drawn)
+
+
+def test_fill_between_says_why_when_there_is_nothing_to_fill(window, small_scan, qtbot):
+    win = window
+    scan, labels, _ = small_scan
+    win.open_scan(scan)
+    win.open_labels(labels)  # every slice holds labels
+    win.actions["fill_between"].trigger()
+    dlg = win.fill_dialog
+    assert "no empty slice between them" in dlg.info.text()
+    qtbot.mouseClick(dlg.preview_button, QtCore.Qt.LeftButton)
+    assert win.labelmap.undo_steps == 0 and win.actions["tool_brush"].isEnabled()
+    dlg.reject()
+
+
+def test_islands_largest_and_smoothing_are_each_one_undo_step(window, small_scan, qtbot, dialogs):
+    win = window
+    scan, labels, _ = small_scan
+    win.open_scan(scan)
+    win.open_labels(labels)
+    win.actions["tool_brush"].trigger()
+    win.actions["class_1"].trigger()
+    win.tool_panel.size_spin.setValue(1)
+    ax = win.views["axial"]
+    ax.set_slice(10)
+    click(qtbot, ax, 28, 24)  # a one-voxel CSF speck in the white matter
+    lm = win.labelmap
+    speck = np.argwhere(lm.labels != lm.reference())
+    assert len(speck) == 1
+    x, y, zz = speck[0]
+    dialogs.number = 5
+    win.actions["remove_islands"].trigger()
+    assert lm.labels[x, y, zz] == 3 and "voxels changed" in win.statusBar().currentMessage()
+    win.actions["undo"].trigger()
+    assert lm.labels[x, y, zz] == 1
+    dialogs.number = None  # cancelled: nothing happens
+    steps = lm.undo_steps
+    win.actions["remove_islands"].trigger()
+    assert lm.undo_steps == steps
+    lm.labels[0:2, 0:2, 0:2] = 2  # a detached piece in a corner
+    win.actions["keep_largest"].trigger()
+    assert (lm.labels[0:2, 0:2, 0:2] == 0).all() and lm.undo_steps == steps + 1
+    before = lm.labels.copy()
+    dialogs.number = 1.5
+    win.actions["smooth_labels"].trigger()
+    assert lm.undo_steps == steps + 2 and (lm.labels != before).any()
+    win.actions["undo"].trigger()
+    np.testing.assert_array_equal(lm.labels, before)
