@@ -6,7 +6,8 @@ Measures (median and 95th percentile over repeats) on this machine:
 - open: from the Open call to the first slice drawn (read + three views + histogram);
 - slice change: set_slice() plus a forced repaint of the view, per redraw;
 - brush: one mouse-move event of a stroke (label write + partial overlay redraw + repaint),
-  on a 176x208 axial slice and on a 512x512 slice;
+  on a 176x208 axial slice and on a 512x512 slice, without and with threshold painting (an
+  intensity range limits the brush; the view tints the range);
 - undo memory: history bytes after one stroke on a small and on a large volume (it must grow
   with the painted area, not with the volume).
 Prints a table and appends it to docs/BENCHMARKS.md.
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     # open (first one cold: includes nibabel imports already done by MainWindow import)
     opens = []
     for _ in range(5):
-        win.scan = None
+        win.session.close_scan()
         t = time.perf_counter()
         win.open_scan(DEMO_SCAN)
         win.views["axial"].gv.viewport().repaint()
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     def stroke_bench(view, lm, n=150):
         g = view.geometry_
         nr, nc = g.display_shape
-        lm.begin_stroke(g.axis, view.index, 1)
+        lm.begin_stroke(g.axis, view.index, 1, allowed=view.allowed_slice())
         ts = []
         for i in range(n):
             r = nr * 0.2 + (nr * 0.6) * (i / n)
@@ -103,20 +104,31 @@ def main(argv=None) -> int:
         return ts
 
     win.tool_state.tool = "brush"
-    ts = stroke_bench(ax, win.labelmap)
-    rows.append(("brush: one mouse event, 176x208 slice", statistics.median(ts) * 1000, pct(ts, 95) * 1000, "<= 16 ms"))
+
+    def both(view, size):
+        ts = stroke_bench(view, win.labelmap)
+        rows.append((f"brush: one mouse event, {size} slice", statistics.median(ts) * 1000, pct(ts, 95) * 1000,
+                     "<= 16 ms"))
+        lo, hi = np.percentile(view.scan[view.scan > 0], (30, 70))
+        win.tool_panel.set_range(lo, hi, enable=True)
+        assert view.range_item.isVisible()
+        ts = stroke_bench(view, win.labelmap)
+        rows.append((f"brush with threshold painting on, {size} slice", statistics.median(ts) * 1000,
+                     pct(ts, 95) * 1000, "<= 16 ms"))
+        win.tool_panel.range_check.setChecked(False)
+
+    both(ax, "176x208")
     # a 512x512 in-plane scan
     big = np.random.default_rng(0).random((512, 512, 40)).astype(np.float32) * 100
     from engine.io.volume import Volume
 
-    win._set_labelmap(None)
-    win.scan = Volume(big, np.diag([-0.5, 0.5, 3.0, 1.0]), Path("/tmp/big.nii"))
+    win.session.set_labelmap(None)
+    win.session.scan = Volume(big, np.diag([-0.5, 0.5, 3.0, 1.0]), Path("/tmp/big.nii"))
     for v in win.views.values():
         v.set_volume(big, win.scan.affine)
-    win._set_labelmap(LabelMap(np.zeros(big.shape, np.uint8)))
+    win.session.set_labelmap(LabelMap(np.zeros(big.shape, np.uint8)))
     app.processEvents()
-    ts = stroke_bench(win.views["axial"], win.labelmap)
-    rows.append(("brush: one mouse event, 512x512 slice", statistics.median(ts) * 1000, pct(ts, 95) * 1000, "<= 16 ms"))
+    both(win.views["axial"], "512x512")
     mem = []
     for shape in ((176, 208, 176), (512, 512, 300)):
         lm = LabelMap(np.zeros(shape, np.uint8))

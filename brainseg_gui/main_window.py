@@ -140,6 +140,13 @@ class MainWindow(QtWidgets.QMainWindow):
         # zero background. We plot the volume's foreground histogram and sync levels ourselves.
         self.histogram.item.sigLevelsChanged.connect(self._on_levels_changed)
         self.histogram.setMinimumWidth(120)
+        # the threshold-painting range, shown and dragged on the histogram
+        self.range_region = pg.LinearRegionItem(orientation="horizontal", brush=pg.mkBrush(255, 235, 60, 60),
+                                                pen=pg.mkPen(255, 200, 0))
+        self.range_region.setZValue(5)
+        self.range_region.setVisible(False)
+        self.histogram.item.vb.addItem(self.range_region, ignoreBounds=True)
+        self.range_region.sigRegionChangeFinished.connect(self._on_range_dragged)
         hist_box = QtWidgets.QWidget()
         hl = QtWidgets.QVBoxLayout(hist_box)
         hl.setContentsMargins(2, 2, 2, 2)
@@ -169,6 +176,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def _build_panels(self) -> None:
         self.tool_panel = ToolPanel(self.tool_state, self.actions)
         self.tool_panel.overlay_changed.connect(self._apply_overlay_style)
+        self.tool_panel.range_changed.connect(self._on_range_changed)
+        self.tool_panel.range_from_window.connect(self._range_from_window)
         self.segment_panel = SegmentPanel(self.actions)
         QtWidgets.QVBoxLayout(self.tool_panel.segment_box).addWidget(self.segment_panel)
         idx = self.segment_panel.model_combo.findData(self.prefs.model)
@@ -353,6 +362,8 @@ class MainWindow(QtWidgets.QMainWindow):
         for v in self.views.values():
             v.set_volume(vol.data, vol.affine)
         self.auto_window()
+        if self.tool_state.intensity_range is None:  # a starting range for threshold painting
+            self.tool_panel.set_range(*self.histogram.item.getLevels())
         self._sync_cursor_to_views()
         self.update_state()
         self._add_recent(str(Path(path).resolve()))
@@ -443,6 +454,26 @@ class MainWindow(QtWidgets.QMainWindow):
         self.histogram.item.setHistogramRange(float(d.min()), float(d.max()))
         self.histogram.item.setLevels(float(lo), float(hi))
         self._on_levels_changed()
+
+    # ================================================================== threshold painting
+    def _range_from_window(self) -> None:
+        lo, hi = self.histogram.item.getLevels()
+        self.tool_panel.set_range(lo, hi, enable=True)
+
+    def _on_range_dragged(self, *_):
+        lo, hi = self.range_region.getRegion()
+        self.tool_panel.set_range(lo, hi)
+
+    def _on_range_changed(self) -> None:
+        rng = self.tool_state.intensity_range
+        self.range_region.setVisible(rng is not None)
+        if rng is not None:
+            self.range_region.blockSignals(True)
+            self.range_region.setRegion(rng)
+            self.range_region.blockSignals(False)
+            self.statusBar().showMessage(f"Painting limited to intensities {rng[0]:g} - {rng[1]:g}", 4000)
+        for v in self.views.values():
+            v.redraw_range()
 
     def _on_levels_changed(self, *_):
         lo, hi = self.histogram.item.getLevels()
@@ -746,6 +777,7 @@ class MainWindow(QtWidgets.QMainWindow):
         for v in self.views.values():
             v.gv.viewport().setCursor(cursor)
             v.brush_cursor.setVisible(False)
+            v.redraw_range()
         self.statusBar().showMessage(f"Tool: {tool}", 2000)
 
     def on_tool_navigate(self):

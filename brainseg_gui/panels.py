@@ -16,6 +16,7 @@ class ToolState:
     value: int = 2
     radius: float = 3.0
     protect: int | None = None  # paint over only this class; None = all classes
+    intensity_range: tuple[float, float] | None = None  # paint only where the scan is in [lo, hi]
 
 
 def swatch(rgb, size=14) -> QtGui.QIcon:
@@ -32,6 +33,8 @@ class ToolPanel(QtWidgets.QWidget):
     """Tools, class picker (doubles as the legend), brush size, paint-over mode, overlay style."""
 
     overlay_changed = QtCore.pyqtSignal(float, bool, bool)  # opacity, visible, outline
+    range_changed = QtCore.pyqtSignal()  # the threshold-painting range was turned on/off or moved
+    range_from_window = QtCore.pyqtSignal()  # "Use window" clicked: the window sets the range
 
     def __init__(self, state: ToolState, actions: dict, parent=None):
         super().__init__(parent)
@@ -81,6 +84,32 @@ class ToolPanel(QtWidgets.QWidget):
         self.protect_combo.setToolTip("Paint over: everything, or only voxels of one class")
         self.protect_combo.currentIndexChanged.connect(self._protect_changed)
         bl.addRow("Paint over", self.protect_combo)
+        # threshold painting (Slicer's "editable intensity range"): brush, eraser and fill change only
+        # voxels whose intensity is in [lo, hi]; the view tints them
+        self.range_check = QtWidgets.QCheckBox("Only intensities from")
+        self.range_check.setObjectName("range_check")
+        self.range_check.setToolTip("Brush, eraser and fill change only voxels whose scan intensity is in this "
+                                    "range (tinted yellow in the views); drag the yellow band on the histogram")
+        self.range_lo = QtWidgets.QDoubleSpinBox()
+        self.range_hi = QtWidgets.QDoubleSpinBox()
+        for sb, name in ((self.range_lo, "range_lo"), (self.range_hi, "range_hi")):
+            sb.setObjectName(name)
+            sb.setRange(-1e6, 1e6)
+            sb.setDecimals(1)
+            sb.setKeyboardTracking(False)
+            sb.valueChanged.connect(self._range_changed)
+        self.range_check.toggled.connect(self._range_changed)
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(self.range_lo)
+        row.addWidget(QtWidgets.QLabel("to"))
+        row.addWidget(self.range_hi)
+        self.range_window = QtWidgets.QPushButton("Use window")
+        self.range_window.setObjectName("range_window")
+        self.range_window.setToolTip("Set the range from the window/level shown now")
+        self.range_window.clicked.connect(self.range_from_window.emit)
+        bl.addRow(self.range_check)
+        bl.addRow(row)
+        bl.addRow(self.range_window)
         lay.addWidget(brush)
 
         ov = QtWidgets.QGroupBox("Overlay")
@@ -108,6 +137,21 @@ class ToolPanel(QtWidgets.QWidget):
 
     def _protect_changed(self, _i: int) -> None:
         self.state.protect = self.protect_combo.currentData()
+
+    def set_range(self, lo: float, hi: float, enable: bool | None = None) -> None:
+        for sb, v in ((self.range_lo, lo), (self.range_hi, hi)):
+            sb.blockSignals(True)
+            sb.setValue(float(v))
+            sb.blockSignals(False)
+        if enable is not None and enable != self.range_check.isChecked():
+            self.range_check.setChecked(enable)  # emits through _range_changed
+        else:
+            self._range_changed()
+
+    def _range_changed(self, *_):
+        lo, hi = sorted((self.range_lo.value(), self.range_hi.value()))
+        self.state.intensity_range = (lo, hi) if self.range_check.isChecked() else None
+        self.range_changed.emit()
 
     def _overlay(self, *_):
         self.overlay_changed.emit(self.opacity.value() / 100.0, self.show_check.isChecked(),

@@ -131,8 +131,13 @@ class SliceView(QtWidgets.QFrame):
         self.heat.setLookupTable(heat_lut())
         self.heat.setVisible(False)
         self.uncertainty: np.ndarray | None = None
+        # threshold painting: the pixels the brush and fill may change, tinted
+        self.range_item = pg.ImageItem(axisOrder="row-major")
+        self.range_item.setZValue(9)  # under the label overlay: painted labels stay visible
+        self.range_item.setVisible(False)
         self.vb.addItem(self.image)
         self.vb.addItem(self.overlay)
+        self.vb.addItem(self.range_item)
         self.vb.addItem(self.heat)
         pen = pg.mkPen((255, 255, 0, 110), width=1, style=QtCore.Qt.DashLine)
         self.hline = pg.InfiniteLine(angle=0, movable=False, pen=pen)
@@ -216,6 +221,7 @@ class SliceView(QtWidgets.QFrame):
         self.image.setRect(self._rect)
         self.redraw_overlay()
         self.redraw_heat()
+        self.redraw_range()
         self._update_title()
         self.sliceChanged.emit(k)
 
@@ -236,6 +242,33 @@ class SliceView(QtWidgets.QFrame):
         self._overlay_buf = outline_of(disp) if self.outline else np.array(disp, dtype=np.uint8, copy=True)
         self.overlay.setImage(self._overlay_buf, autoLevels=False, levels=(0, 255))
         self.overlay.setRect(self._rect)
+
+    # ------------------------------------------------------------------ threshold painting
+    def _range_active(self) -> bool:
+        return getattr(self.tools, "intensity_range", None) is not None and self.tools.tool in ("brush", "eraser", "fill")
+
+    def allowed_slice(self) -> np.ndarray | None:
+        """Pixels of the current slice (array slice, as the label map indexes it) whose scan
+        intensity is in the painting range; None when painting is not limited."""
+        if not self._range_active() or self.scan is None:
+            return None
+        lo, hi = self.tools.intensity_range
+        sl = np.take(self.scan, self.index, axis=self.geometry_.axis)
+        return (sl >= lo) & (sl <= hi)
+
+    def redraw_range(self) -> None:
+        """Tint the pixels the brush may change while painting is limited to an intensity range."""
+        if self.geometry_ is None or not self._range_active():
+            self.range_item.setVisible(False)
+            return
+        lo, hi = self.tools.intensity_range
+        disp = self.geometry_.display(self.scan, self.index)
+        inside = (disp >= lo) & (disp <= hi)
+        rgba = np.zeros(disp.shape + (4,), np.uint8)
+        rgba[inside] = (255, 235, 60, 55)
+        self.range_item.setImage(rgba, autoLevels=False, levels=(0, 255))
+        self.range_item.setRect(self._rect)
+        self.range_item.setVisible(True)
 
     def set_uncertainty(self, unc: np.ndarray | None, visible: bool) -> None:
         self.uncertainty = unc
@@ -337,7 +370,7 @@ class SliceView(QtWidgets.QFrame):
                 return
             seed = tuple(v for a, v in enumerate(vox) if a != self.geometry_.axis)
             atom = self.labelmap.fill(self.geometry_.axis, self.index, seed, int(self.tools.value),
-                                      self.tools.protect)
+                                      self.tools.protect, allowed=self.allowed_slice())
             self.editFinished.emit(atom)
         else:
             vox = self.geometry_.voxel_at(pt[0], pt[1], self.index)
@@ -347,7 +380,7 @@ class SliceView(QtWidgets.QFrame):
     def _begin_stroke(self) -> None:
         value = self._paint_value()
         self.labelmap.begin_stroke(self.geometry_.axis, self.index, value,
-                                   "erase" if self.tools.tool == "eraser" else "stroke")
+                                   "erase" if self.tools.tool == "eraser" else "stroke", allowed=self.allowed_slice())
         self._stroking = True
 
     def _stroke_to(self, pt) -> None:

@@ -74,6 +74,7 @@ class _Stroke:
     value: int
     kind: str
     last: tuple[float, float] | None = None
+    allowed: np.ndarray | None = None  # bool 2-D: pixels the stroke may change (threshold painting)
 
 
 def box_of(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -244,10 +245,16 @@ class LabelMap:
         return atom
 
     # ------------------------------------------------------------------ brush strokes
-    def begin_stroke(self, plane: str | int, index: int, value: int, kind: str = "stroke") -> None:
+    def begin_stroke(self, plane: str | int, index: int, value: int, kind: str = "stroke",
+                     allowed: np.ndarray | None = None) -> None:
+        """Start a stroke on one slice. `allowed` (bool, the slice's shape) limits what it may
+        change, e.g. to voxels whose intensity is in a range (Slicer's threshold-masked painting)."""
         axis = _axis(plane)
         sl = np.take(self.labels, index, axis=axis)
-        self._stroke = _Stroke(axis, int(index), sl.copy(), np.zeros(sl.shape, dtype=bool), int(value), kind)
+        if allowed is not None and allowed.shape != sl.shape:
+            raise ValueError(f"allowed mask {allowed.shape} != slice {sl.shape}")
+        self._stroke = _Stroke(axis, int(index), sl.copy(), np.zeros(sl.shape, dtype=bool), int(value), kind,
+                               allowed=allowed)
 
     def stroke_to(self, point: tuple[float, float], radius: float, protect: int | None = None) -> Box | None:
         """Paint from the stroke's last point to `point` (slice coordinates). Writes at once so the
@@ -264,6 +271,8 @@ class LabelMap:
         current = self._slice_ref(st.axis, st.index)[bi, bj]
         if protect is not None:
             m = m & (st.before[bi, bj] == protect)
+        if st.allowed is not None:
+            m = m & st.allowed[bi, bj]
         m = m & (current != st.value)
         if not m.any():
             return None
@@ -315,18 +324,19 @@ class LabelMap:
             fn(self._box3(st.axis, st.index, bi, bj))
 
     def paint(self, plane: str | int, index: int, points: list[tuple[float, float]], radius: float, value: int,
-              protect: int | None = None) -> EditAtom | None:
+              protect: int | None = None, allowed: np.ndarray | None = None) -> EditAtom | None:
         """A whole stroke in one call (used by the CLI, tests and scripts)."""
-        self.begin_stroke(plane, index, value, "erase" if value == 0 else "stroke")
+        self.begin_stroke(plane, index, value, "erase" if value == 0 else "stroke", allowed=allowed)
         for p in points:
             self.stroke_to(p, radius, protect)
         return self.end_stroke()
 
     # ------------------------------------------------------------------ fill
     def fill(self, plane: str | int, index: int, seed: tuple[int, int], value: int,
-             protect: int | None = None) -> EditAtom | None:
+             protect: int | None = None, allowed: np.ndarray | None = None) -> EditAtom | None:
         """Flood fill (4-connected) on one slice from `seed`, replacing the seed's class region.
-        With `protect` set, only a region of that class is filled."""
+        With `protect` set, only a region of that class is filled; with `allowed` (bool, the
+        slice's shape), the region grows only through allowed pixels (an intensity range)."""
         axis = _axis(plane)
         sl = np.take(self.labels, index, axis=axis)
         i, j = int(seed[0]), int(seed[1])
@@ -335,7 +345,9 @@ class LabelMap:
         target = sl[i, j]
         if target == value or (protect is not None and target != protect):
             return None
-        regions, _ = ndi.label(sl == target)
+        if allowed is not None and not allowed[i, j]:
+            return None
+        regions, _ = ndi.label((sl == target) if allowed is None else (sl == target) & allowed)
         region = regions == regions[i, j]
         bi, bj = box_of(region)
         box3 = self._box3(axis, index, bi, bj)

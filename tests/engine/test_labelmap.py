@@ -191,3 +191,19 @@ def test_without_a_prediction_corrections_are_measured_against_the_labels_as_ope
     # a one-slice prediction elsewhere does not turn the opened labels into "corrections"
     lm.set_prediction(np.ones((12, 12, 4), np.uint8), slices=[3])
     assert lm.corrected_mask().sum() == 1 and (lm.labels[:, :, 0] == opened[:, :, 0]).all()
+
+
+def test_threshold_painting_changes_only_allowed_pixels():
+    """Painting limited to an intensity range: the brush and the fill change only pixels whose
+    scan intensity is inside it."""
+    scan = np.zeros((20, 20, 3), np.float32)
+    scan[:, 10:, :] = 100  # right half bright
+    allowed = (scan[:, :, 1] >= 50) & (scan[:, :, 1] <= 150)
+    lm = LabelMap(np.zeros((20, 20, 3), np.uint8))
+    lm.paint("axial", 1, [(10, 5), (10, 15)], 4, 2, allowed=allowed)
+    painted = lm.labels[:, :, 1] == 2
+    assert painted[:, 10:].any() and not painted[:, :10].any()
+    lm.undo()
+    assert lm.fill("axial", 1, (3, 3), 3, allowed=allowed) is None, "a seed outside the range fills nothing"
+    lm.fill("axial", 1, (3, 13), 3, allowed=allowed)
+    assert (lm.labels[:, 10:, 1] == 3).all() and (lm.labels[:, :10, 1] == 0).all()

@@ -96,3 +96,34 @@ def test_islands_largest_and_smoothing_are_each_one_undo_step(window, small_scan
     assert lm.undo_steps == steps + 2 and (lm.labels != before).any()
     win.actions["undo"].trigger()
     np.testing.assert_array_equal(lm.labels, before)
+
+
+def test_threshold_painting_limits_the_brush_and_shows_the_range(window, small_scan, qtbot):
+    """With 'Only intensities from' on, a brush stroke across tissue boundaries changes only
+    voxels whose intensity is in the range; the views tint them and the histogram shows the band."""
+    win = window
+    scan, labels, _ = small_scan
+    win.open_scan(scan)
+    win.open_labels(labels)
+    panel = win.tool_panel
+    win.actions["tool_brush"].trigger()
+    win.actions["class_1"].trigger()
+    panel.size_spin.setValue(10)
+    panel.set_range(110, 130, enable=True)  # the grey-matter shell of the phantom is 120
+    assert win.tool_state.intensity_range == (110.0, 130.0)
+    ax = win.views["axial"]
+    assert ax.range_item.isVisible() and win.range_region.isVisible()
+    before = win.labelmap.labels.copy()
+    rows = ax.geometry_.display_shape[0]
+    drag(qtbot, ax, [(rows // 2, 2), (rows // 2, 45)])  # across background, GM, WM, GM
+    changed = win.labelmap.labels != before
+    assert changed.any()
+    vals = win.scan.data[changed]
+    assert ((vals >= 110) & (vals <= 130)).all(), "only in-range voxels were painted"
+    assert (before[changed] == 2).all()
+    # the band on the histogram moves the range
+    win.range_region.setRegion((190, 210))
+    win.range_region.sigRegionChangeFinished.emit(win.range_region)
+    assert win.tool_state.intensity_range == (190.0, 210.0)
+    panel.range_check.setChecked(False)
+    assert win.tool_state.intensity_range is None and not ax.range_item.isVisible()
