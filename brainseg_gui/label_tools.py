@@ -141,7 +141,7 @@ class FillBetweenDialog(QtWidgets.QDialog):
         new = self._compute()
         if new is None:
             return False
-        self.preview_atom = self.win.labelmap.apply_volume(new, "fill between")
+        self.preview_atom = self.win.labelmap.apply_volume(new, "fill between", axis=self.axis())
         self.win.set_preview(self.preview_atom is not None)
         if self.preview_atom is not None:
             self.info.setText(self.info.text() + f"\nPreview: {self.preview_atom.voxels:,} voxels change. "

@@ -412,8 +412,9 @@ class MainWindow(QtWidgets.QMainWindow):
         """Ask before unsaved edits would be dropped. True to go ahead."""
         if not self.session.dirty:
             return True
-        what_changed = (self.session.edit_summary() if self.labelmap.edit_count
-                        else "a segmentation that is not saved yet")
+        n = self.labelmap.unsaved_edits
+        what_changed = (f"{n} edit{'s' if n != 1 else ''} since the last save" if n
+                        else "a segmentation or operation that is not saved yet")
         answer = dialogs.ask_save_discard_cancel(
             self, "Unsaved edits",
             f"The label map has unsaved changes ({what_changed}). Save them before you {what}?")
@@ -422,11 +423,12 @@ class MainWindow(QtWidgets.QMainWindow):
         return answer == "discard"
 
     def _offer_recovery(self, info) -> None:
-        k = len(info.edited_slices)
+        k = len(info.edited_pairs) if info.edited_pairs is not None else len(info.edited_slices)
+        n = info.edit_count
         ok = dialogs.ask_yes_no(
             self, "Restore unsaved edits?",
             f"BrainSeg found edits to {self.scan.name} that were not saved "
-            f"({info.edit_count} edits on {k} slice{'s' if k != 1 else ''}, autosaved {info.saved_at_text}).\n\n"
+            f"({n} edit{'s' if n != 1 else ''} on {k} slice{'s' if k != 1 else ''}, autosaved {info.saved_at_text}).\n\n"
             "Restore them?", default_yes=True)
         if ok:
             self.session.restore_recovery(info)

@@ -98,6 +98,7 @@ class Session(QtCore.QObject):
         self.labelmap: LabelMap | None = None
         self.labels_path: Path | None = None
         self.axial_axis = 2
+        self.plane_axes = {"sagittal": 0, "coronal": 1, "axial": 2}
         self.pending: PredictionTicket | None = None  # a prediction job that will write labels
         self._deferred: tuple[PredictionTicket, np.ndarray] | None = None  # landed mid-stroke
         # autosave
@@ -127,6 +128,7 @@ class Session(QtCore.QObject):
         self.scan = vol
         geo = Conform.for_grid(vol.shape, vol.affine)
         self.axial_axis = geo.native_axis("axial")
+        self.plane_axes = {p: geo.native_axis(p) for p in ("axial", "coronal", "sagittal")}
         notices = []
         msg = (f"Opened {vol.name}: {'x'.join(map(str, vol.shape))}, voxel "
                f"{' x '.join(f'{s:g}' for s in vol.voxel_size)} mm, {vol.orientation}")
@@ -159,6 +161,7 @@ class Session(QtCore.QObject):
         had = self.scan is not None
         self.scan = None
         self.axial_axis = 2
+        self.plane_axes = {"sagittal": 0, "coronal": 1, "axial": 2}
         self._set_autosave("idle", "")
         if had:
             self.scanChanged.emit()
@@ -215,8 +218,15 @@ class Session(QtCore.QObject):
         lm = self.labelmap
         if lm is None:
             return ""
-        n, k = lm.edit_count, len(lm.edited_axial_slices())
-        return f"{n} edit{'s' if n != 1 else ''} on {k} slice{'s' if k != 1 else ''}"
+        n = lm.edit_count
+        parts = []
+        for plane in ("axial", "coronal", "sagittal"):  # counted in the plane each correction was made in
+            k = len(lm.edited_slices(self.plane_axes[plane]))
+            if k:
+                parts.append(f"{k} {plane}")
+        total = sum(len(lm.edited_slices(a)) for a in range(3))
+        where = " + ".join(parts) if parts else "0"
+        return f"{n} edit{'s' if n != 1 else ''} on {where} slice{'s' if total != 1 else ''}"
 
     def _on_labels_changed(self, _box) -> None:
         if self.retry_timer.isActive():
@@ -319,7 +329,7 @@ class Session(QtCore.QObject):
     def restore_recovery(self, info: recovery.RecoveryInfo) -> None:
         labels, predicted = recovery.load_recovery(info)
         lm = self.ensure_labelmap()
-        lm.restore(labels, info.edited_slices, info.edit_count, predicted)
+        lm.restore(labels, info.edited_slices, info.edit_count, predicted, info.edited_pairs)
         self.changed.emit()
 
     def discard_recovery(self) -> None:
@@ -351,12 +361,13 @@ class Session(QtCore.QObject):
             return
         labels = lm.labels.copy()
         predicted = None if lm.predicted is None else lm.predicted.copy()
-        edited, count, rev, scan_path = lm.edited_axial_slices(), lm.edit_count, lm.revision, self.scan.path
+        edited, count, rev, scan_path = lm.edited_axial_slices(), lm.unsaved_edits, lm.revision, self.scan.path
+        pairs = lm.edited_pairs()
         done = self._autosaveDone
 
         def work():
             try:
-                p = recovery.save_recovery(scan_path, labels, edited, count, predicted)
+                p = recovery.save_recovery(scan_path, labels, edited, count, predicted, pairs)
             except Exception as exc:  # reported in the GUI thread, retried with back-off
                 log.exception("autosave failed")
                 reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

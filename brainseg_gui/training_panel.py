@@ -232,10 +232,14 @@ class TrainingPanel(QtWidgets.QWidget):
         self.start_button.setEnabled(not running and not busy and n >= 1 and self.session.scan is not None)
         self.cancel_button.setEnabled(running)
         current = self.status.text()
-        idle_text = not current or current.endswith("to learn from.") or current.startswith("Correct some")
+        idle_text = (not current or "to learn from." in current or current.startswith("Correct some"))
         if not running and idle_text:
-            self.status.setText(f"{n} slice(s) to learn from." if n else
-                                "Correct some slices first (brush, eraser, fill), then fine-tune.")
+            lm = self.session.labelmap
+            other = 0 if lm is None else sum(len(lm.edited_slices(a)) for a in range(3) if a != lm.axial_axis)
+            note = (f" ({other} slice(s) corrected in the coronal or sagittal plane are not used: fine-tuning "
+                    "learns from axial slices)") if other and self.source.currentData() == "corrected" else ""
+            self.status.setText((f"{n} axial slice(s) to learn from." if n else
+                                 "Correct some axial slices first (brush, eraser, fill), then fine-tune.") + note)
 
     def refresh_versions(self) -> None:
         self.versions.clear()

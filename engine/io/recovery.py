@@ -31,6 +31,7 @@ class RecoveryInfo:
     saved_at: float
     edit_count: int
     edited_slices: list[int]
+    edited_pairs: list | None = None  # (array axis, slice) corrected in that plane; None in older files
 
     @property
     def saved_at_text(self) -> str:
@@ -49,11 +50,14 @@ def recovery_path(scan_path: str | os.PathLike) -> Path:
 
 
 def save_recovery(scan_path: str | os.PathLike, labels: np.ndarray, edited_slices: list[int],
-                  edit_count: int, predicted: np.ndarray | None = None) -> Path:
-    """Write the snapshot atomically; returns its path."""
+                  edit_count: int, predicted: np.ndarray | None = None, edited_pairs: list | None = None) -> Path:
+    """Write the snapshot atomically; returns its path. `edit_count` is the number of edits not
+    saved yet (what a restore brings back)."""
     path = recovery_path(scan_path)
     meta = {"scan": str(Path(scan_path).resolve()), "saved_at": time.time(), "edit_count": int(edit_count),
             "edited_slices": [int(k) for k in edited_slices], "shape": list(labels.shape)}
+    if edited_pairs is not None:
+        meta["edited"] = [[int(a), int(k)] for a, k in edited_pairs]
     buf = io.BytesIO()
     arrays = {"labels": labels, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     if predicted is not None:
@@ -77,7 +81,7 @@ def find_recovery(scan_path: str | os.PathLike, shape: tuple[int, ...] | None = 
         log.warning("ignoring recovery file %s: shape %s does not match the scan %s", path, meta.get("shape"), shape)
         return None
     return RecoveryInfo(path, meta["scan"], float(meta["saved_at"]), int(meta["edit_count"]),
-                        list(meta.get("edited_slices", [])))
+                        list(meta.get("edited_slices", [])), meta.get("edited"))
 
 
 def load_recovery(info: RecoveryInfo) -> tuple[np.ndarray, np.ndarray | None]:

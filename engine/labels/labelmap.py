@@ -11,8 +11,10 @@ a prediction is one undoable step that never silently drops manual edits (MONAI 
 caller decides, and `has_manual_edits` tells it whether to ask.
 
 The network's output (`predicted`) is kept apart from the user's corrections (MONAI Label's
-"original" vs "final"): `edited_axial_slices()` lists the slices the user changed, which is what
-fine-tuning learns from.
+"original" vs "final"). Corrections are counted per plane, on the slice they were made in: a
+brush stroke on coronal slice 105 is one corrected coronal slice, not a corrected line in each of
+the twenty axial slices it crosses. `edited_slices(axis)` lists the slices corrected in one plane;
+`edited_axial_slices()` those of the axial plane, which is what fine-tuning learns from.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ class EditAtom:
     old: np.ndarray  # values at mask before
     new: np.ndarray  # values at mask after
     user: bool = True  # a manual correction (counts towards edited slices)
-    axial: tuple[int, ...] = ()  # axial slices touched
+    slices: tuple[tuple[int, int], ...] = ()  # (array axis, slice) corrected in that plane
     # prediction steps change the network's map too, stored as compactly as the labels (changed
     # voxels only, not two whole maps): box, mask and old/new values of `predicted`
     pred_box: Box | None = None
@@ -136,11 +138,12 @@ class LabelMap:
         self._undo: list[EditAtom] = []
         self._redo: list[EditAtom] = []
         self._stroke: _Stroke | None = None
-        self._edited = Counter()  # axial slice -> number of applied user edits touching it
+        self._edited = Counter()  # (array axis, slice) -> applied user edits made in that slice
         self.revision = 0  # increases with every applied change (also undo/redo)
         self._clean_revision = 0
         self.listeners: list[Callable[[Box], None]] = []
         self.edit_count = 0  # user edits applied and not undone
+        self._clean_edit_count = 0
 
     # ------------------------------------------------------------------ state
     @property
@@ -169,13 +172,27 @@ class LabelMap:
 
     def mark_clean(self) -> None:
         self._clean_revision = self.revision
+        self._clean_edit_count = self.edit_count
+
+    @property
+    def unsaved_edits(self) -> int:
+        """Edits since the labels were last saved (or opened)."""
+        return max(0, self.edit_count - self._clean_edit_count)
 
     @property
     def has_manual_edits(self) -> bool:
         return bool(+self._edited)
 
+    def edited_slices(self, axis: int) -> list[int]:
+        """Slices corrected in the plane normal to array `axis`."""
+        return sorted(k for (a, k), n in self._edited.items() if n > 0 and a == axis)
+
     def edited_axial_slices(self) -> list[int]:
-        return sorted(k for k, n in self._edited.items() if n > 0)
+        return self.edited_slices(self.axial_axis)
+
+    def edited_pairs(self) -> list[tuple[int, int]]:
+        """Every corrected slice as (array axis, slice)."""
+        return sorted(key for key, n in self._edited.items() if n > 0)
 
     def reference(self) -> np.ndarray:
         """What the user's corrections are measured against: the network's prediction where it
@@ -205,8 +222,8 @@ class LabelMap:
             self._edited, self.edit_count = Counter(snap[0]), snap[1]
         elif atom.user:
             sign = 1 if forward else -1
-            for k in atom.axial:
-                self._edited[k] += sign
+            for key in atom.slices:
+                self._edited[key] += sign
             self.edit_count += sign
         self.revision += 1
         for fn in list(self.listeners):
@@ -220,7 +237,8 @@ class LabelMap:
             dropped = self._undo.pop(0)
             log.debug("history cap: dropped a %s step of %d bytes", dropped.kind, dropped.nbytes)
 
-    def _commit(self, kind: str, box3: Box, mask: np.ndarray, value: int, user: bool = True) -> EditAtom | None:
+    def _commit(self, kind: str, box3: Box, mask: np.ndarray, value: int, user: bool = True,
+                plane: tuple[int, int] | None = None) -> EditAtom | None:
         """Write `value` at mask inside box3 as one undo step (only voxels that change)."""
         region = self.labels[box3]
         old = region[mask].copy()
@@ -236,10 +254,7 @@ class LabelMap:
             box3 = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box3, sub))
             new = new[changed]
             old = old[changed]
-        ax = self.axial_axis
-        zs = range(box3[ax].start, box3[ax].stop)
-        axial = tuple(int(z) for z in zs if np.take(mask, z - box3[ax].start, axis=ax).any())
-        atom = EditAtom(kind, box3, mask, old, new.copy(), user=user, axial=axial)
+        atom = EditAtom(kind, box3, mask, old, new.copy(), user=user, slices=(plane,) if plane else ())
         self._apply(atom, True)
         self._push(atom)
         return atom
@@ -295,14 +310,11 @@ class LabelMap:
         box3 = self._box3(st.axis, st.index, bi, bj)
         mask3 = np.expand_dims(mask2, st.axis)
         new = np.full(old.shape, st.value, dtype=np.uint8)
-        ax = self.axial_axis
-        zs = range(box3[ax].start, box3[ax].stop)
-        axial = tuple(int(z) for z in zs if np.take(mask3, z - box3[ax].start, axis=ax).any())
-        atom = EditAtom(st.kind, box3, mask3, old.copy(), new, user=True, axial=axial)
+        atom = EditAtom(st.kind, box3, mask3, old.copy(), new, user=True, slices=((st.axis, st.index),))
         # Already written during the stroke: record without writing again (like a QUndoCommand
         # whose first redo() is skipped), then count it.
-        for k in atom.axial:
-            self._edited[k] += 1
+        for key in atom.slices:
+            self._edited[key] += 1
         self.edit_count += 1
         self._push(atom)
         return atom
@@ -351,13 +363,14 @@ class LabelMap:
         region = regions == regions[i, j]
         bi, bj = box_of(region)
         box3 = self._box3(axis, index, bi, bj)
-        return self._commit("fill", box3, np.expand_dims(region[bi, bj], axis), value)
+        return self._commit("fill", box3, np.expand_dims(region[bi, bj], axis), value, plane=(axis, int(index)))
 
     # ------------------------------------------------------------------ whole-map operations
-    def apply_volume(self, new: np.ndarray, kind: str, user: bool = True) -> EditAtom | None:
+    def apply_volume(self, new: np.ndarray, kind: str, user: bool = True, axis: int | None = None) -> EditAtom | None:
         """Install the result of a label operation (engine/labels/ops.py: fill between slices,
         islands, smoothing) as one undo step holding only the voxels it changed; None when it
-        changed nothing."""
+        changed nothing. The slices it changed along `axis` (default: axial) count as corrected
+        in that plane (fill between slices of a coronal run: pass the coronal axis)."""
         new = np.asarray(new, dtype=np.uint8)
         if new.shape != self.labels.shape:
             raise ValueError(f"result shape {new.shape} != label map {self.labels.shape}")
@@ -366,11 +379,11 @@ class LabelMap:
         if box3 is None:
             return None
         mask = d[box3]
-        ax = self.axial_axis
+        ax = self.axial_axis if axis is None else int(axis)
         other = tuple(a for a in range(3) if a != ax)
-        axial = tuple(int(z) + box3[ax].start for z in np.where(mask.any(axis=other))[0])
+        slices = tuple((ax, int(z) + box3[ax].start) for z in np.where(mask.any(axis=other))[0])
         atom = EditAtom(kind, box3, mask, self.labels[box3][mask].copy(), new[box3][mask].copy(), user=user,
-                        axial=axial)
+                        slices=slices)
         self._apply(atom, True)
         self._push(atom)
         return atom
@@ -405,13 +418,15 @@ class LabelMap:
         new_pred[sel] = pred[slab][sel]
         tgt = cur.copy()
         tgt[sel] = new_pred[sel]
-        kept_slices: set[int] = set()
+        kept: set[tuple[int, int]] = set()  # (axis, slice) that still hold kept corrections
         if keep is not None:
             k = keep[slab]
             tgt[k] = cur[k]
             real = k & (cur != new_pred)  # kept corrections that differ from the new prediction
-            other = tuple(a for a in range(3) if a != ax)
-            kept_slices = {int(z) + lo for z in np.where(real.any(axis=other))[0]}
+            for a in range(3):
+                other = tuple(b for b in range(3) if b != a)
+                off = lo if a == ax else 0
+                kept |= {(a, int(z) + off) for z in np.where(real.any(axis=other))[0]}
 
         def local(box):  # a box inside the slab -> a box in the volume
             return tuple(slice(b.start + lo, b.stop + lo) if a == ax else b for a, b in enumerate(box))
@@ -432,12 +447,16 @@ class LabelMap:
             mask = np.zeros((1, 1, 1), bool)
         else:
             box3, mask = local(sub), d[sub]
-        touched = set(range(self.shape[ax])) if slices is None else {int(z) for z in slices}
+        touched = None if slices is None else {int(z) for z in slices}
+
+        def superseded(key):  # a whole-volume prediction covers every slice; a partial one its axial slices
+            a, z = key
+            return touched is None or (a == ax and z in touched)
+
         # user edits on slices the prediction replaces are superseded (and come back on undo),
         # unless corrections on them were kept
-        after = Counter({z: n for z, n in self._edited.items() if n > 0 and (z not in touched or z in kept_slices)})
-        for z in kept_slices:
-            after[z] = max(after[z], 1)
+        after = Counter({key: n for key, n in self._edited.items()
+                         if n > 0 and (not superseded(key) or key in kept)})
         atom = EditAtom("prediction", box3, mask, self.labels[box3][mask].copy(),
                         tgt[sub][mask].copy() if sub is not None else np.zeros(0, np.uint8),
                         user=False, pred_box=pred_box, pred_mask=pred_mask, pred_old=pred_old, pred_new=pred_new,
@@ -483,7 +502,7 @@ class LabelMap:
         return tuple(slice(index, index + 1) if a == axis else next(it) for a in range(3))  # type: ignore[return-value]
 
     def restore(self, labels: np.ndarray, edited_slices: list[int], edit_count: int,
-                predicted: np.ndarray | None = None) -> None:
+                predicted: np.ndarray | None = None, edited_pairs: list | None = None) -> None:
         """Load recovered labels (after a crash) as a new baseline: the recovered map with its
         record of edited slices, and no undo step that one Ctrl+Z would use to wipe every
         restored edit (the recovery file holds a snapshot, not the strokes). It is unsaved."""
@@ -496,7 +515,10 @@ class LabelMap:
         self._undo.clear()
         self._redo.clear()
         self._stroke = None
-        self._edited = Counter({int(k): 1 for k in edited_slices})
+        if edited_pairs is not None:
+            self._edited = Counter({(int(a), int(k)): 1 for a, k in edited_pairs})
+        else:  # recovery files from before per-plane counting: axial slices
+            self._edited = Counter({(self.axial_axis, int(k)): 1 for k in edited_slices})
         self.edit_count = int(edit_count)
         self.revision += 1
         full = tuple(slice(0, n) for n in self.labels.shape)

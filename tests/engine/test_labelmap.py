@@ -54,7 +54,8 @@ def test_fill_and_coronal_plane():
     lm = LabelMap(lab)
     lm.fill("coronal", 5, (3, 8), 3)  # seed inside the class-2 band of coronal slice y=5
     assert (lm.labels[:, 5, 5:15] == 3).all() and (lm.labels[:, 4] == 0).all()
-    assert lm.edited_axial_slices() == list(range(5, 15))
+    # corrected in the coronal plane: one coronal slice, not ten grazed axial slices (issue #13)
+    assert lm.edited_slices(1) == [5] and lm.edited_axial_slices() == []
     lm.undo()
     assert (lm.labels[:, 5, 5:15] == 2).all()
 
@@ -207,3 +208,18 @@ def test_threshold_painting_changes_only_allowed_pixels():
     assert lm.fill("axial", 1, (3, 3), 3, allowed=allowed) is None, "a seed outside the range fills nothing"
     lm.fill("axial", 1, (3, 13), 3, allowed=allowed)
     assert (lm.labels[:, 10:, 1] == 3).all() and (lm.labels[:, :10, 1] == 0).all()
+
+
+def test_corrections_count_in_the_plane_they_were_made_in():
+    lm = LabelMap(np.zeros((30, 30, 20), np.uint8))
+    for k in (3, 6, 9):
+        lm.paint("axial", k, [(10, 10)], 2, 2)
+    lm.paint("coronal", 12, [(5, 2), (5, 10)], 2, 3)  # crosses 9+ axial slices
+    assert lm.edit_count == 4 and lm.edited_axial_slices() == [3, 6, 9]
+    assert lm.edited_slices(1) == [12] and lm.edited_pairs() == [(1, 12), (2, 3), (2, 6), (2, 9)]
+    lm.mark_clean()
+    lm.paint("axial", 15, [(25, 25)], 2, 1)
+    assert lm.unsaved_edits == 1
+    # a volume prediction that keeps the corrections keeps their record, plane by plane
+    lm.set_prediction(np.full(lm.shape, 1, np.uint8), keep=lm.corrected_mask())
+    assert lm.edited_slices(1) == [12] and lm.edited_axial_slices() == [3, 6, 9]

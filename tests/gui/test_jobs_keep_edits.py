@@ -113,10 +113,10 @@ def test_cancel_reaches_a_segmentation_queued_behind_a_preload(enet_window, smal
     assert win.actions["cancel"].isEnabled()
     with qtbot.waitSignal(win.engine.cancelled, timeout=30000):
         win.actions["cancel"].trigger()
-    qtbot.waitUntil(lambda: not win.engine.is_busy, timeout=10000)
+    qtbot.waitUntil(lambda: win.actions["segment"].isEnabled(), timeout=10000)  # not busy any more
     np.testing.assert_array_equal(win.labelmap.labels, opened)
     assert win.labelmap.predicted is None and not win.session.labels_job_running
-    assert win.actions["open_labels"].isEnabled() and win.actions["segment"].isEnabled()
+    assert win.actions["open_labels"].isEnabled()
 
 
 def test_autosave_failure_is_shown_retried_and_told_truthfully(window, small_scan, qtbot, monkeypatch):

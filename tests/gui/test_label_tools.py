@@ -127,3 +127,26 @@ def test_threshold_painting_limits_the_brush_and_shows_the_range(window, small_s
     assert win.tool_state.intensity_range == (190.0, 210.0)
     panel.range_check.setChecked(False)
     assert win.tool_state.intensity_range is None and not ax.range_item.isVisible()
+
+
+def test_corrections_are_counted_in_the_plane_they_were_made_in(window, small_scan, qtbot):
+    """Three axial strokes and one coronal stroke: '4 edits on 3 axial + 1 coronal slices', and
+    fine-tuning learns from the 3 axial slices and says the coronal one is not used."""
+    win = window
+    scan, labels, _ = small_scan
+    win.open_scan(scan)
+    win.open_labels(labels)
+    win.actions["tool_brush"].trigger()
+    win.actions["class_1"].trigger()
+    ax, co = win.views["axial"], win.views["coronal"]
+    for k in (6, 9, 12):
+        ax.set_slice(k)
+        click(qtbot, ax, 20, 20)
+    rows = co.geometry_.display_shape[0]
+    drag(qtbot, co, [(2, 20), (rows - 3, 20)])  # crosses every axial slice
+    assert win.edit_label.text().startswith("4 edits on 3 axial + 1 coronal slices")
+    assert win.labelmap.edited_axial_slices() == [6, 9, 12]
+    panel = win.training_panel
+    panel.update_state()
+    assert "3 axial slice(s) to learn from" in panel.status.text() and "1 slice(s) corrected in the coronal" in \
+        panel.status.text()
