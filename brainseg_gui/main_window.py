@@ -148,14 +148,54 @@ class MainWindow(QtWidgets.QMainWindow):
         self.histogram.item.vb.addItem(self.range_region, ignoreBounds=True)
         self.range_region.sigRegionChangeFinished.connect(self._on_range_dragged)
         hist_box = QtWidgets.QWidget()
-        hl = QtWidgets.QVBoxLayout(hist_box)
-        hl.setContentsMargins(2, 2, 2, 2)
+        outer = QtWidgets.QHBoxLayout(hist_box)
+        outer.setContentsMargins(2, 2, 2, 2)
+        hcol = QtWidgets.QWidget()
+        hl = QtWidgets.QVBoxLayout(hcol)
+        hl.setContentsMargins(0, 0, 0, 0)
         title = QtWidgets.QLabel("Window / level")
         title.setStyleSheet("font-weight: bold;")
         hl.addWidget(title)
         hl.addWidget(self.histogram, 1)
         self.level_label = QtWidgets.QLabel("")
         hl.addWidget(self.level_label)
+        outer.addWidget(hcol, 1)
+        # beside the histogram, always in sight: what to do next, and where the model is unsure
+        self.review_box = QtWidgets.QWidget()
+        self.review_box.setObjectName("review_box")
+        rl = self.review_layout = QtWidgets.QVBoxLayout(self.review_box)
+        rl.setContentsMargins(6, 0, 0, 0)
+        rtitle = QtWidgets.QLabel("Review")
+        rtitle.setStyleSheet("font-weight: bold;")
+        rl.addWidget(rtitle)
+        self.next_step = QtWidgets.QLabel("")
+        self.next_step.setObjectName("next_step")
+        self.next_step.setWordWrap(True)
+        rl.addWidget(self.next_step)
+        self.legend = QtWidgets.QWidget()
+        self.legend.setObjectName("uncertainty_legend")
+        lg = QtWidgets.QGridLayout(self.legend)
+        lg.setContentsMargins(0, 4, 0, 4)
+        lg_title = QtWidgets.QLabel("How unsure the model is (U shows it on the views):")
+        lg_title.setWordWrap(True)
+        lg.addWidget(lg_title, 0, 0, 1, 3)
+        from .slice_view import heat_legend_pixmap
+
+        bar = QtWidgets.QLabel()
+        bar.setPixmap(heat_legend_pixmap())
+        lg.addWidget(bar, 1, 0, 1, 3)
+        lg.addWidget(QtWidgets.QLabel("sure"), 2, 0)
+        half = QtWidgets.QLabel("50%")
+        half.setAlignment(QtCore.Qt.AlignCenter)
+        lg.addWidget(half, 2, 1)
+        most = QtWidgets.QLabel("unsure")
+        most.setAlignment(QtCore.Qt.AlignRight)
+        lg.addWidget(most, 2, 2)
+        self.legend.setToolTip("Entropy of the network's class probabilities, as a share of its maximum "
+                               "(ln 4: all four classes equally likely). 0% = certain.")
+        rl.addWidget(self.legend)
+        self.legend.setVisible(False)
+        outer.addWidget(self.review_box, 1)
         self.grid = QtWidgets.QGridLayout()
         self.grid.setSpacing(3)
         central = QtWidgets.QWidget()
@@ -180,6 +220,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tool_panel.range_from_window.connect(self._range_from_window)
         self.segment_panel = SegmentPanel(self.actions)
         QtWidgets.QVBoxLayout(self.tool_panel.segment_box).addWidget(self.segment_panel)
+        # the least-certain list lives beside the histogram, in sight without scrolling
+        self.review_layout.addWidget(self.segment_panel.uncertain_label)
+        self.review_layout.addWidget(self.segment_panel.uncertain_list, 1)
+        self.review_layout.addStretch(0)
         idx = self.segment_panel.model_combo.findData(self.prefs.model)
         self.segment_panel.model_combo.setCurrentIndex(max(0, idx))
         self.segment_panel.model_combo.currentIndexChanged.connect(self._on_model_pref_changed)
@@ -188,6 +232,7 @@ class MainWindow(QtWidgets.QMainWindow):
         dock.setObjectName("tools_dock")
         scroll = QtWidgets.QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setFocusPolicy(QtCore.Qt.NoFocus)  # arrow keys keep scrolling slices, not the panel
         scroll.setWidget(self.tool_panel)
         scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarAlwaysOff)
         scroll.setMinimumWidth(max(270, self.tool_panel.sizeHint().width()) + scroll.verticalScrollBar().sizeHint().width() + 4)
@@ -206,6 +251,7 @@ class MainWindow(QtWidgets.QMainWindow):
         dock.setObjectName("training_dock")
         scroll = QtWidgets.QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setFocusPolicy(QtCore.Qt.NoFocus)
         scroll.setWidget(self.training_panel)
         scroll.setMinimumWidth(380)
         dock.setWidget(scroll)
@@ -337,6 +383,10 @@ class MainWindow(QtWidgets.QMainWindow):
             self.edit_label.setText(self.session.edit_summary() + ("  - unsaved" if dirty else ""))
         else:
             self.edit_label.setText("")
+        self.next_step.setText(self._next_step_text(has_labels, busy))
+        # the read-out under a still mouse follows undo, redo, strokes and predictions
+        if getattr(self, "_readout_voxel", None) is not None:
+            self._on_cursor_moved(self._readout_voxel)
         if hasattr(self, "training_panel"):
             self.training_panel.update_state()
         if has_scan:
@@ -344,6 +394,19 @@ class MainWindow(QtWidgets.QMainWindow):
             self.setWindowTitle(f"{name}[*] - BrainSeg")
         else:
             self.setWindowTitle("BrainSeg[*]")
+
+    def _next_step_text(self, has_labels: bool, busy: bool) -> str:
+        """One line on what to do next, for a first-time user."""
+        if self.scan is None:
+            return ""
+        if self.session.labels_job_running:
+            return "Segmenting... you can keep correcting meanwhile: your corrections are kept."
+        if not has_labels or self.labelmap.predicted is None and not self.labelmap.labels.any():
+            return ("Next: segment the scan with Ctrl+R (Segment > Segment volume), or Ctrl+Shift+R for the axial "
+                    "slice shown.")
+        if hasattr(self, "segmentation") and self.uncertainty is not None:
+            return "Correct the slices listed below first (click one to go there): brush B, eraser E, fill F."
+        return "Correct with the brush (B), eraser (E) or fill (F); classes 0-3 by number key; F1 lists all keys."
 
     # ================================================================== opening
     def open_scan(self, path: str | os.PathLike) -> bool:
@@ -521,7 +584,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.active_view = view
 
     def _on_cursor_moved(self, voxel) -> None:
-        if voxel is None or self.scan is None:
+        self._readout_voxel = voxel
+        if voxel is None or self.scan is None or any(c >= s for c, s in zip(voxel, self.scan.shape)):
             self.readout.setText("")
             return
         x, y, z = voxel
@@ -649,11 +713,13 @@ class MainWindow(QtWidgets.QMainWindow):
         lst.clear()
         if unc is not None:
             for k, score in least_certain_slices(unc, 10, axis=self.axial_axis):
-                item = QtWidgets.QListWidgetItem(f"axial {k + 1}: mean entropy {score:.3f}")
+                item = QtWidgets.QListWidgetItem(f"axial slice {k + 1}: {100 * score / np.log(4):.0f}% unsure")
                 item.setData(QtCore.Qt.UserRole, k)
+                item.setToolTip(f"mean entropy {score:.3f} (maximum ln 4 = 1.386) over the brain in this slice")
                 lst.addItem(item)
         lst.setVisible(unc is not None)
         self.segment_panel.uncertain_label.setVisible(unc is not None)
+        self.legend.setVisible(unc is not None)
         self.update_state()
 
     @property
@@ -738,7 +804,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         path = dialogs.get_save_path(self, "Save labels", "NIfTI (*.nii.gz *.nii);;Analyze as OASIS FSL_SEG (*.hdr)",
                                      str(self.default_labels_path()))
-        return bool(path) and self.save_labels_to(path)
+        return bool(path) and self.save_labels_to(label_file_name(path))
 
     def on_export_png(self) -> None:
         from .label_tools import PngExportDialog
@@ -753,7 +819,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.labelmap is None or self.scan is None:
             return
-        dlg = StatsDialog(self.labelmap.labels, self.scan.voxel_volume_ml, self.scan.name, self)
+        folder = str((self.labels_path or self.scan.path).parent) if self.scan.path is not None else ""
+        dlg = StatsDialog(self.labelmap.labels, self.scan.voxel_volume_ml, self.scan.name, self, default_dir=folder)
         self._stats_dialog = dlg
         dlg.show()
 
@@ -837,10 +904,14 @@ class MainWindow(QtWidgets.QMainWindow):
         plane = next((p for p in ("axial", "coronal", "sagittal") if self.actions[f"plane_{p}"].isChecked()), "axial")
         for p, v in self.views.items():
             v.setVisible(not single or p == plane)
-        self.hist_box.setVisible(not single)
-        if single:
-            self.grid.addWidget(self.views[plane], 0, 0, 2, 2)
+        if single:  # window/level and the review list stay beside the one large view
+            self.grid.addWidget(self.views[plane], 0, 0, 2, 1)
+            self.grid.addWidget(self.hist_box, 0, 1, 2, 1)
+            self.grid.setColumnStretch(0, 3)
+            self.grid.setColumnStretch(1, 1)
         else:
+            self.grid.setColumnStretch(0, 1)
+            self.grid.setColumnStretch(1, 1)
             self.grid.addWidget(self.views["axial"], 0, 0)
             self.grid.addWidget(self.views["coronal"], 0, 1)
             self.grid.addWidget(self.views["sagittal"], 1, 0)
@@ -947,13 +1018,25 @@ class MainWindow(QtWidgets.QMainWindow):
         os._exit(0)
 
 
+def label_file_name(path: str) -> str:
+    """One format suffix: the file dialog appends its filter's suffix to a name that already has
+    the other one ('labels.nii' + Analyze filter -> 'labels.nii.hdr'); keep the last one chosen."""
+    low = path.lower()
+    for double, single in ((".nii.gz.hdr", ".hdr"), (".nii.hdr", ".hdr"), (".nii.img", ".img"),
+                           (".hdr.nii.gz", ".nii.gz"), (".img.nii.gz", ".nii.gz"), (".hdr.nii", ".nii"),
+                           (".img.nii", ".nii")):
+        if low.endswith(double):
+            return path[: -len(double)] + single
+    return path
+
+
 class ShortcutsDialog(QtWidgets.QDialog):
     """Every shortcut, generated from the action table, plus the mouse bindings."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Keyboard shortcuts and mouse")
-        self.resize(560, 620)
+        self.resize(760, 640)
         table = QtWidgets.QTableWidget(0, 3)
         table.setObjectName("shortcuts_table")
         table.setHorizontalHeaderLabels(["Keys", "Action", "Menu"])
@@ -966,8 +1049,12 @@ class ShortcutsDialog(QtWidgets.QDialog):
             table.insertRow(r)
             for c, val in enumerate((keys, text, menu)):
                 table.setItem(r, c, QtWidgets.QTableWidgetItem(val))
-        table.resizeColumnsToContents()
-        table.horizontalHeader().setStretchLastSection(True)
+        table.setWordWrap(True)
+        hh = table.horizontalHeader()
+        hh.setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeToContents)
+        hh.setSectionResizeMode(1, QtWidgets.QHeaderView.Stretch)  # the action's name is never cut off
+        hh.setSectionResizeMode(2, QtWidgets.QHeaderView.ResizeToContents)
+        table.resizeRowsToContents()
         lay = QtWidgets.QVBoxLayout(self)
         lay.addWidget(table)
         bb = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.Close)

@@ -151,8 +151,10 @@ class SegmentationController(QtCore.QObject):
         lm = self.session.labelmap
         if lm is not None and lm.has_manual_edits:
             kept = f"; your corrections on {len(lm.edited_axial_slices())} slice(s) were kept"
-        self.message.emit(f"Segmented the {what} with {result.model} ({'+'.join(result.planes)}) in "
-                          f"{result.seconds:.1f} s{geo}{kept}", 15000)
+        # short enough to stay readable beside the read-out; the planes and geometry go to the log
+        log.info("segmented the %s with %s (%s) in %.1f s%s", what, result.model, "+".join(result.planes),
+                 result.seconds, geo)
+        self.message.emit(f"Segmented the {what} in {result.seconds:.1f} s{kept}", 15000)
         if ticket.slices is None:
             self.set_uncertainty(result.uncertainty)
         self.finished.emit(result)

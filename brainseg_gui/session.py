@@ -219,6 +219,8 @@ class Session(QtCore.QObject):
         if lm is None:
             return ""
         n = lm.edit_count
+        if n == 0:
+            return "no corrections"
         parts = []
         for plane in ("axial", "coronal", "sagittal"):  # counted in the plane each correction was made in
             k = len(lm.edited_slices(self.plane_axes[plane]))

@@ -20,6 +20,7 @@ from engine.labels.labelmap import LabelMap
 log = logging.getLogger(__name__)
 
 PAINT_TOOLS = ("brush", "eraser")
+ZOOM_STEP = 1.15  # Ctrl+wheel: zoom per click
 
 
 def overlay_lut(colors: list[tuple[int, int, int]]) -> np.ndarray:
@@ -33,15 +34,30 @@ def overlay_lut(colors: list[tuple[int, int, int]]) -> np.ndarray:
     return lut
 
 
+UNSURE_RGB = (205, 40, 215)  # magenta: no class colour is near it (Okabe-Ito blue, orange, green)
+
+
 def heat_lut() -> np.ndarray:
-    """Transparent at zero uncertainty, through orange to opaque yellow-white at the maximum."""
+    """How unsure the model is: transparent where it is sure, more and more opaque magenta up to
+    the maximum (entropy ln 4). Magenta, because orange is grey matter's colour."""
     t = np.linspace(0, 1, 256)
     lut = np.zeros((256, 4), dtype=np.uint8)
-    lut[:, 0] = 255
-    lut[:, 1] = (np.clip(t * 1.6, 0, 1) * 230).astype(np.uint8)
-    lut[:, 2] = (np.clip(t * 2 - 1, 0, 1) * 200).astype(np.uint8)
-    lut[:, 3] = (np.clip(t * 2.2, 0, 1) * 230).astype(np.uint8)
+    lut[:, :3] = UNSURE_RGB
+    lut[:, 3] = (np.clip(t * 1.8, 0, 1) * 235).astype(np.uint8)
     return lut
+
+
+def heat_legend_pixmap(width: int = 160, height: int = 12):
+    """The heat map's colour bar over black (as over a dark scan), for the legend."""
+    from PyQt5 import QtGui
+
+    lut = heat_lut()
+    t = np.linspace(0, 255, width).astype(int)
+    a = lut[t, 3:4].astype(np.float32) / 255
+    row = (lut[t, :3] * a + 40 * (1 - a)).astype(np.uint8)  # over a dark grey
+    img = np.ascontiguousarray(np.repeat(row[None], height, axis=0))
+    qimg = QtGui.QImage(img.data, width, height, 3 * width, QtGui.QImage.Format_RGB888)
+    return QtGui.QPixmap.fromImage(qimg.copy())
 
 
 def outline_of(labels2d: np.ndarray) -> np.ndarray:
@@ -60,10 +76,13 @@ class _ViewBox(pg.ViewBox):
         self.owner = owner
 
     def wheelEvent(self, ev, axis=None):
-        if ev.modifiers() & QtCore.Qt.ControlModifier:
-            super().wheelEvent(ev, axis)
-            return
         delta = ev.delta() if hasattr(ev, "delta") else ev.angleDelta().y()
+        if ev.modifiers() & QtCore.Qt.ControlModifier:
+            # 15% per wheel click around the mouse (pyqtgraph's default made five clicks 8x)
+            factor = ZOOM_STEP ** (-delta / 120.0)
+            self.scaleBy((factor, factor), self.mapToView(ev.pos()))
+            ev.accept()
+            return
         self.owner.step_slice(1 if delta > 0 else -1)
         ev.accept()
 
@@ -108,6 +127,7 @@ class SliceView(QtWidgets.QFrame):
         self.labelmap: LabelMap | None = None
         self.index = 0
         self.outline = False
+        self._hover: tuple[float, float] | None = None  # display point under the mouse
         self._overlay_buf: np.ndarray | None = None
         self._stroking = False
         self.setFrameShape(QtWidgets.QFrame.StyledPanel)
@@ -158,7 +178,9 @@ class SliceView(QtWidgets.QFrame):
         self.edge_labels = {}
         for edge in ("left", "right", "top", "bottom"):
             lab = QtWidgets.QLabel("", self.gv)
-            lab.setStyleSheet("color: #ffd24d; font-weight: bold; background: transparent;")
+            # on a dark chip, so the letter stays readable where the crosshair line crosses it
+            lab.setStyleSheet("color: #ffd24d; font-weight: bold; background: rgba(0, 0, 0, 170); "
+                              "padding: 0px 3px; border-radius: 3px;")
             lab.setAttribute(QtCore.Qt.WA_TransparentForMouseEvents)
             self.edge_labels[edge] = lab
 
@@ -223,6 +245,8 @@ class SliceView(QtWidgets.QFrame):
         self.redraw_heat()
         self.redraw_range()
         self._update_title()
+        if self._hover is not None:  # the read-out follows the wheel: same point, new slice
+            self.cursorMoved.emit(self.geometry_.voxel_at(self._hover[0], self._hover[1], k))
         self.sliceChanged.emit(k)
 
     def step_slice(self, delta: int) -> None:
@@ -321,12 +345,14 @@ class SliceView(QtWidgets.QFrame):
 
     def hover_at(self, pos) -> None:
         if pos is None or self.geometry_ is None:
+            self._hover = None
             self.brush_cursor.setVisible(False)
             self.cursorMoved.emit(None)
             return
         p = self.vb.mapToView(pos)
         g = self.geometry_
         row, col = p.y() / g.row_spacing, p.x() / g.col_spacing
+        self._hover = (row, col)
         self.cursorMoved.emit(g.voxel_at(row, col, self.index))
         self.activated.emit(self)
         if self.tools.tool in PAINT_TOOLS:

@@ -1,6 +1,8 @@
 """Tissue volumes: a table and a bar chart per class, with CSV and JSON export."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtWidgets
@@ -12,8 +14,9 @@ from . import dialogs
 
 
 class StatsDialog(QtWidgets.QDialog):
-    def __init__(self, labels: np.ndarray, voxel_volume_ml: float, name: str, parent=None):
+    def __init__(self, labels: np.ndarray, voxel_volume_ml: float, name: str, parent=None, default_dir: str = ""):
         super().__init__(parent)
+        self.default_dir = default_dir
         self.setWindowTitle(f"Tissue volumes - {name}")
         self.resize(620, 520)
         self.stats = volume_stats(labels, voxel_volume_ml, source=name)
@@ -47,7 +50,8 @@ class StatsDialog(QtWidgets.QDialog):
         bars = pg.BarGraphItem(x=xs, height=heights, width=0.6, brushes=[pg.mkBrush(*tc.rgb) for tc in tissue])
         plot.addItem(bars)
         plot.getAxis("bottom").setTicks([[(i, tc.name) for i, tc in enumerate(tissue)]])
-        plot.setLabel("left", "Volume", units="mL")
+        plot.setLabel("left", "Volume (mL)")  # no SI prefix: pyqtgraph made it "kmL"
+        plot.getAxis("left").enableAutoSIPrefix(False)
         plot.setMouseEnabled(False, False)
         self.plot = plot
 
@@ -60,15 +64,28 @@ class StatsDialog(QtWidgets.QDialog):
         lay = QtWidgets.QVBoxLayout(self)
         lay.addWidget(table)
         lay.addWidget(plot, 1)
+        self.saved_label = QtWidgets.QLabel("")
+        self.saved_label.setObjectName("stats_saved")
+        lay.addWidget(self.saved_label)
         lay.addWidget(buttons)
 
     def export_to(self, path: str, fmt: str) -> None:
         (write_stats_csv if fmt == "csv" else write_stats_json)(path, self.stats)
 
     def _export(self, fmt: str) -> None:
-        path = dialogs.get_save_path(self, f"Export volumes as {fmt.upper()}", f"{fmt.upper()} (*.{fmt})")
-        if path:
-            try:
-                self.export_to(path, fmt)
-            except OSError as exc:
-                dialogs.show_error(self, "Export failed", str(exc))
+        stem = self.stats.get("file") or "labels"
+        for suf in (".nii.gz", ".nii", ".hdr", ".img"):
+            if stem.lower().endswith(suf):
+                stem = stem[: -len(suf)]
+        default = str(Path(self.default_dir) / f"{Path(stem).name}_volumes.{fmt}")
+        path = dialogs.get_save_path(self, f"Export volumes as {fmt.upper()}", f"{fmt.upper()} (*.{fmt})", default)
+        if not path:
+            return
+        if not path.lower().endswith(f".{fmt}"):
+            path += f".{fmt}"
+        try:
+            self.export_to(path, fmt)
+        except OSError as exc:
+            dialogs.show_error(self, "Export failed", f"{path}: {exc}")
+            return
+        self.saved_label.setText(f"Saved {path}")

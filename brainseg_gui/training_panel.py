@@ -19,6 +19,19 @@ from . import dialogs
 log = logging.getLogger(__name__)
 
 
+class StillPlot(pg.PlotWidget):
+    """A plot that does not pan or zoom: the wheel over it scrolls the panel it sits in (a loss
+    axis zoomed by a stray wheel ended at -150000)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.setMouseEnabled(False, False)
+        self.hideButtons()
+
+    def wheelEvent(self, ev):
+        ev.ignore()
+
+
 class ConfusionView(pg.PlotWidget):
     """4x4 confusion matrix heatmap with counts and row-normalised fractions in each cell."""
 
@@ -40,6 +53,9 @@ class ConfusionView(pg.PlotWidget):
         self.setLabel("left", "reference")
         self.texts: list[pg.TextItem] = []
         self.matrix: np.ndarray | None = None
+
+    def wheelEvent(self, ev):  # scroll the panel, not the matrix
+        ev.ignore()
 
     def set_matrix(self, cm) -> None:
         for t in self.texts:
@@ -128,11 +144,11 @@ class TrainingPanel(QtWidgets.QWidget):
         form.addRow(self.status)
         lay.addWidget(form_box)
 
-        self.loss_plot = pg.PlotWidget(background="w", title="Training loss")
+        self.loss_plot = StillPlot(background="w", title="Training loss")
         self.loss_plot.setObjectName("ft_loss_plot")
         self.loss_plot.setLabel("bottom", "step")
         self.loss_curve = self.loss_plot.plot(pen=pg.mkPen("k", width=1.5))
-        self.dice_plot = pg.PlotWidget(background="w", title="Validation Dice per epoch")
+        self.dice_plot = StillPlot(background="w", title="Validation Dice per epoch")
         self.dice_plot.setObjectName("ft_dice_plot")
         self.dice_plot.addLegend(offset=(-5, 5))
         self.dice_plot.setYRange(0, 1)

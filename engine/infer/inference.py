@@ -423,12 +423,15 @@ def int8_offer(model_dir: str | Path) -> tuple[bool, str]:
 def least_certain_slices(uncertainty: np.ndarray, count: int = 10, mask: np.ndarray | None = None,
                          axis: int = 2) -> list[tuple[int, float]]:
     """Slices along `axis` (the scan's anatomically axial axis: Conform.native_axis("axial"))
-    ranked by mean uncertainty over the foreground (or mask): [(k, score)]."""
+    ranked by mean uncertainty over the foreground (or mask): [(k, score)]. Only slices with at
+    least a fifth of the largest slice's foreground take part: the last slices of the brain
+    (a few hundred voxels, nearly all boundary) are always unsure and not where corrections pay."""
     u = np.asarray(uncertainty, dtype=np.float32)
     m = (u > 0) if mask is None else mask
     other = tuple(a for a in range(3) if a != axis)
     sums = (u * m).sum(axis=other)
     counts = m.sum(axis=other)
-    score = np.divide(sums, counts, out=np.zeros_like(sums, dtype=np.float64), where=counts > 50)
+    enough = counts > max(50, 0.2 * float(counts.max()) if counts.size else 50)
+    score = np.divide(sums, counts, out=np.zeros_like(sums, dtype=np.float64), where=enough)
     order = np.argsort(-score)
     return [(int(k), float(score[k])) for k in order[:count] if score[k] > 0]
