@@ -76,6 +76,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.segmentation.uncertaintyChanged.connect(self._show_uncertainty)
         self.segmentation.finished.connect(self.segmentationFinished.emit)
         self._build_training_dock()
+        self._build_3d_dock()
         self.engine.progress.connect(self._on_engine_progress)
         self.engine.finished_job.connect(self._on_engine_finished)
         self.engine.failed.connect(self._on_engine_failed)
@@ -266,6 +267,42 @@ class MainWindow(QtWidgets.QMainWindow):
         self.menus["Segment"].addSeparator()
         self.menus["Segment"].addAction(act)
 
+    def _build_3d_dock(self) -> None:
+        """View > 3-D view: label surfaces; built when first shown (it needs OpenGL)."""
+        dock = QtWidgets.QDockWidget("3-D view", self)
+        dock.setObjectName("view3d_dock")
+        self.surface_view = None
+        holder = QtWidgets.QWidget()
+        QtWidgets.QVBoxLayout(holder).setContentsMargins(0, 0, 0, 0)
+        dock.setWidget(holder)
+        self.addDockWidget(QtCore.Qt.RightDockWidgetArea, dock)
+        dock.hide()
+        dock.visibilityChanged.connect(self._on_3d_visible)
+        self.view3d_dock = dock
+        act = dock.toggleViewAction()
+        act.setText("3-&D view")
+        act.setShortcut("Ctrl+3")
+        act.setObjectName("action_view3d")
+        act.setToolTip("Label surfaces in 3-D (needs OpenGL)")
+        self.actions["view3d"] = act
+        self.menus["View"].addSeparator()
+        self.menus["View"].addAction(act)
+
+    def _on_3d_visible(self, visible: bool) -> None:
+        if visible and self.surface_view is None:
+            from .view3d import SurfaceView
+
+            self.surface_view = SurfaceView()
+            self.view3d_dock.widget().layout().addWidget(self.surface_view)
+            self._connect_3d()
+
+    def _connect_3d(self) -> None:
+        sv = self.surface_view
+        if sv is None or self.scan is None:
+            return
+        sv.set_source(lambda: None if self.labelmap is None else self.labelmap.labels, self.scan.affine)
+        sv.set_cursor(getattr(self, "cursor_voxel", None))
+
     def _on_version_activated(self, directory: str) -> None:
         from engine.nets.weights import WeightsError, read_model_dir
 
@@ -425,6 +462,7 @@ class MainWindow(QtWidgets.QMainWindow):
         for v in self.views.values():
             v.set_volume(vol.data, vol.affine)
         self.auto_window()
+        self._connect_3d()
         if self.tool_state.intensity_range is None:  # a starting range for threshold painting
             self.tool_panel.set_range(*self.histogram.item.getLevels())
         self._sync_cursor_to_views()
@@ -463,6 +501,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if lm is not None:
             for v in self.views.values():
                 lm.listeners.append(v.labels_changed)
+            lm.listeners.append(lambda _box: self.surface_view is not None and self.surface_view.schedule())
+        self._connect_3d()
         for v in self.views.values():
             v.set_labelmap(lm)
         self._apply_overlay_style(*self.tool_panel.overlay_style())
@@ -567,6 +607,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.cursor_voxel = tuple(v.index for v in sorted(self.views.values(), key=lambda w: w.geometry_.axis))
         for v in self.views.values():
             v.set_cursor_voxel(self.cursor_voxel)
+        if getattr(self, "surface_view", None) is not None:
+            self.surface_view.set_cursor(self.cursor_voxel)
 
     def _on_slice_changed(self, _k: int) -> None:
         # slice changes move the linked cursor and trigger an autosave of pending edits
@@ -577,6 +619,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.cursor_voxel = tuple(vox)
             for v in self.views.values():
                 v.set_cursor_voxel(self.cursor_voxel)
+            if self.surface_view is not None:
+                self.surface_view.set_cursor(self.cursor_voxel)
         if self.labelmap is not None and self.labelmap.edit_count and self.session.autosave_due():
             self.session.autosave()
 
@@ -994,6 +1038,8 @@ class MainWindow(QtWidgets.QMainWindow):
         # Saved or deliberately discarded: the recovery file has nothing left to offer.
         self.session.discard_recovery()
         self.session.shutdown()
+        if self.surface_view is not None:
+            self.surface_view.close_pool()
         self.engine.cancel_all()
         # a cancelled job stops within one batch; one MXNet call cannot be interrupted, so the wait
         # is bounded and then the user chooses

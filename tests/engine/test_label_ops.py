@@ -147,3 +147,19 @@ def test_postprocess_cli_names_a_missing_or_broken_mask(tmp_path, capsys):
     bad.write_bytes(b"not a nifti")
     assert main(["postprocess", str(bad), "-o", str(tmp_path / "o.nii.gz"), "--keep-largest"]) == 2
     assert "broken.nii.gz" in capsys.readouterr().err
+
+
+def test_label_surfaces_are_closed_meshes_in_world_mm():
+    from engine.labels.surface import label_surfaces
+
+    lab = np.zeros((30, 30, 30), np.uint8)
+    x, y, z = np.mgrid[:30, :30, :30]
+    lab[(x - 15) ** 2 + (y - 15) ** 2 + (z - 15) ** 2 <= 100] = 3  # a ball of radius 10 voxels
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = (-30, -30, -30)
+    meshes = label_surfaces(lab, aff, classes=(1, 3), step=1)
+    assert meshes[1].empty and not meshes[3].empty
+    v = meshes[3].vertices
+    r = np.linalg.norm(v, axis=1)  # centre at world (0, 0, 0); radius 10 voxels = 20 mm
+    assert abs(np.median(r) - 20) < 1.5
+    assert meshes[3].faces.max() < len(v)
