@@ -88,9 +88,11 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 
 def montage_slices(labels: np.ndarray, plane_axis: int, panels: int) -> list[int]:
-    """Evenly spaced slices among those that hold labels (at most `panels`)."""
+    """Evenly spaced slices among those that hold labels (at most `panels`), leaving out the
+    first and last slivers (under a tenth of the largest slice's labelled area)."""
     other = tuple(a for a in range(3) if a != plane_axis)
-    held = np.where(np.asarray(labels).any(axis=other))[0]
+    area = (np.asarray(labels) > 0).sum(axis=other)
+    held = np.where(area >= max(1, 0.1 * area.max()))[0]
     if not held.size:
         held = np.arange(labels.shape[plane_axis])
     if held.size <= panels:
