@@ -20,6 +20,7 @@ class ActionSpec:
 
 ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("open_scan", "&Open scan...", ("Ctrl+O",), "Open a scan (Analyze .hdr/.img, NIfTI .nii/.nii.gz)", menu="File", icon="SP_DialogOpenButton"),
+    ActionSpec("open_dicom", "Open DICOM &folder...", ("Ctrl+Shift+O",), "Open a DICOM series from its folder (or drop the folder on the window)", menu="File"),
     ActionSpec("open_labels", "Open &labels...", ("Ctrl+L",), "Open a label map (e.g. OASIS FSL_SEG) for the open scan", menu="File"),
     ActionSpec("open_demo", "Open &demo scan", (), "Open the bundled demo brain (MNI ICBM152 2009a in OASIS layout)", menu="File"),
     ActionSpec("save_labels", "&Save labels", ("Ctrl+S",), "Save the label map", menu="File", icon="SP_DialogSaveButton"),

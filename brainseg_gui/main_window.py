@@ -20,7 +20,7 @@ from PyQt5 import QtCore, QtWidgets
 
 from engine.core.classes import NUM_CLASSES, tissue_classes
 from engine.core.paths import DEMO_SCAN
-from engine.io.volume import Volume, VolumeReadError, VolumeWriteError, analyze_geometry_loss
+from engine.io.volume import SeriesChoiceError, Volume, VolumeReadError, VolumeWriteError, analyze_geometry_loss
 from engine.labels.labelmap import LabelMap
 
 from . import dialogs
@@ -34,7 +34,7 @@ from .slice_view import SliceView, overlay_lut
 
 log = logging.getLogger(__name__)
 
-SCAN_FILTER = "Scans (*.hdr *.img *.nii *.nii.gz *.HDR *.IMG);;All files (*)"
+SCAN_FILTER = "Scans (*.hdr *.img *.nii *.nii.gz *.HDR *.IMG *.dcm *.DCM);;DICOM (any file of a series) (*);;All files (*)"
 LABEL_FILTER = "Label maps (*.hdr *.img *.nii *.nii.gz);;All files (*)"
 MAX_RECENT = 10
 QUIT_WAIT_MS = 5000  # how long quitting waits for a cancelled job before it asks
@@ -406,11 +406,11 @@ class MainWindow(QtWidgets.QMainWindow):
         for key in ("fill_between", "remove_islands", "keep_largest", "smooth_labels"):
             a[key].setEnabled(has_labels and not preview and not labels_job)
         if preview:
-            for key in ("segment", "segment_slice", "open_labels", "open_scan", "open_demo"):
+            for key in ("segment", "segment_slice", "open_labels", "open_scan", "open_demo", "open_dicom"):
                 a[key].setEnabled(False)
         else:
-            a["open_scan"].setEnabled(True)
-            a["open_demo"].setEnabled(True)
+            for key in ("open_scan", "open_demo", "open_dicom"):
+                a[key].setEnabled(True)
         single = a["single_view"].isChecked()
         for p in ("axial", "coronal", "sagittal"):
             a[f"plane_{p}"].setEnabled(has_scan and single)
@@ -446,13 +446,23 @@ class MainWindow(QtWidgets.QMainWindow):
         return "Correct with the brush (B), eraser (E) or fill (F); classes 0-3 by number key; F1 lists all keys."
 
     # ================================================================== opening
-    def open_scan(self, path: str | os.PathLike) -> bool:
-        """Open a scan; on error show it and keep whatever was open. Returns success."""
+    def open_scan(self, path: str | os.PathLike, series: str | None = None) -> bool:
+        """Open a scan (a file, or a DICOM series by its folder or any of its files); on error
+        show it and keep whatever was open. Returns success."""
         if not self._confirm_discard("open another scan"):
             return False
         t0 = time.perf_counter()
         try:
-            report = self.session.open_scan(path)
+            try:
+                report = self.session.open_scan(path, series)
+            except SeriesChoiceError as exc:  # a DICOM folder with several series: which one?
+                choices = [(s.uid, s.describe().split(" UID ")[0]) for s in exc.series] + [("cancel", "Cancel")]
+                uid = dialogs.ask_choice(self, "Choose a series",
+                                         f"{path} holds {len(exc.series)} image series. Which one should open?",
+                                         choices, exc.series[0].uid)
+                if uid == "cancel":
+                    return False
+                report = self.session.open_scan(path, uid)
         except VolumeReadError as exc:
             log.warning("open failed: %s", exc)
             dialogs.show_error(self, "Cannot open scan", str(exc))
@@ -832,6 +842,11 @@ class MainWindow(QtWidgets.QMainWindow):
         path = dialogs.get_open_path(self, "Open labels", LABEL_FILTER)
         if path:
             self.open_labels(path)
+
+    def on_open_dicom(self) -> None:
+        d = dialogs.get_directory(self, "Open a DICOM series folder")
+        if d:
+            self.open_scan(d)
 
     def on_open_demo(self) -> None:
         self.open_scan(DEMO_SCAN)

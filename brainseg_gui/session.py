@@ -117,13 +117,14 @@ class Session(QtCore.QObject):
         self._autosaveDone.connect(self._on_autosave_done)
 
     # ================================================================== scan
-    def open_scan(self, path: str | os.PathLike) -> OpenReport:
-        """Read and open a scan (raises VolumeReadError naming the file; then nothing changes).
+    def open_scan(self, path: str | os.PathLike, series: str | None = None) -> OpenReport:
+        """Read and open a scan (raises VolumeReadError naming the file; then nothing changes;
+        SeriesChoiceError when a DICOM folder holds several series and `series` is not given).
         Whatever was open is closed: the caller asked about unsaved edits first."""
         from engine.infer.qc import skull_present
         from engine.io.conform import Conform
 
-        vol = read_volume(path, kind="image")
+        vol = read_volume(path, kind="image", series=series)
         self.close_scan()
         self.scan = vol
         geo = Conform.for_grid(vol.shape, vol.affine)
@@ -298,6 +299,8 @@ class Session(QtCore.QObject):
         if self.labels_path is not None:
             return self.labels_path
         p = self.scan.path
+        if self.scan.source == "dicom":  # beside the series' folder, never inside it
+            return p.parent.with_name(f"{p.parent.name}_brainseg_seg.nii.gz")
         stem = p.name
         for suf in (".nii.gz", ".nii", ".hdr", ".img"):
             if stem.lower().endswith(suf):

@@ -120,7 +120,7 @@ def cmd_info(args) -> int:
     from engine.io.conform import Conform
     from engine.io.volume import label_volumes, read_volume
 
-    vol = read_volume(args.path)
+    vol = read_volume(args.path, series=args.series)
     d = vol.data
     info = {
         "file": str(vol.path),
@@ -308,7 +308,7 @@ def cmd_segment(args) -> int:
         check_output(args.uncertainty, IMAGE_FORMATS, (args.scan, args.output))
     from engine.io.conform import Conform
 
-    vol = read_volume(args.scan, kind="image")
+    vol = read_volume(args.scan, kind="image", series=args.series)
     slices = parse_slices(args.slices, vol.shape[Conform.for_grid(vol.shape, vol.affine).native_axis("axial")])
     if vol.layout_note:
         print(f"warning: {vol.path}: {vol.layout_note}", file=sys.stderr)
@@ -374,7 +374,7 @@ def cmd_finetune(args) -> int:
 
     if args.output:
         check_new_version_dir(args.output)
-    scan = read_volume(args.scan, kind="image")
+    scan = read_volume(args.scan, kind="image", series=args.series)
     labels = read_volume(args.labels, kind="labels")
     if scan.shape != labels.shape:
         raise CliError(f"{args.scan} is {_fmt_shape(scan.shape)} but {args.labels} is {_fmt_shape(labels.shape)}")
@@ -509,7 +509,7 @@ def cmd_png(args) -> int:
     vol = read_volume(args.mask, kind="labels")
     scan = None
     if args.scan:
-        sv = read_volume(args.scan, kind="image")
+        sv = read_volume(args.scan, kind="image", series=args.series)
         if sv.shape != vol.shape:
             raise CliError(f"{args.scan} is {_fmt_shape(sv.shape)} but {args.mask} is {_fmt_shape(vol.shape)}")
         scan = sv.data
@@ -585,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("info", help="shape, voxel size, orientation, range (and volumes of a label map)")
-    p.add_argument("path")
+    p.add_argument("path", help="a scan or mask file, or a DICOM series (its folder or any of its files)")
+    p.add_argument("--series", metavar="UID", help="a DICOM folder with several series: which one (UID or number)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
@@ -603,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("segment", help="segment a scan into CSF / grey / white matter")
-    p.add_argument("scan")
+    p.add_argument("scan", help="a scan file, or a DICOM series (its folder or any of its files)")
+    p.add_argument("--series", metavar="UID", help="a DICOM folder with several series: which one (UID or number)")
     p.add_argument("-o", "--output", required=True, help="mask file: .nii, .nii.gz, .hdr or .img")
     p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
     p.add_argument("--weights", help="a model directory (shipped, fine-tuned or trained)")
@@ -619,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune a model on corrected axial slices")
     p.add_argument("scan")
+    p.add_argument("--series", metavar="UID", help="a DICOM folder with several series: which one (UID or number)")
     p.add_argument("labels")
     p.add_argument("--slices", required=True)
     p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
@@ -672,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("png", help="colour PNG images of a mask, optionally over its scan, as the app shows them")
     p.add_argument("mask")
     p.add_argument("--scan", help="draw the labels over this scan")
+    p.add_argument("--series", metavar="UID", help="a DICOM folder with several series: which one (UID or number)")
     p.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default="axial")
     p.add_argument("--montage", action="store_true", help="one grid image of evenly spaced slices")
     p.add_argument("--panels", type=_positive_int, default=24, help="slices in a montage (default 24)")

@@ -46,6 +46,16 @@ class VolumeReadError(Exception):
         super().__init__(f"{self.path}: {problem}")
 
 
+class SeriesChoiceError(VolumeReadError):
+    """A folder holds several DICOM image series: the caller chooses one (`series=`). `.series`
+    lists them (engine.io.dicom.SeriesInfo)."""
+
+    def __init__(self, path, series: list):
+        self.series = series
+        super().__init__(path, f"holds {len(series)} image series, choose one (--series UID or number): "
+                               + "; ".join(s.describe() for s in series))
+
+
 class VolumeWriteError(Exception):
     """A volume could not be written; the previous file (if any) is left intact."""
 
@@ -67,6 +77,8 @@ class Volume:
     # set when the orientation is an assumption, not a fact (Analyze 7.5 stores none)
     geometry_note: str | None = None
     warnings: list[str] = field(default_factory=list)
+    source: str = ""  # "dicom" for a DICOM series (then `path` is its first image file)
+    display_name: str | None = None  # how to name it when the file name says little (a DICOM series)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -90,6 +102,8 @@ class Volume:
 
     @property
     def name(self) -> str:
+        if self.display_name:
+            return self.display_name
         return self.path.name if self.path else "(unsaved)"
 
 
@@ -161,8 +175,10 @@ def _check_analyze_size(hdr_path: Path, img_path: Path, img: nib.analyze.Analyze
         )
 
 
-def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
-    """Read a scan or label map. `kind` is "auto", "image" or "labels".
+def read_volume(path: str | os.PathLike, kind: str = "auto", series: str | None = None) -> Volume:
+    """Read a scan or label map. `kind` is "auto", "image" or "labels". A DICOM series is read
+    from its folder or any of its files (`series`: a SeriesInstanceUID or series number, needed
+    when a folder holds several; engine/io/dicom.py).
 
     Raises VolumeReadError for every kind of bad input (missing, directory, empty, truncated,
     header/data mismatch, unknown layout, NaN/inf, wrong dimensionality, not an image).
@@ -172,13 +188,30 @@ def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
         raise ValueError(f"kind must be auto, image or labels, not {kind!r}")
     if not path.exists():
         raise VolumeReadError(path, "no such file")
-    if path.is_dir():
-        raise VolumeReadError(path, "is a directory, not a scan file")
+    from engine.io import dicom
+
     layout_note = None
     geometry_note = None
+    source, display_name = "", None
     suffix = path.suffix.lower()
+    if path.is_dir() or dicom.is_dicom_file(path):
+        try:
+            data, affine, source_dtype, display_name, files = dicom.read_series(path, series)
+        except dicom.SeriesChoiceNeeded as exc:
+            raise SeriesChoiceError(exc.folder, exc.series) from exc
+        except dicom.DicomError as exc:
+            raise VolumeReadError(path, str(exc).replace(f"{path}: ", "", 1)) from exc
+        except MemoryError as exc:
+            raise VolumeReadError(path, "too large to fit in memory") from exc
+        except Exception as exc:
+            raise VolumeReadError(path, f"could not be read as DICOM ({type(exc).__name__}: {exc})") from exc
+        path = files[0]
+        source = "dicom"
+        suffix = None
     try:
-        if suffix in (".hdr", ".img"):
+        if suffix is None:
+            pass
+        elif suffix in (".hdr", ".img"):
             hdr_path, img_path = _pair_paths(path)
             for p in (hdr_path, img_path):
                 if p.exists() and p.stat().st_size == 0:
@@ -244,7 +277,8 @@ def read_volume(path: str | os.PathLike, kind: str = "auto") -> Volume:
     else:
         data = np.ascontiguousarray(data, dtype=np.float32)
     vol = Volume(data=data, affine=np.asarray(affine, dtype=np.float64), path=path, kind=kind,
-                 source_dtype=str(source_dtype), layout_note=layout_note, geometry_note=geometry_note)
+                 source_dtype=str(source_dtype), layout_note=layout_note, geometry_note=geometry_note,
+                 source=source, display_name=display_name)
     log.info("read %s: %s %s voxel %s %s%s", path, kind, vol.shape,
              tuple(round(v, 3) for v in vol.voxel_size), vol.orientation,
              f" ({layout_note})" if layout_note else "")
