@@ -253,22 +253,10 @@ class _Progress:
 
 
 def resolve_model(model: str, weights: str | None) -> tuple[Path, str, str]:
-    """(model directory, arch, reason) from --model / --weights."""
-    from engine.core.hardware import choose_model
-    from engine.nets.weights import read_model_dir
-    from engine.store.versions import ModelStore
+    """(model directory, arch, reason) from --model / --weights (engine.store.versions)."""
+    from engine.store.versions import resolve_model as _resolve
 
-    if weights:
-        info = read_model_dir(weights)
-        if model not in ("auto", info.arch):
-            raise CliError(f"--model {model} but {weights} holds a {info.arch} model")
-        return Path(weights), info.arch, f"weights from {weights}"
-    arch, reason = choose_model(model)
-    model_dir = ModelStore().active_dir(arch)
-    if not (model_dir / "model.json").exists():
-        raise CliError(f"no {arch} weights installed (looked in {model_dir}); pass --weights DIR "
-                       f"or --model {'enet' if arch == 'unet' else 'unet'}")
-    return model_dir, arch, reason
+    return _resolve(model, weights)
 
 
 LABEL_FORMATS = (".nii.gz", ".nii", ".hdr", ".img")
@@ -702,6 +690,7 @@ EXTRA_COMMANDS = (
     ("train", "engine.train.oasis", "add_train_parser"),
     ("bench", "engine.bench", "add_bench_parser"),
     ("export", "engine.package", "add_export_parser"),
+    ("batch", "engine.batch", "add_batch_parser"),
 )
 
 

@@ -147,3 +147,44 @@ class ModelStore:
             out["basis"] = ("not measured on the same slices: compare a version with its parent, or segment "
                             "and correct a scan with each")
         return out
+
+
+def resolve_model(model: str, weights: str | None) -> tuple[Path, str, str]:
+    """(model folder, arch, reason) from a --model choice (auto/unet/enet) and an optional
+    --weights (see resolve_weights). Raises WeightsError when none can be found."""
+    from engine.core.hardware import choose_model
+
+    if weights:
+        d = resolve_weights(weights)
+        info = read_model_dir(d)
+        if model not in ("auto", info.arch):
+            raise WeightsError(f"--model {model} but {weights} holds a {info.arch} model")
+        return d, info.arch, f"weights from {weights}" + (f" ({d})" if str(d) != str(weights) else "")
+    arch, reason = choose_model(model)
+    model_dir = ModelStore().active_dir(arch)
+    if not (model_dir / "model.json").exists():
+        raise WeightsError(f"no {arch} weights installed (looked in {model_dir}); pass --weights DIR "
+                           f"or --model {'enet' if arch == 'unet' else 'unet'}")
+    return model_dir, arch, reason
+
+
+def resolve_weights(spec: str | os.PathLike) -> Path:
+    """The model folder a --weights value stands for: a model folder (with model.json), a
+    `brainseg train -o` output folder (its best model, `best/`), or a version name from the model
+    store (e.g. enet-v003, or a shipped version's name). Raises WeightsError saying what it looked
+    for."""
+    p = Path(spec)
+    if (p / "model.json").is_file():
+        return p
+    if (p / "best" / "model.json").is_file():  # brainseg train -o OUT
+        return p / "best"
+    store = ModelStore()
+    for arch in ("unet", "enet"):
+        for v in store.versions(arch):
+            if v.version == str(spec):
+                return v.directory
+    looked = [str(p / "model.json"), str(p / "best" / "model.json"), f"a version named {spec!s} in {store.root}"]
+    if p.is_dir() and (p / "checkpoint").is_dir():
+        raise WeightsError(f"{spec}: a training folder without a best model yet (checkpoint/ only): "
+                           "let the training finish an epoch, or pass its checkpoint's model folder")
+    raise WeightsError(f"{spec}: not a model; looked for {', '.join(looked)}")

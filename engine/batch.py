@@ -1,0 +1,498 @@
+"""`brainseg batch`: a whole cohort into one table, with masks, thumbnails and a QC report.
+
+    brainseg batch INPUT... -o OUTDIR [--jobs N | --scheduler ADDRESS] [--resume] [--json]
+
+INPUT is scan files, folders, globs, an OASIS-1 tree (``*_t88_masked_gfc.hdr``), a BIDS dataset
+(``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``) or DICOM series folders. For each scan it writes
+``OUTDIR/masks/<scan>_seg.nii.gz`` (optionally ``uncertainty/<scan>_unc.nii.gz``),
+``thumbs/<scan>.png`` (the overlay in three planes) and appends one row to ``OUTDIR/volumes.csv``
+(COLUMNS below); at the end ``OUTDIR/report.html``, one self-contained page (report.py).
+
+Safety: each output file is written atomically and a row is appended, in one write and flushed,
+only after its files exist, so Ctrl+C or a kill leaves whole rows and whole files; a torn last
+line (a kill in the middle of that one write) is cut off on the next run. `--resume` skips scans
+that already have a row (ok or error; `--retry-failed` redoes the errors), so a re-run does no work
+twice. A scan that cannot be read or segmented becomes a row with its error; the batch goes on.
+
+Scale: `--jobs N` runs N worker processes on this machine, each loading MXNet and the model once,
+with the cores split between them. `--scheduler ADDRESS` sends the scans to a Dask distributed
+cluster (`dask scheduler`, `dask worker` on each machine): each worker process loads the model once
+and writes its scans' files into OUTDIR, which must be on a file system every worker sees (NFS, a
+cluster's shared disk); the client assembles the table. A worker that dies has its scans retried on
+another (Dask reschedules them; `retries=2`).
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["subject", "session", "scan", "input", "status", "error", "model", "model_version",
+           "csf_ml", "gm_ml", "wm_ml", "brain_ml", "tiv_ml", "csf_fraction", "gm_fraction", "wm_fraction",
+           "voxel_mm", "seconds", "qc_flags", "mean_entropy", "mask", "uncertainty"]
+
+# QC thresholds. TIV range from the issue (adults); tissue fractions of TIV: generous adult ranges
+# (healthy and atrophied adults in OASIS-1 lie well inside: GM ~0.40-0.50, WM ~0.28-0.38,
+# CSF ~0.15-0.35 of TIV); outside them a segmentation has almost surely gone wrong.
+TIV_RANGE_ML = (900.0, 2200.0)
+FRACTION_RANGES = {"csf": (0.05, 0.50), "gm": (0.25, 0.60), "wm": (0.18, 0.50)}
+# mean softmax entropy over the brain (nats; ln 4 = 1.386 is "no idea"). The shipped ENet gives
+# 0.14-0.16 on the demo and our proxies; 0.30 is about twice that.
+LOW_CONFIDENCE_NATS = 0.30
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".mgz")
+LABEL_WORDS = re.compile(r"(^|[_\-.])(fseg|seg|dseg|mask|label|labels|probseg|brainseg)([_\-.]|$)", re.I)
+
+
+class BatchError(ValueError):
+    """Bad batch input (nothing found, a bad option); one line for the user."""
+
+
+@dataclass
+class ScanItem:
+    key: str  # unique name of the outputs
+    subject: str
+    session: str
+    path: str
+    series: str | None = None
+
+
+# ----------------------------------------------------------------------------- finding scans
+def _stem(p: Path) -> str:
+    name = p.name
+    for suf in (".nii.gz",) + SCAN_SUFFIXES + (".img",):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return p.stem
+
+
+def _is_scan_file(p: Path) -> bool:
+    low = p.name.lower()
+    return p.is_file() and low.endswith(SCAN_SUFFIXES) and not LABEL_WORDS.search(_stem(p))
+
+
+def _bids(root: Path) -> list[ScanItem]:
+    out = []
+    for f in sorted(root.glob("sub-*/anat/*_T1w.nii*")) + sorted(root.glob("sub-*/ses-*/anat/*_T1w.nii*")):
+        sub = next(p for p in f.parts if p.startswith("sub-"))
+        ses = next((p for p in f.parts if p.startswith("ses-")), "")
+        out.append(ScanItem(_stem(f), sub, ses, str(f)))
+    return out
+
+
+def _oasis(root: Path) -> list[ScanItem]:
+    out = []
+    for f in sorted(root.rglob("*_t88_masked_gfc.hdr")):
+        m = re.search(r"(OAS1_\d{4})_(MR\d)", f.name)
+        sub, ses = (m.group(1), m.group(2)) if m else (_stem(f), "")
+        out.append(ScanItem(f"{sub}_{ses}" if ses else _stem(f), sub, ses, str(f)))
+    return out
+
+
+def _dicom_items(folder: Path) -> list[ScanItem]:
+    from engine.io.dicom import find_series
+
+    series, _ = find_series(folder)
+    many = len(series) > 1
+    return [ScanItem(f"{folder.name}_s{s.number or i}" if many else folder.name, folder.name, "",
+                     str(folder), s.uid if many else None) for i, s in enumerate(series)]
+
+
+def discover(inputs: list[str]) -> list[ScanItem]:
+    """The scans the inputs stand for, each once, with unique keys."""
+    from engine.io.dicom import is_dicom_file
+
+    items: list[ScanItem] = []
+    for raw in inputs:
+        if glob.has_magic(raw):  # a glob: label maps it catches (*_seg, *_fseg, *_mask...) are left out
+            paths = [Path(p) for p in sorted(glob.glob(raw, recursive=True))]
+            paths = [p for p in paths if p.is_dir() or not LABEL_WORDS.search(_stem(p))]
+        else:
+            paths = [Path(raw)]
+        if not paths:
+            raise BatchError(f"{raw}: matches no file")
+        for p in paths:
+            if not p.exists():
+                raise BatchError(f"{p}: no such file or folder")
+            if p.is_file():
+                if is_dicom_file(p):
+                    items += [i for i in _dicom_items(p.parent)]
+                else:
+                    items.append(ScanItem(_stem(p), _stem(p), "", str(p)))
+                continue
+            if (p / "dataset_description.json").exists() or any(p.glob("sub-*/anat")) or any(p.glob("sub-*/ses-*/anat")):
+                found = _bids(p)
+            elif any(p.rglob("*_t88_masked_gfc.hdr")):
+                found = _oasis(p)
+            elif any(is_dicom_file(f) for f in p.iterdir() if f.is_file()):
+                found = _dicom_items(p)
+            else:
+                found = []
+                for f in sorted(p.rglob("*")):
+                    if _is_scan_file(f):
+                        rel = f.relative_to(p)
+                        key = "__".join(list(rel.parts[:-1]) + [_stem(f)])
+                        found.append(ScanItem(key, rel.parts[0] if len(rel.parts) > 1 else _stem(f), "", str(f)))
+                    elif f.is_dir() and f != p and any(is_dicom_file(x) for x in f.iterdir() if x.is_file()):
+                        found += _dicom_items(f)
+            if not found:
+                raise BatchError(f"{p}: no scans found (looked for BIDS *_T1w, OASIS *_t88_masked_gfc.hdr, "
+                                 f"DICOM series and {', '.join(SCAN_SUFFIXES)} files)")
+            items += found
+    seen_paths, seen_keys, out = set(), {}, []
+    for it in items:
+        ident = (str(Path(it.path).resolve()), it.series)
+        if ident in seen_paths:
+            continue
+        seen_paths.add(ident)
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", it.key) or "scan"
+        n = seen_keys.get(base, 0)
+        seen_keys[base] = n + 1
+        it.key = base if n == 0 else f"{base}_{n + 1}"
+        out.append(it)
+    return out
+
+
+# ----------------------------------------------------------------------------- one scan
+_SEGMENTERS: dict = {}  # per process: the model loads once
+
+
+def _segmenter(model_dir: str):
+    from engine.infer.inference import Segmenter
+
+    if model_dir not in _SEGMENTERS:
+        _SEGMENTERS.clear()
+        _SEGMENTERS[model_dir] = Segmenter(model_dir)
+    return _SEGMENTERS[model_dir]
+
+
+def thumbnail(labels: np.ndarray, scan: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The overlay through the brain's centre in the three planes, side by side, half size."""
+    from engine.io.export import render_slice
+    from engine.io.orientation import ViewGeometry
+
+    centre = np.round(np.argwhere(labels > 0).mean(axis=0)).astype(int) if (labels > 0).any() else \
+        np.array(labels.shape) // 2
+    tiles = []
+    for plane in ("axial", "coronal", "sagittal"):
+        g = ViewGeometry.for_view(plane, affine, labels.shape)
+        tiles.append(render_slice(labels, affine, plane, int(centre[g.axis]), scan=scan, opacity=0.45))
+    h = max(t.shape[0] for t in tiles)
+    tiles = [np.pad(t, ((0, h - t.shape[0]), (0, 4), (0, 0))) for t in tiles]
+    img = np.concatenate(tiles, axis=1)
+    return img[::2, ::2] if h > 160 else img
+
+
+def qc_flags(row: dict, skull: bool, geometry_notes: list[str]) -> list[str]:
+    flags = []
+    if skull:
+        flags.append("skull present")
+    if row.get("mean_entropy") is not None and row["mean_entropy"] > LOW_CONFIDENCE_NATS:
+        flags.append("low confidence")
+    tiv = row.get("tiv_ml") or 0
+    if not TIV_RANGE_ML[0] <= tiv <= TIV_RANGE_ML[1]:
+        flags.append(f"TIV {tiv:.0f} mL outside {TIV_RANGE_ML[0]:.0f}-{TIV_RANGE_ML[1]:.0f}")
+    for k, (lo, hi) in FRACTION_RANGES.items():
+        f = row.get(f"{k}_fraction")
+        if f is not None and tiv > 0 and not lo <= f <= hi:
+            flags.append(f"{k.upper()} fraction {f:.2f} outside {lo:.2f}-{hi:.2f}")
+    flags += geometry_notes
+    return flags
+
+
+def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool = False) -> dict:
+    """Read, segment and write one scan's files; returns its row (an error row when it fails).
+    Runs in the batch process, a --jobs worker or a Dask worker."""
+    from engine.core.atomic import atomic_write
+    from engine.infer.inference import SegmentConfig
+    from engine.infer.qc import skull_present
+    from engine.io.conform import Conform
+    from engine.io.stats import volume_stats
+    from engine.io.volume import read_volume, save_image, save_labels
+
+    t0 = time.perf_counter()
+    row = {"subject": item.subject, "session": item.session, "scan": item.key, "input": item.path,
+           "status": "error", "error": ""}
+    try:
+        vol = read_volume(item.path, kind="image", series=item.series)
+        seg = _segmenter(model_dir)
+        res = seg.segment(vol.data, SegmentConfig(uncertainty=True), affine=vol.affine)
+        out = Path(outdir)
+        mask = out / "masks" / f"{item.key}_seg.nii.gz"
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        save_labels(mask, res.labels, vol.affine)
+        unc_path = ""
+        if uncertainty and res.uncertainty is not None:
+            up = out / "uncertainty" / f"{item.key}_unc.nii.gz"
+            up.parent.mkdir(parents=True, exist_ok=True)
+            save_image(up, res.uncertainty.astype(np.float32), vol.affine)
+            unc_path = str(up.relative_to(out))
+        thumb = out / "thumbs" / f"{item.key}.png"
+        thumb.parent.mkdir(parents=True, exist_ok=True)
+        import imageio.v2 as imageio
+
+        img = thumbnail(res.labels, vol.data, vol.affine)
+        atomic_write(thumb, lambda tmp: imageio.imwrite(tmp, img, format="png"))
+        st = volume_stats(res.labels, vol.voxel_volume_ml)
+        ml = st["volumes_ml"]
+        tiv = ml["csf"] + ml["gm"] + ml["wm"]
+        brain = ml["gm"] + ml["wm"]
+        ent = None
+        if res.uncertainty is not None and (res.labels > 0).any():
+            ent = float(res.uncertainty[res.labels > 0].mean())
+        row.update({
+            "status": "ok", "model": seg.info.arch, "model_version": seg.info.version,
+            "csf_ml": round(ml["csf"], 3), "gm_ml": round(ml["gm"], 3), "wm_ml": round(ml["wm"], 3),
+            "brain_ml": round(brain, 3), "tiv_ml": round(tiv, 3),
+            "csf_fraction": round(ml["csf"] / tiv, 4) if tiv else None,
+            "gm_fraction": round(ml["gm"] / tiv, 4) if tiv else None,
+            "wm_fraction": round(ml["wm"] / tiv, 4) if tiv else None,
+            "voxel_mm": "x".join(f"{v:.3g}" for v in vol.voxel_size),
+            "mean_entropy": None if ent is None else round(ent, 4),
+            "mask": str(mask.relative_to(out)), "uncertainty": unc_path,
+        })
+        notes = []
+        if vol.geometry_note:
+            notes.append("orientation assumed")
+        if vol.layout_note:
+            notes.append("layout assumed")
+        if Conform.for_grid(vol.shape, vol.affine).describe():
+            notes.append("resampled for the network")
+        row["qc_flags"] = "; ".join(qc_flags(row, skull_present(vol.data, vol.voxel_volume_ml, vol.affine), notes))
+    except Exception as exc:  # one broken scan is a row, never the end of the batch
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        row["error"] = msg
+        log.warning("%s: %s", item.path, msg)
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+# ----------------------------------------------------------------------------- the table
+class Table:
+    """OUTDIR/volumes.csv: header once, whole rows appended one write at a time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):  # a torn last row (killed mid-write): cut it off
+            keep = raw[: raw.rfind(b"\n") + 1]
+            log.warning("%s: removing an incomplete last row", self.path)
+            with open(self.path, "r+b") as f:
+                f.truncate(len(keep))
+            raw = keep
+        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"))))
+        return rows
+
+    def start(self) -> None:
+        from engine.core.atomic import atomic_write
+
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            atomic_write(self.path, lambda tmp: tmp.write_text(",".join(COLUMNS) + "\n", encoding="utf-8"))
+        else:
+            head = self.path.read_text(encoding="utf-8").splitlines()[0].split(",")
+            if head != COLUMNS:
+                raise BatchError(f"{self.path}: written by another version (columns differ); use a new OUTDIR")
+
+    def append(self, row: dict) -> None:
+        buf = io.StringIO()
+        csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n").writerow(
+            {k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        data = buf.getvalue().encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, data)  # one write: a row is whole or (killed mid-write) cut off next time
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ----------------------------------------------------------------------------- running
+def _fmt_eta(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+class Progress:
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.stream = stream or sys.stderr
+
+    def step(self, row: dict) -> None:
+        self.done += 1
+        el = time.perf_counter() - self.t0
+        eta = el / self.done * (self.total - self.done)
+        what = "ok" if row.get("status") == "ok" else f"ERROR {row.get('error', '')}"
+        flags = f" [{row['qc_flags']}]" if row.get("qc_flags") else ""
+        print(f"[{self.done}/{self.total}] {row['scan']}: {what}{flags} ({row.get('seconds', 0):.1f} s); "
+              f"about {_fmt_eta(eta)} left", file=self.stream, flush=True)
+
+
+def _worker_init(threads: int) -> None:
+    from engine.core.mx_env import configure_threads
+
+    configure_threads(threads=threads)
+
+
+def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, scheduler: str | None = None,
+        resume: bool = False, retry_failed: bool = False, uncertainty: bool = False, report: bool = True,
+        progress_stream=None, on_row=None) -> tuple[list[dict], int]:
+    """Process the items into OUTDIR; returns (all rows of the table, how many were processed now).
+    KeyboardInterrupt propagates after the rows finished so far are written."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    table = Table(outdir / "volumes.csv")
+    existing = table.load()
+    if existing and not resume:
+        raise BatchError(f"{outdir / 'volumes.csv'} already has {len(existing)} rows: add --resume to continue "
+                         "that batch, or choose a new OUTDIR")
+    table.start()
+    done = {r["scan"] for r in existing if r.get("status") == "ok" or not retry_failed}
+    todo = [it for it in items if it.key not in done]
+    if retry_failed and existing:  # the failed rows are redone: keep only the others
+        kept = [r for r in existing if r.get("status") == "ok" or r["scan"] not in {i.key for i in todo}]
+        if len(kept) != len(existing):
+            from engine.core.atomic import atomic_write
+
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
+            w.writeheader()
+            w.writerows(kept)
+            atomic_write(table.path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8"))
+    progress = Progress(len(todo), progress_stream)
+    if len(todo) < len(items):
+        print(f"resuming: {len(items) - len(todo)} of {len(items)} scans already in {table.path.name}",
+              file=progress.stream, flush=True)
+    count = 0
+
+    def take(row):
+        nonlocal count
+        table.append(row)
+        count += 1
+        progress.step(row)
+        if on_row is not None:
+            on_row(row)
+
+    try:
+        if scheduler:
+            _run_dask(todo, outdir, model_dir, scheduler, uncertainty, take)
+        elif jobs > 1 and len(todo) > 1:
+            _run_local(todo, outdir, model_dir, jobs, uncertainty, take)
+        else:
+            for it in todo:
+                take(process_scan(it, str(outdir), str(model_dir), uncertainty))
+    finally:
+        rows = table.load()
+        if report and rows:
+            from engine.report import write_report
+
+            write_report(outdir, rows)
+    return rows, count
+
+
+def _run_local(todo, outdir, model_dir, jobs, uncertainty, take) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from engine.core.hardware import cpu_cores
+
+    jobs = min(jobs, len(todo))
+    threads = max(1, cpu_cores() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futs = {pool.submit(process_scan, it, str(outdir), str(model_dir), uncertainty): it for it in todo}
+        try:
+            for f in as_completed(futs):
+                take(f.result())
+        except KeyboardInterrupt:
+            for f in futs:
+                f.cancel()
+            raise
+
+
+def _run_dask(todo, outdir, model_dir, address, uncertainty, take) -> None:
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise BatchError("--scheduler needs dask.distributed (pip install 'dask[distributed]')") from exc
+    try:
+        client = Client(address, timeout=20)
+    except (OSError, TimeoutError) as exc:
+        raise BatchError(f"--scheduler {address}: cannot reach the Dask scheduler ({exc})") from exc
+    try:
+        futs = [client.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, pure=False,
+                              retries=2, key=f"brainseg-{it.key}-{time.time_ns()}") for it in todo]
+        for f in as_completed(futs):
+            take(f.result())
+    finally:
+        client.close()
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_batch_parser(sub) -> None:
+    p = sub.add_parser("batch", help="segment a cohort: masks, one volumes.csv with QC flags, report.html")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="scan files, folders, globs (quote them), an OASIS-1 tree, a BIDS dataset, DICOM folders")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
+    p.add_argument("--weights", help="a model folder, a `brainseg train` output folder, or a version name")
+    p.add_argument("--uncertainty", action="store_true", help="also write each scan's uncertainty map")
+    p.add_argument("--resume", action="store_true", help="continue a batch: skip scans already in volumes.csv")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: redo the scans that failed")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args) -> int:
+    from engine.core.mx_env import configure_threads
+    from engine.store.versions import resolve_model
+
+    if args.jobs < 1:
+        raise BatchError(f"--jobs {args.jobs}: give at least 1")
+    if args.jobs > 1 and args.scheduler:
+        raise BatchError("--jobs and --scheduler: choose one (Dask workers set their own processes)")
+    configure_threads()
+    model_dir, arch, reason = resolve_model(args.model, args.weights)
+    items = discover(args.inputs)
+    out = Path(args.output)
+    print(f"{len(items)} scan{'s' if len(items) != 1 else ''}; model {model_dir} ({reason}); output {out}",
+          file=sys.stderr)
+    try:
+        rows, n = run(items, out, model_dir, jobs=args.jobs, scheduler=args.scheduler, resume=args.resume,
+                      retry_failed=args.retry_failed, uncertainty=args.uncertainty, report=not args.no_report)
+    except KeyboardInterrupt:
+        rows = Table(out / "volumes.csv").load()
+        print(f"\ninterrupted: {len(rows)} rows in {out / 'volumes.csv'}; run again with --resume to finish",
+              file=sys.stderr)
+        return 130
+    bad = sum(1 for r in rows if r.get("status") != "ok")
+    flagged = sum(1 for r in rows if r.get("qc_flags"))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{n} scan{'s' if n != 1 else ''} processed now; {len(rows)} rows in {out / 'volumes.csv'} "
+              f"({bad} failed, {flagged} flagged for QC)" + ("" if args.no_report else f"; report {out / 'report.html'}"))
+    return 0 if bad == 0 else 3
+
+
+def item_dict(item: ScanItem) -> dict:
+    return asdict(item)

@@ -1,0 +1,177 @@
+"""`brainseg batch`: finding scans (files, globs, BIDS, OASIS-1, DICOM), one table with volumes and
+QC flags that match `brainseg stats` on each mask, a broken scan as a row, resume, Ctrl+C and a
+torn last row, --jobs 2, and a Dask cluster that loses a worker mid-run."""
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from engine import batch
+from engine.cli import main
+from tests.dicom_util import write_series
+
+
+def _scan(path: Path, seed: int = 0, shape=(40, 48, 16)):
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(x**2 + y**2 + (z * 0.9) ** 2) + rng.normal(0, 0.02, shape)
+    img = np.choose((r < 0.95).astype(int) + (r < 0.85) + (r < 0.6), [0, 60, 120, 200]).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(img, np.diag([1.2, 1.2, 1.5, 1.0])), str(path))
+    return path
+
+
+def _cohort(root: Path) -> list[str]:
+    """A BIDS dataset of 2 subjects (one with a session), a folder of plain files with a label map
+    next to a scan, and a broken file."""
+    _scan(root / "bids" / "sub-01" / "anat" / "sub-01_T1w.nii.gz", 1)
+    _scan(root / "bids" / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz", 2)
+    (root / "bids" / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.8.0"}')
+    _scan(root / "plain" / "a.nii.gz", 3)
+    _scan(root / "plain" / "a_seg.nii.gz", 4)  # a label map: not a scan
+    (root / "plain" / "broken.nii").write_bytes(b"not a nifti file at all" * 10)
+    return [str(root / "bids"), str(root / "plain")]
+
+
+def test_discover_finds_bids_oasis_dicom_and_globs(tmp_path):
+    ins = _cohort(tmp_path)
+    o = tmp_path / "oasis" / "OAS1_0042_MR1" / "PROCESSED" / "MPRAGE" / "T88_111"
+    _scan(o / "OAS1_0042_MR1_mpr_n4_anon_111_t88_masked_gfc.nii.gz", 5)  # renamed below to .hdr pattern
+    nib.save(nib.AnalyzeImage(np.zeros((8, 8, 8), np.int16), np.eye(4)),
+             str(o / "OAS1_0042_MR1_mpr_n4_anon_111_t88_masked_gfc.hdr"))
+    write_series(tmp_path / "dicom" / "series1", np.zeros((8, 8, 4), np.float32) + 100, np.eye(4))
+    items = batch.discover(ins + [str(tmp_path / "oasis"), str(tmp_path / "dicom" / "series1"),
+                                  str(tmp_path / "plain" / "*.nii.gz")])
+    keys = {i.key: i for i in items}
+    assert keys["sub-01_T1w"].subject == "sub-01" and keys["sub-02_ses-1_T1w"].session == "ses-1"
+    assert keys["OAS1_0042_MR1"].subject == "OAS1_0042" and keys["OAS1_0042_MR1"].session == "MR1"
+    assert "series1" in keys and "a" in keys and "broken" in keys
+    assert not any("seg" in k for k in keys), "label maps are not scans"
+    assert len(items) == len({(str(Path(i.path).resolve()), i.series) for i in items}), "each scan once"
+    with pytest.raises(batch.BatchError, match="matches no file"):
+        batch.discover([str(tmp_path / "nothing*.nii")])
+
+
+def test_batch_table_matches_stats_with_a_broken_scan_resume_and_report(tmp_path, tiny_model_dir, capsys):
+    ins = _cohort(tmp_path)
+    out = tmp_path / "out"
+    assert main(["batch", *ins, "-o", str(out), "--weights", str(tiny_model_dir)]) == 3  # one failed
+    text = capsys.readouterr()
+    assert "about" in text.err and "left" in text.err, "progress with time left"
+    rows = list(csv.DictReader(open(out / "volumes.csv")))
+    assert len(rows) == 4
+    bad = [r for r in rows if r["status"] != "ok"]
+    assert len(bad) == 1 and bad[0]["scan"] == "broken" and "broken.nii" in bad[0]["error"]
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        assert main(["stats", str(out / r["mask"]), "--json"]) == 0
+        st = json.loads(capsys.readouterr().out)
+        for k in ("csf", "gm", "wm"):
+            assert abs(float(r[f"{k}_ml"]) - st["volumes_ml"][k]) < 1e-3
+        assert abs(float(r["tiv_ml"]) - sum(st["volumes_ml"][k] for k in ("csf", "gm", "wm"))) < 1e-2
+        assert r["model"] == "enet" and (out / "thumbs" / f"{r['scan']}.png").exists()
+        assert "TIV" in r["qc_flags"], "a 30 mL phantom is flagged as implausible"
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page and page.count("data:image/png;base64,") == 3
+    assert "1 failed, 3 flagged" in page
+    # a re-run without --resume refuses; with it does no work twice
+    assert main(["batch", *ins, "-o", str(out), "--weights", str(tiny_model_dir)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["batch", *ins, "-o", str(out), "--weights", str(tiny_model_dir), "--resume"]) == 3
+    assert "0 scans processed now; 4 rows" in capsys.readouterr().out
+
+
+def test_ctrl_c_leaves_whole_rows_and_resume_finishes(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    ins = _cohort(tmp_path)
+    out = tmp_path / "out"
+    real = batch.process_scan
+    calls = []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(batch, "process_scan", interrupted)
+    assert main(["batch", *ins, "-o", str(out), "--weights", str(tiny_model_dir)]) == 130
+    assert "--resume" in capsys.readouterr().err
+    lines = (out / "volumes.csv").read_text().splitlines()
+    assert len(lines) == 3 and all(len(next(csv.reader([ln]))) == len(batch.COLUMNS) for ln in lines)
+    # a torn row (killed in the middle of its write) is cut off, then the batch finishes
+    with open(out / "volumes.csv", "a") as f:
+        f.write("sub-9,,half a row")
+    monkeypatch.setattr(batch, "process_scan", real)
+    assert main(["batch", *ins, "-o", str(out), "--weights", str(tiny_model_dir), "--resume"]) == 3
+    rows = list(csv.DictReader(open(out / "volumes.csv")))
+    assert len(rows) == 4 and len({r["scan"] for r in rows}) == 4
+
+
+def test_jobs_2_gives_the_same_table(tmp_path, tiny_model_dir):
+    ins = _cohort(tmp_path)
+    items = batch.discover(ins)
+    rows, n = batch.run(items, tmp_path / "out", tiny_model_dir, jobs=2)
+    assert n == 4 and sorted(r["scan"] for r in rows) == sorted(i.key for i in items)
+    one, _ = batch.run(items, tmp_path / "out1", tiny_model_dir, jobs=1)
+    by = {r["scan"]: r for r in one}
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["gm_ml"] == by[r["scan"]]["gm_ml"], "the same masks from worker processes"
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_dask_cluster_with_a_killed_worker_completes_the_table(tmp_path, tiny_model_dir):
+    """A scheduler and two workers as separate processes on 127.0.0.1; one worker is killed with
+    SIGKILL once the first row is in: its scans are retried on the other, the table is whole."""
+    for i in range(6):
+        _scan(tmp_path / "scans" / f"s{i}.nii.gz", i)
+    items = batch.discover([str(tmp_path / "scans")])
+    port = _free_port()
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(3)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [str(bindir / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "1", "--nthreads", "1",
+                 "--no-dashboard", "--no-nanny"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30) as c:
+            c.wait_for_workers(2, timeout=60)
+        killed = []
+
+        def kill_one(row):
+            if not killed:
+                procs[1].send_signal(signal.SIGKILL)
+                killed.append(row["scan"])
+
+        rows, n = batch.run(items, tmp_path / "out", tiny_model_dir, scheduler=f"tcp://127.0.0.1:{port}",
+                            on_row=kill_one)
+        assert killed and procs[1].wait(10) == -signal.SIGKILL
+        assert sorted(r["scan"] for r in rows) == sorted(i.key for i in items)
+        assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+        assert all((tmp_path / "out" / r["mask"]).exists() for r in rows)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
