@@ -14,9 +14,11 @@ from pathlib import Path
 from engine.core.atomic import atomic_write
 
 SHOWN = [("scan", "Scan"), ("subject", "Subject"), ("session", "Session"), ("status", "Status"),
-         ("csf_ml", "CSF mL"), ("gm_ml", "GM mL"), ("wm_ml", "WM mL"), ("brain_ml", "Brain mL"), ("tiv_ml", "TIV mL"),
+         ("qc_flags", "QC flags"), ("csf_ml", "CSF mL"), ("gm_ml", "GM mL"), ("wm_ml", "WM mL"), ("brain_ml", "Brain mL"), ("tiv_ml", "TIV mL"),
          ("csf_fraction", "CSF/TIV"), ("gm_fraction", "GM/TIV"), ("wm_fraction", "WM/TIV"),
-         ("mean_entropy", "Unsure (nats)"), ("voxel_mm", "Voxel mm"), ("seconds", "s"), ("qc_flags", "QC flags")]
+         ("mean_entropy", "Unsure (nats)"), ("voxel_mm", "Voxel mm"), ("seconds", "s")]
+DECIMALS = {"csf_ml": 1, "gm_ml": 1, "wm_ml": 1, "brain_ml": 1, "tiv_ml": 1, "csf_fraction": 3, "gm_fraction": 3,
+            "wm_fraction": 3, "mean_entropy": 3, "seconds": 1}
 NUMERIC = {"csf_ml", "gm_ml", "wm_ml", "brain_ml", "tiv_ml", "csf_fraction", "gm_fraction", "wm_fraction",
            "mean_entropy", "seconds"}
 
@@ -41,6 +43,7 @@ function sortBy(col, numeric){
   rows.sort((a,b)=>{const x=key(a),y=key(b); return (x<y?-1:x>y?1:0)*(asc?1:-1)});
   rows.forEach(r=>tb.appendChild(r));
 }
+window.addEventListener('load',()=>{document.body.dataset.loadMs=Math.round(performance.now())});
 function onlyFlagged(on){document.querySelectorAll('#rows tr').forEach(r=>{
   r.style.display=(!on||r.classList.contains('flag')||r.classList.contains('err'))?'':'none'})}
 """
@@ -70,7 +73,14 @@ def render(outdir: Path, rows: list[dict]) -> str:
             if k == "qc_flags" and r.get("status") != "ok":
                 v = f"error: {r.get('error', '')}"
             td = ' class="n"' if k in NUMERIC else (' class="flags"' if k == "qc_flags" else "")
-            cells.append(f"<td{td}>{html.escape(str(v if v is not None else ''))}</td>")
+            shown = "" if v is None else str(v)
+            if k in DECIMALS and shown:
+                try:
+                    shown = f"{float(shown):.{DECIMALS[k]}f}"
+                except ValueError:
+                    pass
+            # sorting uses the full value (data-v); the cell shows it rounded
+            cells.append(f'<td{td} data-v="{html.escape(str(v if v is not None else ""))}">{html.escape(shown)}</td>')
         body.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

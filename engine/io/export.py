@@ -26,7 +26,7 @@ def export_png_slices(labels: np.ndarray, out_dir: str | os.PathLike, prefix: st
 
 
 # ----------------------------------------------------------------------------- images people look at
-def _grey(scan: np.ndarray) -> tuple[float, float]:
+def grey_window(scan: np.ndarray) -> tuple[float, float]:
     """Display window of a scan: the 0.5-99.5 percentiles of its nonzero voxels (as the app's
     auto window/level)."""
     sample = scan[::2, ::2, ::2]
@@ -68,7 +68,7 @@ def render_slice(labels: np.ndarray, affine: np.ndarray, plane: str, index: int,
     lab = np.asarray(g.display(labels, index), dtype=np.uint8)
     colour = lut[lab]
     if scan is not None:
-        lo, hi = window or _grey(scan)
+        lo, hi = window or grey_window(scan)
         grey = np.clip((np.asarray(g.display(scan, index), np.float32) - lo) / (hi - lo), 0, 1) * 255
         rgb = np.repeat(grey[..., None], 3, axis=2)
         on = lab > 0
@@ -118,7 +118,7 @@ def export_png(labels: np.ndarray, affine: np.ndarray, out_dir: str | os.PathLik
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     g = ViewGeometry.for_view(plane, affine, lab.shape)
-    window = _grey(scan) if scan is not None else None
+    window = grey_window(scan) if scan is not None else None
     prefix = prefix or plane
     n = g.n_slices
     width = max(3, len(str(n)))
