@@ -119,7 +119,8 @@ def resolve(path: str | os.PathLike, series: str | None = None) -> tuple[Path, S
     found, skipped = find_series(folder)
     if not found:
         extra = f" ({skipped} DICOM objects that are not images)" if skipped else ""
-        raise DicomError(f"{folder}: no DICOM image series found{extra}")
+        raise DicomError(f"{folder}: a directory without any DICOM image series{extra}; open a scan file "
+                         "(.nii, .nii.gz, .hdr/.img) or a DICOM series folder")
     if series:
         match = [s for s in found if s.uid == series or s.number == series]
         if not match:

@@ -175,3 +175,26 @@ def test_dask_cluster_with_a_killed_worker_completes_the_table(tmp_path, tiny_mo
         for p in procs:
             p.kill()
             p.wait(10)
+
+
+def test_weights_takes_a_train_folder_a_version_name_or_a_model_folder(tmp_path, tiny_model_dir, capsys,
+                                                                       monkeypatch):
+    import shutil
+
+    from engine.store.versions import ModelStore
+
+    monkeypatch.setenv("BRAINSEG_HOME", str(tmp_path / "home"))
+    scan = _scan(tmp_path / "s.nii.gz")
+    train_out = tmp_path / "trained"
+    shutil.copytree(tiny_model_dir, train_out / "best")  # what `brainseg train -o trained` leaves
+    (train_out / "checkpoint").mkdir()
+    name, d = ModelStore().new_version_dir("enet")
+    shutil.copytree(tiny_model_dir, d)
+    version = json.loads((d / "model.json").read_text()).get("version", name)
+    for w in (str(train_out), str(tiny_model_dir), version):
+        assert main(["segment", str(scan), "-o", str(tmp_path / "m.nii.gz"), "--weights", w,
+                     "--planes", "axial"]) == 0, w
+    capsys.readouterr()
+    assert main(["segment", str(scan), "-o", str(tmp_path / "m.nii.gz"), "--weights", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "looked for" in err and "model.json" in err and "best" in err

@@ -66,7 +66,7 @@ def test_two_series_in_one_folder_need_a_choice(tmp_path):
     ("uneven", "uneven slice spacing"),
     ("compressed", "cannot be decoded here"),
     ("mixed", "mixes slice orientations"),
-    ("report_only", "no DICOM image series"),
+    ("report_only", "a directory without any DICOM image series (1 DICOM objects that are not images)"),
 ])
 def test_bad_series_are_named_and_explained(tmp_path, case, needle):
     d = tmp_path / case
