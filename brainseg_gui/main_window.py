@@ -14,8 +14,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-import pyqtgraph as pg
 from PyQt5 import QtCore, QtWidgets
 
 from engine.core.classes import NUM_CLASSES, tissue_classes
@@ -30,7 +28,8 @@ from .panels import SegmentPanel, ToolPanel, ToolState
 from .segmentation import SegmentationController
 from .session import AUTOSAVE_IDLE_MS, LabelsError, Session
 from .settings import Preferences, app_settings
-from .slice_view import SliceView, overlay_lut
+from .slice_view import SliceView
+from .view_area import ViewArea
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1400, 900)
         self.session = Session(self)
+        self.surface_view = None  # the 3-D view, made when first shown
         self.tool_state = ToolState()
         self._preview = False  # a label operation's preview is shown: editing locked
         self.prefs_islands, self.prefs_smooth_mm = 50, 1.0
@@ -125,94 +125,36 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ================================================================== construction
     def _build_views(self) -> None:
-        self.views = {v: SliceView(v, self.tool_state) for v in ("axial", "coronal", "sagittal")}
-        lut = overlay_lut([tc.rgb for tc in tissue_classes()])
-        for v in self.views.values():
-            v.set_lut(lut)
-            v.cursorMoved.connect(self._on_cursor_moved)
-            v.cursorSet.connect(self.set_cursor)
-            v.editFinished.connect(self._on_edit_finished)
-            v.sliceChanged.connect(self._on_slice_changed)
-            v.activated.connect(self._on_view_activated)
-        self.active_view = self.views["axial"]
-        self.histogram = pg.HistogramLUTWidget(gradientPosition="right")
-        self.histogram.setObjectName("histogram")
-        # Not linked to one view's image: its histogram would be of one slice, dominated by the
-        # zero background. We plot the volume's foreground histogram and sync levels ourselves.
-        self.histogram.item.sigLevelsChanged.connect(self._on_levels_changed)
-        self.histogram.setMinimumWidth(120)
-        # the threshold-painting range, shown and dragged on the histogram
-        self.range_region = pg.LinearRegionItem(orientation="horizontal", brush=pg.mkBrush(255, 235, 60, 60),
-                                                pen=pg.mkPen(255, 200, 0))
-        self.range_region.setZValue(5)
-        self.range_region.setVisible(False)
-        self.histogram.item.vb.addItem(self.range_region, ignoreBounds=True)
-        self.range_region.sigRegionChangeFinished.connect(self._on_range_dragged)
-        hist_box = QtWidgets.QWidget()
-        outer = QtWidgets.QHBoxLayout(hist_box)
-        outer.setContentsMargins(2, 2, 2, 2)
-        hcol = QtWidgets.QWidget()
-        hl = QtWidgets.QVBoxLayout(hcol)
-        hl.setContentsMargins(0, 0, 0, 0)
-        title = QtWidgets.QLabel("Window / level")
-        title.setStyleSheet("font-weight: bold;")
-        hl.addWidget(title)
-        hl.addWidget(self.histogram, 1)
-        self.level_label = QtWidgets.QLabel("")
-        hl.addWidget(self.level_label)
-        outer.addWidget(hcol, 1)
-        # beside the histogram, always in sight: what to do next, and where the model is unsure
-        self.review_box = QtWidgets.QWidget()
-        self.review_box.setObjectName("review_box")
-        rl = self.review_layout = QtWidgets.QVBoxLayout(self.review_box)
-        rl.setContentsMargins(6, 0, 0, 0)
-        rtitle = QtWidgets.QLabel("Review")
-        rtitle.setStyleSheet("font-weight: bold;")
-        rl.addWidget(rtitle)
-        self.next_step = QtWidgets.QLabel("")
-        self.next_step.setObjectName("next_step")
-        self.next_step.setWordWrap(True)
-        rl.addWidget(self.next_step)
-        self.legend = QtWidgets.QWidget()
-        self.legend.setObjectName("uncertainty_legend")
-        lg = QtWidgets.QGridLayout(self.legend)
-        lg.setContentsMargins(0, 4, 0, 4)
-        lg_title = QtWidgets.QLabel("How unsure the model is (U shows it on the views):")
-        lg_title.setWordWrap(True)
-        lg.addWidget(lg_title, 0, 0, 1, 3)
-        from .slice_view import heat_legend_pixmap
-
-        bar = QtWidgets.QLabel()
-        bar.setPixmap(heat_legend_pixmap())
-        lg.addWidget(bar, 1, 0, 1, 3)
-        lg.addWidget(QtWidgets.QLabel("sure"), 2, 0)
-        half = QtWidgets.QLabel("50%")
-        half.setAlignment(QtCore.Qt.AlignCenter)
-        lg.addWidget(half, 2, 1)
-        most = QtWidgets.QLabel("unsure")
-        most.setAlignment(QtCore.Qt.AlignRight)
-        lg.addWidget(most, 2, 2)
-        self.legend.setToolTip("Entropy of the network's class probabilities, as a share of its maximum "
-                               "(ln 4: all four classes equally likely). 0% = certain.")
-        rl.addWidget(self.legend)
-        self.legend.setVisible(False)
-        outer.addWidget(self.review_box, 1)
-        self.grid = QtWidgets.QGridLayout()
-        self.grid.setSpacing(3)
-        central = QtWidgets.QWidget()
-        central.setLayout(self.grid)
-        self.grid.addWidget(self.views["axial"], 0, 0)
-        self.grid.addWidget(self.views["coronal"], 0, 1)
-        self.grid.addWidget(self.views["sagittal"], 1, 0)
-        self.grid.addWidget(hist_box, 1, 1)
-        self.hist_box = hist_box
+        self.view_area = ViewArea(self.tool_state)
+        va = self.view_area
+        self.views = va.views  # the same dict: tests and tools reach the views through the window
+        va.readoutChanged.connect(lambda text: self.readout.setText(text))
+        va.editFinished.connect(self._on_edit_finished)
+        va.sliceChanged.connect(self._on_slice_changed)
+        va.cursorChanged.connect(lambda vox: self.surface_view is not None and self.surface_view.set_cursor(vox))
+        va.rangeDragged.connect(lambda lo, hi: self.tool_panel.set_range(lo, hi))
+        va.uncertainSliceChosen.connect(lambda k: va.view_of_axis(self.axial_axis).set_slice(k))
         self.placeholder = QtWidgets.QLabel(
             "Open a scan: File > Open scan (Ctrl+O), drop a file here, or File > Open demo scan.")
         self.placeholder.setAlignment(QtCore.Qt.AlignCenter)
         self.stack = QtWidgets.QStackedWidget()
         self.stack.addWidget(self.placeholder)
-        self.stack.addWidget(central)
+        self.stack.addWidget(va)
         self.setCentralWidget(self.stack)
+
+    @property
+    def active_view(self) -> SliceView:
+        return self.view_area.active_view
+
+    @property
+    def cursor_voxel(self):
+        return self.view_area.cursor_voxel
+
+    def set_cursor(self, voxel) -> None:
+        self.view_area.set_cursor(voxel)
+
+    def view_axis(self, plane: str) -> int:
+        return self.view_area.view_axis(plane)
 
     def _build_panels(self) -> None:
         self.tool_panel = ToolPanel(self.tool_state, self.actions)
@@ -222,13 +164,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.segment_panel = SegmentPanel(self.actions)
         QtWidgets.QVBoxLayout(self.tool_panel.segment_box).addWidget(self.segment_panel)
         # the least-certain list lives beside the histogram, in sight without scrolling
-        self.review_layout.addWidget(self.segment_panel.uncertain_label)
-        self.review_layout.addWidget(self.segment_panel.uncertain_list, 1)
-        self.review_layout.addStretch(0)
+        self.view_area.adopt_uncertain_list(self.segment_panel.uncertain_label, self.segment_panel.uncertain_list)
         idx = self.segment_panel.model_combo.findData(self.prefs.model)
         self.segment_panel.model_combo.setCurrentIndex(max(0, idx))
         self.segment_panel.model_combo.currentIndexChanged.connect(self._on_model_pref_changed)
-        self.segment_panel.uncertain_list.itemClicked.connect(self._on_uncertain_clicked)
         dock = QtWidgets.QDockWidget("Tools", self)
         dock.setObjectName("tools_dock")
         scroll = QtWidgets.QScrollArea()
@@ -339,6 +278,14 @@ class MainWindow(QtWidgets.QMainWindow):
         sb.addPermanentWidget(self.autosave_label)
 
     def _group_actions(self) -> None:
+        # the families of actions whose slot only differs by an argument
+        a = self.actions
+        for tool in ("navigate", "brush", "eraser", "fill"):
+            a[f"tool_{tool}"].triggered.connect(lambda _c=False, t=tool: self._set_tool(t))
+        for v in range(NUM_CLASSES):
+            a[f"class_{v}"].triggered.connect(lambda _c=False, v=v: self._set_class(v))
+        for plane in ("axial", "coronal", "sagittal"):
+            a[f"plane_{plane}"].triggered.connect(lambda _c=False: self._apply_layout())
         self.tool_group = QtWidgets.QActionGroup(self)
         for key in ("navigate", "brush", "eraser", "fill"):
             self.tool_group.addAction(self.actions[f"tool_{key}"])
@@ -420,10 +367,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.edit_label.setText(self.session.edit_summary() + ("  - unsaved" if dirty else ""))
         else:
             self.edit_label.setText("")
-        self.next_step.setText(self._next_step_text(has_labels, busy))
-        # the read-out under a still mouse follows undo, redo, strokes and predictions
-        if getattr(self, "_readout_voxel", None) is not None:
-            self._on_cursor_moved(self._readout_voxel)
+        self.view_area.next_step.setText(self._next_step_text(has_labels, busy))
+        self.view_area.refresh_readout()  # the read-out under a still mouse follows undo, strokes...
         if hasattr(self, "training_panel"):
             self.training_panel.update_state()
         if has_scan:
@@ -469,13 +414,10 @@ class MainWindow(QtWidgets.QMainWindow):
             self.statusBar().showMessage(f"Could not open {Path(path).name}", 8000)
             return False
         vol = report.volume
-        for v in self.views.values():
-            v.set_volume(vol.data, vol.affine)
-        self.auto_window()
+        self.view_area.set_scan(vol)
         self._connect_3d()
         if self.tool_state.intensity_range is None:  # a starting range for threshold painting
-            self.tool_panel.set_range(*self.histogram.item.getLevels())
-        self._sync_cursor_to_views()
+            self.tool_panel.set_range(*self.view_area.levels())
         self.update_state()
         self._add_recent(str(Path(path).resolve()))
         for title, text in report.notices:
@@ -508,13 +450,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _on_labelmap_changed(self) -> None:
         lm = self.labelmap
+        self.view_area.set_labelmap(lm)
         if lm is not None:
-            for v in self.views.values():
-                lm.listeners.append(v.labels_changed)
             lm.listeners.append(lambda _box: self.surface_view is not None and self.surface_view.schedule())
         self._connect_3d()
-        for v in self.views.values():
-            v.set_labelmap(lm)
         self._apply_overlay_style(*self.tool_panel.overlay_style())
         self.update_state()
 
@@ -545,8 +484,7 @@ class MainWindow(QtWidgets.QMainWindow):
             "Restore them?", default_yes=True)
         if ok:
             self.session.restore_recovery(info)
-            for v in self.views.values():
-                v.redraw_overlay()
+            self.view_area.redraw_overlay()
             n = info.edit_count
             self.statusBar().showMessage(f"Restored {n} edit{'s' if n != 1 else ''} from {info.saved_at_text}", 10000)
             self.update_state()
@@ -555,108 +493,28 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ================================================================== view
     def auto_window(self) -> None:
-        if self.scan is None:
-            return
-        d = self.scan.data
-        sample = d[::2, ::2, ::2]
-        nz = sample[sample > 0]
-        lo, hi = (np.percentile(nz, (0.5, 99.5)) if nz.size else (float(d.min()), float(d.max())))
-        if hi <= lo:
-            hi = lo + 1
-        vals = nz if nz.size else sample.ravel()
-        counts, edges = np.histogram(vals, bins=128)
-        self.histogram.item.plot.setData((edges[:-1] + edges[1:]) / 2, counts)
-        self.histogram.item.setHistogramRange(float(d.min()), float(d.max()))
-        self.histogram.item.setLevels(float(lo), float(hi))
-        self._on_levels_changed()
+        self.view_area.auto_window()
 
-    # ================================================================== threshold painting
     def _range_from_window(self) -> None:
-        lo, hi = self.histogram.item.getLevels()
-        self.tool_panel.set_range(lo, hi, enable=True)
-
-    def _on_range_dragged(self, *_):
-        lo, hi = self.range_region.getRegion()
-        self.tool_panel.set_range(lo, hi)
+        self.tool_panel.set_range(*self.view_area.levels(), enable=True)
 
     def _on_range_changed(self) -> None:
         rng = self.tool_state.intensity_range
-        self.range_region.setVisible(rng is not None)
+        self.view_area.show_range(rng)
         if rng is not None:
-            self.range_region.blockSignals(True)
-            self.range_region.setRegion(rng)
-            self.range_region.blockSignals(False)
             self.statusBar().showMessage(f"Painting limited to intensities {rng[0]:g} - {rng[1]:g}", 4000)
-        for v in self.views.values():
-            v.redraw_range()
-
-    def _on_levels_changed(self, *_):
-        lo, hi = self.histogram.item.getLevels()
-        for v in self.views.values():
-            v.set_levels(lo, hi)
-        self.level_label.setText(f"window {hi - lo:.0f}, level {(hi + lo) / 2:.0f}")
 
     def _apply_overlay_style(self, opacity: float, visible: bool, outline: bool) -> None:
-        for v in self.views.values():
-            v.set_overlay_style(opacity, visible, outline)
+        self.view_area.set_overlay_style(opacity, visible, outline)
         self.actions["toggle_overlay"].setChecked(visible)
         self.actions["toggle_outline"].setChecked(outline)
 
-    def set_cursor(self, voxel) -> None:
-        vox = tuple(int(v) for v in voxel)
-        for v in self.views.values():  # each set_slice rebuilds cursor_voxel: use the local copy
-            v.set_slice(vox[v.geometry_.axis])
-        self.cursor_voxel = vox
-        self._sync_cursor_to_views()
-
-    def _sync_cursor_to_views(self) -> None:
-        if self.scan is None:
-            return
-        if not hasattr(self, "cursor_voxel") or self.cursor_voxel is None or \
-                any(c >= s for c, s in zip(self.cursor_voxel, self.scan.shape)):
-            self.cursor_voxel = tuple(v.index for v in sorted(self.views.values(), key=lambda w: w.geometry_.axis))
-        for v in self.views.values():
-            v.set_cursor_voxel(self.cursor_voxel)
-        if getattr(self, "surface_view", None) is not None:
-            self.surface_view.set_cursor(self.cursor_voxel)
-
-    def _on_slice_changed(self, _k: int) -> None:
-        # slice changes move the linked cursor and trigger an autosave of pending edits
-        if self.scan is not None and all(v.geometry_ is not None for v in self.views.values()):
-            vox = [0, 0, 0]
-            for v in self.views.values():
-                vox[v.geometry_.axis] = v.index
-            self.cursor_voxel = tuple(vox)
-            for v in self.views.values():
-                v.set_cursor_voxel(self.cursor_voxel)
-            if self.surface_view is not None:
-                self.surface_view.set_cursor(self.cursor_voxel)
+    def _on_slice_changed(self) -> None:
+        # a slice change saves pending edits to the recovery file at once
         if self.labelmap is not None and self.labelmap.edit_count and self.session.autosave_due():
             self.session.autosave()
 
-    def _on_view_activated(self, view) -> None:
-        self.active_view = view
-
-    def _on_cursor_moved(self, voxel) -> None:
-        self._readout_voxel = voxel
-        if voxel is None or self.scan is None or any(c >= s for c, s in zip(voxel, self.scan.shape)):
-            self.readout.setText("")
-            return
-        x, y, z = voxel
-        val = self.scan.data[x, y, z]
-        txt = f"voxel ({x}, {y}, {z})   intensity {val:g}"
-        if self.labelmap is not None:
-            lab = int(self.labelmap.labels[x, y, z])
-            txt += f"   label {lab} {tissue_classes()[lab].name}"
-        world = self.scan.affine @ np.array([x, y, z, 1.0])
-        txt += f"   ({world[0]:.1f}, {world[1]:.1f}, {world[2]:.1f}) mm"
-        self.readout.setText(txt)
-
     # ================================================================== editing
-    def view_axis(self, plane: str) -> int:
-        """The array axis that the named view's slices run along."""
-        return self.views[plane].geometry_.axis
-
     def set_preview(self, on: bool) -> None:
         """While a label operation's result is previewed, editing is locked; views still scroll."""
         self._preview = bool(on)
@@ -758,22 +616,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.update_state()
 
     def _show_uncertainty(self, unc) -> None:
-        from engine.infer.inference import least_certain_slices
-
-        show = self.actions["toggle_uncertainty"].isChecked()
-        for v in self.views.values():
-            v.set_uncertainty(unc, show)
-        lst = self.segment_panel.uncertain_list
-        lst.clear()
-        if unc is not None:
-            for k, score in least_certain_slices(unc, 10, axis=self.axial_axis):
-                item = QtWidgets.QListWidgetItem(f"axial slice {k + 1}: {100 * score / np.log(4):.0f}% unsure")
-                item.setData(QtCore.Qt.UserRole, k)
-                item.setToolTip(f"mean entropy {score:.3f} (maximum ln 4 = 1.386) over the brain in this slice")
-                lst.addItem(item)
-        lst.setVisible(unc is not None)
-        self.segment_panel.uncertain_label.setVisible(unc is not None)
-        self.legend.setVisible(unc is not None)
+        self.view_area.show_uncertainty(unc, self.actions["toggle_uncertainty"].isChecked(), self.axial_axis)
         self.update_state()
 
     @property
@@ -781,17 +624,8 @@ class MainWindow(QtWidgets.QMainWindow):
         """The open scan's array axis normal to anatomically axial slices (2 for OASIS files)."""
         return self.session.axial_axis
 
-    def _view_of_axis(self, axis: int) -> SliceView:
-        """The view whose slices run along this array axis (the engine segments along axis 2)."""
-        return next(v for v in self.views.values() if v.geometry_ is not None and v.geometry_.axis == axis)
-
-    def _on_uncertain_clicked(self, item) -> None:
-        self._view_of_axis(self.axial_axis).set_slice(int(item.data(QtCore.Qt.UserRole)))
-
     def on_toggle_uncertainty(self) -> None:
-        show = self.actions["toggle_uncertainty"].isChecked()
-        for v in self.views.values():
-            v.set_uncertainty(self.uncertainty, show)
+        self.view_area.set_uncertainty_visible(self.uncertainty, self.actions["toggle_uncertainty"].isChecked())
 
     def _on_engine_failed(self, job_id: int, name: str, message: str) -> None:
         if name == "finetune":
@@ -905,37 +739,13 @@ class MainWindow(QtWidgets.QMainWindow):
         for v in self.views.values():
             v.gv.viewport().setCursor(cursor)
             v.brush_cursor.setVisible(False)
-            v.redraw_range()
+        self.view_area.redraw_range()
         self.statusBar().showMessage(f"Tool: {tool}", 2000)
-
-    def on_tool_navigate(self):
-        self._set_tool("navigate")
-
-    def on_tool_brush(self):
-        self._set_tool("brush")
-
-    def on_tool_eraser(self):
-        self._set_tool("eraser")
-
-    def on_tool_fill(self):
-        self._set_tool("fill")
 
     def _set_class(self, v: int) -> None:
         self.tool_state.value = v
         self.actions[f"class_{v}"].setChecked(True)
         self.statusBar().showMessage(f"Class {v}: {tissue_classes()[v].name}", 2000)
-
-    def on_class_0(self):
-        self._set_class(0)
-
-    def on_class_1(self):
-        self._set_class(1)
-
-    def on_class_2(self):
-        self._set_class(2)
-
-    def on_class_3(self):
-        self._set_class(3)
 
     def on_brush_smaller(self):
         self.tool_panel.size_spin.setValue(self.tool_panel.size_spin.value() - 1)
@@ -959,39 +769,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self._apply_layout()
 
     def _apply_layout(self):
-        single = self.actions["single_view"].isChecked()
         plane = next((p for p in ("axial", "coronal", "sagittal") if self.actions[f"plane_{p}"].isChecked()), "axial")
-        for p, v in self.views.items():
-            v.setVisible(not single or p == plane)
-        if single:  # window/level and the review list stay beside the one large view
-            self.grid.addWidget(self.views[plane], 0, 0, 2, 1)
-            self.grid.addWidget(self.hist_box, 0, 1, 2, 1)
-            self.grid.setColumnStretch(0, 3)
-            self.grid.setColumnStretch(1, 1)
-        else:
-            self.grid.setColumnStretch(0, 1)
-            self.grid.setColumnStretch(1, 1)
-            self.grid.addWidget(self.views["axial"], 0, 0)
-            self.grid.addWidget(self.views["coronal"], 0, 1)
-            self.grid.addWidget(self.views["sagittal"], 1, 0)
-            self.grid.addWidget(self.hist_box, 1, 1)
-        for v in self.views.values():
-            if v.geometry_ is not None:
-                QtCore.QTimer.singleShot(0, v.reset_zoom)
+        self.view_area.apply_layout(self.actions["single_view"].isChecked(), plane)
         self.update_state()
 
-    def on_plane_axial(self):
-        self._apply_layout()
-
-    def on_plane_coronal(self):
-        self._apply_layout()
-
-    def on_plane_sagittal(self):
-        self._apply_layout()
-
     def on_reset_view(self):
-        for v in self.views.values():
-            v.reset_zoom()
+        self.view_area.reset_zoom()
 
     def on_auto_window(self):
         self.auto_window()
@@ -1001,7 +784,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def on_segment_slice(self):
         if self.scan is not None:
-            self.start_segmentation(slices=[self._view_of_axis(self.axial_axis).index])
+            self.start_segmentation(slices=[self.view_area.view_of_axis(self.axial_axis).index])
 
     def on_cancel(self):
         # every job: the running one and any queued behind a model preload

@@ -112,7 +112,7 @@ def test_threshold_painting_limits_the_brush_and_shows_the_range(window, small_s
     panel.set_range(110, 130, enable=True)  # the grey-matter shell of the phantom is 120
     assert win.tool_state.intensity_range == (110.0, 130.0)
     ax = win.views["axial"]
-    assert ax.range_item.isVisible() and win.range_region.isVisible()
+    assert ax.range_item.isVisible() and win.view_area.range_region.isVisible()
     before = win.labelmap.labels.copy()
     rows = ax.geometry_.display_shape[0]
     drag(qtbot, ax, [(rows // 2, 2), (rows // 2, 45)])  # across background, GM, WM, GM
@@ -122,8 +122,8 @@ def test_threshold_painting_limits_the_brush_and_shows_the_range(window, small_s
     assert ((vals >= 110) & (vals <= 130)).all(), "only in-range voxels were painted"
     assert (before[changed] == 2).all()
     # the band on the histogram moves the range
-    win.range_region.setRegion((190, 210))
-    win.range_region.sigRegionChangeFinished.emit(win.range_region)
+    win.view_area.range_region.setRegion((190, 210))
+    win.view_area.range_region.sigRegionChangeFinished.emit(win.view_area.range_region)
     assert win.tool_state.intensity_range == (190.0, 210.0)
     panel.range_check.setChecked(False)
     assert win.tool_state.intensity_range is None and not ax.range_item.isVisible()

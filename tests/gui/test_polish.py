@@ -64,13 +64,13 @@ def test_the_wheel_over_a_training_plot_does_not_zoom_it(window):
 def test_one_view_keeps_window_level_and_review_in_sight(window, small_scan):
     window.open_scan(small_scan[0])
     window.actions["single_view"].trigger()
-    assert window.hist_box.isVisible() and window.review_box.isVisible()
+    assert window.view_area.hist_box.isVisible() and window.view_area.review_box.isVisible()
     assert not window.views["coronal"].isVisible()
 
 
 def test_first_time_user_is_told_how_to_segment(window, small_scan):
     window.open_scan(small_scan[0])
-    assert "Ctrl+R" in window.next_step.text()
+    assert "Ctrl+R" in window.view_area.next_step.text()
 
 
 def test_volumes_dialog_axis_and_csv_name(window, small_scan, tmp_path, dialogs):
@@ -99,7 +99,7 @@ def test_uncertainty_has_a_legend_and_plain_words(enet_window, small_scan, qtbot
     win.open_scan(small_scan[0])
     with qtbot.waitSignal(win.segmentationFinished, timeout=60000):
         win.actions["segment"].trigger()
-    assert win.legend.isVisible() and "How unsure" in win.legend.findChildren(QtWidgets.QLabel)[0].text()
+    assert win.view_area.legend.isVisible() and "How unsure" in win.view_area.legend.findChildren(QtWidgets.QLabel)[0].text()
     lst = win.segment_panel.uncertain_list
     assert lst.isVisible() and lst.count() > 0 and lst.item(0).text().endswith("% unsure")
     assert lst.item(0).text().startswith("axial slice ")

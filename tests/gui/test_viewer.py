@@ -27,7 +27,7 @@ def test_open_scroll_plane_and_window_level(window, small_scan, qtbot):
     cor = window.views["coronal"]
     assert cor.geometry_.row_spacing == pytest.approx(1.2)
     # window / level
-    window.histogram.item.setLevels(10, 90)
+    window.view_area.histogram.item.setLevels(10, 90)
     assert ax.image.levels == pytest.approx([10, 90])
     assert window.views["sagittal"].image.levels == pytest.approx([10, 90])
     # one view with a plane switch
