@@ -233,29 +233,36 @@ class TrainingPanel(QtWidgets.QWidget):
         return self._arch()
 
     def slices_to_learn(self) -> list[int]:
+        """Axial slices to learn from (what the panel counts first)."""
+        return self.plane_slices_to_learn().get("axial", [])
+
+    def plane_slices_to_learn(self) -> dict[str, list[int]]:
+        """Per plane, the slices to learn from: those corrected in that plane (a coronal stroke
+        teaches with its coronal slice), or with "all labelled slices" every axial slice that
+        holds labels."""
         lm = self.session.labelmap
         if lm is None:
-            return []
+            return {}
         if self.source.currentData() == "all":
             other = tuple(a for a in range(3) if a != lm.axial_axis)
-            return [int(k) for k in np.where(lm.labels.any(axis=other))[0]]
-        return lm.edited_axial_slices()
+            return {"axial": [int(k) for k in np.where(lm.labels.any(axis=other))[0]]}
+        axes = self.session.plane_axes
+        out = {p: lm.edited_slices(axes[p]) for p in ("axial", "coronal", "sagittal")}
+        return {p: ks for p, ks in out.items() if ks}
 
     def update_state(self) -> None:
         running = self.job_id is not None
-        n = len(self.slices_to_learn())
+        per = self.plane_slices_to_learn()
+        n = sum(len(v) for v in per.values())
         busy = self.engine.is_busy
         self.start_button.setEnabled(not running and not busy and n >= 1 and self.session.scan is not None)
         self.cancel_button.setEnabled(running)
         current = self.status.text()
-        idle_text = (not current or "to learn from." in current or current.startswith("Correct some"))
+        idle_text = (not current or "to learn from" in current or current.startswith("Correct some"))
         if not running and idle_text:
-            lm = self.session.labelmap
-            other = 0 if lm is None else sum(len(lm.edited_slices(a)) for a in range(3) if a != lm.axial_axis)
-            note = (f" ({other} slice(s) corrected in the coronal or sagittal plane are not used: fine-tuning "
-                    "learns from axial slices)") if other and self.source.currentData() == "corrected" else ""
-            self.status.setText((f"{n} axial slice(s) to learn from." if n else
-                                 "Correct some axial slices first (brush, eraser, fill), then fine-tune.") + note)
+            where = ", ".join(f"{len(v)} {p}" for p, v in per.items())
+            self.status.setText(f"{n} slice(s) to learn from ({where})." if n else
+                                "Correct some slices first (brush, eraser, fill), then fine-tune.")
 
     def refresh_versions(self) -> None:
         self.versions.clear()
@@ -287,8 +294,10 @@ class TrainingPanel(QtWidgets.QWidget):
         from engine.train.finetune import FinetuneConfig, finetune
 
         session = self.session
-        slices = self.slices_to_learn()
-        if session.scan is None or session.labelmap is None or not slices or self.engine.is_busy:
+        per = self.plane_slices_to_learn()
+        slices = per.get("axial", [])
+        others = {p: ks for p, ks in per.items() if p != "axial"}
+        if session.scan is None or session.labelmap is None or not per or self.engine.is_busy:
             return None
         arch = self._job_arch = self.arch()
         parent = self.store.active_dir(arch)
@@ -304,7 +313,7 @@ class TrainingPanel(QtWidgets.QWidget):
             return finetune(scan, labels, slices, parent, out, cfg,
                             on_progress=lambda p: progress(("step", p)),
                             on_epoch=lambda e: progress(("epoch", e)), cancel=cancel,
-                            scan_name=scan_name, version=name, affine=affine)
+                            scan_name=scan_name, version=name, affine=affine, plane_slices=others)
 
         self._losses, self._epochs = [], []
         self.loss_curve.setData([], [])
@@ -312,7 +321,7 @@ class TrainingPanel(QtWidgets.QWidget):
             c.setData([], [])
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
-        self.status.setText(f"Fine-tuning {parent.name} on {len(slices)} slices -> {name}...")
+        self.status.setText(f"Fine-tuning {parent.name} on {sum(len(v) for v in per.values())} slices -> {name}...")
         self.job_id = self.engine.submit("finetune", job)
         self.update_state()
         return self.job_id

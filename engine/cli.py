@@ -368,7 +368,9 @@ def cmd_finetune(args) -> int:
         raise CliError(f"{args.scan} is {_fmt_shape(scan.shape)} but {args.labels} is {_fmt_shape(labels.shape)}")
     from engine.io.conform import Conform
 
-    slices = parse_slices(args.slices, scan.shape[Conform.for_grid(scan.shape, scan.affine).native_axis("axial")])
+    plane = args.plane
+    picked = parse_slices(args.slices, scan.shape[Conform.for_grid(scan.shape, scan.affine).native_axis(plane)])
+    slices, others = (picked, None) if plane == "axial" else ([], {plane: picked})
     if args.__dict__.get("from"):
         src = Path(args.__dict__["from"])
         if not src.is_dir():  # a version name from the store
@@ -397,7 +399,7 @@ def cmd_finetune(args) -> int:
         store = ModelStore()
         arch = read_model_dir(parent).arch
         version, out = store.new_version_dir(arch)
-    res = finetune(scan.data, labels.data, slices, parent, out, cfg, on_epoch=on_epoch,
+    res = finetune(scan.data, labels.data, slices, parent, out, cfg, on_epoch=on_epoch, plane_slices=others,
                    scan_name=str(scan.path), version=version, affine=scan.affine)
     b, a = res.before.get("mean_tissue_dice"), res.after.get("mean_tissue_dice")
     print(f"wrote {res.version_dir} (parent {parent}) in {res.seconds:.1f} s; trained on slices {res.train_slices}, "
@@ -607,8 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", metavar="FILE", help="also write the softmax-entropy map (NIfTI)")
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("finetune", help="fine-tune a model on corrected axial slices")
+    p = sub.add_parser("finetune", help="fine-tune a model on corrected slices")
     p.add_argument("scan")
+    p.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default="axial",
+                   help="the plane the --slices were corrected in (default axial)")
     p.add_argument("--series", metavar="UID", help="a DICOM folder with several series: which one (UID or number)")
     p.add_argument("labels")
     p.add_argument("--slices", required=True)

@@ -77,6 +77,27 @@ def split_slices(slices: list[int], val_fraction: float, seed: int) -> tuple[lis
     return train, val
 
 
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def item_label(plane: str, k: int):
+    """How a corrected slice is recorded: an axial slice by its index (as before), another plane's
+    as 'coronal:105'."""
+    return int(k) if plane == "axial" else f"{plane}:{int(k)}"
+
+
+def split_items(items: list[tuple[str, int]], val_fraction: float, seed: int):
+    """split_slices over (plane, slice) pairs: about val_fraction of them held back."""
+    s = sorted(set(items), key=lambda it: (PLANES.index(it[0]), it[1]))
+    if len(s) < 2:
+        return s, []
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(s))
+    n_val = max(1, int(round(len(s) * val_fraction)))
+    key = lambda it: (PLANES.index(it[0]), it[1])  # noqa: E731
+    return sorted((s[i] for i in order[n_val:]), key=key), sorted((s[i] for i in order[:n_val]), key=key)
+
+
 def evaluate_slices(net, multiple: int, images: np.ndarray, labels: np.ndarray, batch: int = 8) -> dict:
     """Dice per class and confusion matrix of net on normalised slices (N,H,W) vs labels (N,H,W)."""
     mx = get_mx()
@@ -112,13 +133,16 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
              on_progress: Callable[[FitProgress], None] | None = None,
              on_epoch: Callable[[EpochReport], None] | None = None,
              cancel: CancelToken | None = None, scan_name: str = "", version: str | None = None,
-             affine: np.ndarray | None = None) -> FinetuneResult:
+             affine: np.ndarray | None = None, plane_slices: dict[str, list[int]] | None = None) -> FinetuneResult:
     """Fine-tune the model in parent_dir on anatomically axial `slices` of (scan, labels) - indices
-    along the scan's own superior-inferior array axis; write a new version to out_dir. `affine`
-    says how the scan lies (None: LAS 1 mm, the OASIS layout): each corrected slice is brought
-    in-plane to the networks' LAS 1 mm orientation exactly as Segmenter brings the scan
+    along the scan's own superior-inferior array axis - and on the coronal and sagittal slices in
+    `plane_slices` ({"coronal": [...], "sagittal": [...]}, indices along the scan's own axis for
+    that plane; the networks were trained on all three planes); write a new version to out_dir.
+    `affine` says how the scan lies (None: LAS 1 mm, the OASIS layout): each corrected slice is
+    brought in-plane to the networks' LAS 1 mm orientation exactly as Segmenter brings the scan
     (engine/io/conform.py), so corrections drawn on a sagittally stored or 0.8 mm scan teach the
-    right thing. Raises Cancelled (nothing written) or ValueError for unusable input."""
+    right thing. Slices of different planes are cropped around the brain and centred on one
+    canvas. Raises Cancelled (nothing written) or ValueError for unusable input."""
     from engine.core.classes import NUM_CLASSES
     from engine.infer.inference import load_network
     from engine.infer.preprocess import foreground_box, foreground_threshold
@@ -131,13 +155,20 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     if scan.shape != labels.shape:
         raise ValueError(f"scan {scan.shape} and labels {labels.shape} differ in shape")
     geo = Conform.for_grid(scan.shape, affine)
-    nax = geo.native_axis("axial")
-    slices = sorted({int(k) for k in slices if 0 <= int(k) < scan.shape[nax]})
-    if not slices:
+    wanted = {"axial": list(slices or [])}
+    for plane, ks in (plane_slices or {}).items():
+        if plane not in PLANES:
+            raise ValueError(f"unknown plane {plane!r}")
+        wanted[plane] = list(wanted.get(plane, [])) + list(ks)
+    items = sorted({(p, int(k)) for p, ks in wanted.items() for k in ks
+                    if 0 <= int(k) < scan.shape[geo.native_axis(p)]}, key=lambda it: (PLANES.index(it[0]), it[1]))
+    if not items:
         raise ValueError("no corrected slices to learn from")
-    train_s, val_s = split_slices(slices, cfg.val_fraction, cfg.seed)
-    if not train_s:
-        train_s, val_s = val_s, []
+    train_items, val_items = split_items(items, cfg.val_fraction, cfg.seed)
+    if not train_items:
+        train_items, val_items = val_items, []
+    train_s = [item_label(*it) for it in train_items]
+    val_s = [item_label(*it) for it in val_items]
     net, parent = load_network(parent_dir, mx.cpu())
     hybridize_for_training(net)
     multiple = int(net.multiple)
@@ -146,25 +177,40 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     thr = foreground_threshold(work_scan)
     scale = normalisation_scale(work_scan, foreground_mask(work_scan, thr)) if thr is not None else 1.0
     del work_scan
-    # the corrected slices only, on the work grid's axial orientation: (X, Y, N), slice i = slices[i]
-    stack = geo.plane_slices_to_work(scan, "axial", slices)
-    lab_stack = geo.plane_slices_to_work(labels, "axial", slices, classes=NUM_CLASSES)
-    pos = {k: i for i, k in enumerate(slices)}
-    norm = normalise(stack, scale)
+    # the corrected slices only, per plane, on the work grid's orientation of that plane: (A, B, N).
     # Train and validate on the in-plane box around the brain (and any label) of these slices,
     # with room for the augmentation's rotation and scaling: less work when the brain is small in
-    # the slice (a wide field of view, slices near the top). On the demo scan, 10 slices spread
-    # through the brain already span the whole 176x208 slice, so it saves nothing there.
-    keep = ((stack > thr) if thr is not None else np.zeros(stack.shape, bool)) | (lab_stack > 0)
-    bx, by = foreground_box(keep, multiple, margin=FINETUNE_CROP_MARGIN)
-    norm, lab_stack = norm[bx, by], lab_stack[bx, by]
-    pad = SlicePadding.for_shape(norm.shape[:2], multiple)
-    tr_i = [pos[k] for k in train_s]
-    va_i = [pos[k] for k in val_s]
-    tr_img = np.moveaxis(norm[:, :, tr_i], 2, 0)
-    tr_lab = np.moveaxis(lab_stack[:, :, tr_i], 2, 0).astype(np.uint8)
-    va_img = np.moveaxis(norm[:, :, va_i], 2, 0) if val_s else np.zeros((0,) + norm.shape[:2], np.float32)
-    va_lab = np.moveaxis(lab_stack[:, :, va_i], 2, 0).astype(np.uint8) if val_s else np.zeros((0,) + norm.shape[:2], np.uint8)
+    # the slice (a wide field of view, slices near the top). On the demo scan, 10 axial slices
+    # spread through the brain already span the whole 176x208 slice, so it saves nothing there.
+    crops, boxes = {}, {}
+    for plane in PLANES:
+        ks = [k for p, k in items if p == plane]
+        if not ks:
+            continue
+        stack = geo.plane_slices_to_work(scan, plane, ks)
+        lab_stack = geo.plane_slices_to_work(labels, plane, ks, classes=NUM_CLASSES)
+        keep = ((stack > thr) if thr is not None else np.zeros(stack.shape, bool)) | (lab_stack > 0)
+        bx, by = foreground_box(keep, multiple, margin=FINETUNE_CROP_MARGIN)
+        norm = normalise(stack, scale)[bx, by]
+        crops[plane] = {k: (norm[:, :, i], lab_stack[bx, by, i]) for i, k in enumerate(ks)}
+        boxes[plane] = [[bx.start, bx.stop], [by.start, by.stop]]
+    # one canvas for every plane's crops (each centred, background around it)
+    H = max(img.shape[0] for c in crops.values() for img, _ in c.values())
+    W = max(img.shape[1] for c in crops.values() for img, _ in c.values())
+
+    def canvas(its):
+        imgs = np.zeros((len(its), H, W), np.float32)
+        labs = np.zeros((len(its), H, W), np.uint8)
+        for n, (p, k) in enumerate(its):
+            img, lab = crops[p][k]
+            oy, ox = (H - img.shape[0]) // 2, (W - img.shape[1]) // 2
+            imgs[n, oy:oy + img.shape[0], ox:ox + img.shape[1]] = img
+            labs[n, oy:oy + img.shape[0], ox:ox + img.shape[1]] = lab
+        return imgs, labs
+
+    pad = SlicePadding.for_shape((H, W), multiple)
+    tr_img, tr_lab = canvas(train_items)
+    va_img, va_lab = canvas(val_items)
     before = evaluate_slices(net, multiple, va_img, va_lab)
     steps_per_epoch = cfg.steps_per_epoch or max(1, int(np.ceil(2 * len(train_s) / cfg.batch_size)))
     total = steps_per_epoch * cfg.epochs
@@ -218,9 +264,9 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         # a scan's path often holds a patient identifier: keep a short hash of its name only
         "scan": scan_fingerprint(scan_name),
-        "train_slices": train_s,
+        "train_slices": train_s,  # axial slices by index, others as "coronal:105"
         "val_slices": val_s,
-        "crop_box": [[bx.start, bx.stop], [by.start, by.stop]],
+        "crop_box": boxes["axial"] if list(boxes) == ["axial"] else boxes,
         "geometry": geo.describe() or "LAS 1 mm, used as stored",
         "settings": asdict(cfg),
         "before": before,

@@ -130,6 +130,11 @@ def test_finetune_cli_writes_version_segment_accepts(tmp_path, tiny_model_dir, c
     meta = json.loads((out / "model.json").read_text())
     assert len(meta["after"]["confusion_matrix"]) == 4 and "gm" in meta["after"]["dice"]
     assert main(["segment", str(p), "-o", str(tmp_path / "s.nii"), "--weights", str(out)]) == 0
+    # corrections made in coronal slices
+    assert main(["finetune", str(p), str(tmp_path / "lab.nii.gz"), "--plane", "coronal", "--slices", "20-24",
+                 "--from", str(tiny_model_dir), "--epochs", "1", "--batch-size", "2", "-o", str(tmp_path / "v2")]) == 0
+    meta = json.loads((tmp_path / "v2" / "model.json").read_text())
+    assert sorted(meta["train_slices"] + meta["val_slices"]) == [f"coronal:{k}" for k in range(20, 25)]
 
 
 def test_finetune_without_output_adds_a_store_version(tmp_path, tiny_model_dir, capsys, monkeypatch):

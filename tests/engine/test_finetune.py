@@ -123,3 +123,20 @@ def test_a_corrupt_active_json_is_kept_aside_and_reported(tiny_model_dir, tmp_pa
     backups = list(root.glob("active.json.corrupt-*"))
     assert len(backups) == 1 and backups[0].read_text().startswith('{"enet"')
     assert store.problems and "unreadable" in store.problems[0] and "active.json" in caplog.text
+
+
+def test_finetune_learns_from_coronal_and_sagittal_corrections_too(tiny_model_dir, tmp_path):
+    """Corrections made in other planes are training data in that plane (the networks were trained
+    on all three): the record lists them as 'coronal:k', crops of different shapes share one canvas,
+    and the held-back slices may be of any plane."""
+    scan, lab = _volume()  # 40 x 48 x 12: axial slices 40x48, coronal 40x12, sagittal 48x12
+    res = finetune(scan, lab, [3, 7], tiny_model_dir, tmp_path / "v",
+                   FinetuneConfig(epochs=1, batch_size=2, steps_per_epoch=2, val_fraction=0.4),
+                   plane_slices={"coronal": [20, 24], "sagittal": [15]})
+    meta = json.loads((tmp_path / "v" / "model.json").read_text())
+    got = sorted(map(str, meta["train_slices"] + meta["val_slices"]))
+    assert got == sorted(["3", "7", "coronal:20", "coronal:24", "sagittal:15"])
+    assert set(meta["crop_box"]) == {"axial", "coronal", "sagittal"}
+    assert len(res.val_slices) == 2 and meta["after"]["confusion_matrix"] is not None
+    with pytest.raises(ValueError, match="no corrected slices"):
+        finetune(scan, lab, [], tiny_model_dir, tmp_path / "none", plane_slices={"coronal": [999]})

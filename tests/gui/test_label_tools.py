@@ -131,7 +131,7 @@ def test_threshold_painting_limits_the_brush_and_shows_the_range(window, small_s
 
 def test_corrections_are_counted_in_the_plane_they_were_made_in(window, small_scan, qtbot):
     """Three axial strokes and one coronal stroke: '4 edits on 3 axial + 1 coronal slices', and
-    fine-tuning learns from the 3 axial slices and says the coronal one is not used."""
+    fine-tuning learns from each in its own plane."""
     win = window
     scan, labels, _ = small_scan
     win.open_scan(scan)
@@ -148,5 +148,5 @@ def test_corrections_are_counted_in_the_plane_they_were_made_in(window, small_sc
     assert win.labelmap.edited_axial_slices() == [6, 9, 12]
     panel = win.training_panel
     panel.update_state()
-    assert "3 axial slice(s) to learn from" in panel.status.text() and "1 slice(s) corrected in the coronal" in \
-        panel.status.text()
+    assert "4 slice(s) to learn from (3 axial, 1 coronal)" in panel.status.text()
+    assert panel.plane_slices_to_learn() == {"axial": [6, 9, 12], "coronal": [co.index]}
