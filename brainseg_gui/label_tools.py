@@ -160,8 +160,9 @@ class FillBetweenDialog(QtWidgets.QDialog):
     def _take_back(self) -> None:
         if self.preview_atom is not None:
             lm = self.win.labelmap
-            lm.undo()
-            lm.drop_redo()
+            if lm.last_step() is self.preview_atom:  # (a prediction waits while a preview shows)
+                lm.undo()
+                lm.drop_redo()
             self.preview_atom = None
             self.win.set_preview(False)
 

@@ -520,6 +520,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._preview = bool(on)
         if on and self.tool_state.tool != "navigate":
             self._set_tool("navigate")
+        self.session.set_preview(on)  # a prediction arriving meanwhile waits for the preview to end
         self.update_state()
 
     def on_fill_between(self) -> None:
@@ -548,7 +549,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_edit_finished(self, atom) -> None:
         if atom is not None:
             self.statusBar().showMessage(f"{atom.kind}: {atom.voxels} voxels changed", 3000)
-        self.session.stroke_finished()  # a prediction that arrived during the stroke lands now
+        self.session.flush_deferred()  # a prediction that arrived during the stroke lands now
         self.update_state()
 
     # ================================================================== autosave
@@ -723,11 +724,13 @@ class MainWindow(QtWidgets.QMainWindow):
     def on_undo(self) -> None:
         if self.labelmap is not None and self.labelmap.undo() is not None:
             self.statusBar().showMessage("Undone", 2000)
+        self.session.flush_deferred()  # undo during a drag ends the stroke: a waiting prediction lands
         self.update_state()
 
     def on_redo(self) -> None:
         if self.labelmap is not None and self.labelmap.redo() is not None:
             self.statusBar().showMessage("Redone", 2000)
+        self.session.flush_deferred()
         self.update_state()
 
     def _set_tool(self, tool: str) -> None:

@@ -50,7 +50,7 @@ class SegmentationController(QtCore.QObject):
         """Segment the volume (or the given axial slices). If the prediction would land on slices
         the user corrected, ask: keep the corrections (default), replace them, or cancel."""
         s = self.session
-        if s.scan is None or self.running or self.engine.is_busy:
+        if s.scan is None or self.running or self.engine.is_busy or s.labels_job_running:
             return None
         replace = False
         affected = s.corrections_on(slices)
@@ -147,10 +147,13 @@ class SegmentationController(QtCore.QObject):
             return
         what = "slice" if ticket.slices else "volume"
         geo = f" - {result.geometry}" if result.geometry else ""
-        kept = ""
         lm = self.session.labelmap
-        if lm is not None and lm.has_manual_edits:
-            kept = f"; your corrections on {len(lm.edited_axial_slices())} slice(s) were kept"
+        n = len(lm.edited_pairs()) if lm is not None else 0  # slices still holding corrections, any plane
+        if ticket.replace:
+            kept = "; your earlier corrections were replaced (Ctrl+Z brings them back)" + (
+                f", the {n} slice(s) you corrected while it ran were kept" if n else "")
+        else:
+            kept = f"; your corrections on {n} slice(s) were kept" if n else ""
         # short enough to stay readable beside the read-out; the planes and geometry go to the log
         log.info("segmented the %s with %s (%s) in %.1f s%s", what, result.model, "+".join(result.planes),
                  result.seconds, geo)

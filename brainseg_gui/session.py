@@ -90,7 +90,7 @@ class Session(QtCore.QObject):
     changed = QtCore.pyqtSignal()  # edits, dirty state, save path
     autosaveChanged = QtCore.pyqtSignal(str, str)  # state (idle|saving|saved|failed), text
     predictionLanded = QtCore.pyqtSignal(object, object)  # ticket, EditAtom or None
-    _autosaveDone = QtCore.pyqtSignal(int, str, str)  # revision, path, error ('' when it worked)
+    _autosaveDone = QtCore.pyqtSignal(int, int, str, str)  # label map generation, revision, path, error
 
     def __init__(self, parent=None, autosave_idle_ms: int = AUTOSAVE_IDLE_MS):
         super().__init__(parent)
@@ -100,12 +100,14 @@ class Session(QtCore.QObject):
         self.axial_axis = 2
         self.plane_axes = {"sagittal": 0, "coronal": 1, "axial": 2}
         self.pending: PredictionTicket | None = None  # a prediction job that will write labels
+        self.preview_active = False  # a label operation's preview is shown (label_tools.py)
         self._deferred: tuple[PredictionTicket, np.ndarray] | None = None  # landed mid-stroke
         # autosave
         self.autosave_state, self.autosave_text = "idle", ""
         self.last_autosave: float | None = None
         self._autosave_thread: threading.Thread | None = None
         self._autosaved_revision = -1
+        self._generation = 0
         self._failures = 0
         self.autosave_timer = QtCore.QTimer(self)
         self.autosave_timer.setSingleShot(True)
@@ -198,6 +200,7 @@ class Session(QtCore.QObject):
 
     def set_labelmap(self, lm: LabelMap | None) -> None:
         self.labelmap = lm
+        self._generation += 1  # an autosave result still on its way belongs to the old map
         self._autosaved_revision = -1
         if lm is not None:
             lm.listeners.append(self._on_labels_changed)
@@ -220,7 +223,7 @@ class Session(QtCore.QObject):
         if lm is None:
             return ""
         n = lm.edit_count
-        if n == 0:
+        if n == 0 or not lm.edited_pairs():  # none, or all superseded by a prediction
             return "no corrections"
         parts = []
         for plane in ("axial", "coronal", "sagittal"):  # counted in the plane each correction was made in
@@ -269,21 +272,33 @@ class Session(QtCore.QObject):
                 self.pending = None
             return "stale"
         lm = self.ensure_labelmap()
-        if lm.in_stroke:
+        if lm.in_stroke or self.preview_active:
             self._deferred = (ticket, labels)
             return "deferred"
         self.pending = None
         self._install(ticket, labels)
         return "landed"
 
-    def stroke_finished(self) -> None:
-        """Called when a brush stroke ends: a prediction that arrived during it lands now."""
-        if self._deferred is not None and self.labelmap is not None and not self.labelmap.in_stroke:
-            ticket, labels = self._deferred
-            self._deferred = None
+    def flush_deferred(self) -> None:
+        """A prediction that arrived during a brush stroke or a label operation's preview lands
+        once neither is in progress (called after strokes, undo/redo and previews end)."""
+        if self._deferred is None or self.labelmap is None or self.labelmap.in_stroke or self.preview_active:
+            return
+        ticket, labels = self._deferred
+        self._deferred = None
+        if self.pending is ticket:  # a newer job's ticket stays
             self.pending = None
-            if ticket.scan is self.scan:
-                self._install(ticket, labels)
+        if ticket.scan is self.scan:
+            self._install(ticket, labels)
+        self.changed.emit()
+
+    stroke_finished = flush_deferred
+
+    def set_preview(self, on: bool) -> None:
+        """A label operation's result is shown as a preview: predictions wait until it ends."""
+        self.preview_active = bool(on)
+        if not on:
+            self.flush_deferred()
 
     def _install(self, ticket: PredictionTicket, labels: np.ndarray) -> None:
         lm = self.ensure_labelmap()
@@ -299,8 +314,9 @@ class Session(QtCore.QObject):
         if self.labels_path is not None:
             return self.labels_path
         p = self.scan.path
-        if self.scan.source == "dicom":  # beside the series' folder, never inside it
-            return p.parent.with_name(f"{p.parent.name}_brainseg_seg.nii.gz")
+        if self.scan.source == "dicom":  # beside the series' folder, never inside it; one name per series
+            series = f"_s{self.scan.series_number}" if self.scan.series_number else ""
+            return p.parent.with_name(f"{p.parent.name}{series}_brainseg_seg.nii.gz")
         stem = p.name
         for suf in (".nii.gz", ".nii", ".hdr", ".img"):
             if stem.lower().endswith(suf):
@@ -332,9 +348,9 @@ class Session(QtCore.QObject):
 
     # ================================================================== recovery
     def restore_recovery(self, info: recovery.RecoveryInfo) -> None:
-        labels, predicted = recovery.load_recovery(info)
+        labels, predicted, baseline = recovery.load_recovery(info)
         lm = self.ensure_labelmap()
-        lm.restore(labels, info.edited_slices, info.edit_count, predicted, info.edited_pairs)
+        lm.restore(labels, info.edited_slices, info.edit_count, predicted, info.edited_pairs, baseline)
         self.changed.emit()
 
     def discard_recovery(self) -> None:
@@ -359,7 +375,10 @@ class Session(QtCore.QObject):
     def autosave(self) -> None:
         """Snapshot the labels to the recovery file in a worker thread (copy taken here)."""
         lm = self.labelmap
-        if not self.autosave_due() or lm.in_stroke:
+        if not self.autosave_due():
+            return
+        if lm.in_stroke:  # after the stroke (its end does not notify listeners)
+            self.autosave_timer.start()
             return
         if self._autosave_thread is not None and self._autosave_thread.is_alive():
             self.autosave_timer.start()
@@ -368,24 +387,25 @@ class Session(QtCore.QObject):
         predicted = None if lm.predicted is None else lm.predicted.copy()
         edited, count, rev, scan_path = lm.edited_axial_slices(), lm.unsaved_edits, lm.revision, self.scan.path
         pairs = lm.edited_pairs()
-        done = self._autosaveDone
+        baseline = lm.baseline.copy() if lm.predicted is None else None
+        done, gen = self._autosaveDone, self._generation
 
         def work():
             try:
-                p = recovery.save_recovery(scan_path, labels, edited, count, predicted, pairs)
+                p = recovery.save_recovery(scan_path, labels, edited, count, predicted, pairs, baseline)
             except Exception as exc:  # reported in the GUI thread, retried with back-off
                 log.exception("autosave failed")
                 reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                done.emit(rev, "", reason)
+                done.emit(gen, rev, "", reason)
             else:
-                done.emit(rev, str(p), "")
+                done.emit(gen, rev, str(p), "")
 
         self._set_autosave("saving", "Autosaving...")
         self._autosave_thread = threading.Thread(target=work, name="autosave", daemon=True)
         self._autosave_thread.start()
 
-    def _on_autosave_done(self, rev: int, path: str, error: str) -> None:
-        if self.labelmap is None:
+    def _on_autosave_done(self, gen: int, rev: int, path: str, error: str) -> None:
+        if self.labelmap is None or gen != self._generation:
             return
         if error:
             self._failures += 1

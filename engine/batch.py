@@ -40,7 +40,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["subject", "session", "scan", "input", "status", "error", "model", "model_version",
+COLUMNS = ["subject", "session", "scan", "input", "series", "status", "error", "model", "model_version",
            "csf_ml", "gm_ml", "wm_ml", "brain_ml", "tiv_ml", "csf_fraction", "gm_fraction", "wm_fraction",
            "voxel_mm", "seconds", "qc_flags", "mean_entropy", "mask", "uncertainty"]
 
@@ -118,9 +118,9 @@ def discover(inputs: list[str]) -> list[ScanItem]:
 
     items: list[ScanItem] = []
     for raw in inputs:
-        if glob.has_magic(raw):  # a glob: label maps it catches (*_seg, *_fseg, *_mask...) are left out
+        if glob.has_magic(raw):  # a glob: only what looks like a scan (not label maps, sidecars, .img halves)
             paths = [Path(p) for p in sorted(glob.glob(raw, recursive=True))]
-            paths = [p for p in paths if p.is_dir() or not LABEL_WORDS.search(_stem(p))]
+            paths = [p for p in paths if p.is_dir() or _is_scan_file(p) or (is_dicom_file(p) and p.is_file())]
         else:
             paths = [Path(raw)]
         if not paths:
@@ -229,7 +229,7 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
 
     t0 = time.perf_counter()
     row = {"subject": item.subject, "session": item.session, "scan": item.key, "input": item.path,
-           "status": "error", "error": ""}
+           "series": item.series or "", "status": "error", "error": ""}
     try:
         vol = read_volume(item.path, kind="image", series=item.series)
         seg = _segmenter(model_dir)
@@ -320,9 +320,19 @@ class Table:
             {k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
         data = buf.getvalue().encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        size = os.fstat(fd).st_size
         try:
-            os.write(fd, data)  # one write: a row is whole or (killed mid-write) cut off next time
+            # one write: a row is whole or (killed mid-write) cut off next time
+            done = os.write(fd, data)
+            while done < len(data):  # a short write (disk nearly full): finish it or take it back
+                n = os.write(fd, data[done:])
+                if n <= 0:
+                    raise OSError(f"{self.path}: could not append a row")
+                done += n
             os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)  # never a torn row in the middle of the table
+            raise
         finally:
             os.close(fd)
 
@@ -368,10 +378,21 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
         raise BatchError(f"{outdir / 'volumes.csv'} already has {len(existing)} rows: add --resume to continue "
                          "that batch, or choose a new OUTDIR")
     table.start()
-    done = {r["scan"] for r in existing if r.get("status") == "ok" or not retry_failed}
-    todo = [it for it in items if it.key not in done]
+    # a scan is done when a row names its input (and series); keys already in the table keep
+    # their input, so a resume with other inputs never writes one scan's files over another's
+    ident = lambda it: (str(Path(it.path).resolve()), it.series or "")  # noqa: E731
+    row_ident = lambda r: (str(Path(r.get("input", "")).resolve()), r.get("series") or "")  # noqa: E731
+    done = {row_ident(r) for r in existing if r.get("status") == "ok" or not retry_failed}
+    todo = [it for it in items if ident(it) not in done]
+    taken = {r["scan"]: row_ident(r) for r in existing}
+    for it in todo:
+        base, n = it.key, 1
+        while it.key in taken and taken[it.key] != ident(it):
+            n += 1
+            it.key = f"{base}_{n}"
     if retry_failed and existing:  # the failed rows are redone: keep only the others
-        kept = [r for r in existing if r.get("status") == "ok" or r["scan"] not in {i.key for i in todo}]
+        redo = {ident(i) for i in todo}
+        kept = [r for r in existing if r.get("status") == "ok" or row_ident(r) not in redo]
         if len(kept) != len(existing):
             from engine.core.atomic import atomic_write
 
@@ -411,6 +432,20 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
     return rows, count
 
 
+def _result_or_error_row(future, item: ScanItem) -> dict:
+    """A worker's row, or an error row when the worker itself died (killed, out of memory) or its
+    scans ran out of retries: the batch goes on; --resume --retry-failed redoes them."""
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        log.warning("%s: the worker processing it failed: %s", item.path, exc)
+        return {"subject": item.subject, "session": item.session, "scan": item.key, "input": item.path,
+                "series": item.series or "", "status": "error",
+                "error": f"the worker process failed ({type(exc).__name__}: {exc})".strip(), "seconds": 0}
+
+
 def _run_local(todo, outdir, model_dir, jobs, uncertainty, take) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -424,7 +459,7 @@ def _run_local(todo, outdir, model_dir, jobs, uncertainty, take) -> None:
         futs = {pool.submit(process_scan, it, str(outdir), str(model_dir), uncertainty): it for it in todo}
         try:
             for f in as_completed(futs):
-                take(f.result())
+                take(_result_or_error_row(f, futs[f]))
         except KeyboardInterrupt:
             for f in futs:
                 f.cancel()
@@ -441,10 +476,10 @@ def _run_dask(todo, outdir, model_dir, address, uncertainty, take) -> None:
     except (OSError, TimeoutError) as exc:
         raise BatchError(f"--scheduler {address}: cannot reach the Dask scheduler ({exc})") from exc
     try:
-        futs = [client.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, pure=False,
-                              retries=2, key=f"brainseg-{it.key}-{time.time_ns()}") for it in todo]
-        for f in as_completed(futs):
-            take(f.result())
+        futs = {client.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, pure=False,
+                              retries=2, key=f"brainseg-{it.key}-{time.time_ns()}"): it for it in todo}
+        for f in as_completed(list(futs)):
+            take(_result_or_error_row(f, futs[f]))
     finally:
         client.close()
 

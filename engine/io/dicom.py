@@ -207,4 +207,4 @@ def read_series(path: str | os.PathLike, series: str | None = None):
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
     desc = f" {info.description}" if info.description else ""
     name = f"{folder.name} (series {info.number or '?'}{desc})"
-    return vol, affine, dtype, name, sorted(info.files)
+    return vol, affine, dtype, name, sorted(info.files), info.number

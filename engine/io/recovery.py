@@ -50,7 +50,8 @@ def recovery_path(scan_path: str | os.PathLike) -> Path:
 
 
 def save_recovery(scan_path: str | os.PathLike, labels: np.ndarray, edited_slices: list[int],
-                  edit_count: int, predicted: np.ndarray | None = None, edited_pairs: list | None = None) -> Path:
+                  edit_count: int, predicted: np.ndarray | None = None, edited_pairs: list | None = None,
+                  baseline: np.ndarray | None = None) -> Path:
     """Write the snapshot atomically; returns its path. `edit_count` is the number of edits not
     saved yet (what a restore brings back)."""
     path = recovery_path(scan_path)
@@ -62,6 +63,8 @@ def save_recovery(scan_path: str | os.PathLike, labels: np.ndarray, edited_slice
     arrays = {"labels": labels, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     if predicted is not None:
         arrays["predicted"] = predicted
+    if baseline is not None:  # the labels as opened, where the network has not run: what edits are measured against
+        arrays["baseline"] = baseline
     np.savez_compressed(buf, **arrays)
     atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()), mode=0o600)  # labels of a patient: private
     return path
@@ -84,11 +87,13 @@ def find_recovery(scan_path: str | os.PathLike, shape: tuple[int, ...] | None = 
                         list(meta.get("edited_slices", [])), meta.get("edited"))
 
 
-def load_recovery(info: RecoveryInfo) -> tuple[np.ndarray, np.ndarray | None]:
+def load_recovery(info: RecoveryInfo) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(labels, predicted or None, the labels as opened or None)."""
     with np.load(info.path) as z:
         labels = z["labels"].astype(np.uint8)
         predicted = z["predicted"].astype(np.uint8) if "predicted" in z.files else None
-    return labels, predicted
+        baseline = z["baseline"].astype(np.uint8) if "baseline" in z.files else None
+    return labels, predicted, baseline
 
 
 def discard_recovery(scan_path: str | os.PathLike) -> None:

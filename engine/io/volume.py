@@ -78,6 +78,7 @@ class Volume:
     geometry_note: str | None = None
     warnings: list[str] = field(default_factory=list)
     source: str = ""  # "dicom" for a DICOM series (then `path` is its first image file)
+    series_number: str = ""  # a DICOM series' SeriesNumber
     display_name: str | None = None  # how to name it when the file name says little (a DICOM series)
 
     @property
@@ -192,11 +193,11 @@ def read_volume(path: str | os.PathLike, kind: str = "auto", series: str | None 
 
     layout_note = None
     geometry_note = None
-    source, display_name = "", None
+    source, display_name, series_number = "", None, ""
     suffix = path.suffix.lower()
     if path.is_dir() or dicom.is_dicom_file(path):
         try:
-            data, affine, source_dtype, display_name, files = dicom.read_series(path, series)
+            data, affine, source_dtype, display_name, files, series_number = dicom.read_series(path, series)
         except dicom.SeriesChoiceNeeded as exc:
             raise SeriesChoiceError(exc.folder, exc.series) from exc
         except dicom.DicomError as exc:
@@ -278,7 +279,8 @@ def read_volume(path: str | os.PathLike, kind: str = "auto", series: str | None 
         data = np.ascontiguousarray(data, dtype=np.float32)
     vol = Volume(data=data, affine=np.asarray(affine, dtype=np.float64), path=path, kind=kind,
                  source_dtype=str(source_dtype), layout_note=layout_note, geometry_note=geometry_note,
-                 source=source, display_name=display_name)
+                 source=source, display_name=display_name,
+                 series_number=series_number if source == "dicom" else "")
     log.info("read %s: %s %s voxel %s %s%s", path, kind, vol.shape,
              tuple(round(v, 3) for v in vol.voxel_size), vol.orientation,
              f" ({layout_note})" if layout_note else "")

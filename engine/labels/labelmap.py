@@ -194,6 +194,14 @@ class LabelMap:
         """Every corrected slice as (array axis, slice)."""
         return sorted(key for key, n in self._edited.items() if n > 0)
 
+    @property
+    def baseline(self) -> np.ndarray:
+        """The labels as they were opened (a file, zeros, or what a recovery said they were)."""
+        return self._baseline
+
+    def last_step(self) -> EditAtom | None:
+        return self._undo[-1] if self._undo else None
+
     def reference(self) -> np.ndarray:
         """What the user's corrections are measured against: the network's prediction where it
         ran, else the labels as they were opened."""
@@ -502,7 +510,8 @@ class LabelMap:
         return tuple(slice(index, index + 1) if a == axis else next(it) for a in range(3))  # type: ignore[return-value]
 
     def restore(self, labels: np.ndarray, edited_slices: list[int], edit_count: int,
-                predicted: np.ndarray | None = None, edited_pairs: list | None = None) -> None:
+                predicted: np.ndarray | None = None, edited_pairs: list | None = None,
+                baseline: np.ndarray | None = None) -> None:
         """Load recovered labels (after a crash) as a new baseline: the recovered map with its
         record of edited slices, and no undo step that one Ctrl+Z would use to wipe every
         restored edit (the recovery file holds a snapshot, not the strokes). It is unsaved."""
@@ -511,6 +520,8 @@ class LabelMap:
             raise ValueError(f"recovered labels {new.shape} != label map {self.labels.shape}")
         if predicted is not None:
             self.predicted = np.asarray(predicted, dtype=np.uint8).copy()
+        if baseline is not None and np.shape(baseline) == self.labels.shape:
+            self._baseline = np.asarray(baseline, dtype=np.uint8).copy()
         self.labels[...] = new
         self._undo.clear()
         self._redo.clear()

@@ -198,3 +198,34 @@ def test_weights_takes_a_train_folder_a_version_name_or_a_model_folder(tmp_path,
     assert main(["segment", str(scan), "-o", str(tmp_path / "m.nii.gz"), "--weights", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "looked for" in err and "model.json" in err and "best" in err
+
+
+def test_globs_take_scans_only_and_resume_matches_inputs_not_names(tmp_path, tiny_model_dir, capsys):
+    """Review findings: a glob over a folder with an Analyze pair and a JSON sidecar finds one scan;
+    a resume with an extra input of the same name processes it under a new name."""
+    d = tmp_path / "d"
+    d.mkdir()
+    nib.save(nib.AnalyzeImage(np.ones((8, 8, 8), np.int16), np.eye(4)), str(d / "a_t88_masked_gfc.hdr"))
+    (d / "a.json").write_text("{}")
+    items = batch.discover([str(d / "*")])
+    assert [Path(i.path).name for i in items] == ["a_t88_masked_gfc.hdr"]
+    _scan(tmp_path / "c1" / "x.nii.gz", 1)
+    _scan(tmp_path / "c2" / "x.nii.gz", 2)
+    out = tmp_path / "out"
+    batch.run(batch.discover([str(tmp_path / "c2" / "x.nii.gz")]), out, tiny_model_dir)
+    rows, n = batch.run(batch.discover([str(tmp_path / "c1" / "x.nii.gz"), str(tmp_path / "c2" / "x.nii.gz")]),
+                        out, tiny_model_dir, resume=True)
+    assert n == 1 and len(rows) == 2
+    by_input = {Path(r["input"]).parent.name: r for r in rows}
+    assert by_input["c2"]["scan"] == "x" and by_input["c1"]["scan"] == "x_2"
+    assert (out / "masks" / "x_seg.nii.gz").exists() and (out / "masks" / "x_2_seg.nii.gz").exists()
+
+
+def test_a_dead_worker_is_an_error_row_not_the_end_of_the_batch():
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    f = Future()
+    f.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+    row = batch._result_or_error_row(f, batch.ScanItem("s1", "s1", "", "/x/s1.nii.gz"))
+    assert row["status"] == "error" and "BrokenProcessPool" in row["error"] and row["scan"] == "s1"

@@ -24,7 +24,7 @@ def test_open_a_dicom_folder_choose_a_series_and_save_nifti(window, tmp_path, di
     lm = window.session.ensure_labelmap()
     lm.paint("axial", 5, [(10, 10)], 3, 2)
     path = window.default_labels_path()
-    assert path.parent == tmp_path and path.name == "dcm_brainseg_seg.nii.gz", "beside the series, not inside"
+    assert path.parent == tmp_path and path.name == "dcm_s2_brainseg_seg.nii.gz", "beside the series, named by it"
     assert window.save_labels_to(path)
     img = nib.load(str(path))
     np.testing.assert_allclose(img.affine, window.scan.affine, atol=1e-5)

@@ -82,3 +82,76 @@ def test_save_refuses_the_scan_and_writes_elsewhere(session, small_scan, tmp_pat
     out = tmp_path / "mask.nii.gz"
     session.save_labels_to(out)
     assert not session.dirty and read_volume(out, kind="labels").data[10, 10, 3] == 2
+
+
+def test_a_prediction_waits_for_a_preview_and_for_undo_ending_a_stroke(session, small_scan):
+    """Review findings: a prediction arriving during a label operation's preview waits for it; one
+    deferred during a stroke lands when Ctrl+Z ends the stroke; a newer job's ticket survives."""
+    scan, labels, _ = small_scan
+    session.open_scan(scan)
+    session.open_labels(labels)
+    lm = session.labelmap
+    ticket = session.begin_prediction(None, replace=False)
+    session.set_preview(True)
+    assert session.land_prediction(ticket, np.full(lm.shape, 3, np.uint8)) == "deferred"
+    assert lm.predicted is None
+    session.set_preview(False)
+    assert lm.predicted is not None and not session.labels_job_running
+    # deferred during a stroke, then the stroke ends through undo (no mouse release)
+    t2 = session.begin_prediction(None, replace=False)
+    lm.begin_stroke("axial", 5, 1)
+    lm.stroke_to((10, 10), 2)
+    assert session.land_prediction(t2, np.full(lm.shape, 2, np.uint8)) == "deferred"
+    t3 = session.begin_prediction([4], replace=False)  # a newer job started meanwhile
+    lm.undo()  # ends the stroke and undoes it
+    session.flush_deferred()
+    assert (lm.predicted == 2).all() and session.pending is t3, "the newer job's ticket stays"
+
+
+def test_autosave_retries_after_a_stroke_and_ignores_an_old_maps_result(session, small_scan, qtbot):
+    scan, labels, _ = small_scan
+    session.open_scan(scan)
+    session.open_labels(labels)
+    lm = session.labelmap
+    lm.begin_stroke("axial", 5, 1)
+    lm.stroke_to((10, 10), 2)
+    session.autosave_timer.stop()
+    session.autosave()  # fires mid-stroke
+    assert session.autosave_timer.isActive(), "tried again later, not forgotten"
+    lm.end_stroke()
+    old_gen = session._generation
+    session.open_labels(labels)  # another label map
+    session._autosaveDone.emit(old_gen, 99, "/x", "")
+    assert session.autosave_state != "saved", "a result for the old map is ignored"
+
+
+def test_after_replacing_corrections_the_summary_says_none(session, small_scan):
+    scan, labels, _ = small_scan
+    session.open_scan(scan)
+    session.open_labels(labels)
+    lm = session.labelmap
+    lm.paint("axial", 4, [(24, 28)], 2, 1)
+    assert session.edit_summary() == "1 edit on 1 axial slice"
+    t = session.begin_prediction(None, replace=True)
+    session.land_prediction(t, np.full(lm.shape, 3, np.uint8))
+    assert session.edit_summary() == "no corrections"
+
+
+def test_a_restore_keeps_what_the_labels_were_when_opened(session, small_scan, home):
+    """Recovered edits to an opened label map (never segmented): a later prediction keeps only the
+    edits, not every opened label (the recovery file holds the labels as opened)."""
+    from engine.io import recovery
+
+    scan, labels, _ = small_scan
+    session.open_scan(scan)
+    session.open_labels(labels)
+    lm = session.labelmap
+    lm.paint("axial", 4, [(24, 28)], 2, 1)
+    edits = int((lm.labels != lm.baseline).sum())
+    assert edits > 0
+    recovery.save_recovery(scan, lm.labels, lm.edited_axial_slices(), 1, None, lm.edited_pairs(), lm.baseline)
+    fresh = Session()  # the app after a crash
+    report = fresh.open_scan(scan)
+    fresh.restore_recovery(report.recovery)
+    assert int(fresh.labelmap.corrected_mask().sum()) == edits, "the opened labels are not 'corrections'"
+    fresh.shutdown()
