@@ -98,6 +98,9 @@ class ViewArea(QtWidgets.QWidget):
         lg.addWidget(lg_title, 0, 0, 1, 3)
         bar = QtWidgets.QLabel()
         bar.setPixmap(heat_legend_pixmap())
+        bar.setScaledContents(True)  # as wide as its labels: "50%" sits at the middle
+        bar.setFixedHeight(12)
+        bar.setSizePolicy(QtWidgets.QSizePolicy.Expanding, QtWidgets.QSizePolicy.Fixed)
         lg.addWidget(bar, 1, 0, 1, 3)
         lg.addWidget(QtWidgets.QLabel("sure"), 2, 0)
         half = QtWidgets.QLabel("50%")
