@@ -188,7 +188,9 @@ def run_operation(window, kind: str) -> None:
     elif kind == "largest":
         label, fn = "kept the largest piece", lambda: ops.keep_largest(lm.labels)
     elif kind == "smooth":
-        mm = dialogs.get_number(window, "Smooth labels", "Smooth class boundaries by (mm):",
+        mm = dialogs.get_number(window, "Smooth labels",
+                                "Smooth class boundaries by (mm). Thin structures (sulcal CSF) shrink: on the "
+                                "demo 1 mm removes a fifth of the CSF, 0.5 mm almost nothing.",
                                 window.prefs_smooth_mm, 0.1, 20.0, decimals=1)
         if mm is None:
             return
@@ -201,11 +203,13 @@ def run_operation(window, kind: str) -> None:
     except ops.OpError as exc:
         dialogs.show_error(window, "Cannot do that", str(exc))
         return
+    change = ops.describe_change(ops.volume_change(lm.labels, new))
     atom = lm.apply_volume(new, kind)
     if atom is None:
         window.statusBar().showMessage(f"Nothing to change ({label.split(' ', 1)[1]})", 5000)
     else:
-        window.statusBar().showMessage(f"{label.capitalize()}: {atom.voxels:,} voxels changed (Ctrl+Z undoes)", 8000)
+        window.statusBar().showMessage(f"{label.capitalize()}: {atom.voxels:,} voxels changed; volumes {change} "
+                                       "(Ctrl+Z undoes)", 15000)
     window.update_state()
 
 

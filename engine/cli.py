@@ -486,6 +486,7 @@ def cmd_postprocess(args) -> int:
     save_labels(args.output, lab, vol.affine)
     for what, before, after in steps:
         print(f"{what}: {int((before != after).sum()):,} voxels changed")
+    print(f"tissue volumes changed: {ops.describe_change(ops.volume_change(vol.data, lab))}")
     print(f"wrote {args.output}")
     return 0
 

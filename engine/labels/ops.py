@@ -175,14 +175,34 @@ def keep_largest(labels: np.ndarray, per_class: bool = False) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- smoothing
+def volume_change(before: np.ndarray, after: np.ndarray) -> dict[int, float]:
+    """Relative change of each tissue class's voxel count (class -> fraction, e.g. -0.22)."""
+    out = {}
+    b = np.bincount(np.asarray(before).ravel(), minlength=4)
+    a = np.bincount(np.asarray(after).ravel(), minlength=4)
+    for c in range(1, len(b)):
+        if b[c]:
+            out[c] = float(a[c] - b[c]) / float(b[c])
+    return out
+
+
+def describe_change(change: dict[int, float]) -> str:
+    from engine.core.classes import tissue_classes
+
+    names = {tc.value: tc.key.upper() for tc in tissue_classes()}
+    return ", ".join(f"{names.get(c, c)} {100 * f:+.1f}%" for c, f in change.items())
+
+
 def smooth(labels: np.ndarray, mm: float, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
            method: str = "gaussian") -> np.ndarray:
     """Smooth class boundaries by about `mm` millimetres.
 
     gaussian (default): all classes at once - each class's indicator is blurred with a Gaussian of
     sigma `mm` (in voxels per axis from `spacing`) and each voxel takes the class with the largest
-    blurred value, so classes never overlap or open gaps (Slicer's joint smoothing).
-    median: a median filter of width about `mm` per axis (odd, at least 1 voxel)."""
+    blurred value, so classes never overlap or open gaps (Slicer's joint smoothing). Structures
+    thinner than about 2 sigma lose to their neighbours: on the demo's segmentation 1 mm removes
+    22% of the CSF (the thin sulcal CSF), 0.5 mm almost nothing. `volume_change` says what it did.
+    median: the median label over a window of +-`mm` per axis (at least one voxel each side)."""
     lab = _as_labels(labels)
     if not np.isfinite(mm) or mm <= 0:
         raise OpError(f"smoothing must be a positive number of mm, got {mm}")
@@ -190,7 +210,7 @@ def smooth(labels: np.ndarray, mm: float, spacing: tuple[float, float, float] = 
     if len(sp) != 3 or min(sp) <= 0:
         raise OpError(f"voxel spacing must be three positive numbers, got {spacing}")
     if method == "median":
-        size = [max(1, int(round(mm / s)) | 1) for s in sp]
+        size = [2 * max(1, int(round(mm / s))) + 1 for s in sp]
         return ndi.median_filter(lab, size=size, mode="nearest").astype(np.uint8)
     if method != "gaussian":
         raise OpError(f"unknown smoothing method {method!r} (gaussian or median)")

@@ -78,8 +78,10 @@ def test_smoothing_removes_jaggies_without_gaps_or_overlaps():
     assert islands(out) < islands(lab)
     for c in (2, 3):  # volumes about kept (a small ball loses some to its curvature)
         assert abs(int((out == c).sum()) - int((lab == c).sum())) < 0.15 * (lab == c).sum()
-    med = ops.smooth(lab, 3, (1.0, 1.0, 1.0), method="median")
+    med = ops.smooth(lab, 1, (1.0, 1.0, 1.0), method="median")  # +-1 mm: a 3x3x3 window, not a no-op
     assert islands(med) < islands(lab)
+    ch = ops.volume_change(lab, out)
+    assert set(ch) == {2, 3} and ops.describe_change(ch).startswith("GM ")
     with pytest.raises(ops.OpError):
         ops.smooth(lab, -1)
 
@@ -117,6 +119,7 @@ def test_postprocess_cli_fills_cleans_and_keeps_the_grid(tmp_path, capsys):
                  "--keep-largest", "--smooth", "1"]) == 0
     text = capsys.readouterr().out
     assert "fill between axial slices 2-8 (drawn: 2)" in text and "voxels changed" in text
+    assert "tissue volumes changed: " in text and "GM +" in text
     img = nib.load(str(out))
     np.testing.assert_allclose(img.affine, aff, atol=1e-5)
     res = np.asanyarray(img.dataobj)
