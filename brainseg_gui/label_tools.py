@@ -80,6 +80,14 @@ class FillBetweenDialog(QtWidgets.QDialog):
         self.plane.currentIndexChanged.connect(self._defaults)
         self.source.currentIndexChanged.connect(self._defaults)
         self._defaults()
+        for sb in (self.first, self.last):  # a changed range makes a shown preview out of date
+            sb.valueChanged.connect(self._range_edited)
+        self._preview_lm = None
+        self._was_clean = False
+
+    def _range_edited(self, *_):
+        self._take_back()
+        self._describe()
 
     # slices are shown 1-based, as in the view titles
     def axis(self) -> int:
@@ -95,22 +103,32 @@ class FillBetweenDialog(QtWidgets.QDialog):
         lo, hi = self.first.value() - 1, self.last.value() - 1
         return [k for k in drawn if lo <= k <= hi]
 
+    def _set_range_quietly(self, first: int, last: int) -> None:
+        for sb, v in ((self.first, first), (self.last, last)):
+            sb.blockSignals(True)
+            sb.setValue(v)
+            sb.blockSignals(False)
+
     def _defaults(self, *_):
         self._take_back()
         lm = self.win.labelmap
+        if lm is None:  # the scan was closed under the dialog
+            return
         ax = self.axis()
         n = lm.shape[ax]
         for sb in (self.first, self.last):
+            sb.blockSignals(True)
             sb.setRange(1, n)
-        self.first.setValue(1)
-        self.last.setValue(n)
+            sb.blockSignals(False)
+        self._set_range_quietly(1, n)
         keys = self.keys()
         if len(keys) >= 2:
-            self.first.setValue(keys[0] + 1)
-            self.last.setValue(keys[-1] + 1)
+            self._set_range_quietly(keys[0] + 1, keys[-1] + 1)
         self._describe()
 
     def _describe(self):
+        if self.win.labelmap is None:
+            return [], 0
         keys = self.keys()
         gaps = sum(b - a - 1 for a, b in zip(keys[:-1], keys[1:]))
         if len(keys) < 2:
@@ -141,6 +159,8 @@ class FillBetweenDialog(QtWidgets.QDialog):
         new = self._compute()
         if new is None:
             return False
+        self._preview_lm = self.win.labelmap
+        self._was_clean = self._preview_lm.is_clean
         self.preview_atom = self.win.labelmap.apply_volume(new, "fill between", axis=self.axis())
         self.win.set_preview(self.preview_atom is not None)
         if self.preview_atom is not None:
@@ -159,10 +179,12 @@ class FillBetweenDialog(QtWidgets.QDialog):
 
     def _take_back(self) -> None:
         if self.preview_atom is not None:
-            lm = self.win.labelmap
-            if lm.last_step() is self.preview_atom:  # (a prediction waits while a preview shows)
+            lm = self._preview_lm
+            if lm is not None and lm.last_step() is self.preview_atom:  # (predictions wait while it shows)
                 lm.undo()
                 lm.drop_redo()
+                if self._was_clean:  # cancelling a preview leaves a saved document saved
+                    lm.mark_clean()
             self.preview_atom = None
             self.win.set_preview(False)
 
@@ -204,7 +226,7 @@ def run_operation(window, kind: str) -> None:
         dialogs.show_error(window, "Cannot do that", str(exc))
         return
     change = ops.describe_change(ops.volume_change(lm.labels, new))
-    atom = lm.apply_volume(new, kind)
+    atom = lm.apply_volume(new, kind, user=False)  # a clean-up, not corrections to learn from
     if atom is None:
         window.statusBar().showMessage(f"Nothing to change ({label.split(' ', 1)[1]})", 5000)
     else:
@@ -260,12 +282,13 @@ class PngExportDialog(QtWidgets.QDialog):
         lm, scan = win.labelmap, win.scan
         try:
             if self.values.isChecked():
-                self.files = _busy(lambda: export_png_slices(lm.labels, d))
+                self.files = _busy(lambda: export_png_slices(lm.labels, d, axis=win.axial_axis))
             else:
                 plane = self.plane.currentData()
                 self.files = _busy(lambda: export_png(
                     lm.labels, scan.affine, d, plane=plane, scan=scan.data if self.over_scan.isChecked() else None,
-                    montage=self.montage.isChecked(), opacity=win.tool_panel.overlay_style()[0] or 0.5))
+                    montage=self.montage.isChecked(), opacity=win.tool_panel.overlay_style()[0] or 0.5,
+                    window=win.view_area.levels()))  # the window/level on screen
         except (OSError, ValueError) as exc:
             dialogs.show_error(self, "Export failed", f"{d}: {exc}")
             return

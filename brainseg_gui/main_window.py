@@ -353,7 +353,8 @@ class MainWindow(QtWidgets.QMainWindow):
         for key in ("fill_between", "remove_islands", "keep_largest", "smooth_labels"):
             a[key].setEnabled(has_labels and not preview and not labels_job)
         if preview:
-            for key in ("segment", "segment_slice", "open_labels", "open_scan", "open_demo", "open_dicom"):
+            for key in ("segment", "segment_slice", "open_labels", "open_scan", "open_demo", "open_dicom",
+                        "save_labels", "save_labels_as", "export_png"):  # a preview is not the document
                 a[key].setEnabled(False)
         else:
             for key in ("open_scan", "open_demo", "open_dicom"):
@@ -391,9 +392,16 @@ class MainWindow(QtWidgets.QMainWindow):
         return "Correct with the brush (B), eraser (E) or fill (F); classes 0-3 by number key; F1 lists all keys."
 
     # ================================================================== opening
+    def _end_preview(self) -> None:
+        """Take back a label operation's preview before the document changes under it."""
+        dlg = getattr(self, "fill_dialog", None)
+        if dlg is not None and dlg.isVisible():
+            dlg.reject()
+
     def open_scan(self, path: str | os.PathLike, series: str | None = None) -> bool:
         """Open a scan (a file, or a DICOM series by its folder or any of its files); on error
         show it and keep whatever was open. Returns success."""
+        self._end_preview()
         if not self._confirm_discard("open another scan"):
             return False
         t0 = time.perf_counter()
@@ -416,8 +424,10 @@ class MainWindow(QtWidgets.QMainWindow):
         vol = report.volume
         self.view_area.set_scan(vol)
         self._connect_3d()
-        if self.tool_state.intensity_range is None:  # a starting range for threshold painting
-            self.tool_panel.set_range(*self.view_area.levels())
+        # threshold painting starts off, at this scan's window (its intensities may be another scale)
+        lo, hi = self.view_area.levels()
+        self.tool_panel.set_decimals(1 if hi - lo > 20 else 3)
+        self.tool_panel.set_range(lo, hi, enable=False)
         self.update_state()
         self._add_recent(str(Path(path).resolve()))
         for title, text in report.notices:
@@ -426,6 +436,8 @@ class MainWindow(QtWidgets.QMainWindow):
         log.info("%s (%.0f ms)", report.message, (time.perf_counter() - t0) * 1000)
         if report.recovery is not None:
             self._offer_recovery(report.recovery)
+        if self.tool_state.tool != "navigate":  # the brush still chosen paints at once on this scan
+            self.session.ensure_labelmap()
         self._preload_model()
         self.scanOpened.emit(str(path))
         return True
@@ -438,6 +450,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def open_labels(self, path: str | os.PathLike) -> bool:
         if self.scan is None:
             return False
+        self._end_preview()
         if not self._confirm_discard("load other labels"):
             return False
         try:
@@ -826,6 +839,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.restoreState(st)
 
     def closeEvent(self, ev):
+        self._end_preview()
         if self.engine.is_busy and not dialogs.ask_yes_no(
                 self, "Quit while working?", "A segmentation or fine-tuning is running. Cancel it and quit?"):
             ev.ignore()

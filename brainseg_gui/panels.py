@@ -141,6 +141,12 @@ class ToolPanel(QtWidgets.QWidget):
     def _protect_changed(self, _i: int) -> None:
         self.state.protect = self.protect_combo.currentData()
 
+    def set_decimals(self, n: int) -> None:
+        """Decimals of the range boxes: 1 for scans in the hundreds, 3 for scans scaled 0-1."""
+        for sb in (self.range_lo, self.range_hi):
+            sb.setDecimals(n)
+            sb.setSingleStep(10 ** (1 - n))
+
     def set_range(self, lo: float, hi: float, enable: bool | None = None) -> None:
         for sb, v in ((self.range_lo, lo), (self.range_hi, hi)):
             sb.blockSignals(True)

@@ -157,6 +157,7 @@ class Session(QtCore.QObject):
         """Forget the scan, its labels and its recovery file (the caller asked about unsaved edits)."""
         self.pending = None
         self._deferred = None
+        self.preview_active = False
         if self.scan is not None:
             self.discard_recovery()
         self.set_labelmap(None)

@@ -255,7 +255,9 @@ class TrainingPanel(QtWidgets.QWidget):
         per = self.plane_slices_to_learn()
         n = sum(len(v) for v in per.values())
         busy = self.engine.is_busy
-        self.start_button.setEnabled(not running and not busy and n >= 1 and self.session.scan is not None)
+        # not while a label operation's preview shows: the snapshot would learn from it
+        self.start_button.setEnabled(not running and not busy and n >= 1 and self.session.scan is not None
+                                     and not self.session.preview_active)
         self.cancel_button.setEnabled(running)
         current = self.status.text()
         idle_text = (not current or "to learn from" in current or current.startswith("Correct some"))

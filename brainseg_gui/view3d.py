@@ -61,6 +61,8 @@ class SurfaceView(QtWidgets.QWidget):
         self._pool: ProcessPoolExecutor | None = None
         self._busy = False
         self._pending = False
+        self._stale = False  # edits while hidden: rebuild when shown
+        self._closed = False
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
         self.problem = opengl_problem()
@@ -117,20 +119,28 @@ class SurfaceView(QtWidgets.QWidget):
         self.schedule()
 
     def schedule(self) -> None:
-        """Rebuild a moment after the last edit (only while the view is shown)."""
-        if self.labels_fn is not None and self.isVisible():
+        """Rebuild a moment after the last edit (while the view is shown; else when it is)."""
+        if self.labels_fn is None or self.gl is None:  # nothing is drawn without OpenGL: build nothing
+            return
+        if self.isVisible():
             self.timer.start()
+        else:
+            self._stale = True
 
     def showEvent(self, ev):
         super().showEvent(ev)
-        if self.labels_fn is not None and not self.meshes:
+        if self.labels_fn is not None and (self._stale or not self.meshes):
             self.timer.start(0)
 
     def rebuild(self) -> None:
-        if self.labels_fn is None:
+        if self.labels_fn is None or self._closed or self.gl is None:
             return
+        self._stale = False
         labels = self.labels_fn()
-        if labels is None:
+        if labels is None or not np.any(labels):  # a new scan without labels: no old surfaces
+            self.meshes = {}
+            self._draw()
+            self.status.setText("No labels yet: segment (Ctrl+R) or paint to see surfaces here.")
             return
         if self._busy:  # one build at a time; the newest edits get the next one
             self._pending = True
@@ -138,12 +148,25 @@ class SurfaceView(QtWidgets.QWidget):
         self._busy, self._pending = True, False
         self.generation += 1
         gen = self.generation
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
         self.status.setText("Building surfaces...")
-        fut = self._pool.submit(_build, np.array(labels, dtype=np.uint8, copy=True), self.affine, self.step)
+        data = np.array(labels, dtype=np.uint8, copy=True)
+        try:
+            fut = self._submit(data)
+        except Exception:  # the worker died (killed, out of memory): a new one, once
+            self._pool = None
+            try:
+                fut = self._submit(data)
+            except Exception as exc:
+                self._busy = False
+                self.status.setText(f"Could not build the surfaces: {type(exc).__name__}: {exc}")
+                return
         fut.add_done_callback(lambda f, g=gen: self.meshesReady.emit(
             g, f.result() if f.exception() is None else f"{type(f.exception()).__name__}: {f.exception()}"))
+
+    def _submit(self, data):
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        return self._pool.submit(_build, data, self.affine, self.step)
 
     def _install(self, gen: int, meshes) -> None:
         self._busy = False
@@ -200,6 +223,8 @@ class SurfaceView(QtWidgets.QWidget):
         self.marker.setData(pos=w[None, :3])
 
     def close_pool(self) -> None:
+        self._closed = True
+        self.timer.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -509,10 +509,14 @@ def cmd_png(args) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CliError(f"{out}: exists and is not a folder")
+    from engine.io.conform import Conform
+
+    # drawn in the scan's geometry when one is given (as the app shows a mask on its scan)
+    affine = sv.affine if args.scan else vol.affine
     if args.values:
-        files = export_png_slices(vol.data, out)
+        files = export_png_slices(vol.data, out, axis=Conform.for_grid(vol.shape, affine).native_axis("axial"))
     else:
-        files = export_png(vol.data, vol.affine, out, plane=args.plane, scan=scan, montage=args.montage,
+        files = export_png(vol.data, affine, out, plane=args.plane, scan=scan, montage=args.montage,
                            panels=args.panels, opacity=args.opacity)
     print(f"wrote {len(files)} PNG file{'s' if len(files) != 1 else ''} to {out}")
     return 0

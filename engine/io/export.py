@@ -10,17 +10,19 @@ import numpy as np
 from engine.core.atomic import atomic_write
 
 
-def export_png_slices(labels: np.ndarray, out_dir: str | os.PathLike, prefix: str = "slice") -> list[Path]:
-    """One 8-bit PNG per axial slice (third array axis), pixel values = class values 0-3, as the
-    seed tutorial wrote them with imageio. Files: <prefix>_000.png ... Written atomically."""
+def export_png_slices(labels: np.ndarray, out_dir: str | os.PathLike, prefix: str = "slice",
+                      axis: int = 2) -> list[Path]:
+    """One 8-bit PNG per slice along array `axis` (the scan's axial axis: 2 for OASIS files;
+    Conform.native_axis("axial") otherwise), pixel values = class values 0-3, as the seed tutorial
+    wrote them with imageio. Files: <prefix>_000.png ... Written atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lab = np.asarray(labels, dtype=np.uint8)
-    width = max(3, len(str(lab.shape[2] - 1)))
+    width = max(3, len(str(lab.shape[axis] - 1)))
     files = []
-    for k in range(lab.shape[2]):
+    for k in range(lab.shape[axis]):
         path = out / f"{prefix}_{k:0{width}d}.png"
-        atomic_write(path, lambda tmp, a=lab[:, :, k]: imageio.imwrite(tmp, a, format="png"))
+        atomic_write(path, lambda tmp, a=np.take(lab, k, axis=axis): imageio.imwrite(tmp, a, format="png"))
         files.append(path)
     return files
 
@@ -102,7 +104,7 @@ def montage_slices(labels: np.ndarray, plane_axis: int, panels: int) -> list[int
 
 def export_png(labels: np.ndarray, affine: np.ndarray, out_dir: str | os.PathLike, plane: str = "axial",
                scan: np.ndarray | None = None, montage: bool = False, panels: int = 24, opacity: float = 0.5,
-               prefix: str | None = None) -> list[Path]:
+               prefix: str | None = None, window: tuple[float, float] | None = None) -> list[Path]:
     """Colour PNGs of a mask, optionally over its scan, in the on-screen orientation: one file per
     slice of `plane` (named with 1-based slice numbers, as the app's view titles), or with
     `montage` one grid image of up to `panels` evenly spaced slices that hold labels, each marked
@@ -118,7 +120,8 @@ def export_png(labels: np.ndarray, affine: np.ndarray, out_dir: str | os.PathLik
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     g = ViewGeometry.for_view(plane, affine, lab.shape)
-    window = grey_window(scan) if scan is not None else None
+    if scan is not None and window is None:
+        window = grey_window(scan)
     prefix = prefix or plane
     n = g.n_slices
     width = max(3, len(str(n)))

@@ -150,3 +150,31 @@ def test_corrections_are_counted_in_the_plane_they_were_made_in(window, small_sc
     panel.update_state()
     assert "4 slice(s) to learn from (3 axial, 1 coronal)" in panel.status.text()
     assert panel.plane_slices_to_learn() == {"axial": [6, 9, 12], "coronal": [co.index]}
+
+
+def test_a_preview_is_taken_back_when_another_scan_opens_and_range_edits_update_it(window, small_scan, qtbot,
+                                                                                 dialogs):
+    """Review findings: opening a scan while a preview shows takes the preview back and unlocks
+    editing; editing the range after a preview takes it back; cancelling leaves a saved map saved;
+    the brush still chosen paints on the next scan at once."""
+    win = window
+    win.open_scan(small_scan[0])
+    win.actions["tool_brush"].trigger()
+    win.actions["class_2"].trigger()
+    _paint_disk(qtbot, win, 4, (28, 24), size=20)
+    _paint_disk(qtbot, win, 12, (28, 24), size=8)
+    win.labelmap.mark_clean()
+    win.actions["fill_between"].trigger()
+    dlg = win.fill_dialog
+    qtbot.mouseClick(dlg.preview_button, QtCore.Qt.LeftButton)
+    assert win._preview, dlg.info.text()
+    assert not win.actions["save_labels"].isEnabled()
+    dlg.first.setValue(dlg.first.value() - 1)  # the range changed: the preview is out of date
+    assert not win._preview and dlg.preview_atom is None and win.labelmap.is_clean
+    qtbot.mouseClick(dlg.preview_button, QtCore.Qt.LeftButton)
+    assert win._preview
+    win.open_scan(small_scan[0])  # e.g. from Open recent, with the preview still showing
+    assert not win._preview and win.actions["tool_brush"].isEnabled() and not win.session.preview_active
+    win.actions["tool_brush"].trigger()
+    win.open_scan(small_scan[0])  # the brush still chosen
+    assert win.labelmap is not None, "the brush, still chosen, has a label map to paint on"

@@ -1,11 +1,12 @@
-"""The 3-D view: where OpenGL is missing (as offscreen here) it says so and nothing breaks; the
-surfaces are built in a worker process after edits, and per-class visibility and opacity work."""
+"""The 3-D view: where OpenGL is missing (as offscreen here) it says so, builds nothing and breaks
+nothing; with OpenGL the surfaces are built in a worker process after edits, old surfaces go when
+a scan without labels opens, and per-class visibility and opacity work."""
 import numpy as np
 
 from tests.gui.helpers import click
 
 
-def test_3d_view_degrades_to_a_message_and_still_builds_surfaces(window, small_scan, qtbot):
+def test_3d_view_without_opengl_says_so_and_builds_nothing(window, small_scan, qtbot):
     win = window
     scan, labels, _ = small_scan
     win.open_scan(scan)
@@ -14,24 +15,17 @@ def test_3d_view_degrades_to_a_message_and_still_builds_surfaces(window, small_s
     sv = win.surface_view
     assert sv is not None and win.view3d_dock.isVisible()
     assert sv.gl is None and "needs OpenGL" in sv.message.text(), "offscreen Qt has no OpenGL"
-    with qtbot.waitSignal(sv.built, timeout=60000):
-        pass
-    assert set(sv.meshes) == {1, 2, 3} and all(len(f) > 0 for _, f in sv.meshes.values())
-    # an edit rebuilds them (a moment later, in the worker process), painting goes on meanwhile
-    gen = sv.generation
     win.actions["tool_brush"].trigger()
-    win.actions["class_3"].trigger()
-    with qtbot.waitSignal(sv.built, timeout=60000):
-        click(qtbot, win.views["axial"], 5, 5)
-    assert sv.generation > gen
-    sv.visible_checks[2].setChecked(False)
-    sv.opacity_sliders[3].setValue(30)
+    click(qtbot, win.views["axial"], 5, 5)
+    qtbot.wait(50)
+    assert sv.generation == 0 and not sv.timer.isActive(), "no meshes are built for nobody to see"
     sv.close_pool()
 
 
-def test_surface_view_draws_when_opengl_exists(qtbot, monkeypatch):
-    """With OpenGL (faked as present; the widget is not shown), meshes become GL items with the
-    class colour, opacity and visibility."""
+def test_surfaces_are_built_in_a_worker_and_drawn_with_opengl(qtbot, monkeypatch):
+    """With OpenGL (faked as present; the widget is not shown): a real build in the worker
+    process, GL items with the class colour, opacity and visibility; a map without labels
+    clears them."""
     import pyqtgraph.opengl as gl
 
     from brainseg_gui import view3d
@@ -40,11 +34,22 @@ def test_surface_view_draws_when_opengl_exists(qtbot, monkeypatch):
     sv = view3d.SurfaceView()
     qtbot.addWidget(sv)
     assert isinstance(sv.gl, gl.GLViewWidget)
-    verts = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], np.float32)
-    faces = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]], np.int32)
-    sv._install(sv.generation, {1: (verts, faces), 2: (verts + 5, faces), 3: (np.zeros((0, 3)), np.zeros((0, 3)))})
-    assert set(sv.items) == {1, 2}
-    assert not sv.items[1].visible(), "CSF starts hidden: it would hide the brain"
+    lab = np.zeros((30, 30, 30), np.uint8)
+    lab[5:25, 5:25, 5:25] = 2
+    lab[10:20, 10:20, 10:20] = 3
+    current = {"labels": lab}
+    sv.set_source(lambda: current["labels"], np.eye(4))
+    with qtbot.waitSignal(sv.built, timeout=60000):
+        sv.rebuild()
+    assert set(sv.items) == {2, 3} and len(sv.meshes[3][1]) > 0
     sv.opacity_sliders[2].setValue(50)
     assert abs(sv.items[2].opts["color"][3] - 0.5) < 1e-6
+    sv.visible_checks[3].setChecked(False)
+    assert not sv.items[3].visible()
     sv.set_cursor((1, 2, 3))
+    current["labels"] = np.zeros_like(lab)  # another scan, no labels yet
+    sv.rebuild()
+    assert not sv.items and "No labels yet" in sv.status.text()
+    sv.close_pool()
+    sv.rebuild()  # after closing: nothing starts again
+    assert sv._pool is None
