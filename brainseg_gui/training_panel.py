@@ -19,6 +19,10 @@ from . import dialogs
 log = logging.getLogger(__name__)
 
 
+def _n_slices(n: int) -> str:
+    return f"{n} slice{'s' if n != 1 else ''}"
+
+
 class StillPlot(pg.PlotWidget):
     """A plot that does not pan or zoom: the wheel over it scrolls the panel it sits in (a loss
     axis zoomed by a stray wheel ended at -150000)."""
@@ -361,7 +365,7 @@ class TrainingPanel(QtWidgets.QWidget):
         activate = not worse or dialogs.ask_yes_no(
             self, "Keep the previous model?",
             f"The new version {result.version_dir.name} scored lower than its parent on the same "
-            f"{len(result.val_slices)} held-back slices (mean tissue Dice {b:.3f} -> {a:.3f}).\n\n"
+            f"{_n_slices(len(result.val_slices))} held back (mean tissue Dice {b:.3f} -> {a:.3f}).\n\n"
             "Activate it anyway? (No keeps the current model; the new version stays in the list.)")
         activated = False
         if activate:
@@ -382,7 +386,7 @@ class TrainingPanel(QtWidgets.QWidget):
         else:
             msg = f"Done in {result.seconds:.0f} s: {result.version_dir.name} was kept but not activated."
         if a is not None and b is not None:
-            msg += f" Mean tissue Dice on the same {len(result.val_slices)} held-back slices: {b:.3f} -> {a:.3f}."
+            msg += f" Mean tissue Dice on the same {_n_slices(len(result.val_slices))} held back: {b:.3f} -> {a:.3f}."
         self.status.setText(msg)
         self.refresh_versions()
         if activated:

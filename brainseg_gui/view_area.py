@@ -118,6 +118,8 @@ class ViewArea(QtWidgets.QWidget):
     def adopt_uncertain_list(self, label: QtWidgets.QLabel, lst: QtWidgets.QListWidget) -> None:
         """Place the least-certain list (made by the segment panel) in the review column."""
         self.uncertain_label, self.uncertain_list = label, lst
+        # wide enough for "axial slice 176: 100% unsure" when a dock narrows the views
+        lst.setMinimumWidth(lst.fontMetrics().horizontalAdvance("axial slice 176: 100% unsure") + 24)
         self.review_layout.addWidget(label)
         self.review_layout.addWidget(lst, 1)
         lst.itemClicked.connect(lambda item: self.uncertainSliceChosen.emit(int(item.data(QtCore.Qt.UserRole))))
