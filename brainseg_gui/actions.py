@@ -26,6 +26,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("save_labels", "&Save labels", ("Ctrl+S",), "Save the label map", menu="File", icon="SP_DialogSaveButton"),
     ActionSpec("save_labels_as", "Save labels &as...", ("Ctrl+Shift+S",), "Save the label map as NIfTI or Analyze", menu="File"),
     ActionSpec("export_png", "Export &images (PNG)...", (), "Colour PNGs of the labels as the views show them: any plane, over the scan, single slices or a montage", menu="File"),
+    ActionSpec("batch", "Segment a &cohort...", (), "Segment many scans into one volumes table with a QC report (brainseg batch)", menu="File"),
     ActionSpec("show_stats", "Tissue &volumes...", ("Ctrl+T",), "Volume per tissue class in mL, with CSV/JSON export", menu="File"),
     ActionSpec("quit", "&Quit", ("Ctrl+Q",), "Quit BrainSeg", menu="File"),
     ActionSpec("undo", "&Undo", ("Ctrl+Z",), "Undo the last stroke, fill or prediction", menu="Edit", icon="SP_ArrowBack"),

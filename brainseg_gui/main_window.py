@@ -721,6 +721,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.png_dialog = PngExportDialog(self)
         self.png_dialog.show()
 
+    def on_batch(self) -> None:
+        from .batch_dialog import BatchDialog
+
+        self.batch_dialog = BatchDialog(self.model_dir, self)
+        self.batch_dialog.show()
+
     def on_show_stats(self) -> None:
         from .stats_dialog import StatsDialog
 

@@ -279,7 +279,7 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
     except Exception as exc:  # one broken scan is a row, never the end of the batch
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         row["error"] = msg
-        log.warning("%s: %s", item.path, msg)
+        log.info("%s: %s", item.path, msg)  # the row and the progress line say it already
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
 
