@@ -2,14 +2,14 @@
 
 The batch runs as a separate process (the same `brainseg batch` as on the command line, with the
 model the app would use), so the window stays responsive and the engine thread stays free; its
-progress lines fill a bar and a log. Stop sends it Ctrl+C: rows finished so far stay whole and
-"Continue" (--resume) picks up where it stopped. At the end, Open report shows report.html.
+progress lines fill a bar and a log. Stop asks it, through a stop file in the output folder (the
+same on every platform), to stop after the scan in progress: rows stay whole and Continue
+(--resume) picks up from there. At the end, Open report shows report.html. There is one dialog
+per window: closing it with a batch running asks; Esc only hides it.
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +46,7 @@ class BatchDialog(QtWidgets.QDialog):
         out_row = QtWidgets.QHBoxLayout()
         self.output = QtWidgets.QLineEdit()
         self.output.setObjectName("batch_output")
+        self.output.textChanged.connect(lambda _t: self._update())
         choose = QtWidgets.QPushButton("Choose...")
         choose.clicked.connect(self._choose_output)
         out_row.addWidget(self.output, 1)
@@ -151,10 +152,12 @@ class BatchDialog(QtWidgets.QDialog):
         self.proc = QtCore.QProcess(self)
         env = QtCore.QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONUNBUFFERED", "1")
+        env.insert("PYTHONIOENCODING", "utf-8")  # the log is read as UTF-8 on every platform
         self.proc.setProcessEnvironment(env)
         self.proc.setProcessChannelMode(QtCore.QProcess.MergedChannels)
         self.proc.readyReadStandardOutput.connect(self._read)
         self.proc.finished.connect(self._done)
+        self.proc.errorOccurred.connect(self._failed_to_start)
         self.log.clear()
         self.progress.setValue(0)
         self.status.setText("Starting (loading the model)...")
@@ -191,13 +194,26 @@ class BatchDialog(QtWidgets.QDialog):
         self._update()
         self.batchFinished.emit(code)
 
+    def _failed_to_start(self, err) -> None:
+        if err == QtCore.QProcess.FailedToStart:
+            self.status.setText(f"The batch could not start: {self.proc.errorString()}")
+            self._update()
+
     def stop(self) -> None:
-        """Ctrl+C for the batch: it finishes the row it is writing and stops."""
+        """Ask the batch to stop after the scan in progress (its row stays whole)."""
+        from engine.batch import STOP_FILE
+
         if self.running:
-            pid = int(self.proc.processId())
-            if pid > 0:
-                os.kill(pid, signal.SIGINT)
-            self.status.setText("Stopping after the current scan...")
+            if self.progress.value() == 0:  # still starting: nothing written yet, nothing to keep
+                self.proc.kill()
+                return
+            out = Path(self.output.text().strip())
+            try:
+                (out / STOP_FILE).touch()
+                self.status.setText("Stopping after the current scan...")
+            except OSError as exc:
+                self.status.setText(f"Could not ask the batch to stop ({exc}); stopping it now")
+                self.proc.kill()
 
     def open_report(self) -> None:
         report = Path(self.output.text().strip()) / "report.html"
@@ -205,11 +221,20 @@ class BatchDialog(QtWidgets.QDialog):
             QtGui.QDesktopServices.openUrl(QtCore.QUrl.fromLocalFile(str(report)))
 
     def closeEvent(self, ev):
-        if self.running and not dialogs.ask_yes_no(self, "Stop the batch?",
-                                                   "The batch is still running. Stop it? (Continue resumes it.)"):
+        if self.running and not self.confirm_stop():
             ev.ignore()
             return
-        self.stop()
-        if self.proc is not None:
-            self.proc.waitForFinished(15000)
         ev.accept()
+
+    def confirm_stop(self) -> bool:
+        """Asked when the dialog or the app closes with a batch running: stop it now (rows done so
+        far are whole; Continue resumes) or keep it. True when it is stopped."""
+        if not self.running:
+            return True
+        if not dialogs.ask_yes_no(self, "Stop the batch?",
+                                  "The batch is still running. Stop it now? The rows done so far are kept; "
+                                  "Continue resumes it later."):
+            return False
+        self.proc.kill()  # rows and files are written whole, so nothing half-done stays behind
+        self.proc.waitForFinished(5000)
+        return True

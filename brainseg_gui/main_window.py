@@ -541,6 +541,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.labelmap is None:
             return
+        dlg = getattr(self, "fill_dialog", None)
+        if dlg is not None and dlg.isVisible():  # one at a time: one preview, one lock
+            dlg.raise_()
+            return
         self.fill_dialog = FillBetweenDialog(self)
         self.fill_dialog.show()  # not modal: the views scroll through the preview
 
@@ -724,8 +728,10 @@ class MainWindow(QtWidgets.QMainWindow):
     def on_batch(self) -> None:
         from .batch_dialog import BatchDialog
 
-        self.batch_dialog = BatchDialog(self.model_dir, self)
+        if getattr(self, "batch_dialog", None) is None:  # one per window: a running batch stays in sight
+            self.batch_dialog = BatchDialog(self.model_dir, self)
         self.batch_dialog.show()
+        self.batch_dialog.raise_()
 
     def on_show_stats(self) -> None:
         from .stats_dialog import StatsDialog
@@ -846,6 +852,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def closeEvent(self, ev):
         self._end_preview()
+        batch = getattr(self, "batch_dialog", None)
+        if batch is not None and not batch.confirm_stop():  # a cohort batch still running
+            ev.ignore()
+            return
         if self.engine.is_busy and not dialogs.ask_yes_no(
                 self, "Quit while working?", "A segmentation or fine-tuning is running. Cancel it and quit?"):
             ev.ignore()

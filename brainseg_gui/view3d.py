@@ -138,6 +138,7 @@ class SurfaceView(QtWidgets.QWidget):
         self._stale = False
         labels = self.labels_fn()
         if labels is None or not np.any(labels):  # a new scan without labels: no old surfaces
+            self.generation += 1  # and a build still on its way from the old scan is dropped
             self.meshes = {}
             self._draw()
             self.status.setText("No labels yet: segment (Ctrl+R) or paint to see surfaces here.")

@@ -58,6 +58,13 @@ SCAN_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".mgz")
 LABEL_WORDS = re.compile(r"(^|[_\-.])(fseg|seg|dseg|mask|label|labels|probseg|brainseg)([_\-.]|$)", re.I)
 
 
+STOP_FILE = ".stop-requested"  # created in OUTDIR to stop a batch after the scan in progress
+
+
+class BatchStopped(KeyboardInterrupt):
+    """Stop was asked for (the stop file): handled like Ctrl+C, rows whole, --resume goes on."""
+
+
 class BatchError(ValueError):
     """Bad batch input (nothing found, a bad option); one line for the user."""
 
@@ -384,12 +391,13 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
     row_ident = lambda r: (str(Path(r.get("input", "")).resolve()), r.get("series") or "")  # noqa: E731
     done = {row_ident(r) for r in existing if r.get("status") == "ok" or not retry_failed}
     todo = [it for it in items if ident(it) not in done]
-    taken = {r["scan"]: row_ident(r) for r in existing}
-    for it in todo:
+    used = {r["scan"]: row_ident(r) for r in existing}
+    for it in todo:  # names stay unique across the table and this run, renamed ones included
         base, n = it.key, 1
-        while it.key in taken and taken[it.key] != ident(it):
+        while it.key in used and used[it.key] != ident(it):
             n += 1
             it.key = f"{base}_{n}"
+        used[it.key] = ident(it)
     if retry_failed and existing:  # the failed rows are redone: keep only the others
         redo = {ident(i) for i in todo}
         kept = [r for r in existing if r.get("status") == "ok" or row_ident(r) not in redo]
@@ -407,6 +415,9 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
               file=progress.stream, flush=True)
     count = 0
 
+    stop_file = outdir / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+
     def take(row):
         nonlocal count
         table.append(row)
@@ -414,6 +425,9 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
         progress.step(row)
         if on_row is not None:
             on_row(row)
+        if stop_file.exists():  # the GUI's Stop, on every platform: after this whole row
+            stop_file.unlink(missing_ok=True)
+            raise BatchStopped()
 
     try:
         if scheduler:

@@ -229,3 +229,16 @@ def test_a_dead_worker_is_an_error_row_not_the_end_of_the_batch():
     f.set_exception(BrokenProcessPool("a child process terminated abruptly"))
     row = batch._result_or_error_row(f, batch.ScanItem("s1", "s1", "", "/x/s1.nii.gz"))
     assert row["status"] == "error" and "BrokenProcessPool" in row["error"] and row["scan"] == "s1"
+
+
+def test_resume_names_stay_unique_across_renamed_scans(tmp_path, tiny_model_dir):
+    """Review finding: site2's sub-01 renamed on resume must not take site3's name."""
+    for site in ("site1", "site2", "site3"):
+        _scan(tmp_path / site / "sub-01.nii.gz", 1)
+    out = tmp_path / "out"
+    batch.run(batch.discover([str(tmp_path / "site1" / "sub-01.nii.gz")]), out, tiny_model_dir)
+    items = [batch.ScanItem("sub-01", "sub-01", "", str(tmp_path / "site2" / "sub-01.nii.gz")),
+             batch.ScanItem("sub-01_2", "sub-01", "", str(tmp_path / "site3" / "sub-01.nii.gz"))]
+    rows, n = batch.run(items, out, tiny_model_dir, resume=True)
+    assert n == 2 and len({r["scan"] for r in rows}) == 3
+    assert len(list((out / "masks").glob("*.nii.gz"))) == 3

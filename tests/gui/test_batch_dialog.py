@@ -40,3 +40,28 @@ def test_segment_a_cohort_from_the_window(window, tmp_path, tiny_model_dir, qtbo
         qtbot.mouseClick(dlg.start_button, QtCore.Qt.LeftButton)
     assert "Continue it" in dialogs.questions[-1] and "0 scans processed now" in dlg.log.toPlainText()
     dlg.close()
+
+
+def test_stop_keeps_whole_rows_and_continue_finishes(window, tmp_path, tiny_model_dir, qtbot, dialogs):
+    for i in range(10):
+        _scan(tmp_path / "cohort" / f"s{i}.nii.gz", i)
+    window.model_dir = lambda: tiny_model_dir
+    window.actions["batch"].trigger()
+    dlg = window.batch_dialog
+    window.actions["batch"].trigger()
+    assert window.batch_dialog is dlg, "one batch dialog per window"
+    dlg.add_inputs([str(tmp_path / "cohort")])
+    dlg.output.setText(str(tmp_path / "out"))  # typed: Start enables itself
+    assert dlg.start_button.isEnabled()
+    qtbot.mouseClick(dlg.start_button, QtCore.Qt.LeftButton)
+    qtbot.waitUntil(lambda: dlg.progress.value() >= 1, timeout=120000)
+    with qtbot.waitSignal(dlg.batchFinished, timeout=120000) as blocker:
+        qtbot.mouseClick(dlg.stop_button, QtCore.Qt.LeftButton)
+    assert blocker.args[0] == 130 and "Stopped" in dlg.status.text()
+    lines = (tmp_path / "out" / "volumes.csv").read_text().splitlines()
+    assert 2 <= len(lines) <= 10, "stopped before the end, whole rows"
+    assert not (tmp_path / "out" / ".stop-requested").exists()
+    with qtbot.waitSignal(dlg.batchFinished, timeout=180000):
+        qtbot.mouseClick(dlg.resume_button, QtCore.Qt.LeftButton)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+    assert len(rows) == 10 and len({r["scan"] for r in rows}) == 10
