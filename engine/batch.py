@@ -461,23 +461,37 @@ def _result_or_error_row(future, item: ScanItem) -> dict:
 
 
 def _run_local(todo, outdir, model_dir, jobs, uncertainty, take) -> None:
+    """N worker processes. A worker that dies (killed, out of memory) breaks the pool: the scans it
+    and the pool had not finished are retried once in new workers; a scan that breaks a pool twice
+    becomes an error row."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     from engine.core.hardware import cpu_cores
 
-    jobs = min(jobs, len(todo))
-    threads = max(1, cpu_cores() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
-        futs = {pool.submit(process_scan, it, str(outdir), str(model_dir), uncertainty): it for it in todo}
-        try:
-            for f in as_completed(futs):
-                take(_result_or_error_row(f, futs[f]))
-        except KeyboardInterrupt:
-            for f in futs:
-                f.cancel()
-            raise
+    remaining, retried = list(todo), set()
+    while remaining:
+        n = min(jobs, len(remaining))
+        broken = []
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(max(1, cpu_cores() // n),)) as pool:
+            futs = {pool.submit(process_scan, it, str(outdir), str(model_dir), uncertainty): it for it in remaining}
+            try:
+                for f in as_completed(futs):
+                    it = futs[f]
+                    if isinstance(f.exception(), BrokenProcessPool) and it.key not in retried:
+                        broken.append(it)
+                        continue
+                    take(_result_or_error_row(f, it))
+            except KeyboardInterrupt:
+                for f in futs:
+                    f.cancel()
+                raise
+        if broken:
+            log.warning("a worker process died: retrying %d scan(s) in new workers", len(broken))
+            retried |= {it.key for it in broken}
+        remaining = broken
 
 
 def _run_dask(todo, outdir, model_dir, address, uncertainty, take) -> None:

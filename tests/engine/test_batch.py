@@ -242,3 +242,19 @@ def test_resume_names_stay_unique_across_renamed_scans(tmp_path, tiny_model_dir)
     rows, n = batch.run(items, out, tiny_model_dir, resume=True)
     assert n == 2 and len({r["scan"] for r in rows}) == 3
     assert len(list((out / "masks").glob("*.nii.gz"))) == 3
+
+
+def test_jobs_retry_the_scans_of_a_worker_that_died(tmp_path, tiny_model_dir, monkeypatch):
+    """A --jobs worker dies mid-scan (fault hook: os._exit in the worker): its scans are retried in
+    new workers, the table is whole and every row ok."""
+    hooks = Path(__file__).resolve().parent / "fault_hooks"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]))
+    marker = tmp_path / "died"
+    monkeypatch.setenv("BRAINSEG_TEST_KILL_BATCH_WORKER", str(marker))
+    for i in range(4):
+        _scan(tmp_path / "scans" / f"s{i}.nii.gz", i)
+    items = batch.discover([str(tmp_path / "scans")])
+    rows, n = batch.run(items, tmp_path / "out", tiny_model_dir, jobs=2)
+    assert marker.exists(), "a worker did die"
+    assert n == 4 and sorted(r["scan"] for r in rows) == sorted(i.key for i in items)
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
