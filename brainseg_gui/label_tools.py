@@ -30,6 +30,17 @@ def _busy(fn):
         QtWidgets.QApplication.restoreOverrideCursor()
 
 
+def plane_combo(window, name: str) -> QtWidgets.QComboBox:
+    """The three planes, the view under the mouse chosen."""
+    combo = QtWidgets.QComboBox()
+    combo.setObjectName(name)
+    for p in PLANES:
+        combo.addItem(p.capitalize(), p)
+    active = getattr(window.active_view, "view", "axial")
+    combo.setCurrentIndex(PLANES.index(active) if active in PLANES else 0)
+    return combo
+
+
 def edited_slices_along(lm, axis: int) -> list[int]:
     """Slices along `axis` holding voxels the user corrected (against the prediction or the
     labels as opened)."""
@@ -47,12 +58,7 @@ class FillBetweenDialog(QtWidgets.QDialog):
         self.setObjectName("fill_between_dialog")
         self.preview_atom = None
         lay = QtWidgets.QFormLayout(self)
-        self.plane = QtWidgets.QComboBox()
-        self.plane.setObjectName("fb_plane")
-        for p in PLANES:
-            self.plane.addItem(p.capitalize(), p)
-        active = getattr(window.active_view, "view", "axial")
-        self.plane.setCurrentIndex(PLANES.index(active) if active in PLANES else 0)
+        self.plane = plane_combo(window, "fb_plane")
         lay.addRow("Plane", self.plane)
         self.source = QtWidgets.QComboBox()
         self.source.setObjectName("fb_source")
@@ -245,12 +251,7 @@ class PngExportDialog(QtWidgets.QDialog):
         self.setWindowTitle("Export images (PNG)")
         self.setObjectName("png_export_dialog")
         lay = QtWidgets.QFormLayout(self)
-        self.plane = QtWidgets.QComboBox()
-        self.plane.setObjectName("png_plane")
-        for p in PLANES:
-            self.plane.addItem(p.capitalize(), p)
-        active = getattr(window.active_view, "view", "axial")
-        self.plane.setCurrentIndex(PLANES.index(active) if active in PLANES else 0)
+        self.plane = plane_combo(window, "png_plane")
         lay.addRow("Plane", self.plane)
         self.over_scan = QtWidgets.QCheckBox("Labels over the scan")
         self.over_scan.setObjectName("png_over_scan")

@@ -196,15 +196,21 @@ class MainWindow(QtWidgets.QMainWindow):
         scroll.setMinimumWidth(380)
         dock.setWidget(scroll)
         self.addDockWidget(QtCore.Qt.RightDockWidgetArea, dock)
-        dock.hide()
         self.training_dock = dock
+        self._dock_action(dock, "training_panel", "&Fine-tune panel", "Ctrl+Shift+T", "Segment")
+
+    def _dock_action(self, dock, key: str, text: str, shortcut: str, menu: str, tip: str = "") -> None:
+        """A dock starts hidden; its show/hide action goes into the action table and a menu."""
+        dock.hide()
         act = dock.toggleViewAction()
-        act.setText("&Fine-tune panel")
-        act.setShortcut("Ctrl+Shift+T")
-        act.setObjectName("action_training_panel")
-        self.actions["training_panel"] = act
-        self.menus["Segment"].addSeparator()
-        self.menus["Segment"].addAction(act)
+        act.setText(text)
+        act.setShortcut(shortcut)
+        act.setObjectName(f"action_{key}")
+        if tip:
+            act.setToolTip(tip)
+        self.actions[key] = act
+        self.menus[menu].addSeparator()
+        self.menus[menu].addAction(act)
 
     def _build_3d_dock(self) -> None:
         """View > 3-D view: label surfaces; built when first shown (it needs OpenGL)."""
@@ -215,17 +221,9 @@ class MainWindow(QtWidgets.QMainWindow):
         QtWidgets.QVBoxLayout(holder).setContentsMargins(0, 0, 0, 0)
         dock.setWidget(holder)
         self.addDockWidget(QtCore.Qt.RightDockWidgetArea, dock)
-        dock.hide()
         dock.visibilityChanged.connect(self._on_3d_visible)
         self.view3d_dock = dock
-        act = dock.toggleViewAction()
-        act.setText("3-&D view")
-        act.setShortcut("Ctrl+3")
-        act.setObjectName("action_view3d")
-        act.setToolTip("Label surfaces in 3-D (needs OpenGL)")
-        self.actions["view3d"] = act
-        self.menus["View"].addSeparator()
-        self.menus["View"].addAction(act)
+        self._dock_action(dock, "view3d", "3-&D view", "Ctrl+3", "View", "Label surfaces in 3-D (needs OpenGL)")
 
     def _on_3d_visible(self, visible: bool) -> None:
         if visible and self.surface_view is None:
@@ -384,7 +382,8 @@ class MainWindow(QtWidgets.QMainWindow):
             return ""
         if self.session.labels_job_running:
             return "Segmenting... you can keep correcting meanwhile: your corrections are kept."
-        if not has_labels or self.labelmap.predicted is None and not self.labelmap.labels.any():
+        lm = self.labelmap  # (no whole-volume scan here: this runs after every stroke)
+        if not has_labels or lm.predicted is None and lm.edit_count == 0 and lm.opened_empty:
             return ("Next: segment the scan with Ctrl+R (Segment > Segment volume), or Ctrl+Shift+R for the axial "
                     "slice shown.")
         if hasattr(self, "segmentation") and self.uncertainty is not None:

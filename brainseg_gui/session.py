@@ -28,7 +28,7 @@ import numpy as np
 from PyQt5 import QtCore
 
 from engine.io import recovery
-from engine.io.volume import Volume, VolumeWriteError, read_volume, save_labels
+from engine.io.volume import Volume, VolumeWriteError, files_of, read_volume, save_labels, scan_stem
 from engine.labels.labelmap import LabelMap
 
 log = logging.getLogger(__name__)
@@ -60,28 +60,6 @@ class PredictionTicket:
     replace: bool  # the user chose to replace their corrections on the affected slices
     start_labels: np.ndarray | None = None  # labels at submission (replace mode only)
     job_id: int | None = None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
-def _scan_files(scan_path: Path) -> list[Path]:
-    """The scan's file(s) on disk: both halves of an Analyze pair."""
-    name = scan_path.name.lower()
-    if name.endswith((".hdr", ".img")):
-        return [scan_path.with_suffix(s) for s in (".hdr", ".img", ".HDR", ".IMG")]
-    return [scan_path]
-
-
-def _labels_files(path: Path) -> list[Path]:
-    name = path.name.lower()
-    if name.endswith((".hdr", ".img")):
-        return [path.with_suffix(".hdr"), path.with_suffix(".img")]
-    return [path]
 
 
 class Session(QtCore.QObject):
@@ -318,22 +296,15 @@ class Session(QtCore.QObject):
         if self.scan.source == "dicom":  # beside the series' folder, never inside it; one name per series
             series = f"_s{self.scan.series_number}" if self.scan.series_number else ""
             return p.parent.with_name(f"{p.parent.name}{series}_brainseg_seg.nii.gz")
-        stem = p.name
-        for suf in (".nii.gz", ".nii", ".hdr", ".img"):
-            if stem.lower().endswith(suf):
-                stem = stem[: -len(suf)]
-                break
-        return p.with_name(f"{stem}_brainseg_seg.nii.gz")
+        return p.with_name(f"{scan_stem(p)}_brainseg_seg.nii.gz")
 
     def check_save_target(self, path: str | os.PathLike) -> None:
         """Refuse a target that is the scan itself (or a half of its Analyze pair)."""
         if self.scan is None or self.scan.path is None:
             return
-        for target in _labels_files(Path(path)):
-            for own in _scan_files(self.scan.path):
-                if own.exists() and target.exists() and _same_file(target, own):
-                    raise VolumeWriteError(f"{path}: this is the open scan's own file; saving the labels there "
-                                           "would replace the scan. Choose another name.")
+        if files_of(path) & files_of(self.scan.path):
+            raise VolumeWriteError(f"{path}: this is the open scan's own file; saving the labels there "
+                                   "would replace the scan. Choose another name.")
 
     def save_labels_to(self, path: str | os.PathLike) -> None:
         """Write the labels (raises VolumeWriteError / OSError; then nothing is marked saved)."""

@@ -73,11 +73,9 @@ class StatsDialog(QtWidgets.QDialog):
         (write_stats_csv if fmt == "csv" else write_stats_json)(path, self.stats)
 
     def _export(self, fmt: str) -> None:
-        stem = self.stats.get("file") or "labels"
-        for suf in (".nii.gz", ".nii", ".hdr", ".img"):
-            if stem.lower().endswith(suf):
-                stem = stem[: -len(suf)]
-        default = str(Path(self.default_dir) / f"{Path(stem).name}_volumes.{fmt}")
+        from engine.io.volume import scan_stem
+
+        default = str(Path(self.default_dir) / f"{scan_stem(self.stats.get('file') or 'labels')}_volumes.{fmt}")
         path = dialogs.get_save_path(self, f"Export volumes as {fmt.upper()}", f"{fmt.upper()} (*.{fmt})", default)
         if not path:
             return

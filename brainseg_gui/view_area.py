@@ -154,12 +154,12 @@ class ViewArea(QtWidgets.QWidget):
     def auto_window(self) -> None:
         if self.scan is None:
             return
+        from engine.io.export import grey_window
+
         d = self.scan.data
+        lo, hi = grey_window(d)
         sample = d[::2, ::2, ::2]
         nz = sample[sample > 0]
-        lo, hi = (np.percentile(nz, (0.5, 99.5)) if nz.size else (float(d.min()), float(d.max())))
-        if hi <= lo:
-            hi = lo + 1
         vals = nz if nz.size else sample.ravel()
         counts, edges = np.histogram(vals, bins=128)
         self.histogram.item.plot.setData((edges[:-1] + edges[1:]) / 2, counts)

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.io.volume import scan_stem
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ["subject", "session", "scan", "input", "series", "status", "error", "model", "model_version",
@@ -79,17 +81,9 @@ class ScanItem:
 
 
 # ----------------------------------------------------------------------------- finding scans
-def _stem(p: Path) -> str:
-    name = p.name
-    for suf in (".nii.gz",) + SCAN_SUFFIXES + (".img",):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return p.stem
-
-
 def _is_scan_file(p: Path) -> bool:
     low = p.name.lower()
-    return p.is_file() and low.endswith(SCAN_SUFFIXES) and not LABEL_WORDS.search(_stem(p))
+    return p.is_file() and low.endswith(SCAN_SUFFIXES) and not LABEL_WORDS.search(scan_stem(p))
 
 
 def _bids(root: Path) -> list[ScanItem]:
@@ -97,7 +91,7 @@ def _bids(root: Path) -> list[ScanItem]:
     for f in sorted(root.glob("sub-*/anat/*_T1w.nii*")) + sorted(root.glob("sub-*/ses-*/anat/*_T1w.nii*")):
         sub = next(p for p in f.parts if p.startswith("sub-"))
         ses = next((p for p in f.parts if p.startswith("ses-")), "")
-        out.append(ScanItem(_stem(f), sub, ses, str(f)))
+        out.append(ScanItem(scan_stem(f), sub, ses, str(f)))
     return out
 
 
@@ -105,8 +99,8 @@ def _oasis(root: Path) -> list[ScanItem]:
     out = []
     for f in sorted(root.rglob("*_t88_masked_gfc.hdr")):
         m = re.search(r"(OAS1_\d{4})_(MR\d)", f.name)
-        sub, ses = (m.group(1), m.group(2)) if m else (_stem(f), "")
-        out.append(ScanItem(f"{sub}_{ses}" if ses else _stem(f), sub, ses, str(f)))
+        sub, ses = (m.group(1), m.group(2)) if m else (scan_stem(f), "")
+        out.append(ScanItem(f"{sub}_{ses}" if ses else scan_stem(f), sub, ses, str(f)))
     return out
 
 
@@ -139,7 +133,7 @@ def discover(inputs: list[str]) -> list[ScanItem]:
                 if is_dicom_file(p):
                     items += [i for i in _dicom_items(p.parent)]
                 else:
-                    items.append(ScanItem(_stem(p), _stem(p), "", str(p)))
+                    items.append(ScanItem(scan_stem(p), scan_stem(p), "", str(p)))
                 continue
             if (p / "dataset_description.json").exists() or any(p.glob("sub-*/anat")) or any(p.glob("sub-*/ses-*/anat")):
                 found = _bids(p)
@@ -152,8 +146,8 @@ def discover(inputs: list[str]) -> list[ScanItem]:
                 for f in sorted(p.rglob("*")):
                     if _is_scan_file(f):
                         rel = f.relative_to(p)
-                        key = "__".join(list(rel.parts[:-1]) + [_stem(f)])
-                        found.append(ScanItem(key, rel.parts[0] if len(rel.parts) > 1 else _stem(f), "", str(f)))
+                        key = "__".join(list(rel.parts[:-1]) + [scan_stem(f)])
+                        found.append(ScanItem(key, rel.parts[0] if len(rel.parts) > 1 else scan_stem(f), "", str(f)))
                     elif f.is_dir() and f != p and any(is_dicom_file(x) for x in f.iterdir() if x.is_file()):
                         found += _dicom_items(f)
             if not found:

@@ -263,22 +263,14 @@ LABEL_FORMATS = (".nii.gz", ".nii", ".hdr", ".img")
 IMAGE_FORMATS = (".nii.gz", ".nii")
 
 
-def _files_of(path: str | Path) -> set[Path]:
-    """The file(s) a name stands for: both halves of an Analyze pair."""
-    p = Path(path)
-    if p.suffix.lower() in (".hdr", ".img"):
-        files = {p.with_suffix(".hdr"), p.with_suffix(".img"), p.with_suffix(".HDR"), p.with_suffix(".IMG")}
-    else:
-        files = {p}
-    return {f.resolve() for f in files}
-
-
 def check_output(path: str, formats: tuple[str, ...], inputs: tuple[str, ...] = ()) -> None:
     """Fail before any work is done if `path` has the wrong extension or would overwrite an input."""
+    from engine.io.volume import files_of
+
     if not path.lower().endswith(formats):
         raise CliError(f"{path}: unknown output format; use {', '.join(formats)}")
     for src in inputs:
-        if _files_of(path) & _files_of(src):
+        if files_of(path) & files_of(src):
             raise CliError(f"{path}: refusing to overwrite the input {src}")
 
 

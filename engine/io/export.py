@@ -29,13 +29,11 @@ def export_png_slices(labels: np.ndarray, out_dir: str | os.PathLike, prefix: st
 
 # ----------------------------------------------------------------------------- images people look at
 def grey_window(scan: np.ndarray) -> tuple[float, float]:
-    """Display window of a scan: the 0.5-99.5 percentiles of its nonzero voxels (as the app's
-    auto window/level)."""
+    """Display window of a scan, the app's auto window/level: the 0.5-99.5 percentiles of its
+    nonzero voxels (every other voxel per axis), or its range when nothing is above zero."""
     sample = scan[::2, ::2, ::2]
     nz = sample[sample > 0]
-    if not nz.size:
-        nz = sample.ravel()
-    lo, hi = (float(v) for v in np.percentile(nz, (0.5, 99.5)))
+    lo, hi = (float(v) for v in (np.percentile(nz, (0.5, 99.5)) if nz.size else (scan.min(), scan.max())))
     return lo, hi if hi > lo else lo + 1
 
 

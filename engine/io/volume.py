@@ -108,6 +108,28 @@ class Volume:
         return self.path.name if self.path else "(unsaved)"
 
 
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img", ".mgz")
+
+
+def scan_stem(path: str | os.PathLike) -> str:
+    """A scan or mask file's name without its format suffix ('x.nii.gz' -> 'x', 'y.hdr' -> 'y')."""
+    name = Path(path).name
+    for suf in VOLUME_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
+
+
+def files_of(path: str | os.PathLike) -> set[Path]:
+    """The files a name stands for, resolved: both halves of an Analyze pair (either case)."""
+    p = Path(path)
+    if p.suffix.lower() in (".hdr", ".img"):
+        files = {p.with_suffix(".hdr"), p.with_suffix(".img"), p.with_suffix(".HDR"), p.with_suffix(".IMG")}
+    else:
+        files = {p}
+    return {f.resolve() for f in files}
+
+
 def _pair_paths(path: Path) -> tuple[Path, Path]:
     """The .hdr and .img of an Analyze pair, matching the case of the given file's suffix."""
     suffix = path.suffix

@@ -133,6 +133,7 @@ class LabelMap:
         # the labels as they were opened (a file, zeros, a recovery): where the network has not
         # run, corrections are measured against this
         self._baseline = self.labels.copy()
+        self.opened_empty = not self._baseline.any()  # nothing labelled when opened (once, not per redraw)
         self.max_steps = max_steps
         self.max_bytes = max_bytes
         self._undo: list[EditAtom] = []
@@ -522,6 +523,7 @@ class LabelMap:
             self.predicted = np.asarray(predicted, dtype=np.uint8).copy()
         if baseline is not None and np.shape(baseline) == self.labels.shape:
             self._baseline = np.asarray(baseline, dtype=np.uint8).copy()
+            self.opened_empty = not self._baseline.any()
         self.labels[...] = new
         self._undo.clear()
         self._redo.clear()

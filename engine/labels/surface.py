@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from engine.labels.labelmap import box_of
+
 
 @dataclass
 class Mesh:
@@ -31,7 +33,7 @@ def label_surfaces(labels: np.ndarray, affine: np.ndarray, classes: tuple[int, .
     out = {}
     for c in classes:
         mask = lab == c
-        box = _box(mask)
+        box = box_of(mask)
         if box is None:
             out[c] = Mesh(c, np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
             continue
@@ -49,9 +51,3 @@ def label_surfaces(labels: np.ndarray, affine: np.ndarray, classes: tuple[int, .
         out[c] = Mesh(c, world.astype(np.float32), np.ascontiguousarray(faces, dtype=np.int32))
     return out
 
-
-def _box(mask: np.ndarray):
-    if not mask.any():
-        return None
-    idx = [np.where(mask.any(axis=tuple(b for b in range(3) if b != a)))[0] for a in range(3)]
-    return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)

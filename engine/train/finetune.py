@@ -64,19 +64,6 @@ class FinetuneResult:
     seconds: float
 
 
-def split_slices(slices: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Hold back about val_fraction of the slices (at least one when there are two or more)."""
-    s = sorted(set(int(k) for k in slices))
-    if len(s) < 2:
-        return s, []
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(s))
-    n_val = max(1, int(round(len(s) * val_fraction)))
-    val = sorted(s[i] for i in order[:n_val])
-    train = sorted(s[i] for i in order[n_val:])
-    return train, val
-
-
 PLANES = ("axial", "coronal", "sagittal")
 
 
@@ -96,6 +83,12 @@ def split_items(items: list[tuple[str, int]], val_fraction: float, seed: int):
     n_val = max(1, int(round(len(s) * val_fraction)))
     key = lambda it: (PLANES.index(it[0]), it[1])  # noqa: E731
     return sorted((s[i] for i in order[n_val:]), key=key), sorted((s[i] for i in order[:n_val]), key=key)
+
+
+def split_slices(slices: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold back about val_fraction of the (axial) slices (at least one when there are two or more)."""
+    train, val = split_items([("axial", int(k)) for k in slices], val_fraction, seed)
+    return [k for _, k in train], [k for _, k in val]
 
 
 def evaluate_slices(net, multiple: int, images: np.ndarray, labels: np.ndarray, batch: int = 8) -> dict:
