@@ -18,16 +18,7 @@ import pytest
 from engine import batch
 from engine.cli import main
 from tests.dicom_util import write_series
-
-
-def _scan(path: Path, seed: int = 0, shape=(40, 48, 16)):
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = np.sqrt(x**2 + y**2 + (z * 0.9) ** 2) + rng.normal(0, 0.02, shape)
-    img = np.choose((r < 0.95).astype(int) + (r < 0.85) + (r < 0.6), [0, 60, 120, 200]).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(img, np.diag([1.2, 1.2, 1.5, 1.0])), str(path))
-    return path
+from tests.phantoms import write_scan as _scan
 
 
 def _cohort(root: Path) -> list[str]:

@@ -38,6 +38,15 @@ def click(qtbot, view, row, col, button=QtCore.Qt.LeftButton):
     qtbot.wait(10)
 
 
+def open_with_brush(win, small_scan, value: int = 1):
+    """Open the small scan and its labels, and pick the brush painting class `value` (CSF)."""
+    scan, labels, _ = small_scan
+    win.open_scan(scan)
+    win.open_labels(labels)
+    win.actions["tool_brush"].trigger()
+    win.actions[f"class_{value}"].trigger()
+
+
 def wheel(view, steps: int, modifiers=QtCore.Qt.NoModifier):
     vp = view.gv.viewport()
     pos = QtCore.QPointF(vp.width() / 2, vp.height() / 2)

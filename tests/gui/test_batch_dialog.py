@@ -2,26 +2,22 @@
 table and a report at the end; an existing batch folder is continued, not redone."""
 import csv
 
-import nibabel as nib
-import numpy as np
 from PyQt5 import QtCore
 
+from tests.phantoms import write_scan
 
-def _scan(path, seed):
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in (40, 48, 16)], indexing="ij")
-    r = np.sqrt(x**2 + y**2 + (z * 0.9) ** 2) + rng.normal(0, 0.02, x.shape)
-    img = np.choose((r < 0.95).astype(int) + (r < 0.85) + (r < 0.6), [0, 60, 120, 200]).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(img, np.diag([1.2, 1.2, 1.5, 1.0])), str(path))
+
+def _batch_dialog(window, tmp_path, tiny_model_dir, n_scans):
+    """n small scans in tmp_path/cohort and the window's batch dialog, with the tiny model."""
+    for i in range(n_scans):
+        write_scan(tmp_path / "cohort" / f"s{i}.nii.gz", i)
+    window.model_dir = lambda: tiny_model_dir
+    window.actions["batch"].trigger()
+    return window.batch_dialog
 
 
 def test_segment_a_cohort_from_the_window(window, tmp_path, tiny_model_dir, qtbot, dialogs):
-    for i in range(2):
-        _scan(tmp_path / "cohort" / f"s{i}.nii.gz", i)
-    window.model_dir = lambda: tiny_model_dir
-    window.actions["batch"].trigger()
-    dlg = window.batch_dialog
+    dlg = _batch_dialog(window, tmp_path, tiny_model_dir, 2)
     assert not dlg.start_button.isEnabled(), "nothing to do yet"
     dlg.add_inputs([str(tmp_path / "cohort")])
     dlg.output.setText(str(tmp_path / "out"))
@@ -43,11 +39,7 @@ def test_segment_a_cohort_from_the_window(window, tmp_path, tiny_model_dir, qtbo
 
 
 def test_stop_keeps_whole_rows_and_continue_finishes(window, tmp_path, tiny_model_dir, qtbot, dialogs):
-    for i in range(10):
-        _scan(tmp_path / "cohort" / f"s{i}.nii.gz", i)
-    window.model_dir = lambda: tiny_model_dir
-    window.actions["batch"].trigger()
-    dlg = window.batch_dialog
+    dlg = _batch_dialog(window, tmp_path, tiny_model_dir, 10)
     window.actions["batch"].trigger()
     assert window.batch_dialog is dlg, "one batch dialog per window"
     dlg.add_inputs([str(tmp_path / "cohort")])

@@ -9,20 +9,12 @@ import time
 import numpy as np
 from PyQt5 import QtCore
 
-from tests.gui.helpers import _send, drag, widget_pos
-
-
-def _open_with_brush(win, small_scan):
-    scan, labels, _ = small_scan
-    win.open_scan(scan)
-    win.open_labels(labels)
-    win.actions["tool_brush"].trigger()
-    win.actions["class_1"].trigger()
+from tests.gui.helpers import _send, drag, open_with_brush, widget_pos
 
 
 def test_segmenting_keeps_corrections_by_default_and_one_undo_restores(enet_window, small_scan, qtbot, dialogs):
     win = enet_window
-    _open_with_brush(win, small_scan)
+    open_with_brush(win, small_scan)
     opened = win.labelmap.labels.copy()
     drag(qtbot, win.views["axial"], [(5, 5), (5, 30)])
     edited = win.labelmap.labels.copy()
@@ -43,7 +35,7 @@ def test_segmenting_keeps_corrections_by_default_and_one_undo_restores(enet_wind
 
 def test_replacing_corrections_is_a_choice_and_cancel_does_nothing(enet_window, small_scan, qtbot, dialogs):
     win = enet_window
-    _open_with_brush(win, small_scan)
+    open_with_brush(win, small_scan)
     drag(qtbot, win.views["axial"], [(5, 5), (5, 30)])
     edited = win.labelmap.labels.copy()
     dialogs.choice = "cancel"
@@ -74,7 +66,7 @@ def test_a_stroke_made_while_segmenting_survives_the_prediction(enet_window, sma
     """The brush stays usable while the network runs; a prediction arriving in the middle of a
     stroke waits for the mouse to be released; the stroke is kept and is its own undo step."""
     win = enet_window
-    _open_with_brush(win, small_scan)
+    open_with_brush(win, small_scan)
     opened = win.labelmap.labels.copy()
     _slow_job_first(win, 0.5)
     win.actions["segment"].trigger()
@@ -106,7 +98,7 @@ def test_a_stroke_made_while_segmenting_survives_the_prediction(enet_window, sma
 
 def test_cancel_reaches_a_segmentation_queued_behind_a_preload(enet_window, small_scan, qtbot):
     win = enet_window
-    _open_with_brush(win, small_scan)
+    open_with_brush(win, small_scan)
     opened = win.labelmap.labels.copy()
     _slow_job_first(win, 0.5)
     win.actions["segment"].trigger()
@@ -138,7 +130,7 @@ def test_autosave_failure_is_shown_retried_and_told_truthfully(window, small_sca
 
     monkeypatch.setattr(recovery, "save_recovery", disk_full_twice)
     win.autosave_timer.setInterval(50)
-    _open_with_brush(win, small_scan)
+    open_with_brush(win, small_scan)
     drag(qtbot, win.views["axial"], [(5, 5), (5, 30)])
     label = win.autosave_label
     qtbot.waitUntil(lambda: "Autosave failed" in label.text(), timeout=5000)

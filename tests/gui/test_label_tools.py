@@ -14,13 +14,18 @@ def _paint_disk(qtbot, win, k, centre, size=14):
     drag(qtbot, ax, [(r, c), (r, c + 1)])
 
 
-def test_fill_between_previews_locks_editing_then_applies_as_one_step(window, small_scan, qtbot):
-    win = window
+def _two_drawn_slices(qtbot, win, small_scan):
+    """The small scan with a big grey-matter disk drawn on axial slice 4 and a small one on 12."""
     win.open_scan(small_scan[0])
     win.actions["tool_brush"].trigger()
     win.actions["class_2"].trigger()
     _paint_disk(qtbot, win, 4, (28, 24), size=20)
     _paint_disk(qtbot, win, 12, (28, 24), size=8)
+
+
+def test_fill_between_previews_locks_editing_then_applies_as_one_step(window, small_scan, qtbot):
+    win = window
+    _two_drawn_slices(qtbot, win, small_scan)
     lm = win.labelmap
     z = win.axial_axis
     drawn = lm.labels.copy()
@@ -158,11 +163,7 @@ def test_a_preview_is_taken_back_when_another_scan_opens_and_range_edits_update_
     editing; editing the range after a preview takes it back; cancelling leaves a saved map saved;
     the brush still chosen paints on the next scan at once."""
     win = window
-    win.open_scan(small_scan[0])
-    win.actions["tool_brush"].trigger()
-    win.actions["class_2"].trigger()
-    _paint_disk(qtbot, win, 4, (28, 24), size=20)
-    _paint_disk(qtbot, win, 12, (28, 24), size=8)
+    _two_drawn_slices(qtbot, win, small_scan)
     win.labelmap.mark_clean()
     win.actions["fill_between"].trigger()
     dlg = win.fill_dialog

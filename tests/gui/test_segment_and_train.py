@@ -5,16 +5,7 @@ import json
 import numpy as np
 from PyQt5 import QtCore
 
-from tests.gui.helpers import click
-
-
-def _open_with_brush(win, small_scan):
-    """Open the small scan and its labels, and pick the brush painting CSF."""
-    scan, labels, _ = small_scan
-    win.open_scan(scan)
-    win.open_labels(labels)
-    win.actions["tool_brush"].trigger()
-    win.actions["class_1"].trigger()
+from tests.gui.helpers import click, open_with_brush
 
 
 def test_segment_volume_from_gui(enet_window, small_scan, qtbot):
@@ -74,7 +65,7 @@ def test_segment_current_slice_only(enet_window, small_scan, qtbot):
 def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_scan, qtbot, tiny_model_dir, dialogs):
     dialogs.yes = True  # if the tiny random model scores lower than its parent: activate anyway
     win = enet_window
-    _open_with_brush(win, small_scan)
+    open_with_brush(win, small_scan)
     panel = win.training_panel
     assert not panel.start_button.isEnabled(), "nothing corrected yet"
     ax = win.views["axial"]
@@ -102,7 +93,7 @@ def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_sc
 
 def test_cancel_finetune_keeps_previous_version(enet_window, small_scan, qtbot, tiny_model_dir):
     win = enet_window
-    _open_with_brush(win, small_scan)
+    open_with_brush(win, small_scan)
     ax = win.views["axial"]
     for k in (5, 8):
         ax.set_slice(k)
