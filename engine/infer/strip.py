@@ -1,0 +1,246 @@
+"""Brain extraction: an intracranial mask for a T1 head with its skull on, from a small 2.5-D network.
+
+What the mask means (one definition for every head we train on; see tools/strip_data.py): the
+intracranial space that FSL_SEG labels - brain, the CSF around it and in the sulci, the ventricles,
+the cerebellum, down to the brainstem at the level of the foramen magnum. Skull, marrow, scalp,
+eyes, neck and the dura's outer side are outside.
+
+How (after SynthStrip, Hoopes et al. NeuroImage 2022 - the idea, not the code): the network was
+trained on heads with random contrasts, deformations, noise, bias and resolution, so it looks for
+the shape of a head rather than one scanner's intensities. On 2 cores a 3-D network at 1 mm does
+not train in a session, so this one is 2.5-D at 2 mm:
+
+1. the scan is resampled (trilinear, world coordinates from its affine) onto a 128^3 grid of 2 mm
+   voxels aligned with RAS and centred on the head's foreground box - any orientation and voxel
+   size give the same input;
+2. each slice of each of the three planes goes through the network with its two neighbours as
+   extra channels (3 x 128 slices of 128 x 128, empty slices skipped), and the three planes'
+   brain probabilities are averaged (FastSurfer's view aggregation);
+3. the probability is resampled back onto the scan's own grid, thresholded at 0.5, the largest
+   connected piece kept and its holes filled.
+
+The scan's grid and affine are never changed. `StripResult` says how sure the network was: the
+fraction of the mask's shell with probabilities between 0.2 and 0.8, the mask's volume, and
+whether the brain touches the field of view's edge (a cut brain); `unsure_reasons` turns those into
+words for the GUI, the CLI and the batch QC column.
+
+numpy/scipy here; MXNet only inside `BrainExtractor`, which is loaded lazily - a skull-stripped
+scan never loads it (engine.infer.qc decides first).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+log = logging.getLogger(__name__)
+
+STRIP_MM = 2.0
+STRIP_GRID = 128
+CONTEXT = 1  # neighbouring slices on each side fed as channels (2.5-D)
+CHANNELS = 2 * CONTEXT + 1
+PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # RAS work grid: axis fixed by each plane
+# plausible adult intracranial volumes (mL); outside them the mask is flagged unsure
+ICV_RANGE_ML = (900.0, 2300.0)
+# a mask whose boundary shell is this uncertain (fraction of shell voxels with 0.2 < p < 0.8)
+UNSURE_SHELL_FRACTION = 0.35
+# a brain touching the field of view's edge on more than this many voxels is cut
+CUT_EDGE_VOXELS = 200
+
+
+def head_foreground(volume: np.ndarray) -> np.ndarray:
+    """Head (not air) voxels: above 8% of the 99.5th percentile of the nonzero voxels, or
+    Otsu's threshold when that is lower (a dark head in bright noise)."""
+    v = np.asarray(volume, dtype=np.float32)
+    sample = v[::2, ::2, ::2]
+    nz = sample[sample > 0]
+    if nz.size == 0:
+        return np.zeros(v.shape, bool)
+    hi = float(np.percentile(nz, 99.5))
+    return v > 0.08 * hi
+
+
+def intensity_scale(values: np.ndarray) -> float:
+    """The 98th percentile of head voxels: the network's input is volume / scale, clipped to 0..2."""
+    vals = values[values > 0]
+    if vals.size == 0:
+        return 1.0
+    if vals.size > 1_000_000:
+        vals = vals[:: vals.size // 1_000_000 + 1]
+    p = float(np.percentile(vals, 98))
+    return p if p > 0 else 1.0
+
+
+@dataclass
+class StripGrid:
+    """The 2 mm RAS work grid of one scan: `affine` maps work voxels to world (mm)."""
+
+    affine: np.ndarray
+    shape: tuple[int, int, int] = (STRIP_GRID,) * 3
+
+    @classmethod
+    def for_scan(cls, volume: np.ndarray, affine: np.ndarray) -> "StripGrid":
+        fg = head_foreground(volume[::2, ::2, ::2])
+        if fg.any():
+            idx = np.argwhere(fg) * 2
+            centre_vox = (idx.min(0) + idx.max(0)) / 2.0
+        else:
+            centre_vox = (np.array(volume.shape) - 1) / 2.0
+        centre = affine[:3, :3] @ centre_vox + affine[:3, 3]
+        aff = np.diag([STRIP_MM, STRIP_MM, STRIP_MM, 1.0])
+        aff[:3, 3] = centre - STRIP_MM * (STRIP_GRID - 1) / 2.0
+        return cls(aff)
+
+    def from_scan(self, volume: np.ndarray, affine: np.ndarray, order: int = 1) -> np.ndarray:
+        """The scan resampled onto this grid (outside the scan: 0). Anti-aliased first when the
+        scan's voxels are much finer than 2 mm."""
+        v = np.asarray(volume, dtype=np.float32)
+        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        sigma = [max(0.0, 0.4 * (STRIP_MM / z - 1.0)) for z in zooms]
+        if max(sigma) > 0.2:
+            v = ndi.gaussian_filter(v, sigma)
+        m = np.linalg.inv(affine) @ self.affine
+        return ndi.affine_transform(v, m[:3, :3], m[:3, 3], output_shape=self.shape, order=order,
+                                    mode="constant", cval=0.0).astype(np.float32)
+
+    def to_scan(self, work: np.ndarray, shape, affine: np.ndarray) -> np.ndarray:
+        """A work-grid array (e.g. the probability) resampled onto the scan's grid (trilinear)."""
+        m = np.linalg.inv(self.affine) @ affine
+        return ndi.affine_transform(np.asarray(work, np.float32), m[:3, :3], m[:3, 3], output_shape=tuple(shape),
+                                    order=1, mode="constant", cval=0.0)
+
+
+def plane_batches(work: np.ndarray, axis: int, fg: np.ndarray | None = None):
+    """(indices, slices (N, CHANNELS, 128, 128)) of one plane: each slice with its neighbours as
+    channels (edge slices repeat). Slices without head voxels are left out."""
+    n = work.shape[axis]
+    moved = np.moveaxis(work, axis, 0)
+    keep = np.arange(n) if fg is None else np.where(np.moveaxis(fg, axis, 0).reshape(n, -1).any(1))[0]
+    out = np.empty((len(keep), CHANNELS) + moved.shape[1:], np.float32)
+    for j, k in enumerate(keep):
+        for c in range(CHANNELS):
+            out[j, c] = moved[int(np.clip(k + c - CONTEXT, 0, n - 1))]
+    return keep, out
+
+
+def clean_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Threshold, keep the largest connected piece, fill holes (3-D, then per axial slice)."""
+    m = prob > threshold
+    lab, n = ndi.label(m)
+    if n > 1:
+        sizes = ndi.sum_labels(m, lab, index=np.arange(1, n + 1))
+        m = lab == (1 + int(np.argmax(sizes)))
+    m = ndi.binary_fill_holes(m)
+    return m
+
+
+@dataclass
+class StripResult:
+    mask: np.ndarray  # bool, the scan's own grid
+    probability: np.ndarray  # float32 0..1 on the 2 mm work grid
+    volume_ml: float
+    shell_uncertain: float  # fraction of the mask's boundary shell with 0.2 < p < 0.8
+    edge_voxels: int  # mask voxels on the field of view's faces (scan grid)
+    seconds: float
+    unsure_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def unsure(self) -> bool:
+        return bool(self.unsure_reasons)
+
+    def summary(self) -> str:
+        s = f"brain extracted: {self.volume_ml:,.0f} mL intracranial"
+        if self.unsure:
+            s += "; UNSURE: " + "; ".join(self.unsure_reasons)
+        return s
+
+
+def assess(mask: np.ndarray, prob: np.ndarray, voxel_ml: float) -> tuple[float, float, int, list[str]]:
+    """(volume mL, shell uncertainty, edge voxels, reasons to be unsure)."""
+    vol = float(mask.sum()) * voxel_ml
+    pm = prob > 0.5
+    shell = ndi.binary_dilation(pm, iterations=2) & ~ndi.binary_erosion(pm, iterations=2)
+    unsure_frac = float(((prob > 0.2) & (prob < 0.8) & shell).sum()) / max(int(shell.sum()), 1)
+    edge = int(sum(int(np.take(mask, i, axis=a).sum()) for a in range(3) for i in (0, -1)))
+    reasons = []
+    if not (ICV_RANGE_ML[0] <= vol <= ICV_RANGE_ML[1]):
+        reasons.append(f"intracranial volume {vol:,.0f} mL is outside {ICV_RANGE_ML[0]:,.0f}-"
+                       f"{ICV_RANGE_ML[1]:,.0f} mL")
+    if unsure_frac > UNSURE_SHELL_FRACTION:
+        reasons.append(f"the boundary is uncertain ({unsure_frac:.0%} of it; a defaced scan, another "
+                       "contrast than T1 or heavy artefacts?)")
+    if edge > CUT_EDGE_VOXELS:
+        reasons.append("the brain reaches the edge of the field of view (cut off?)")
+    return vol, unsure_frac, edge, reasons
+
+
+class BrainExtractor:
+    """The shipped brain-extraction network, loaded once. Not thread-safe: use from one thread."""
+
+    def __init__(self, model_dir: str | Path | None = None, ctx=None, batch_size: int = 16):
+        from engine.core.mx_env import get_mx
+        from engine.infer.inference import default_context, load_network
+        from engine.nets.weights import shipped_model_dir
+
+        self.mx = get_mx()
+        self.model_dir = Path(model_dir) if model_dir else shipped_model_dir("strip")
+        self.ctx = ctx or default_context()
+        self.net, self.info = load_network(self.model_dir, self.ctx)
+        self.net.hybridize(static_alloc=True, static_shape=True)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_network(cls, net, batch_size: int = 16):
+        self = cls.__new__(cls)
+        from engine.core.mx_env import get_mx
+
+        self.mx = get_mx()
+        self.ctx = self.mx.cpu()
+        self.net, self.info, self.model_dir = net, None, None
+        self.batch_size = batch_size
+        return self
+
+    @property
+    def version(self) -> str:
+        return (self.info.meta.get("version") if self.info else None) or "strip"
+
+    def work_probability(self, work: np.ndarray, planes=tuple(PLANES), progress=None, cancel=None) -> np.ndarray:
+        """Brain probability on a normalised work-grid volume, averaged over `planes`."""
+        fg = work > 0.05
+        acc = np.zeros(work.shape, np.float32)
+        for i, plane in enumerate(planes):
+            axis = PLANES[plane]
+            keep, batch = plane_batches(work, axis, fg)
+            probs = np.zeros((work.shape[axis],) + tuple(np.delete(work.shape, axis)), np.float32)
+            for s in range(0, len(keep), self.batch_size):
+                if cancel is not None and cancel.cancelled:
+                    from engine.core.cancel import Cancelled
+
+                    raise Cancelled()
+                x = self.mx.nd.array(batch[s:s + self.batch_size], ctx=self.ctx)
+                p = self.mx.nd.softmax(self.net(x), axis=1)[:, 1].asnumpy()
+                probs[keep[s:s + self.batch_size]] = p
+                if progress:
+                    progress((i + (s + len(p)) / max(len(keep), 1)) / len(planes))
+            acc += np.moveaxis(probs, 0, axis)
+        return acc / len(planes)
+
+    def extract(self, volume: np.ndarray, affine: np.ndarray, progress=None, cancel=None,
+                planes=tuple(PLANES)) -> StripResult:
+        t0 = time.time()
+        volume = np.asarray(volume, dtype=np.float32)
+        grid = StripGrid.for_scan(volume, affine)
+        work = grid.from_scan(volume, affine)
+        work = np.clip(work / intensity_scale(work), 0.0, 2.0)
+        prob = self.work_probability(work, planes, progress, cancel)
+        native = grid.to_scan(prob, volume.shape, affine)
+        mask = clean_mask(native)
+        voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+        vol, unsure_frac, edge, reasons = assess(mask, prob, voxel_ml)
+        res = StripResult(mask, prob, vol, unsure_frac, edge, time.time() - t0, reasons)
+        log.info("%s (%.1f s)", res.summary(), res.seconds)
+        return res
