@@ -18,7 +18,14 @@ from PyQt5 import QtCore, QtWidgets
 
 from engine.core.classes import NUM_CLASSES, tissue_classes
 from engine.core.paths import DEMO_SCAN
-from engine.io.volume import SeriesChoiceError, Volume, VolumeReadError, VolumeWriteError, analyze_geometry_loss
+from engine.io.volume import (
+    SeriesChoiceError,
+    Volume,
+    VolumeReadError,
+    VolumeWriteError,
+    analyze_geometry_loss,
+    scan_stem,
+)
 from engine.labels.labelmap import LabelMap
 
 from . import dialogs
@@ -71,7 +78,14 @@ class MainWindow(QtWidgets.QMainWindow):
 
         self.engine = EngineThread(self)
         self.segmentation = SegmentationController(
-            self.session, self.engine, self.segment_panel, self.model_dir, lambda: self.prefs.batch_size, self)
+            self.session, self.engine, self.segment_panel, self.model_dir, lambda: self.prefs.batch_size, self,
+            strip_mode=lambda: self.prefs.strip)
+        self.segmentation.stripWarning.connect(
+            lambda why: dialogs.show_info(self, "Brain extraction unsure",
+                                          f"The brain mask may be wrong: {why}.\n\nLook at the cyan outline in all "
+                                          "three views; correct the labels with the brush and eraser (painting a "
+                                          "class adds to the brain, erasing removes from it)."))
+        self.session.brainMaskChanged.connect(self._show_brain_mask)
         self.segmentation.message.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
         self.segmentation.uncertaintyChanged.connect(self._show_uncertainty)
         self.segmentation.finished.connect(self.segmentationFinished.emit)
@@ -334,8 +348,11 @@ class MainWindow(QtWidgets.QMainWindow):
         a["open_labels"].setEnabled(has_scan and not labels_job)
         a["open_labels"].setToolTip("Wait for the segmentation (or cancel it) to open a label map" if labels_job
                                     else "Open a label map (e.g. OASIS FSL_SEG) for the open scan")
-        for key in ("segment", "segment_slice"):
+        for key in ("segment", "segment_slice", "extract_brain"):
             a[key].setEnabled(has_scan and not busy)
+        has_mask = self.session.brain_mask is not None
+        a["save_brain_mask"].setEnabled(has_mask)
+        a["toggle_brain_outline"].setEnabled(has_mask)
         a["cancel"].setEnabled(busy)
         for key in ("save_labels", "save_labels_as", "export_png", "show_stats", "toggle_overlay",
                     "toggle_outline", "opacity_up", "opacity_down"):
@@ -738,7 +755,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.labelmap is None or self.scan is None:
             return
         folder = str((self.labels_path or self.scan.path).parent) if self.scan.path is not None else ""
-        dlg = StatsDialog(self.labelmap.labels, self.scan.voxel_volume_ml, self.scan.name, self, default_dir=folder)
+        dlg = StatsDialog(self.labelmap.labels, self.scan.voxel_volume_ml, self.scan.name, self, default_dir=folder,
+                          scan=self.scan)
         self._stats_dialog = dlg
         dlg.show()
 
@@ -808,6 +826,37 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def on_segment(self):
         self.start_segmentation()
+
+    def on_extract_brain(self):
+        if self.segmentation.extract_brain() is not None:
+            self.update_state()
+
+    def _show_brain_mask(self) -> None:
+        mask = self.session.brain_mask
+        a = self.actions["toggle_brain_outline"]
+        if mask is not None and not a.isChecked():
+            a.setChecked(True)
+        for v in self.views.values():
+            v.set_brain_mask(mask, a.isChecked())
+        self.update_state()
+
+    def on_toggle_brain_outline(self):
+        for v in self.views.values():
+            v.set_brain_mask(self.session.brain_mask, self.actions["toggle_brain_outline"].isChecked())
+
+    def on_save_brain_mask(self):
+        if self.session.brain_mask is None:
+            return
+        start = str(Path(self.scan.path).with_name(scan_stem(self.scan.path) + "_brainmask.nii.gz")) if self.scan.path else ""
+        path = dialogs.get_save_path(self, "Save brain mask", "NIfTI (*.nii.gz *.nii);;Analyze (*.hdr)", start)
+        if not path:
+            return
+        try:
+            written = self.session.save_brain_mask(path)
+        except (ValueError, OSError) as exc:
+            dialogs.show_error(self, "Save brain mask", str(exc))
+            return
+        self.statusBar().showMessage("Saved the brain mask: " + ", ".join(str(p) for p in written), 10000)
 
     def on_segment_slice(self):
         if self.scan is not None:

@@ -21,11 +21,14 @@ class SegmentationController(QtCore.QObject):
     message = QtCore.pyqtSignal(str, int)  # status bar text, milliseconds
     uncertaintyChanged = QtCore.pyqtSignal(object)  # the volume's uncertainty map or None
 
+    stripWarning = QtCore.pyqtSignal(str)  # brain extraction is unsure: why
+
     def __init__(self, session: Session, engine, panel, model_dir: Callable[[], Path],
-                 batch_size: Callable[[], int], dialog_parent=None):
+                 batch_size: Callable[[], int], dialog_parent=None, strip_mode: Callable[[], str] = lambda: "auto"):
         super().__init__(dialog_parent)
         self.session, self.engine, self.panel = session, engine, panel
-        self.model_dir, self.batch_size = model_dir, batch_size
+        self.model_dir, self.batch_size, self.strip_mode = model_dir, batch_size, strip_mode
+        self.extract_job: int | None = None
         self.dialog_parent = dialog_parent
         self.job_id: int | None = None
         self.ticket: PredictionTicket | None = None
@@ -72,10 +75,16 @@ class SegmentationController(QtCore.QObject):
 
         cfg = SegmentConfig(batch_size=self.batch_size(), slices=slices, uncertainty=True)
         precision = self.precision()
+        mask, strip = s.current_brain_mask(), self.strip_mode()
 
         def job(state, progress, cancel):
+            from engine.infer.scan import segment_scan
+
             seg = state.segmenter(model_dir, precision)
-            return seg.segment(data, cfg, progress=lambda d, t: progress((d, t)), cancel=cancel, affine=affine)
+            res, decision, extracted = segment_scan(seg, data, affine, cfg, strip=strip, cancel=cancel,
+                                                    progress=lambda d, t: progress((d, t)), mask=mask)
+            res.strip_decision, res.extracted = decision, extracted
+            return res
 
         self.ticket = s.begin_prediction(slices, replace)
         self.panel.progress.setVisible(True)
@@ -99,7 +108,13 @@ class SegmentationController(QtCore.QObject):
         data, affine, k = s.scan.data, s.scan.affine, slice_index
         from engine.infer.inference import SegmentConfig
 
+        strip = self.strip_mode()
+
         def warm(state):
+            from engine.infer.scan import decide_strip, get_extractor
+
+            if decide_strip(data, affine, strip).run:  # a head: the extractor will be needed first
+                get_extractor()
             # segmenting one slice, thrown away, also builds the graph and measures the scan's
             # normalisation: the first "segment this slice" click then takes 80 ms, not 420
             state.segmenter(model_dir, precision).segment(data, SegmentConfig(slices=(k,), uncertainty=True),
@@ -107,27 +122,57 @@ class SegmentationController(QtCore.QObject):
 
         self.engine.prefetch("load model", warm)
 
+    def extract_brain(self) -> int | None:
+        """Segment > Extract brain: find the intracranial mask (always, whatever the skull check
+        says) and show its outline; the next segmentation stays inside it."""
+        s = self.session
+        if s.scan is None or self.running or self.extract_job is not None:
+            return None
+        data, affine = s.scan.data, s.scan.affine
+
+        def job(state, progress, cancel):
+            from engine.infer.scan import extract
+
+            return extract(data, affine, "on", progress=lambda f: progress((int(f * 100), 100)), cancel=cancel)
+
+        self.panel.progress.setVisible(True)
+        self.panel.progress.setValue(0)
+        self.message.emit("Extracting the brain...", 0)
+        self.extract_job = self.engine.submit("extract brain", job)
+        return self.extract_job
+
     def cancel(self) -> None:
         if self.job_id is not None:
             self.engine.cancel(self.job_id)
+        if self.extract_job is not None:
+            self.engine.cancel(self.extract_job)
 
     def forget(self) -> None:
         """A new scan is open: a running segmentation belongs to the old one; cancel and forget it."""
         if self.job_id is not None:
             self.engine.cancel(self.job_id)
+        if self.extract_job is not None:
+            self.engine.cancel(self.extract_job)
         self.job_id = None
+        self.extract_job = None
         self.ticket = None
         self.panel.progress.setVisible(False)
         self.set_uncertainty(None)
 
     # ------------------------------------------------------------------ engine signals
     def _on_progress(self, job_id: int, name: str, payload) -> None:
-        if job_id == self.job_id:
+        if job_id is not None and job_id in (self.job_id, self.extract_job):
             done, total = payload
             self.panel.progress.setMaximum(max(total, 1))
             self.panel.progress.setValue(done)
 
     def _on_finished(self, job_id: int, name: str, result) -> None:
+        if job_id is not None and job_id == self.extract_job:
+            self.extract_job = None
+            self.panel.progress.setVisible(False)
+            decision, res = result
+            self._take_mask(res, in_labels=False)
+            return
         if job_id != self.job_id:
             if name == "segment":
                 log.info("dropping the result of segmentation job %d: its scan is no longer open", job_id)
@@ -157,12 +202,31 @@ class SegmentationController(QtCore.QObject):
         # short enough to stay readable beside the read-out; the planes and geometry go to the log
         log.info("segmented the %s with %s (%s) in %.1f s%s", what, result.model, "+".join(result.planes),
                  result.seconds, geo)
+        extracted = getattr(result, "extracted", None)
+        if extracted is not None:
+            self._take_mask(extracted, in_labels=ticket.slices is None)
+            kept += f"; brain extracted first ({extracted.volume_ml:,.0f} mL, cyan outline)"
+        elif self.session.brain_mask is not None and ticket.slices is None:
+            # segmented inside the mask the user had (extracted, perhaps corrected): the labels now hold it
+            self.session.set_brain_mask(self.session.labelmap.labels > 0, self.session.brain_mask_note, in_labels=True)
         self.message.emit(f"Segmented the {what} in {result.seconds:.1f} s{kept}", 15000)
         if ticket.slices is None:
             self.set_uncertainty(result.uncertainty)
         self.finished.emit(result)
 
+    def _take_mask(self, res, in_labels: bool) -> None:
+        note = res.summary()
+        self.session.set_brain_mask(res.mask, note, in_labels=in_labels)
+        self.message.emit(f"Brain extracted: {res.volume_ml:,.0f} mL intracranial in {res.seconds:.1f} s "
+                          "(cyan outline; correct it with the brush and eraser once segmented)", 15000)
+        if res.unsure:
+            self.stripWarning.emit("; ".join(res.unsure_reasons))
+
     def _on_stopped(self, job_id: int, name: str, *_):
+        if job_id is not None and job_id == self.extract_job:
+            self.extract_job = None
+            self.panel.progress.setVisible(False)
+            return
         if job_id != self.job_id:
             return
         self.session.abandon_prediction(self.ticket)

@@ -28,6 +28,7 @@ import numpy as np
 from PyQt5 import QtCore
 
 from engine.io import recovery
+from engine.io.space import mask_xform_code
 from engine.io.volume import Volume, VolumeWriteError, files_of, read_volume, save_labels, scan_stem
 from engine.labels.labelmap import LabelMap
 
@@ -68,6 +69,7 @@ class Session(QtCore.QObject):
     changed = QtCore.pyqtSignal()  # edits, dirty state, save path
     autosaveChanged = QtCore.pyqtSignal(str, str)  # state (idle|saving|saved|failed), text
     predictionLanded = QtCore.pyqtSignal(object, object)  # ticket, EditAtom or None
+    brainMaskChanged = QtCore.pyqtSignal()  # the intracranial mask (brain extraction) changed
     _autosaveDone = QtCore.pyqtSignal(int, int, str, str)  # label map generation, revision, path, error
 
     def __init__(self, parent=None, autosave_idle_ms: int = AUTOSAVE_IDLE_MS):
@@ -78,6 +80,12 @@ class Session(QtCore.QObject):
         self.axial_axis = 2
         self.plane_axes = {"sagittal": 0, "coronal": 1, "axial": 2}
         self.pending: PredictionTicket | None = None  # a prediction job that will write labels
+        # brain extraction (engine/infer/strip.py): the intracranial mask on the scan's grid, what
+        # made it, and whether the labels' nonzero voxels now stand for it (after a segmentation
+        # inside it: then correcting the labels with the brush corrects the mask too)
+        self.brain_mask: np.ndarray | None = None
+        self.brain_mask_note = ""
+        self.brain_mask_in_labels = False
         self.preview_active = False  # a label operation's preview is shown (label_tools.py)
         self._deferred: tuple[PredictionTicket, np.ndarray] | None = None  # landed mid-stroke
         # autosave
@@ -120,12 +128,13 @@ class Session(QtCore.QObject):
             msg += f" - {vol.geometry_note}"
         if geo.describe():
             msg += f" - for the network: {geo.describe()}"
+        if vol.orientation_source == "anatomy":
+            notices.append(("Orientation found from the anatomy", f"{vol.path}:\n{vol.geometry_note}"))
+        for w in vol.warnings:
+            msg += f" - {w}"
+            notices.append(("Orientation check", f"{vol.path}:\n{w}"))
         if skull_present(vol.data, vol.voxel_volume_ml, vol.affine):
-            msg += " - the skull seems to be on: labels outside the brain are unreliable"
-            notices.append(("Skull not removed?",
-                            f"{vol.name} looks like it still has the skull on (as OASIS *_t88_gfc rather than "
-                            "*_t88_masked_gfc). The networks were trained on skull-stripped brains: labels "
-                            "outside the brain will be unreliable."))
+            msg += " - skull on: Segment extracts the brain first (Segment > Extract brain to see it)"
         info = recovery.find_recovery(vol.path, vol.shape) if vol.path is not None else None
         self.scanChanged.emit()
         self.changed.emit()
@@ -140,6 +149,7 @@ class Session(QtCore.QObject):
             self.discard_recovery()
         self.set_labelmap(None)
         self.labels_path = None
+        self.set_brain_mask(None)
         had = self.scan is not None
         self.scan = None
         self.axial_axis = 2
@@ -147,6 +157,33 @@ class Session(QtCore.QObject):
         self._set_autosave("idle", "")
         if had:
             self.scanChanged.emit()
+
+    # ================================================================== brain mask
+    def set_brain_mask(self, mask: np.ndarray | None, note: str = "", in_labels: bool = False) -> None:
+        self.brain_mask = None if mask is None else np.asarray(mask, bool)
+        self.brain_mask_note = note if mask is not None else ""
+        self.brain_mask_in_labels = bool(in_labels and mask is not None)
+        self.brainMaskChanged.emit()
+
+    def current_brain_mask(self) -> np.ndarray | None:
+        """The mask a new segmentation should use: once a segmentation landed inside a mask, the
+        labels' nonzero voxels (the user's brush and eraser corrections included); else the mask as
+        extracted; None when there is none."""
+        if self.brain_mask is None:
+            return None
+        if self.brain_mask_in_labels and self.labelmap is not None:
+            current = self.labelmap.labels > 0
+            if current.any():
+                return current
+        return self.brain_mask
+
+    def save_brain_mask(self, path: str | os.PathLike) -> list[Path]:
+        mask = self.current_brain_mask()
+        if mask is None or self.scan is None:
+            raise ValueError("no brain mask: Segment > Extract brain first")
+        if self.scan.path is not None and Path(path).resolve() in {p.resolve() for p in files_of(self.scan.path)}:
+            raise ValueError(f"{path} is the scan itself: choose another name")
+        return save_labels(path, mask.astype(np.uint8), self.scan.affine, xform_code=mask_xform_code(self.scan))
 
     # ================================================================== labels
     @property
@@ -311,7 +348,8 @@ class Session(QtCore.QObject):
         if self.labelmap is None or self.scan is None:
             raise VolumeWriteError("there are no labels to save")
         self.check_save_target(path)
-        save_labels(path, self.labelmap.labels, self.scan.affine)
+        # the scan's sform/qform code (MNI, Talairach...) goes with the mask: it says which space it is in
+        save_labels(path, self.labelmap.labels, self.scan.affine, xform_code=mask_xform_code(self.scan))
         self.labels_path = Path(path)
         self.labelmap.mark_clean()
         self.discard_recovery()

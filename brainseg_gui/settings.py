@@ -29,6 +29,7 @@ class Preferences:
     model: str = "auto"  # auto | unet | enet (remembered override)
     batch_size: int | None = None  # None: the fastest measured for the network
     preload_model: bool = True  # load the model in the background when a scan opens
+    strip: str = "auto"  # brain extraction before segmenting: auto (a skull found) | on | off
 
     @classmethod
     def load(cls) -> "Preferences":

@@ -155,7 +155,13 @@ class SliceView(QtWidgets.QFrame):
         self.range_item = pg.ImageItem(axisOrder="row-major")
         self.range_item.setZValue(9)  # under the label overlay: painted labels stay visible
         self.range_item.setVisible(False)
+        # the brain mask's outline (brain extraction), cyan, above the labels
+        self.mask_item = pg.ImageItem(axisOrder="row-major")
+        self.mask_item.setZValue(12)
+        self.mask_item.setVisible(False)
+        self.brain_mask: np.ndarray | None = None
         self.vb.addItem(self.image)
+        self.vb.addItem(self.mask_item)
         self.vb.addItem(self.overlay)
         self.vb.addItem(self.range_item)
         self.vb.addItem(self.heat)
@@ -244,6 +250,7 @@ class SliceView(QtWidgets.QFrame):
         self.redraw_overlay()
         self.redraw_heat()
         self.redraw_range()
+        self.redraw_mask()
         self._update_title()
         if self._hover is not None:  # the read-out follows the wheel: same point, new slice
             self.cursorMoved.emit(self.geometry_.voxel_at(self._hover[0], self._hover[1], k))
@@ -293,6 +300,24 @@ class SliceView(QtWidgets.QFrame):
         self.range_item.setImage(rgba, autoLevels=False, levels=(0, 255))
         self.range_item.setRect(self._rect)
         self.range_item.setVisible(True)
+
+    def set_brain_mask(self, mask: np.ndarray | None, visible: bool = True) -> None:
+        self.brain_mask = mask
+        self.mask_item.setVisible(visible and mask is not None)
+        self.redraw_mask()
+
+    def redraw_mask(self) -> None:
+        """The outline of the brain mask on this slice (one pixel wide, cyan)."""
+        g = self.geometry_
+        if self.brain_mask is None or g is None or self.brain_mask.shape != g.shape:
+            self.mask_item.clear()
+            return
+        disp = g.display(self.brain_mask, self.index).astype(np.uint8)
+        edge = outline_of(disp) > 0
+        rgba = np.zeros(disp.shape + (4,), np.uint8)
+        rgba[edge] = (0, 230, 255, 230)
+        self.mask_item.setImage(rgba, autoLevels=False, levels=(0, 255))
+        self.mask_item.setRect(self._rect)
 
     def set_uncertainty(self, unc: np.ndarray | None, visible: bool) -> None:
         self.uncertainty = unc

@@ -313,6 +313,11 @@ class TrainingPanel(QtWidgets.QWidget):
                              steps_per_epoch=self.steps_per_epoch)
         scan, affine = session.scan.data, session.scan.affine
         labels = session.labelmap.labels.copy()  # a snapshot: the user may keep editing
+        brain = session.current_brain_mask()
+        if brain is not None:  # a head scan: learn from what the network saw, the brain inside its mask
+            from engine.infer.scan import masked_scan
+
+            scan = masked_scan(scan, brain)
         scan_name = str(session.scan.path)
 
         def job(state, progress, cancel):

@@ -43,8 +43,13 @@ from engine.io.volume import scan_stem
 log = logging.getLogger(__name__)
 
 COLUMNS = ["subject", "session", "scan", "input", "series", "status", "error", "model", "model_version",
-           "csf_ml", "gm_ml", "wm_ml", "brain_ml", "tiv_ml", "csf_fraction", "gm_fraction", "wm_fraction",
-           "voxel_mm", "seconds", "qc_flags", "mean_entropy", "mask", "uncertainty"]
+           "csf_ml", "gm_ml", "wm_ml", "brain_ml", "tiv_ml", "stripped", "icv_ml", "icv_source", "csf_fraction", "gm_fraction", "wm_fraction",
+           "voxel_mm", "seconds", "qc_flags", "mean_entropy", "mask", "uncertainty",
+           # native or atlas space (engine/io/space.py): the *_ml above are atlas-space mL on atlas rows;
+           # native_* are the brain's own mL (= *_ml on native rows, atlas mL / ASF on atlas rows with
+           # an ASF, empty without one) and etiv_oasis_ml is OASIS's eTIV, 1755 / ASF
+           "space", "space_reason", "asf", "native_csf_ml", "native_gm_ml", "native_wm_ml", "native_brain_ml",
+           "native_tiv_ml", "etiv_oasis_ml"]
 
 # QC thresholds. TIV range from the issue (adults); tissue fractions of TIV: generous adult ranges
 # (healthy and atrophied adults in OASIS-1 lie well inside: GM ~0.40-0.50, WM ~0.28-0.38,
@@ -78,6 +83,8 @@ class ScanItem:
     session: str
     path: str
     series: str | None = None
+    atlas_marked: bool = False  # --atlas-space: the user says it is registered to an atlas
+    asf: float | None = None  # OASIS's atlas scaling factor (--asf, --oasis-csv); used on atlas-space scans
 
 
 # ----------------------------------------------------------------------------- finding scans
@@ -172,6 +179,12 @@ def discover(inputs: list[str]) -> list[ScanItem]:
 _SEGMENTERS: dict = {}  # per process: the model loads once
 
 
+def stripped_version() -> str:
+    from engine.infer.scan import get_extractor
+
+    return get_extractor().version
+
+
 def _segmenter(model_dir: str):
     from engine.infer.inference import Segmenter
 
@@ -202,14 +215,20 @@ def thumbnail(labels: np.ndarray, scan: np.ndarray, affine: np.ndarray) -> np.nd
 
 
 def qc_flags(row: dict, skull: bool, geometry_notes: list[str]) -> list[str]:
+    """`skull`: a skull is present in what was segmented (not extracted first)."""
     flags = []
     if skull:
         flags.append("skull present")
     if row.get("mean_entropy") is not None and row["mean_entropy"] > LOW_CONFIDENCE_NATS:
         flags.append("low confidence")
     tiv = row.get("tiv_ml") or 0
-    if not TIV_RANGE_ML[0] <= tiv <= TIV_RANGE_ML[1]:
-        flags.append(f"TIV {tiv:.0f} mL outside {TIV_RANGE_ML[0]:.0f}-{TIV_RANGE_ML[1]:.0f}")
+    # the range is for a brain's own TIV: atlas-space volumes are checked only when an ASF turned
+    # them into native mL (every head was scaled to the atlas's size; report.py says so)
+    atlas = row.get("space") == "atlas"
+    checked = _number(row.get("native_tiv_ml")) if atlas else tiv
+    if checked is not None and not TIV_RANGE_ML[0] <= checked <= TIV_RANGE_ML[1]:
+        flags.append(f"{'native ' if atlas else ''}TIV {checked:.0f} mL outside "
+                     f"{TIV_RANGE_ML[0]:.0f}-{TIV_RANGE_ML[1]:.0f}")
     for k, (lo, hi) in FRACTION_RANGES.items():
         f = row.get(f"{k}_fraction")
         if f is not None and tiv > 0 and not lo <= f <= hi:
@@ -218,7 +237,70 @@ def qc_flags(row: dict, skull: bool, geometry_notes: list[str]) -> list[str]:
     return flags
 
 
-def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool = False) -> dict:
+def _number(value) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def space_columns(space, ml: dict) -> dict:
+    """The row's space columns (COLUMNS) from an engine.io.space.Space and the volumes in mL."""
+    def r(v):
+        return None if v is None else round(v, 3)
+
+    nat = {k: space.native_ml(ml[k]) for k in ("csf", "gm", "wm")}
+    known = space.native_known
+    return {"space": space.name, "space_reason": space.reason or "", "asf": space.asf,
+            "native_csf_ml": r(nat["csf"]), "native_gm_ml": r(nat["gm"]), "native_wm_ml": r(nat["wm"]),
+            "native_brain_ml": r(nat["gm"] + nat["wm"]) if known else None,
+            "native_tiv_ml": r(nat["csf"] + nat["gm"] + nat["wm"]) if known else None,
+            "etiv_oasis_ml": r(space.etiv_ml)}
+
+
+def oasis_session_id(item: ScanItem) -> str | None:
+    """OASIS's session id (OAS1_0001_MR1, the `ID` of its CSVs) of a scan, from what discover()
+    derived or the file name."""
+    if re.fullmatch(r"OAS\d_\d{4}", item.subject) and re.fullmatch(r"MR\d+", item.session):
+        return f"{item.subject}_{item.session}"
+    m = re.search(r"(OAS\d_\d{4}_MR\d+)", Path(item.path).name)
+    return m.group(1) if m else None
+
+
+def apply_space_options(items: list[ScanItem], atlas_space: bool = False, asf: float | None = None,
+                        oasis_csv: str | None = None) -> list[str]:
+    """Mark the items atlas-registered (--atlas-space) and give them an ASF: --asf for all, or each
+    OASIS session its own from --oasis-csv. An ASF is used only on scans found atlas-space. Returns
+    warnings for the user (sessions the CSV has no ASF for)."""
+    from engine.io.space import read_oasis_asf
+
+    if asf is not None and oasis_csv:
+        raise BatchError("--asf and --oasis-csv: choose one (--asf gives every atlas-space scan the same ASF)")
+    table: dict[str, float] = {}
+    if oasis_csv:
+        try:
+            table = read_oasis_asf(oasis_csv)
+        except OSError as exc:
+            raise BatchError(f"--oasis-csv {oasis_csv}: cannot be read ({exc.strerror or exc})") from exc
+        except ValueError as exc:
+            raise BatchError(f"--oasis-csv: {exc}") from exc
+    missing = []
+    for it in items:
+        it.atlas_marked = it.atlas_marked or atlas_space
+        if asf is not None:
+            it.asf = asf
+        elif oasis_csv:
+            it.asf = table.get(oasis_session_id(it) or "")
+            if it.asf is None:
+                missing.append(it.key)
+    if not missing:
+        return []
+    return [f"--oasis-csv: {oasis_csv} has no ASF for {len(missing)} of {len(items)} scans "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); atlas-space ones among them get "
+            "atlas-space mL only and no TIV range check"]
+
+
+def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool = False, strip: str = "auto") -> dict:
     """Read, segment and write one scan's files; returns its row (an error row when it fails).
     Runs in the batch process, a --jobs worker or a Dask worker."""
     from engine.core.atomic import atomic_write
@@ -233,17 +315,23 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
            "series": item.series or "", "status": "error", "error": ""}
     try:
         vol = read_volume(item.path, kind="image", series=item.series)
+        from engine.io.space import Space, atlas_space_reason, mask_xform_code
+
+        vol.atlas_marked = item.atlas_marked
+        space = Space.of(vol, item.asf if atlas_space_reason(vol) else None)
         seg = _segmenter(model_dir)
-        res = seg.segment(vol.data, SegmentConfig(uncertainty=True), affine=vol.affine)
+        from engine.infer.scan import segment_scan
+
+        res, decision, stripped = segment_scan(seg, vol.data, vol.affine, SegmentConfig(uncertainty=True), strip=strip)
         out = Path(outdir)
         mask = out / "masks" / f"{item.key}_seg.nii.gz"
         mask.parent.mkdir(parents=True, exist_ok=True)
-        save_labels(mask, res.labels, vol.affine)
+        save_labels(mask, res.labels, vol.affine, xform_code=mask_xform_code(vol))
         unc_path = ""
         if uncertainty and res.uncertainty is not None:
             up = out / "uncertainty" / f"{item.key}_unc.nii.gz"
             up.parent.mkdir(parents=True, exist_ok=True)
-            save_image(up, res.uncertainty.astype(np.float32), vol.affine)
+            save_image(up, res.uncertainty.astype(np.float32), vol.affine, xform_code=mask_xform_code(vol))
             unc_path = str(up.relative_to(out))
         thumb = out / "thumbs" / f"{item.key}.png"
         thumb.parent.mkdir(parents=True, exist_ok=True)
@@ -262,6 +350,11 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
             "status": "ok", "model": seg.info.arch, "model_version": seg.info.version,
             "csf_ml": round(ml["csf"], 3), "gm_ml": round(ml["gm"], 3), "wm_ml": round(ml["wm"], 3),
             "brain_ml": round(brain, 3), "tiv_ml": round(tiv, 3),
+            "stripped": "yes" if stripped is not None else "no",
+            "icv_ml": round(stripped.volume_ml, 3) if stripped is not None else round(tiv, 3),
+            "icv_source": ("brain extraction (" + stripped_version() + ")" if stripped is not None
+                           else "the scan's own mask (skull-stripped input)" if decision.reason.startswith("already")
+                           else "segmentation (no extraction: " + decision.reason + ")"),
             "csf_fraction": round(ml["csf"] / tiv, 4) if tiv else None,
             "gm_fraction": round(ml["gm"] / tiv, 4) if tiv else None,
             "wm_fraction": round(ml["wm"] / tiv, 4) if tiv else None,
@@ -269,14 +362,22 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
             "mean_entropy": None if ent is None else round(ent, 4),
             "mask": str(mask.relative_to(out)), "uncertainty": unc_path,
         })
+        row.update(space_columns(space, ml))
         notes = []
-        if vol.geometry_note:
+        if stripped is not None and stripped.unsure:
+            notes.append("brain extraction unsure: " + "; ".join(stripped.unsure_reasons))
+        if vol.orientation_source == "anatomy":
+            notes.append("orientation from anatomy")
+        elif vol.geometry_note:
             notes.append("orientation assumed")
+        if vol.warnings:
+            notes.append("header orientation contradicts the anatomy")
         if vol.layout_note:
             notes.append("layout assumed")
         if Conform.for_grid(vol.shape, vol.affine).describe():
             notes.append("resampled for the network")
-        row["qc_flags"] = "; ".join(qc_flags(row, skull_present(vol.data, vol.voxel_volume_ml, vol.affine), notes))
+        skull = stripped is None and skull_present(vol.data, vol.voxel_volume_ml, vol.affine)
+        row["qc_flags"] = "; ".join(qc_flags(row, skull, notes))
     except Exception as exc:  # one broken scan is a row, never the end of the batch
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         row["error"] = msg
@@ -369,7 +470,7 @@ def _worker_init(threads: int) -> None:
 
 def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, scheduler: str | None = None,
         resume: bool = False, retry_failed: bool = False, uncertainty: bool = False, report: bool = True,
-        progress_stream=None, on_row=None) -> tuple[list[dict], int]:
+        progress_stream=None, on_row=None, strip: str = "auto") -> tuple[list[dict], int]:
     """Process the items into OUTDIR; returns (all rows of the table, how many were processed now).
     KeyboardInterrupt propagates after the rows finished so far are written."""
     outdir.mkdir(parents=True, exist_ok=True)
@@ -425,12 +526,12 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
 
     try:
         if scheduler:
-            _run_dask(todo, outdir, model_dir, scheduler, uncertainty, take)
+            _run_dask(todo, outdir, model_dir, scheduler, uncertainty, take, strip)
         elif jobs > 1 and len(todo) > 1:
-            _run_local(todo, outdir, model_dir, jobs, uncertainty, take)
+            _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip)
         else:
             for it in todo:
-                take(process_scan(it, str(outdir), str(model_dir), uncertainty))
+                take(process_scan(it, str(outdir), str(model_dir), uncertainty, strip))
     finally:
         rows = table.load()
         if report and rows:
@@ -454,7 +555,7 @@ def _result_or_error_row(future, item: ScanItem) -> dict:
                 "error": f"the worker process failed ({type(exc).__name__}: {exc})".strip(), "seconds": 0}
 
 
-def _run_local(todo, outdir, model_dir, jobs, uncertainty, take) -> None:
+def _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip="auto") -> None:
     """N worker processes. A worker that dies (killed, out of memory) breaks the pool: the scans it
     and the pool had not finished are retried once in new workers; a scan that breaks a pool twice
     becomes an error row."""
@@ -470,7 +571,8 @@ def _run_local(todo, outdir, model_dir, jobs, uncertainty, take) -> None:
         broken = []
         with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                  initargs=(max(1, cpu_cores() // n),)) as pool:
-            futs = {pool.submit(process_scan, it, str(outdir), str(model_dir), uncertainty): it for it in remaining}
+            futs = {pool.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, strip): it
+                    for it in remaining}
             try:
                 for f in as_completed(futs):
                     it = futs[f]
@@ -488,7 +590,7 @@ def _run_local(todo, outdir, model_dir, jobs, uncertainty, take) -> None:
         remaining = broken
 
 
-def _run_dask(todo, outdir, model_dir, address, uncertainty, take) -> None:
+def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto") -> None:
     try:
         from distributed import Client, as_completed
     except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -498,7 +600,7 @@ def _run_dask(todo, outdir, model_dir, address, uncertainty, take) -> None:
     except (OSError, TimeoutError) as exc:
         raise BatchError(f"--scheduler {address}: cannot reach the Dask scheduler ({exc})") from exc
     try:
-        futs = {client.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, pure=False,
+        futs = {client.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, strip, pure=False,
                               retries=2, key=f"brainseg-{it.key}-{time.time_ns()}"): it for it in todo}
         for f in as_completed(list(futs)):
             take(_result_or_error_row(f, futs[f]))
@@ -508,6 +610,8 @@ def _run_dask(todo, outdir, model_dir, address, uncertainty, take) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 def add_batch_parser(sub) -> None:
+    from engine.io.space import add_space_arguments
+
     p = sub.add_parser("batch", help="segment a cohort: masks, one volumes.csv with QC flags, report.html")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="scan files, folders, globs (quote them), an OASIS-1 tree, a BIDS dataset, DICOM folders")
@@ -515,6 +619,12 @@ def add_batch_parser(sub) -> None:
     p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
     p.add_argument("--weights", help="a model folder, a `brainseg train` output folder, or a version name")
     p.add_argument("--uncertainty", action="store_true", help="also write each scan's uncertainty map")
+    add_space_arguments(p)
+    p.add_argument("--oasis-csv", metavar="FILE",
+                   help="OASIS's demographics CSV (columns ID, e.g. OAS1_0001_MR1, and ASF): each OASIS session's "
+                   "ASF, for native mL and eTIV")
+    p.add_argument("--strip", default="auto", choices=("auto", "on", "off"),
+                   help="brain extraction: auto (scans with a skull; default), on (always), off (never)")
     p.add_argument("--resume", action="store_true", help="continue a batch: skip scans already in volumes.csv")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: redo the scans that failed")
     p.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
@@ -535,12 +645,15 @@ def cmd_batch(args) -> int:
     configure_threads()
     model_dir, arch, reason = resolve_model(args.model, args.weights)
     items = discover(args.inputs)
+    for note in apply_space_options(items, atlas_space=args.atlas_space, asf=args.asf, oasis_csv=args.oasis_csv):
+        print(f"warning: {note}", file=sys.stderr)
     out = Path(args.output)
     print(f"{len(items)} scan{'s' if len(items) != 1 else ''}; model {model_dir} ({reason}); output {out}",
           file=sys.stderr)
     try:
         rows, n = run(items, out, model_dir, jobs=args.jobs, scheduler=args.scheduler, resume=args.resume,
-                      retry_failed=args.retry_failed, uncertainty=args.uncertainty, report=not args.no_report)
+                      retry_failed=args.retry_failed, uncertainty=args.uncertainty, report=not args.no_report,
+                      strip=args.strip)
     except KeyboardInterrupt:
         rows = Table(out / "volumes.csv").load()
         print(f"\ninterrupted: {len(rows)} rows in {out / 'volumes.csv'}; run again with --resume to finish",

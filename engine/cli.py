@@ -133,6 +133,8 @@ def cmd_info(args) -> int:
         "range": [float(d.min()), float(d.max())],
         "layout_note": vol.layout_note,
         "geometry_note": vol.geometry_note,
+        "orientation_source": vol.orientation_source,
+        "warnings": list(vol.warnings),
         "for_the_network": Conform.for_grid(vol.shape, vol.affine).describe() or "used as stored (LAS, 1 mm)",
         "affine": np.round(vol.affine, 6).tolist(),
     }
@@ -149,7 +151,13 @@ def cmd_info(args) -> int:
     print(f"  kind:        {'label map' if vol.is_labels else 'image'}")
     print(f"  shape:       {_fmt_shape(vol.shape)}   dtype {vol.source_dtype}")
     print(f"  voxel size:  {' x '.join(f'{v:g}' for v in vol.voxel_size)} mm   ({vol.voxel_volume_ml * 1000:g} mm^3)")
-    print(f"  orientation: {vol.orientation}{' (assumed: Analyze stores none)' if vol.geometry_note else ''}")
+    how = {"anatomy": " (found from the anatomy: the file stores none)",
+           "assumed": " (assumed: the file stores none)"}.get(vol.orientation_source, "")
+    print(f"  orientation: {vol.orientation}{how}")
+    if vol.geometry_note and vol.orientation_source != "header":
+        print(f"  note:        {vol.geometry_note}")
+    for w in vol.warnings:
+        print(f"  warning:     {w}")
     print(f"  network:     {info['for_the_network']}")
     print(f"  range:       {info['range'][0]:g} .. {info['range'][1]:g}")
     if vol.is_labels:
@@ -164,7 +172,7 @@ def cmd_stats(args) -> int:
     from engine.io.volume import read_volume
 
     vol = read_volume(args.mask, kind="labels")
-    st = volume_stats(vol)
+    st = volume_stats(vol, space=scan_space(vol, args))
     to_stdout = args.csv == "-"
     if args.csv and not to_stdout:
         write_stats_csv(args.csv, st)
@@ -182,13 +190,47 @@ def cmd_stats(args) -> int:
 
 
 def _stats_table(st: dict) -> str:
-    lines = [f"{st['file']}  (voxel {st['voxel_volume_ml'] * 1000:g} mm^3)",
-             f"{'class':<14}{'voxels':>12}{'mL':>12}{'% ICV':>9}"]
-    for row in st["classes"].values():
+    from engine.io.space import ETIV_LABEL
+
+    atlas = st.get("space") == "atlas"
+    native = st.get("native_volumes_ml") if atlas else None
+    unit = st.get("volume_unit", "mL")
+    w = max(12, len(unit) + 2)
+    lines = [f"{st['file']}  (voxel {st['voxel_volume_ml'] * 1000:g} mm^3)"]
+    if atlas:
+        lines.append(_space_line(st))
+    lines.append(f"{'class':<14}{'voxels':>12}{unit:>{w}}{'% ICV':>9}" + (f"{'native mL':>12}" if native else ""))
+    for key, row in st["classes"].items():
         frac = "" if row["icv_fraction"] is None else f"{100 * row['icv_fraction']:.1f}"
-        lines.append(f"{row['name']:<14}{row['voxels']:>12,}{row['volume_ml']:>12.2f}{frac:>9}")
-    lines.append(f"{'ICV':<14}{'':>12}{st['icv_ml']:>12.2f}{'100.0':>9}")
+        lines.append(f"{row['name']:<14}{row['voxels']:>12,}{row['volume_ml']:>{w}.2f}{frac:>9}"
+                     + (f"{native[key]:>12.2f}" if native else ""))
+    lines.append(f"{'ICV':<14}{'':>12}{st['icv_ml']:>{w}.2f}{'100.0':>9}"
+                 + (f"{st['native_icv_ml']:>12.2f}" if native else ""))
+    if st.get("etiv_oasis_ml") is not None:
+        lines.append(f"{ETIV_LABEL}: {st['etiv_oasis_ml']:.1f} mL")
     return "\n".join(lines)
+
+
+def _space_line(st: dict) -> str:
+    """What an atlas-space volume's mL are, and how to get native ones."""
+    text = (f"atlas space ({st['space_reason']}): volumes are atlas-space mL (every head scaled to the "
+            "atlas's size), not the brain's own")
+    if st.get("asf") is not None:
+        return text + f"; native mL = atlas mL / ASF {st['asf']:g}"
+    return text + "; give --asf (OASIS's atlas scaling factor) for native mL"
+
+
+def scan_space(vol, args):
+    """The engine.io.space.Space of a scan or mask read for `args` (--atlas-space, --asf)."""
+    from engine.io.space import Space, atlas_space_reason
+
+    vol.atlas_marked = vol.atlas_marked or bool(getattr(args, "atlas_space", False))
+    asf = getattr(args, "asf", None)
+    if asf is not None and atlas_space_reason(vol) is None:
+        raise CliError(f"--asf: {vol.name} is in native space (no _t88_ in its name, NIfTI transform code "
+                       f"{vol.xform_code}); an ASF converts atlas-space volumes: add --atlas-space if it is "
+                       "registered to an atlas")
+    return Space.of(vol, asf)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -289,14 +331,19 @@ def cmd_segment(args) -> int:
     from engine.io.conform import Conform
 
     vol = read_volume(args.scan, kind="image", series=args.series)
+    space = scan_space(vol, args)
     slices = parse_slices(args.slices, vol.shape[Conform.for_grid(vol.shape, vol.affine).native_axis("axial")])
     if vol.layout_note:
         print(f"warning: {vol.path}: {vol.layout_note}", file=sys.stderr)
     if vol.geometry_note:
         print(f"note: {vol.path}: {vol.geometry_note}", file=sys.stderr)
-    if skull_present(vol.data, vol.voxel_volume_ml, vol.affine):
-        print(f"warning: {vol.path} looks like it still has the skull on; labels outside the brain "
-              "are unreliable (the networks were trained on skull-stripped scans)", file=sys.stderr)
+    for w in vol.warnings:
+        print(f"warning: {vol.path}: {w}", file=sys.stderr)
+    if args.strip == "off" and skull_present(vol.data, vol.voxel_volume_ml, vol.affine):
+        print(f"warning: {vol.path} looks like it still has the skull on and --strip off was given; labels "
+              "outside the brain are unreliable", file=sys.stderr)
+    if args.mask_out:
+        check_output(args.mask_out, LABEL_FORMATS, (args.scan, args.output))
     model_dir, arch, reason = resolve_model(args.model, args.weights)
     from engine.infer.inference import SegmentConfig, Segmenter
 
@@ -312,21 +359,107 @@ def cmd_segment(args) -> int:
     geo = Conform.for_grid(vol.shape, vol.affine)
     if geo.describe():
         print(f"note: {vol.path}: {geo.describe()}", file=sys.stderr)
+    from engine.infer.scan import segment_scan
+
     bar = _Progress(f"segment ({arch}, {'+'.join(planes) if not slices else 'axial'})")
     try:
-        res = seg.segment(vol.data, SegmentConfig(batch_size=args.batch_size, uncertainty=bool(args.uncertainty),
-                                                  slices=tuple(slices) if slices else None, planes=planes),
-                          progress=bar, affine=vol.affine)
+        res, decision, strip = segment_scan(
+            seg, vol.data, vol.affine,
+            SegmentConfig(batch_size=args.batch_size, uncertainty=bool(args.uncertainty),
+                          slices=tuple(slices) if slices else None, planes=planes),
+            strip=args.strip, progress=bar)
     finally:
         bar.close()
-    written = save_labels(args.output, res.labels, vol.affine)
+    _report_strip(vol, decision, strip)
+    from engine.io.space import mask_xform_code
+
+    written = save_labels(args.output, res.labels, vol.affine, xform_code=mask_xform_code(vol))
+    if args.mask_out:
+        if strip is None:
+            raise CliError(f"--mask-out: no brain mask was made ({decision.reason})")
+        written += save_labels(args.mask_out, strip.mask.astype(np.uint8), vol.affine, xform_code=mask_xform_code(vol))
     if args.uncertainty:
-        save_image(args.uncertainty, res.uncertainty, vol.affine)
+        save_image(args.uncertainty, res.uncertainty, vol.affine, xform_code=mask_xform_code(vol))
         written.append(Path(args.uncertainty))
     print(f"model: {seg.name} - {reason}")
     print(f"segmented {res.slices_run} slices ({'+'.join(res.planes)}) in {res.seconds:.2f} s; "
           f"total {time.time() - t0:.2f} s")
+    if not slices:
+        from engine.io.stats import volume_stats
+
+        for line in _volumes_lines(volume_stats(res.labels, vol.voxel_volume_ml, space=space)):
+            print(line)
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _volumes_lines(st: dict) -> list[str]:
+    """`segment`'s summary of the volumes, in the space they are in."""
+    from engine.io.space import ETIV_LABEL
+
+    def row(ml: dict, icv: float) -> str:
+        return ", ".join(f"{k.upper()} {ml[k]:.1f}" for k in ("csf", "gm", "wm")) + f", TIV {icv:.1f}"
+
+    lines = [f"volumes ({st['volume_unit']}): {row(st['volumes_ml'], st['icv_ml'])}"]
+    if st.get("space") == "atlas":
+        lines.append(_space_line(st))
+        if st.get("native_volumes_ml"):
+            lines.append(f"volumes (native mL): {row(st['native_volumes_ml'], st['native_icv_ml'])}; "
+                         f"{ETIV_LABEL} {st['etiv_oasis_ml']:.1f} mL")
+    return lines
+
+
+def _report_strip(vol, decision, strip) -> None:
+    """One line on stderr about brain extraction (and a warning when it is unsure)."""
+    if strip is None:
+        if decision.mode != "off":
+            print(f"note: {vol.path}: {decision.reason}", file=sys.stderr)
+        return
+    print(f"note: {vol.path}: {decision.reason}: {strip.volume_ml:,.0f} mL intracranial in {strip.seconds:.1f} s",
+          file=sys.stderr)
+    if strip.unsure:
+        print(f"warning: {vol.path}: brain extraction is unsure: {'; '.join(strip.unsure_reasons)}", file=sys.stderr)
+
+
+def cmd_strip(args) -> int:
+    from engine.core.mx_env import configure_threads
+
+    configure_threads()
+    from engine.infer.scan import extract
+    from engine.io.volume import read_volume, save_image, save_labels
+
+    check_output(args.output, LABEL_FORMATS, (args.scan,))
+    if args.masked_scan:
+        check_output(args.masked_scan, IMAGE_FORMATS, (args.scan, args.output))
+    vol = read_volume(args.scan, kind="image", series=args.series)
+    if vol.geometry_note:
+        print(f"note: {vol.path}: {vol.geometry_note}", file=sys.stderr)
+    decision, res = extract(vol.data, vol.affine, "on" if args.force else "auto", model_dir=args.weights)
+    if res is None:
+        mask = (vol.data != 0).astype(np.uint8)
+        print(f"note: {vol.path}: {decision.reason}; the mask is its nonzero voxels (--force to extract anyway)",
+              file=sys.stderr)
+        ml = float(mask.sum()) * vol.voxel_volume_ml
+    else:
+        mask = res.mask.astype(np.uint8)
+        ml = res.volume_ml
+        _report_strip(vol, decision, res)
+    from engine.io.space import mask_xform_code
+
+    code = mask_xform_code(vol)
+    written = save_labels(args.output, mask, vol.affine, xform_code=code)
+    if args.masked_scan:
+        from engine.infer.scan import masked_scan
+
+        written += save_image(args.masked_scan, np.where(mask > 0, vol.data, 0).astype(np.float32)
+                              if res is None else masked_scan(vol.data, mask > 0), vol.affine, xform_code=code)
+    if args.json:
+        _print_json({"scan": str(vol.path), "mask": str(args.output), "stripped": res is not None,
+                     "reason": decision.reason, "intracranial_ml": round(ml, 1),
+                     "unsure": res.unsure_reasons if res else [], "seconds": round(res.seconds, 2) if res else 0.0})
+    else:
+        print(f"intracranial volume: {ml:,.1f} mL")
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -358,6 +491,13 @@ def cmd_finetune(args) -> int:
     labels = read_volume(args.labels, kind="labels")
     if scan.shape != labels.shape:
         raise CliError(f"{args.scan} is {_fmt_shape(scan.shape)} but {args.labels} is {_fmt_shape(labels.shape)}")
+    from engine.infer.scan import decide_strip, masked_scan
+
+    decision = decide_strip(scan.data, scan.affine, args.strip)
+    if decision.run:  # a head: the networks see the brain inside its mask, here the labels' nonzero voxels
+        scan.data = masked_scan(scan.data, labels.data > 0)
+        print(f"note: {scan.path}: {decision.reason.split(':')[0]}: learning from the scan inside the labels' "
+              "brain (nonzero voxels)", file=sys.stderr)
     from engine.io.conform import Conform
 
     plane = args.plane
@@ -475,7 +615,9 @@ def cmd_postprocess(args) -> int:
             lab = new
     except ops.OpError as exc:
         raise CliError(f"{args.mask}: {exc}") from exc
-    save_labels(args.output, lab, vol.affine)
+    from engine.io.space import mask_xform_code
+
+    save_labels(args.output, lab, vol.affine, xform_code=mask_xform_code(vol))
     for what, before, after in steps:
         print(f"{what}: {int((before != after).sum()):,} voxels changed")
     print(f"tissue volumes changed: {ops.describe_change(ops.volume_change(vol.data, lab))}")
@@ -567,6 +709,8 @@ def cmd_gui(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from engine.io.space import add_space_arguments as space_arguments
+
     ap = _Parser(prog="brainseg", description="BrainSeg: brain MRI tissue segmentation", verbose_default=False)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -581,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mask")
     p.add_argument("--csv", metavar="FILE", help="write CSV ('-' for stdout)")
     p.add_argument("--json", action="store_true")
+    space_arguments(p)
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("evaluate", help="per-class Dice and confusion matrix of PRED against REF")
@@ -604,7 +749,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="INT8 inference (only for models whose INT8 Dice change was measured <= 0.005)")
     p.add_argument("--uncertainty", metavar="FILE", help="also write the softmax-entropy map (NIfTI)")
+    space_arguments(p)
+    p.add_argument("--strip", default="auto", choices=("auto", "on", "off"),
+                   help="brain extraction: auto (when a skull is found; default), on (always), off (never)")
+    p.add_argument("--mask-out", metavar="FILE", help="also write the brain mask used (0/1)")
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("strip", help="brain extraction: an intracranial mask of a head scan")
+    p.add_argument("scan", help="a scan file, or a DICOM series (its folder or any of its files)")
+    p.add_argument("--series", metavar="UID", help="a DICOM folder with several series: which one (UID or number)")
+    p.add_argument("-o", "--output", required=True, help="mask file (0/1): .nii, .nii.gz, .hdr or .img")
+    p.add_argument("--masked-scan", metavar="OUT", help="also write the scan with everything outside the mask 0")
+    p.add_argument("--force", action="store_true", help="extract even when the scan looks skull-stripped")
+    p.add_argument("--weights", help="a brain-extraction model directory (default: the shipped one)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_strip)
 
     p = sub.add_parser("finetune", help="fine-tune a model on corrected slices")
     p.add_argument("scan")
@@ -624,6 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "added to the model store and activated unless it scored lower than its parent")
     p.add_argument("--activate", action="store_true",
                    help="without -o: activate the new version even if it scored lower than its parent")
+    p.add_argument("--strip", default="auto", choices=("auto", "on", "off"),
+                   help="a head scan (skull on): learn inside the labels' brain mask (auto: when a skull is found)")
     p.set_defaults(func=cmd_finetune)
 
     # Subcommands kept in their own modules (see EXTRA_COMMANDS). A module not written yet is

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from engine.core.atomic import atomic_write
+from engine.io.space import ETIV_LABEL
 
 SHOWN = [("scan", "Scan"), ("subject", "Subject"), ("session", "Session"), ("status", "Status"),
          ("qc_flags", "QC flags"), ("csf_ml", "CSF mL"), ("gm_ml", "GM mL"), ("wm_ml", "WM mL"), ("brain_ml", "Brain mL"), ("tiv_ml", "TIV mL"),
@@ -21,6 +22,40 @@ DECIMALS = {"csf_ml": 1, "gm_ml": 1, "wm_ml": 1, "brain_ml": 1, "tiv_ml": 1, "cs
             "wm_fraction": 3, "mean_entropy": 3, "seconds": 1}
 NUMERIC = {"csf_ml", "gm_ml", "wm_ml", "brain_ml", "tiv_ml", "csf_fraction", "gm_fraction", "wm_fraction",
            "mean_entropy", "seconds"}
+# native vs atlas space (engine/io/space.py): a Space column when any row is atlas-space, and the
+# native volumes and OASIS's eTIV when any has an ASF
+ML_KEYS = ("csf_ml", "gm_ml", "wm_ml", "brain_ml", "tiv_ml")
+NATIVE_SHOWN = [("asf", "ASF"), ("native_brain_ml", "Native brain mL"), ("native_tiv_ml", "Native TIV mL"),
+                ("etiv_oasis_ml", ETIV_LABEL)]
+DECIMALS.update({"asf": 3, "native_brain_ml": 1, "native_tiv_ml": 1, "etiv_oasis_ml": 1})
+NUMERIC |= {"asf", "native_brain_ml", "native_tiv_ml", "etiv_oasis_ml"}
+
+
+def _atlas_without_asf(row: dict) -> bool:
+    return row.get("status") == "ok" and row.get("space") == "atlas" and row.get("asf") in (None, "")
+
+
+def _columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """SHOWN, with the mL headers saying which space they are in, and the space columns when needed."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    spaces = {r.get("space") or "native" for r in ok}
+    unit = ("mL" if "atlas" not in spaces else "atlas-space mL" if spaces == {"atlas"}
+            else "mL (atlas-space on atlas rows)")
+    out = []
+    for k, t in SHOWN:
+        out.append((k, t.replace("mL", unit) if k in ML_KEYS else t))
+        if k == "tiv_ml" and "atlas" in spaces:
+            out.append(("space", "Space"))
+            if any(r.get("asf") not in (None, "") for r in ok):
+                out += NATIVE_SHOWN
+    return out
+
+
+def _space_text(row: dict) -> str:
+    if row.get("space") != "atlas":
+        return row.get("space") or ""
+    text = f"atlas: {row.get('space_reason') or 'registered to an atlas'}"
+    return text + ("; TIV range not checked (no ASF)" if _atlas_without_asf(row) else "")
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:16px;color:#222}
@@ -62,16 +97,19 @@ def render(outdir: Path, rows: list[dict]) -> str:
     failed = sum(1 for r in rows if r.get("status") != "ok")
     # flags and errors first, then by scan name
     rows = sorted(rows, key=lambda r: (r.get("status") == "ok", not r.get("qc_flags"), r.get("scan", "")))
+    columns = _columns(rows)
     head = "".join(f'<th onclick="sortBy({i + 1},{str(k in NUMERIC).lower()})">{html.escape(t)}<span class="arrow">'
-                   f'</span></th>' for i, (k, t) in enumerate(SHOWN))
+                   f'</span></th>' for i, (k, t) in enumerate(columns))
     body = []
     for r in rows:
         cls = "err" if r.get("status") != "ok" else ("flag" if r.get("qc_flags") else "")
         cells = [f"<td>{_thumb(outdir, r.get('scan', ''))}</td>"]
-        for k, _ in SHOWN:
+        for k, _ in columns:
             v = r.get(k, "")
             if k == "qc_flags" and r.get("status") != "ok":
                 v = f"error: {r.get('error', '')}"
+            if k == "space":
+                v = _space_text(r)
             td = ' class="n"' if k in NUMERIC else (' class="flags"' if k == "qc_flags" else "")
             shown = "" if v is None else str(v)
             if k in DECIMALS and shown:
@@ -89,10 +127,28 @@ def render(outdir: Path, rows: list[dict]) -> str:
         f"<script>{SCRIPT}</script></head><body>"
         f"<h1>BrainSeg QC report</h1><div class='sum'>{len(rows)} scans: {len(rows) - failed} segmented, "
         f"{failed} failed, {flagged} flagged for QC. Written {time.strftime('%Y-%m-%d %H:%M')}. "
-        "Volumes from the segmentation (TIV = CSF + GM + WM). Click a column to sort."
+        "Volumes from the segmentation (TIV = CSF + GM + WM). " + _space_summary(rows) + "Click a column to sort."
         "<label><input type='checkbox' onchange='onlyFlagged(this.checked)'> flagged and failed only</label></div>"
         f"<table><thead><tr><th>Overlay (axial, coronal, sagittal)<span class='arrow'></span></th>{head}</tr></thead>"
         f"<tbody id='rows'>{''.join(body)}</tbody></table></body></html>")
+
+
+def _space_summary(rows: list[dict]) -> str:
+    """A sentence on atlas-space rows: what their mL are and why some have no TIV range check."""
+    atlas = [r for r in rows if r.get("status") == "ok" and r.get("space") == "atlas"]
+    if not atlas:
+        return ""
+    text = (f"{len(atlas)} scan{'s are' if len(atlas) != 1 else ' is'} in atlas space (Space column): "
+            "their volumes are atlas-space mL, each head scaled to the atlas's size")
+    with_asf = len(atlas) - sum(_atlas_without_asf(r) for r in atlas)
+    if with_asf:
+        text += (f"; {with_asf} with OASIS's ASF {'have' if with_asf != 1 else 'has'} native mL (atlas mL / ASF) "
+                 f"and {ETIV_LABEL} too")
+    missing = len(atlas) - with_asf
+    if missing:
+        text += (f". The TIV range check is for a brain's own TIV, so it was not applied to the {missing} "
+                 "atlas-space scan" + ("s" if missing != 1 else "") + " without an ASF (give --asf or --oasis-csv)")
+    return html.escape(text) + ". "
 
 
 def write_report(outdir: str | Path, rows: list[dict]) -> Path:

@@ -35,7 +35,7 @@ from engine.infer.preprocess import (
     normalisation_scale,
     normalise,
 )
-from engine.infer.qc import SKULL_ON_FOREGROUND_ML
+from engine.io.anatomy import STRIPPED_MAX_ML, STRIPPED_ZERO_FRACTION, skull_stripped  # noqa: F401 (re-exported)
 from engine.io.conform import PLANE_AXIS, Conform
 from engine.nets import count_parameters
 from engine.nets.weights import ModelInfo, read_model_dir, shipped_model_dir
@@ -91,21 +91,6 @@ class SegmentResult:
     geometry: str = ""  # what was done to bring the scan to the network (Conform.describe), or ""
     planes: tuple[str, ...] = ("axial",)
     probabilities: np.ndarray | None = None  # (4, *shape) float32 when asked for
-
-
-STRIPPED_ZERO_FRACTION = 0.2
-STRIPPED_MAX_ML = SKULL_ON_FOREGROUND_ML  # more than any brain with its CSF: a head with skull and scalp is 3-4.5 L
-
-
-def skull_stripped(volume: np.ndarray, voxel_ml: float = 0.001) -> bool:
-    """A skull-stripped scan: more than a fifth of its voxels (every 2nd along each axis) are
-    exactly zero (the masked-out background) and the nonzero rest is no larger than a brain with
-    its CSF (a zero-padded head with its skull, e.g. registered to MNI space, is 3-4.5 L). Then the
-    nonzero voxels are the brain mask that FAST labels in full."""
-    v = np.asarray(volume)[::2, ::2, ::2]
-    nonzero = v != 0
-    return bool(1.0 - nonzero.mean() > STRIPPED_ZERO_FRACTION
-                and nonzero.sum() * 8 * voxel_ml <= STRIPPED_MAX_ML)
 
 
 def load_network(model_dir: str | Path, ctx=None):

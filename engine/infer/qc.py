@@ -4,11 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine.infer.preprocess import foreground_mask
+from engine.io.anatomy import SKULL_ON_FOREGROUND_ML  # noqa: F401 (defined beside the stripped check)
 
-# A skull-stripped adult brain (with its CSF) is about 1.1-1.9 L: the demo scan (ICBM152, masked)
-# has 1.88 L of foreground. A head with skull and scalp is 3-4.5 L, and more than 2.3 L of it
-# fits in even a tight field of view.
-SKULL_ON_FOREGROUND_ML = 2300.0
 # A skull-stripped scan has a black border; a head with its scalp usually reaches the field of
 # view's edges. A face counts as touched when more than this fraction of it is foreground.
 EDGE_FRACTION = 0.05

@@ -168,11 +168,28 @@ class OrientationFinding:
         return t2 @ m @ t1 @ affine
 
 
+# A skull-stripped adult brain (with its CSF) is about 1.1-1.9 L: the demo scan (ICBM152, masked)
+# has 1.88 L of foreground. A head with skull and scalp is 3-4.5 L, and more than 2.3 L of it
+# fits in even a tight field of view.
+SKULL_ON_FOREGROUND_ML = 2300.0
+STRIPPED_ZERO_FRACTION = 0.2
+STRIPPED_MAX_ML = SKULL_ON_FOREGROUND_ML  # more than any brain with its CSF: a head with skull and scalp is 3-4.5 L
+
+
+def skull_stripped(volume: np.ndarray, voxel_ml: float = 0.001) -> bool:
+    """A skull-stripped scan: more than a fifth of its voxels (every 2nd along each axis) are
+    exactly zero (the masked-out background) and the nonzero rest is no larger than a brain with
+    its CSF (a zero-padded head with its skull, e.g. registered to MNI space, is 3-4.5 L). Then the
+    nonzero voxels are the brain mask that FAST labels in full."""
+    v = np.asarray(volume)[::2, ::2, ::2]
+    nonzero = v != 0
+    return bool(1.0 - nonzero.mean() > STRIPPED_ZERO_FRACTION
+                and nonzero.sum() * 8 * voxel_ml <= STRIPPED_MAX_ML)
+
+
 def find_orientation(data: np.ndarray, affine: np.ndarray, template: str | None = None) -> OrientationFinding:
     """Score the 24 proper rotations of `affine` against the anatomy of `data`."""
     import nibabel as nib
-
-    from engine.infer.inference import skull_stripped
 
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
     if template is None:

@@ -74,12 +74,19 @@ class Volume:
     kind: str = "image"  # "image" or "labels"
     source_dtype: str = ""
     layout_note: str | None = None  # set when the layout had to be assumed (headerless .img)
-    # set when the orientation is an assumption, not a fact (Analyze 7.5 stores none)
+    # set when the orientation is an assumption, not a fact (Analyze 7.5 stores none), or was
+    # found from the anatomy (engine/io/anatomy.py)
     geometry_note: str | None = None
+    # where the orientation came from: "header" (a real affine), "assumed" or "anatomy"
+    orientation_source: str = "header"
     warnings: list[str] = field(default_factory=list)
     source: str = ""  # "dicom" for a DICOM series (then `path` is its first image file)
     series_number: str = ""  # a DICOM series' SeriesNumber
     display_name: str | None = None  # how to name it when the file name says little (a DICOM series)
+    # the NIfTI sform code, else the qform code, else 0 (Analyze, MGH, DICOM): 3/4 mean Talairach/MNI
+    # space (engine/io/space.py); masks of this scan are saved with it (space.mask_xform_code)
+    xform_code: int = 0
+    atlas_marked: bool = False  # the user says the scan is registered to an atlas (--atlas-space)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -215,6 +222,8 @@ def read_volume(path: str | os.PathLike, kind: str = "auto", series: str | None 
 
     layout_note = None
     geometry_note = None
+    img = None  # the nibabel image, when one was read: its sform/qform code is kept (xform_code)
+    assumed_from = None  # what the orientation was assumed from, when nothing reliable says it
     source, display_name, series_number = "", None, ""
     suffix = path.suffix.lower()
     if path.is_dir() or dicom.is_dicom_file(path):
@@ -245,6 +254,7 @@ def read_volume(path: str | os.PathLike, kind: str = "auto", series: str | None 
                     raise VolumeReadError(path, "no such file")
                 data, affine, guessed, layout_note = _read_headerless(img_path)
                 geometry_note = ANALYZE_ASSUMPTION
+                assumed_from = "the OASIS convention LAS"
                 source_dtype = str(data.dtype)
                 if kind == "auto":
                     kind = guessed
@@ -258,7 +268,9 @@ def read_volume(path: str | os.PathLike, kind: str = "auto", series: str | None 
                 _check_analyze_size(hdr_path, img_path, img)
                 data, affine, source_dtype = _load_dataobj(path, img)
                 if not isinstance(img, nib.Nifti1Pair):  # a NIfTI pair carries its orientation
-                    geometry_note = ANALYZE_ASSUMPTION
+                    affine, assumed_from, geometry_note = _analyze_orient(img, data.shape, affine)
+                elif _no_xform(img):
+                    assumed_from = NIFTI_NO_XFORM
         else:
             if path.stat().st_size == 0:
                 raise VolumeReadError(path, "file is empty")
@@ -271,6 +283,9 @@ def read_volume(path: str | os.PathLike, kind: str = "auto", series: str | None 
             except Exception as exc:
                 raise VolumeReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from exc
             data, affine, source_dtype = _load_dataobj(path, img)
+            if _no_xform(img):
+                geometry_note = f"{NIFTI_NO_XFORM}: orientation assumed {''.join(nib.aff2axcodes(img.affine))}"
+                assumed_from = NIFTI_NO_XFORM
     except VolumeReadError:
         raise
     except MemoryError as exc:
@@ -299,14 +314,77 @@ def read_volume(path: str | os.PathLike, kind: str = "auto", series: str | None 
         data = _as_labels(path, data)
     else:
         data = np.ascontiguousarray(data, dtype=np.float32)
+    orientation_source = "header"
+    anatomy_warning = None
+    if assumed_from is not None:
+        affine, geometry_note, orientation_source = _orientation_from_anatomy(path, data, affine, kind,
+                                                                               assumed_from, geometry_note)
+    elif kind == "image" and min(data.shape) >= 24:  # a real affine is kept; warn if the anatomy disagrees
+        from engine.io.anatomy import check_affine
+
+        try:
+            anatomy_warning = check_affine(data, np.asarray(affine, float))
+        except Exception as exc:  # a check, never a reason not to open the file
+            log.debug("%s: orientation check failed: %s", path, exc)
+        if anatomy_warning:
+            log.warning("%s: %s", path, anatomy_warning)
     vol = Volume(data=data, affine=np.asarray(affine, dtype=np.float64), path=path, kind=kind,
                  source_dtype=str(source_dtype), layout_note=layout_note, geometry_note=geometry_note,
-                 source=source, display_name=display_name,
+                 source=source, display_name=display_name, orientation_source=orientation_source,
+                 xform_code=_xform_code(img),
                  series_number=series_number if source == "dicom" else "")
+    if anatomy_warning:
+        vol.warnings.append(anatomy_warning)
     log.info("read %s: %s %s voxel %s %s%s", path, kind, vol.shape,
              tuple(round(v, 3) for v in vol.voxel_size), vol.orientation,
              f" ({layout_note})" if layout_note else "")
     return vol
+
+
+NIFTI_NO_XFORM = "NIfTI with qform and sform codes 0 (no orientation stored)"
+
+
+def _no_xform(img) -> bool:
+    hdr = getattr(img, "header", None)
+    if not isinstance(hdr, nib.Nifti1Header):
+        return False
+    return int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0
+
+
+def _analyze_orient(img, shape, affine) -> tuple[np.ndarray, str, str]:
+    """The Analyze 7.5 `orient` field (1-5: coronal, sagittal or flipped) turned into an affine;
+    0 means transverse and also unset, so it keeps nibabel's LAS."""
+    from engine.io.anatomy import ANALYZE_ORIENT_CODES, ANALYZE_ORIENT_NAMES, affine_from_codes
+
+    try:
+        code = int(img.header["orient"])
+    except (KeyError, ValueError, TypeError):
+        code = 0
+    if code in ANALYZE_ORIENT_CODES and code != 0:
+        zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+        src = f"the header's orient field ({code}: {ANALYZE_ORIENT_NAMES[code]})"
+        codes = "".join(ANALYZE_ORIENT_CODES[code])
+        return (affine_from_codes(ANALYZE_ORIENT_CODES[code], zooms, shape), src,
+                f"Analyze 7.5: orientation {codes} from {src}, not a full affine")
+    return affine, "Analyze's convention LAS (orient field 0: transverse or unset)", ANALYZE_ASSUMPTION
+
+
+def _orientation_from_anatomy(path, data, affine, kind, assumed_from, note):
+    """(affine, note, source): the anatomy's orientation where nothing reliable stored one."""
+    from engine.io.anatomy import describe, find_orientation
+
+    probe = data if kind != "labels" else (np.asarray(data) > 0).astype(np.float32)
+    try:
+        finding = find_orientation(probe, np.asarray(affine, float))
+    except Exception as exc:  # never let the check stop a file from opening
+        log.warning("%s: orientation check failed (%s); kept %s", path, exc, assumed_from)
+        return affine, note, "assumed"
+    if finding.changed:
+        text = describe(finding, assumed_from)
+        log.warning("%s: %s", path, text)
+        return finding.corrected_affine(np.asarray(affine, float), data.shape), text, "anatomy"
+    log.info("%s: %s", path, describe(finding, assumed_from))
+    return affine, note, "assumed"
 
 
 def _load_dataobj(path: Path, img) -> tuple[np.ndarray, np.ndarray, str]:
@@ -321,6 +399,17 @@ def _load_dataobj(path: Path, img) -> tuple[np.ndarray, np.ndarray, str]:
     except (EOFError, OSError, ValueError) as exc:
         raise VolumeReadError(path, f"data could not be read: truncated or corrupt ({exc})") from exc
     return data, img.affine, source_dtype
+
+
+def _xform_code(img) -> int:
+    """A NIfTI image's sform code, else its qform code; 0 for formats without them."""
+    hdr = getattr(img, "header", None)
+    if not isinstance(hdr, nib.Nifti1Header):  # NIfTI-2 headers are Nifti1Header subclasses
+        return 0
+    try:
+        return int(hdr["sform_code"]) or int(hdr["qform_code"])
+    except (KeyError, ValueError, TypeError):
+        return 0
 
 
 def _to_3d(path: Path, data: np.ndarray) -> np.ndarray:
@@ -350,10 +439,12 @@ def _as_labels(path: Path, data: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- writing
-def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray) -> list[Path]:
+def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, xform_code: int = 1) -> list[Path]:
     """Write a uint8 label map with the scan's affine. Format from the extension:
     .nii / .nii.gz (NIfTI-1), .hdr / .img (Analyze 7.5 big-endian, 4-D singleton as OASIS FSL_SEG).
-    Every file is written atomically. Returns the files written."""
+    `xform_code` is the NIfTI sform/qform code written with the affine: pass the scan's
+    (engine.io.space.mask_xform_code) so a mask of an MNI or Talairach scan says so; Analyze has
+    none. Every file is written atomically. Returns the files written."""
     path = Path(path)
     labels = np.asarray(labels, dtype=np.uint8)
     name = path.name.lower()
@@ -362,8 +453,8 @@ def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray)
             img = nib.Nifti1Image(labels, affine)
             img.header.set_data_dtype(np.uint8)
             img.header.set_xyzt_units("mm")
-            img.set_qform(affine, code=1)
-            img.set_sform(affine, code=1)
+            img.set_qform(affine, code=int(xform_code))
+            img.set_sform(affine, code=int(xform_code))
             ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
             atomic_write(path, lambda tmp: _save_nifti(img, tmp, ext))
             return [path]
@@ -375,13 +466,14 @@ def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray)
     raise VolumeWriteError(f"{path}: unknown output format; use .nii.gz, .nii, .hdr or .img")
 
 
-def save_image(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> list[Path]:
-    """Write a float image (e.g. an uncertainty map) as NIfTI (.nii or .nii.gz), atomically."""
+def save_image(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, xform_code: int = 1) -> list[Path]:
+    """Write a float image (e.g. an uncertainty map) as NIfTI (.nii or .nii.gz), atomically, with the
+    sform code `xform_code` (the scan's, as for save_labels)."""
     path = Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         raise VolumeWriteError(f"{path}: images are written as NIfTI; use a .nii or .nii.gz name")
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
-    img.set_sform(affine, code=1)
+    img.set_sform(affine, code=int(xform_code))
     ext = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     atomic_write(path, lambda tmp: _save_nifti(img, tmp, ext))
     return [path]

