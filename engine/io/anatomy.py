@@ -108,7 +108,8 @@ def _ras_array(small: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def _place(arr: np.ndarray, zooms) -> np.ndarray:
     """Resample to SCORE_MM voxels and centre the foreground box in a GRID^3 canvas."""
-    a = ndi.zoom(arr, np.asarray(zooms) / SCORE_MM, order=1)
+    z = np.asarray(zooms, float) / SCORE_MM
+    a = arr if np.allclose(z, 1.0) else ndi.zoom(arr, z, order=1)
     fg = a > 0.1 * (a.max() if a.size else 1.0)
     canvas = np.zeros((GRID,) * 3, np.float32)
     if not fg.any():
@@ -129,8 +130,11 @@ def _zero_norm(a: np.ndarray) -> np.ndarray:
     return a / n if n > 0 else a
 
 
+FFT_SIZE = GRID + MAX_SHIFT + 2  # zero padding: shifts up to +-MAX_SHIFT never wrap
+
+
 def _best_correlation(cand: np.ndarray, tpl_fft: np.ndarray) -> float:
-    size = 2 * GRID
+    size = FFT_SIZE
     cf = np.fft.rfftn(_zero_norm(cand), (size,) * 3)
     cc = np.fft.irfftn(np.conj(cf) * tpl_fft, (size,) * 3)
     win = np.concatenate([np.arange(0, MAX_SHIFT + 1), np.arange(size - MAX_SHIFT, size)])
@@ -197,16 +201,19 @@ def find_orientation(data: np.ndarray, affine: np.ndarray, template: str | None 
         template = "brain" if skull_stripped(data, voxel_ml) else "head"
     small, szooms = _block_mean(np.asarray(data), zooms)
     small = np.clip(small, 0, np.percentile(small, 99.5) if small.size else 1)
-    small_aff = affine.copy()
-    small_aff[:3, :3] = affine[:3, :3] / zooms * szooms
-    tpl_fft = np.fft.rfftn(_zero_norm(_template(template)), (2 * GRID,) * 3)
+    # one resampling to SCORE_MM voxels in the array's own order; each rotation is then an exact
+    # permutation and flip of that array
+    iso = ndi.zoom(small, szooms / SCORE_MM, order=1) if np.any(np.abs(szooms - SCORE_MM) > 0.01) else small
+    iso_aff = affine.copy()
+    iso_aff[:3, :3] = affine[:3, :3] / zooms * SCORE_MM
+    tpl_fft = np.fft.rfftn(_zero_norm(_template(template)), (FFT_SIZE,) * 3)
     scores = []
     rots = proper_rotations()
     for m in rots:
-        a = small_aff.copy()
-        a[:3, :3] = m @ small_aff[:3, :3]
-        arr, z = _ras_array(small, a)
-        scores.append(_best_correlation(_place(arr, z), tpl_fft))
+        a = iso_aff.copy()
+        a[:3, :3] = m @ iso_aff[:3, :3]
+        arr, _ = _ras_array(iso, a)
+        scores.append(_best_correlation(_place(arr, (SCORE_MM,) * 3), tpl_fft))
     best = int(np.argmax(scores))
     after = affine.copy()
     after[:3, :3] = rots[best] @ affine[:3, :3]
@@ -237,3 +244,47 @@ def check_affine(data: np.ndarray, affine: np.ndarray) -> str | None:
         return (f"the header says the scan is stored {f.before}, but its anatomy looks like {f.after} "
                 f"(match {f.score:.2f} vs {f.assumed_score:.2f}); the header was kept - check it")
     return None
+
+
+_PAIRS = (("L", "R"), ("A", "P"), ("S", "I"))
+
+
+def check_codes(codes) -> str:
+    """`codes` as a 3-letter string ("ASL"), or ValueError saying what is wrong: each of L/R, A/P
+    and S/I must be named exactly once (one letter of each pair)."""
+    letters = "".join(str(c) for c in codes).upper()
+    if len(letters) != 3 or any(c not in _AXIS for c in letters):
+        raise ValueError(f"axis codes must be 3 letters from R, L, A, P, S, I (e.g. LAS), not {letters!r}")
+    used = [sum(c in pair for c in letters) for pair in _PAIRS]
+    if used != [1, 1, 1]:
+        twice = [f"{a}/{b}" for (a, b), n in zip(_PAIRS, used) if n > 1]
+        never = [f"{a}/{b}" for (a, b), n in zip(_PAIRS, used) if n == 0]
+        raise ValueError(f"axis codes {letters} name {' and '.join(twice)} more than once and "
+                         f"{' and '.join(never)} not at all: each of L/R, A/P and S/I must be used once")
+    return letters
+
+
+def reoriented_affine(affine: np.ndarray, shape, codes) -> np.ndarray:
+    """The affine with its array axes pointing along `codes` (e.g. "ASL": i towards anterior, j
+    superior, k left): only the header's directions change, never the voxels. Each axis keeps its
+    voxel size and the volume's centre stays at the same world point; the affine is turned (or
+    mirrored, when the handedness changes) by the signed permutation of world axes that takes its
+    present nearest axes to the chosen ones, so a slightly oblique scan keeps its tilt and the
+    present codes give back `affine` itself. ValueError when the codes are not one of each of
+    L/R, A/P and S/I."""
+    import nibabel as nib
+
+    letters = check_codes(codes)
+    affine = np.asarray(affine, float)
+    ornt = nib.orientations.io_orientation(affine)
+    if not np.all(np.isfinite(ornt)):
+        raise ValueError("the affine has a degenerate axis (zero voxel size): it has no orientation to change")
+    turn = np.zeros((3, 3))
+    for (w_now, s_now), letter in zip(ornt, letters):
+        w_new, s_new = _AXIS[letter]
+        turn[w_new, int(w_now)] = s_new * s_now  # world axis w_now (sign s_now) -> w_new (sign s_new)
+    centre = affine[:3, :3] @ ((np.array(shape[:3], float) - 1) / 2) + affine[:3, 3]
+    out = np.eye(4)
+    out[:3, :3] = turn @ affine[:3, :3]
+    out[:3, 3] = centre - out[:3, :3] @ ((np.array(shape[:3], float) - 1) / 2)
+    return out

@@ -122,4 +122,5 @@ def test_scan_with_skull_on_is_flagged(window, tmp_path, dialogs):
     head = np.full((60, 70, 50), 80.0, np.float32)  # foreground up to the edges, like a whole head
     nib.save(nib.Nifti1Image(head, np.eye(4) * [4, 4, 4, 1]), str(tmp_path / "head_t88_gfc.nii"))
     assert window.open_scan(tmp_path / "head_t88_gfc.nii")
-    assert dialogs.infos and "skull" in dialogs.infos[-1]
+    # said in the status bar, not in a dialog: Segment handles it (brain extraction first)
+    assert "skull on: Segment extracts the brain first" in window.statusBar().currentMessage()
