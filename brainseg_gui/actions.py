@@ -54,6 +54,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("plane_sagittal", "&Sagittal", ("Alt+3",), "Sagittal plane in one-view layout", True, "View"),
     ActionSpec("reset_view", "&Reset zoom", ("R",), "Fit the slices to their views", menu="View"),
     ActionSpec("auto_window", "&Auto window/level", ("W",), "Window from the 0.5-99.5 percentiles", menu="View"),
+    ActionSpec("reorient", "Reorien&t scan...", (), "See where the scan's axes point and where they came from, correct them (from the anatomy or by hand) and save a corrected copy: the header changes, never the voxels", menu="View"),
     ActionSpec("fill_between", "&Fill between slices...", ("Ctrl+I",), "Interpolate the labels of the empty slices between drawn ones (preview first)", menu="Labels"),
     ActionSpec("remove_islands", "Remove small &islands...", (), "Pieces of a class smaller than N voxels take the label around them", menu="Labels"),
     ActionSpec("keep_largest", "Keep the &largest piece", (), "Clear everything not connected to the largest piece of the brain", menu="Labels"),

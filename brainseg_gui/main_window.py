@@ -341,7 +341,7 @@ class MainWindow(QtWidgets.QMainWindow):
         a = self.actions
         self.stack.setCurrentIndex(1 if has_scan else 0)
         a["toggle_uncertainty"].setEnabled(hasattr(self, "segmentation") and self.uncertainty is not None)
-        for key in ("auto_window", "reset_view", "single_view"):
+        for key in ("auto_window", "reset_view", "single_view", "reorient"):
             a[key].setEnabled(has_scan)
         # a segmentation on its way writes the labels: opening others meanwhile would lose one or the other
         labels_job = self.session.labels_job_running
@@ -748,6 +748,16 @@ class MainWindow(QtWidgets.QMainWindow):
             self.batch_dialog = BatchDialog(self.model_dir, self)
         self.batch_dialog.show()
         self.batch_dialog.raise_()
+
+    def on_reorient(self) -> None:
+        from .reorient_dialog import ReorientDialog
+
+        if self.scan is None:
+            return
+        if getattr(self, "reorient_dialog", None) is None:  # one per window; it follows the scan opened
+            self.reorient_dialog = ReorientDialog(self)
+        self.reorient_dialog.show()
+        self.reorient_dialog.raise_()
 
     def on_show_stats(self) -> None:
         from .stats_dialog import StatsDialog

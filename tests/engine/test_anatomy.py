@@ -120,3 +120,31 @@ def test_info_says_what_was_found(tmp_path, demo, capsys):
     assert main(["info", str(tmp_path / "sag.hdr")]) == 0
     out = capsys.readouterr().out
     assert "orientation: ASL (found from the anatomy" in out
+
+
+def test_reoriented_affine_points_the_axes_and_keeps_centre_and_voxel_sizes():
+    from engine.io.anatomy import reoriented_affine
+
+    shape = (4, 6, 8)
+    las = np.diag([-1.0, 1.0, 1.0, 1.0])
+    las[:3, 3] = [10.0, -20.0, 5.0]
+    new = reoriented_affine(las, shape, "ASL")
+    # i towards anterior (+y), j towards superior (+z), k towards left (-x)
+    assert np.array_equal(new[:3, :3], [[0, 0, -1], [1, 0, 0], [0, 1, 0]])
+    assert "".join(nib.aff2axcodes(new)) == "ASL"
+    centre = (np.array(shape) - 1) / 2
+    assert np.allclose(new[:3, :3] @ centre + new[:3, 3], las[:3, :3] @ centre + las[:3, 3])
+    assert np.allclose(reoriented_affine(las, shape, "LAS"), las), "the present codes change nothing"
+    # each axis keeps its own voxel size; a slight tilt is kept
+    tilt = np.deg2rad(5)
+    rot = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    oblique = np.eye(4)
+    oblique[:3, :3] = rot @ np.diag([-1.0, 2.0, 3.0])
+    turned = reoriented_affine(oblique, shape, "sPr")
+    assert "".join(nib.aff2axcodes(turned)) == "SPR"
+    assert np.allclose(np.sqrt((turned[:3, :3] ** 2).sum(0)), [1, 2, 3])
+    assert np.allclose(np.sort(abs(turned[:3, :3]), 0), np.sort(abs(oblique[:3, :3]), 0)), "tilted as before"
+    with pytest.raises(ValueError, match="A/P more than once and S/I not at all"):
+        reoriented_affine(las, shape, "AAL")
+    with pytest.raises(ValueError, match="3 letters"):
+        reoriented_affine(las, shape, "LAX")
