@@ -65,13 +65,16 @@ def stored_array(vol: Volume) -> np.ndarray:
 
 
 def write_reoriented(path: str | os.PathLike, vol: Volume, affine: np.ndarray) -> Path:
-    """Write the scan's voxels with `affine` (sform and qform code 1, scanner space) as NIfTI,
+    """Write the scan's voxels with `affine` (the scan's own sform/qform code, else 1) as NIfTI,
     atomically. Returns the path written."""
     path = nifti_name(path)
     img = nib.Nifti1Image(stored_array(vol), np.asarray(affine, float))
     img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
+    from engine.io.space import mask_xform_code
+
+    code = mask_xform_code(vol)  # the scan's own space (MNI, Talairach) survives the correction
+    img.set_qform(affine, code=code)
+    img.set_sform(affine, code=code)
     ext = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
 
     def write(tmp: Path) -> None:
