@@ -5,8 +5,13 @@ mxnet) and the runner script it carries, `python segment_package.py DIR SCAN -o 
 It holds:
 
 - the network: `network.onnx`, or MXNet's `network-symbol.json` + `network-0000.params`;
+- the brain extractor (engine/infer/strip.py), unless left out: `strip.onnx`, or `strip-symbol.json`
+  + `strip-0000.params`, always FP32 (input (N, 3, H, W): a slice and its two neighbours), with its
+  model.json as `strip-model.json`; the runner strips a head with its skull on first (`--strip`);
 - `package.json`: backend, precision, input/output layout and the preprocessing as numbers (the
-  rules of engine/infer/preprocess.py and engine/infer/inference.py, which the runner re-implements);
+  rules of engine/infer/preprocess.py and engine/infer/inference.py, which the runner re-implements;
+  "strip": the extractor's grid, intensity rule, planes and cleanup, engine/infer/strip.py and
+  engine/infer/scan.py; "strip_decision": the skull checks of --strip auto, in every package);
 - `classes.json` (resources/colors.json) and `model.json` (the model directory's metadata);
 - `segment_package.py` (resources/runtime/segment_package.py, imports nothing from BrainSeg);
 - `MANIFEST.json`: the SHA-256 of every other file; the runner refuses a package that differs.
@@ -70,6 +75,22 @@ NORM_PERCENTILE = 99.0  # scale: 99th percentile of foreground voxels
 NORM_SUBSAMPLE_ABOVE = 2_000_000  # more foreground voxels than this: every 7th is enough
 NORM_SUBSAMPLE_STRIDE = 7
 CROP_SCOPE = "batch"  # Segmenter.segment crops each batch to its own foreground box
+SKULL_MIN_EDGES = 3  # engine.infer.qc.skull_present: faces touched by a head with its skull on
+
+# engine/infer/strip.py as numbers (the values inside its functions; keep in step: the package tests
+# check the runner's brain mask against BrainExtractor's).
+STRIP_PREFIX = "strip"  # strip.onnx, or strip-symbol.json + strip-0000.params
+STRIP_META = "strip-model.json"  # the extractor's model.json
+STRIP_HEAD_FRACTION = 0.08  # head_foreground: voxel > 8% of ...
+STRIP_HEAD_PERCENTILE = 99.5  # ... the 99.5th percentile of positive voxels
+STRIP_AA_FACTOR = 0.4  # StripGrid.from_scan: anti-aliasing sigma = 0.4 (2 mm / voxel - 1) ...
+STRIP_AA_MIN_SIGMA = 0.2  # ... applied when the largest is above this
+STRIP_INTENSITY_PERCENTILE = 98.0  # intensity_scale
+STRIP_INTENSITY_SUBSAMPLE = 1_000_000
+STRIP_CLIP_MAX = 2.0
+STRIP_SLICE_FOREGROUND = 0.05  # BrainExtractor.work_probability: slices with work > 0.05 are run
+STRIP_BATCH = 16
+STRIP_THRESHOLD = 0.5  # clean_mask
 
 
 def preprocess_spec(multiple: int, arch: str = "enet") -> dict:
@@ -118,6 +139,91 @@ def geometry_spec() -> dict:
     }
 
 
+def strip_decision_spec() -> dict:
+    """engine.infer.scan.decide_strip as numbers: whether --strip auto extracts the brain. Recorded
+    in every package (one without an extractor still says that a scan has its skull on)."""
+    from engine.infer.qc import EDGE_FRACTION
+    from engine.io.anatomy import SKULL_ON_FOREGROUND_ML
+
+    return {
+        "modes": ["auto", "on", "off"],
+        "auto": "extract when skull_present and not skull_stripped",
+        "skull_stripped": "the rule of tissue_inside_mask (zero_fraction, max_ml) on the scan as it is",
+        "skull_present": {
+            "foreground": {"fraction": FOREGROUND_FRACTION, "percentile": FOREGROUND_PERCENTILE},
+            "max_ml": SKULL_ON_FOREGROUND_ML, "edge_fraction": EDGE_FRACTION,
+            "min_edges": SKULL_MIN_EDGES,
+            "rule": "on the scan's own grid: foreground = voxel > fraction * percentile(positive voxels); "
+                    "skull present when foreground voxels x voxel volume > max_ml, or when at least min_edges "
+                    "of the four faces of the field of view across the left-right and anterior-posterior axes "
+                    "(found from the affine) have more than edge_fraction of their voxels in the foreground"},
+    }
+
+
+def strip_spec(info, network: dict) -> dict:
+    """engine/infer/strip.py (BrainExtractor.extract) and engine/infer/scan.py (masked_scan) as numbers."""
+    from engine.infer.strip import CHANNELS, CONTEXT, PLANES, STRIP_GRID, STRIP_MM
+
+    return {
+        "model": {"arch": info.arch, "arch_kwargs": info.arch_kwargs, "version": info.version,
+                  "metadata": STRIP_META},
+        "precision": "fp32",
+        "network": network,
+        "grid": {"size": STRIP_GRID, "voxel_mm": STRIP_MM, "axes": "RAS",
+                 "centre": {"step": 2, "fraction": STRIP_HEAD_FRACTION, "percentile": STRIP_HEAD_PERCENTILE,
+                            "rule": "head = every step-th voxel of the scan (along each axis) > fraction * "
+                                    "percentile(positive voxels of every (2 x step)-th voxel); the grid is centred "
+                                    "(world mm, from the affine) on the middle of the head's voxel box, (first + "
+                                    "last) / 2 in scan voxels; the scan's centre when no voxel is head"},
+                 "affine": "diag(voxel_mm, voxel_mm, voxel_mm, 1), translation centre - voxel_mm * (size - 1) / 2",
+                 "anti_alias": {"factor": STRIP_AA_FACTOR, "min_sigma": STRIP_AA_MIN_SIGMA,
+                                "rule": "sigma per scan axis = max(0, factor * (voxel_mm / voxel side - 1)); when "
+                                        "the largest is above min_sigma, a Gaussian filter (truncated at 4 sigma, "
+                                        "mirrored edges) smooths the scan first"},
+                 "interpolation": "trilinear at work voxel -> world -> scan voxel (inverse affines); points "
+                                  "outside the scan's first and last voxel centres are 0 (scipy.ndimage."
+                                  "affine_transform order 1, mode constant)"},
+        "intensity": {"percentile": STRIP_INTENSITY_PERCENTILE, "subsample_above": STRIP_INTENSITY_SUBSAMPLE,
+                      "clip": [0.0, STRIP_CLIP_MAX],
+                      "rule": "work / percentile(positive work-grid voxels), clipped; more than subsample_above "
+                              "positive voxels: every (n // subsample_above + 1)-th; scale 1 when none or 0"},
+        "slices": {"context": CONTEXT, "channels": CHANNELS, "plane_axis": dict(PLANES),
+                   "layout": "a plane's slice k is the work grid at index k along plane_axis, its other two "
+                             "axes in order; channels are slices k - context .. k + context (clamped at the "
+                             "grid's edges)",
+                   "foreground": STRIP_SLICE_FOREGROUND, "batch_slices": STRIP_BATCH,
+                   "skip": "slices with no work voxel > foreground get probability 0"},
+        "fusion": "brain probability = softmax(logits)[:, 1]; the mean over the three planes",
+        "back": "the probability resampled trilinearly onto the scan's grid (0 outside the work grid)",
+        "threshold": STRIP_THRESHOLD,
+        "cleanup": "keep the largest 6-connected piece of probability > threshold, then fill its holes "
+                   "(scipy.ndimage.label and binary_fill_holes, default structures)",
+        "masking": "outside the mask 0; inside max(voxel, 0), raised to at least 0.001 x the largest such voxel "
+                   "in the mask, so nonzero = the mask (engine.infer.scan.masked_scan); then segmented as a "
+                   "skull-stripped scan",
+        "decision": "strip_decision",
+    }
+
+
+def resolve_strip_model(strip_model: str | os.PathLike | None = None, include: bool = True) -> Path | None:
+    """The extractor's model directory a package carries: none with include False, `strip_model`
+    when given, else the shipped one when its weights are installed (else none)."""
+    from engine.nets.weights import META, read_model_dir, shipped_model_dir
+
+    if not include:
+        if strip_model is not None:
+            raise ValueError("--strip-model and --no-strip: choose one")
+        return None
+    if strip_model is not None:
+        read_model_dir(strip_model, verify=False)  # WeightsError: one line for the CLI
+        return Path(strip_model)
+    shipped = shipped_model_dir("strip")
+    if (shipped / META).is_file():
+        return shipped
+    log.info("no brain extractor installed (%s): the package will not carry one", shipped)
+    return None
+
+
 def resolve_model_dir(model: str | os.PathLike) -> Path:
     """A model directory, or "unet"/"enet" for the active version of that architecture."""
     from engine.nets import MODEL_NAMES
@@ -159,11 +265,11 @@ def verify_package(pkg: str | os.PathLike) -> dict:
 
 
 # ----------------------------------------------------------------------------- network export
-def export_symbol(net, prefix: Path, hw: tuple[int, int]) -> tuple[Path, Path]:
-    """Hybridize, run once at (1, 1, *hw) and write MXNet's symbol JSON + params."""
+def export_symbol(net, prefix: Path, hw: tuple[int, int], channels: int = 1) -> tuple[Path, Path]:
+    """Hybridize, run once at (1, channels, *hw) and write MXNet's symbol JSON + params."""
     mx = get_mx()
     net.hybridize()
-    net(mx.nd.zeros((1, 1) + tuple(hw)))
+    net(mx.nd.zeros((1, channels) + tuple(hw)))
     net.export(str(prefix), epoch=0)
     return Path(f"{prefix}-symbol.json"), Path(f"{prefix}-0000.params")
 
@@ -207,17 +313,17 @@ def repair_onnx(model):
     return model
 
 
-def export_onnx(net, path: Path, hw: tuple[int, int], meta: dict | None = None) -> Path:
-    """FP32 ONNX of a Gluon network with dynamic batch, height and width."""
+def export_onnx(net, path: Path, hw: tuple[int, int], meta: dict | None = None, channels: int = 1) -> Path:
+    """FP32 ONNX of a Gluon network with dynamic batch, height and width (input (N, channels, H, W))."""
     import onnx
 
     mx = get_mx()
     with tempfile.TemporaryDirectory() as tmp:
-        sym, params = export_symbol(net, Path(tmp) / "net", hw)
+        sym, params = export_symbol(net, Path(tmp) / "net", hw, channels)
         raw = Path(tmp) / "raw.onnx"
-        mx.onnx.export_model(str(sym), str(params), in_shapes=[(1, 1) + tuple(hw)], in_types=[np.float32],
+        mx.onnx.export_model(str(sym), str(params), in_shapes=[(1, channels) + tuple(hw)], in_types=[np.float32],
                              onnx_file_path=str(raw), dynamic=True,
-                             dynamic_input_shapes=[(None, 1, None, None)])
+                             dynamic_input_shapes=[(None, channels, None, None)])
         model = repair_onnx(onnx.load(str(raw)))
     model.producer_name = "BrainSeg"
     for key, value in (meta or {}).items():
@@ -270,6 +376,36 @@ def _check_inputs(multiple: int, calib: np.ndarray | None) -> list[np.ndarray]:
     return out
 
 
+def _strip_check_inputs() -> list[np.ndarray]:
+    """The extractor's work-grid slices (N, 3, 128, 128), and a smaller size (its dynamic axes)."""
+    from engine.infer.strip import CHANNELS, STRIP_GRID
+
+    rng = np.random.default_rng(1985)
+    return [rng.uniform(0, STRIP_CLIP_MAX, (2, CHANNELS, STRIP_GRID, STRIP_GRID)).astype(np.float32),
+            rng.uniform(0, STRIP_CLIP_MAX, (1, CHANNELS, STRIP_GRID // 2, 3 * STRIP_GRID // 4)).astype(np.float32)]
+
+
+def export_strip_network(net, info, out: Path, fmt: str) -> dict:
+    """The brain extractor in the package's format (FP32; input (N, 3, H, W), traced at 128 x 128);
+    returns its package.json "network" entry."""
+    from engine.infer.strip import CHANNELS, STRIP_GRID
+
+    hw = (STRIP_GRID, STRIP_GRID)
+    spec = {"input": INPUT_NAME, "layout": "NCHW", "channels": CHANNELS, "dtype": "float32",
+            "dynamic_axes": ["batch", "height", "width"],
+            "output": "logits (N, 2, H, W); brain probability = softmax over axis 1, class 1"}
+    if fmt == "onnx":
+        meta = {"arch": info.arch, "version": info.version, "role": "brain extraction"}
+        export_onnx(net, out / f"{STRIP_PREFIX}.onnx", hw, meta, channels=CHANNELS)
+        spec["files"] = {"onnx": f"{STRIP_PREFIX}.onnx"}
+        spec["opset"] = ONNX_OPSET
+    else:
+        export_symbol(net, out / STRIP_PREFIX, hw, CHANNELS)
+        spec["files"] = {"symbol": f"{STRIP_PREFIX}-symbol.json", "params": f"{STRIP_PREFIX}-0000.params"}
+        spec["mxnet"] = get_mx().__version__
+    return spec
+
+
 def compare_logits(ref: np.ndarray, out: np.ndarray, margin: float = 1e-3) -> dict:
     """Labels agreement of two logit arrays (N, C, H, W), overall and where ref's top-2 gap > margin."""
     top2 = np.sort(ref, axis=1)[:, -2:]
@@ -281,11 +417,11 @@ def compare_logits(ref: np.ndarray, out: np.ndarray, margin: float = 1e-3) -> di
             "max_abs_logit": float(np.abs(ref).max())}
 
 
-def check_package_network(pkg: Path, spec: dict, net, inputs: list[np.ndarray]) -> list[dict]:
-    """Run the packaged network through the runner's own loader and compare it with `net`,
-    one result per input batch."""
+def check_package_network(pkg: Path, spec: dict, net, inputs: list[np.ndarray], part: str = "network") -> list[dict]:
+    """Run the packaged network (`part`: "network", the tissue one, or "strip", the extractor)
+    through the runner's own loader and compare it with `net`, one result per input batch."""
     mx = get_mx()
-    run = load_runner(pkg / "segment_package.py").load_network(pkg, spec)
+    run = load_runner(pkg / "segment_package.py").load_network(pkg, spec, part)
     results = []
     for x in inputs:
         r = net(mx.nd.array(x)).asnumpy()
@@ -328,10 +464,13 @@ def _prepare_out_dir(out_dir: Path) -> Path:
 
 
 def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "onnx",
-                   int8: bool = False, calib_volume=None) -> Path:
+                   int8: bool = False, calib_volume=None, strip_model: str | os.PathLike | None = None,
+                   include_strip: bool = True) -> Path:
     """Write a self-contained inference package of a model directory; returns out_dir.
 
     calib_volume (INT8 only): a raw scan as an array or a file path; default the demo scan.
+    The brain extractor goes in too (FP32, the same format; see resolve_strip_model): `strip_model`,
+    else the shipped one when installed; include_strip False leaves it out.
     The folder is built beside out_dir and renamed into place, so a failed export leaves nothing.
     """
     from engine import __version__
@@ -347,6 +486,8 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
     mx = get_mx()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     net, info = load_network(model_dir, mx.cpu())
+    strip_dir = resolve_strip_model(strip_model, include_strip)
+    strip_net, strip_info = load_network(strip_dir, mx.cpu()) if strip_dir is not None else (None, None)
     multiple = int(net.multiple)
     hw = (8 * multiple, 8 * multiple) if multiple < 16 else (4 * multiple, 4 * multiple)
     calib = calib_batch = None
@@ -367,6 +508,8 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
         **geometry_spec(),
         "secondary_stride": SECONDARY_STRIDE.get(info.arch, 1),
         "classes": classes,
+        "strip_decision": strip_decision_spec(),
+        "strip": None,  # the brain extractor, when the package carries one (strip_spec)
         "brainseg_version": __version__,
     }
     tmp = _prepare_out_dir(out_dir)
@@ -406,6 +549,9 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
         if int8:
             spec["quantization"]["calibration_scan"] = calib_source
             spec["quantization"]["calibration_slices"] = int(calib.shape[0])
+        if strip_net is not None:  # FP32 whatever --int8 says
+            spec["strip"] = strip_spec(strip_info, export_strip_network(strip_net, strip_info, tmp, fmt))
+            shutil.copyfile(strip_dir / META, tmp / STRIP_META)
         shutil.copyfile(RUNNER, tmp / "segment_package.py")
         shutil.copyfile(RESOURCES / "colors.json", tmp / "classes.json")
         shutil.copyfile(model_dir / META, tmp / "model.json")
@@ -425,6 +571,15 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
             if checks[0]["label_agreement"] < 0.95:
                 log.warning("INT8 %s keeps only %.1f%% of the FP32 labels on the calibration slices",
                             fmt, 100 * checks[0]["label_agreement"])
+        if strip_net is not None:
+            checks = check_package_network(tmp, spec, strip_net, _strip_check_inputs(), "strip")
+            log.info("export check (%s extractor): %s", fmt, checks)
+            if min(c["decisive_label_agreement"] for c in checks) < MIN_AGREEMENT_FP32:
+                raise RuntimeError(f"the exported {fmt} brain extractor disagrees with MXNet: {checks}")
+            spec["strip"]["export_check"] = {"against": "the extractor in MXNet",
+                                             "label_agreement": min(c["label_agreement"] for c in checks),
+                                             "max_abs_logit_diff": max(c["max_abs_logit_diff"] for c in checks),
+                                             "inputs": checks}
         (tmp / "package.json").write_text(json.dumps(spec, indent=2, default=str), encoding="utf-8")
         write_manifest(tmp)
         if out_dir.exists():
@@ -444,7 +599,8 @@ def cmd_export(args) -> int:
 
     configure_threads()
     model_dir = resolve_model_dir(args.model)
-    out = export_package(model_dir, args.output, fmt=args.format, int8=args.int8, calib_volume=args.calib)
+    out = export_package(model_dir, args.output, fmt=args.format, int8=args.int8, calib_volume=args.calib,
+                         strip_model=args.strip_model, include_strip=not args.no_strip)
     spec = json.loads((out / "package.json").read_text(encoding="utf-8"))
     chk = spec["export_check"]
     print(f"exported {spec['model']['arch']} ({spec['model']['version']}) as {spec['backend']} "
@@ -456,6 +612,14 @@ def cmd_export(args) -> int:
     else:
         print(f"check against MXNet: {100 * chk['label_agreement']:.2f}% of labels agree, "
               f"max logit difference {chk['max_abs_logit_diff']:.3g}")
+    if spec.get("strip"):
+        s = spec["strip"]
+        print(f"with the brain extractor ({s['model']['version']}, {spec['backend']} fp32; check against MXNet: "
+              f"{100 * s['export_check']['label_agreement']:.2f}% of labels agree): heads with their skull on "
+              "are stripped first (--strip auto|on|off)")
+    else:
+        print("without a brain extractor: the runner segments every scan as it is (a head with its skull on "
+              "needs stripping first)")
     print(f"run it: python {out / 'segment_package.py'} {out} SCAN -o MASK.nii.gz")
     return 0
 
@@ -467,4 +631,8 @@ def add_export_parser(subparsers) -> None:
     p.add_argument("--format", choices=FORMATS, default="onnx", help="network format (default: onnx)")
     p.add_argument("--int8", action="store_true", help="post-training INT8 quantization (CPU)")
     p.add_argument("--calib", metavar="SCAN", help="scan to calibrate INT8 on (default: the demo scan)")
+    p.add_argument("--strip-model", metavar="DIR",
+                   help="brain extractor model directory to carry (default: the shipped one, when installed)")
+    p.add_argument("--no-strip", action="store_true",
+                   help="leave the brain extractor out (the package then needs skull-stripped scans)")
     p.set_defaults(func=cmd_export)

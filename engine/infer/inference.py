@@ -66,6 +66,9 @@ class SegmentConfig:
     planes: tuple[str, ...] = DEFAULT_PLANES
     # FSL_SEG semantics: in a skull-stripped scan every nonzero voxel is CSF, grey or white matter.
     tissue_inside_mask: bool = True
+    # the nonzero voxels ARE the brain mask (engine.infer.scan masked the scan with an extracted
+    # or corrected mask): FSL_SEG semantics whatever the skull-stripped check says of its size
+    masked: bool = False
     # Whole skull-stripped volumes: re-estimate this scan's tissue intensities (bias field, then a
     # Gaussian per tissue) with the fused probabilities as the prior (tissue_model.refine_with_
     # intensities). Off by default: on the REPORT proxies it cost the three-plane networks
@@ -213,7 +216,7 @@ class Segmenter:
             log.info("%s", geo.describe())
         work, scale, thr = self._work_volume(vol, geo, reuse=cfg.slices is not None)
         voxel_ml = abs(float(np.linalg.det(geo.affine[:3, :3]))) / 1000.0
-        stripped = cfg.tissue_inside_mask and skull_stripped(vol, voxel_ml)
+        stripped = cfg.tissue_inside_mask and (cfg.masked or skull_stripped(vol, voxel_ml))
         if cfg.slices is not None:
             return self._segment_slices(vol, geo, work, scale, thr, stripped, cfg, progress, cancel, t0)
         planes = tuple(cfg.planes)

@@ -89,6 +89,14 @@ def segment_scan(segmenter, data, affine, config=None, strip: str = "auto", prog
     else:
         decision, res = extract(data, affine, strip, cancel=cancel)
         brain = res.mask if res is not None else None
-    vol = masked_scan(data, brain) if brain is not None else data
+    if brain is not None:
+        import dataclasses
+
+        from engine.infer.inference import SegmentConfig
+
+        vol = masked_scan(data, brain)
+        config = dataclasses.replace(config or SegmentConfig(), masked=True)
+    else:
+        vol = data
     out = segmenter.segment(vol, config, progress=progress, cancel=cancel, affine=affine)
     return out, decision, res

@@ -1,11 +1,23 @@
 #!/usr/bin/env python3
 """Segment a brain MRI scan with a BrainSeg inference package, without BrainSeg installed.
 
-    python segment_package.py PACKAGE_DIR SCAN -o OUT.nii.gz [--batch-size 8]
+    python segment_package.py PACKAGE_DIR SCAN -o OUT.nii.gz [--strip auto|on|off] [--mask-out BRAIN.nii.gz]
+                              [--batch-size 8]
 
-Needs numpy and nibabel, plus onnxruntime for an ONNX package or mxnet for an MXNet one. Every file
-of the package is first checked against the SHA-256 sums in MANIFEST.json. Then, as package.json
-records: the scan is brought to the network's grid (LAS axes, 1 mm: reoriented, and resampled when
+Needs numpy and nibabel, plus onnxruntime for an ONNX package or mxnet for an MXNet one; scipy is
+optional (see brain extraction). Every file of the package is first checked against the SHA-256
+sums in MANIFEST.json. Then, as package.json records:
+
+Brain extraction, when the package carries the extractor (strip.onnx or strip-symbol.json) and
+--strip auto finds the skull on (and the scan not already skull-stripped), or --strip on: the scan
+is resampled (trilinear) onto a 128^3 grid of 2 mm voxels around the head, divided by the 98th
+percentile of its positive voxels and clipped to [0, 2]; every slice of the three planes goes
+through the extractor with its two neighbours as channels, the planes' brain probabilities are
+averaged, brought back to the scan's grid and thresholded at 0.5; the largest connected piece is
+kept and its holes filled (with scipy; without it, not: said on stderr); outside the mask the scan
+is set to 0 and the rest is segmented as a skull-stripped scan.
+
+Segmentation: the scan is brought to the network's grid (LAS axes, 1 mm: reoriented, and resampled when
 its voxels differ from 1 mm); the volume is divided by the 99th percentile of its foreground voxels
 (foreground: above 5% of the 99.5th percentile of positive voxels) and clipped to [0, 3]; for each
 anatomical plane (axial, coronal, sagittal), slices without foreground are skipped and the others
@@ -108,9 +120,10 @@ def crop_box(fg: np.ndarray, multiple: int, margin: int) -> tuple[slice, slice]:
     return box[0], box[1]
 
 
-def load_network(pkg: Path, spec: dict):
-    """A function (N, 1, H, W) float32 -> logits (N, classes, H, W)."""
-    net = spec["network"]
+def load_network(pkg: Path, spec: dict, part: str = "network"):
+    """A function (N, C, H, W) float32 -> logits (N, classes, H, W): part "network" is the tissue
+    network (C = 1), "strip" the brain extractor (C = 3)."""
+    net = spec[part] if part == "network" else spec[part]["network"]
     if spec["backend"] == "onnx":
         import onnxruntime as ort
 
@@ -219,7 +232,157 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def segment(vol: np.ndarray, affine: np.ndarray, spec: dict, run, batch_size: int | None = None) -> np.ndarray:
+# ----------------------------------------------------------------------------- brain extraction
+# package.json "strip_decision" and "strip": engine/infer/scan.py, qc.py and strip.py in numpy. The
+# app's scipy.ndimage calls are used when scipy is installed; without it the resampling is done in
+# numpy (the same trilinear rule) and the mask is not cleaned (said on stderr).
+def voxel_ml(affine) -> float:
+    return abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+
+
+def skull_stripped(vol: np.ndarray, affine, rule: dict) -> bool:
+    nonzero = vol[::2, ::2, ::2] != 0
+    return bool(1.0 - nonzero.mean() > rule["zero_fraction"]
+                and nonzero.sum() * 8 * voxel_ml(affine) <= rule["max_ml"])
+
+
+def skull_present(vol: np.ndarray, affine, rule: dict) -> bool:
+    import nibabel as nib
+
+    fg = foreground_mask(vol, rule["foreground"])
+    if not fg.any():
+        return False
+    axis = {int(w): i for i, (w, _) in enumerate(nib.io_orientation(affine))}  # world axis -> array axis
+    edges = [np.take(fg, k, axis=axis[w]).mean() for w in (0, 1) for k in (0, -1)]  # L/R, A/P faces
+    return bool(fg.sum() * voxel_ml(affine) > rule["max_ml"]
+                or sum(e > rule["edge_fraction"] for e in edges) >= rule["min_edges"])
+
+
+def strip_decision(vol: np.ndarray, affine, spec: dict, mode: str) -> tuple[bool, str]:
+    """(extract?, why), as the app's --strip."""
+    has = bool(spec.get("strip"))
+    if mode == "off":
+        return False, "brain extraction off"
+    if mode == "on":
+        if not has:
+            raise PackageError("--strip on: this package carries no brain extractor (exported with --no-strip?)")
+        return True, "brain extraction on"
+    rules = spec.get("strip_decision")
+    if not rules or skull_stripped(vol, affine, spec["tissue_inside_mask"]):
+        return False, "already skull-stripped: left as it is" if rules else "no brain extractor: segmented as it is"
+    if not skull_present(vol, affine, rules["skull_present"]):
+        return False, "no skull found: segmented as it is"
+    if not has:
+        return False, ("skull found, but this package carries no brain extractor (exported with --no-strip, or "
+                       "where none was installed): segmented as it is, skull included")
+    return True, "skull found: brain extracted"
+
+
+def scipy_ndimage():
+    try:
+        from scipy import ndimage
+    except ImportError:
+        return None
+    return ndimage
+
+
+def affine_resample(a: np.ndarray, m: np.ndarray, shape, ndi) -> np.ndarray:
+    """out[o] = `a` at voxel m @ (o, 1), trilinear; 0 outside a's first and last voxel centres
+    (scipy.ndimage.affine_transform, order 1, mode constant)."""
+    a, mat, off = np.asarray(a, np.float32), m[:3, :3], m[:3, 3]
+    if ndi is not None:
+        return ndi.affine_transform(a, mat, off, output_shape=tuple(shape), order=1, mode="constant",
+                                    cval=0.0).astype(np.float32)
+    out, n = np.zeros(tuple(shape), np.float32), np.array(a.shape)[:, None] - 1
+    jk = np.indices(shape[1:], dtype=np.float64).reshape(2, -1)
+    for i in range(shape[0]):
+        c = mat[:, :1] * i + mat[:, 1:] @ jk + off[:, None]
+        ok = np.all((c >= 0) & (c <= n), axis=0)
+        c = c[:, ok]
+        i0 = np.floor(c).astype(np.intp)
+        i1, w, val = np.minimum(i0 + 1, n), c - i0, np.zeros(c.shape[1])
+        for corner in range(8):
+            up = [(corner >> d) & 1 for d in range(3)]
+            wt = np.prod([w[d] if up[d] else 1 - w[d] for d in range(3)], axis=0)
+            val += wt * a[tuple(i1[d] if up[d] else i0[d] for d in range(3))]
+        out[i][ok.reshape(shape[1:])] = val
+    return out
+
+
+def strip_grid(vol: np.ndarray, affine, grid: dict) -> np.ndarray:
+    """The 2 mm work grid's affine, centred on the head's voxel box."""
+    c, mm, size = grid["centre"], float(grid["voxel_mm"]), int(grid["size"])
+    sub = vol[::c["step"], ::c["step"], ::c["step"]]
+    sample = sub[::2, ::2, ::2]
+    nz = sample[sample > 0]
+    fg = sub > c["fraction"] * float(np.percentile(nz, c["percentile"])) if nz.size else np.zeros(1, bool)
+    if fg.any():
+        idx = np.argwhere(fg) * c["step"]
+        centre = (idx.min(0) + idx.max(0)) / 2.0
+    else:
+        centre = (np.array(vol.shape) - 1) / 2.0
+    aff = np.diag([mm, mm, mm, 1.0])
+    aff[:3, 3] = affine[:3, :3] @ centre + affine[:3, 3] - mm * (size - 1) / 2.0
+    return aff
+
+
+def extract_brain(vol: np.ndarray, affine, s: dict, run) -> np.ndarray:
+    """The intracranial mask (bool, the scan's grid) of package.json "strip"'s rules."""
+    ndi, g, it, sl = scipy_ndimage(), s["grid"], s["intensity"], s["slices"]
+    affine = np.asarray(affine, np.float64)
+    grid = strip_grid(vol, affine, g)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    sigma = [max(0.0, g["anti_alias"]["factor"] * (g["voxel_mm"] / z - 1.0)) for z in zooms]
+    v = vol
+    if max(sigma) > g["anti_alias"]["min_sigma"]:
+        if ndi is not None:
+            v = ndi.gaussian_filter(v, sigma)
+        else:
+            for ax, sg in enumerate(sigma):
+                v = gaussian_axis(v, sg, ax)
+    work = affine_resample(v, np.linalg.inv(affine) @ grid, (int(g["size"]),) * 3, ndi)
+    vals = work[work > 0]
+    if vals.size > it["subsample_above"]:
+        vals = vals[::vals.size // it["subsample_above"] + 1]
+    scale = float(np.percentile(vals, it["percentile"])) if vals.size else 1.0
+    work = np.clip(work / (scale if scale > 0 else 1.0), *it["clip"])
+    fg, ctx, acc = work > sl["foreground"], int(sl["context"]), np.zeros(work.shape, np.float32)
+    for plane, axis in sl["plane_axis"].items():
+        moved = np.moveaxis(work, axis, 0)
+        n = moved.shape[0]
+        keep = np.where(np.moveaxis(fg, axis, 0).reshape(n, -1).any(1))[0]
+        probs = np.zeros(moved.shape, np.float32)
+        for start in range(0, len(keep), int(sl["batch_slices"])):
+            ks = keep[start:start + int(sl["batch_slices"])]
+            x = np.stack([moved[np.clip(ks + c, 0, n - 1)] for c in range(-ctx, ctx + 1)], axis=1)
+            probs[ks] = softmax(run(np.ascontiguousarray(x, np.float32)))[:, 1]
+            print(f"\rbrain extraction, {plane}: {start + len(ks)}/{len(keep)} slices", end="",
+                  file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        acc += np.moveaxis(probs, 0, axis)
+    prob = acc / len(sl["plane_axis"])
+    mask = affine_resample(prob, np.linalg.inv(grid) @ affine, vol.shape, ndi) > s["threshold"]
+    if ndi is None:
+        print("segment_package: scipy is not installed: the brain mask is not cleaned (largest piece, "
+              "holes filled) as the app does; install scipy for the app's mask", file=sys.stderr)
+        return mask
+    lab, count = ndi.label(mask)
+    if count > 1:
+        mask = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    return ndi.binary_fill_holes(mask)
+
+
+def masked_scan(vol: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Outside the mask 0, inside > 0 (engine.infer.scan.masked_scan): a skull-stripped scan."""
+    inside = np.maximum(vol, 0)
+    floor = np.float32(1e-3 * max(float(inside[mask].max()) if mask.any() else 1.0, 1e-6))
+    return np.where(mask, np.maximum(inside, floor), np.float32(0)).astype(np.float32)
+
+
+def segment(vol: np.ndarray, affine: np.ndarray, spec: dict, run, batch_size: int | None = None,
+            masked: bool = False) -> np.ndarray:
+    """`masked`: the scan was masked with the brain mask: its nonzero voxels are the brain
+    (FSL_SEG semantics whatever the skull-stripped rule says of its size), as the app does."""
     pre = spec["preprocess"]
     geo = Geometry(vol.shape, affine, spec["geometry"])
     work = geo.to_work(vol)
@@ -228,10 +391,7 @@ def segment(vol: np.ndarray, affine: np.ndarray, spec: dict, run, batch_size: in
     lo, hi = pre["normalise"]["clip"]
     multiple, crop = int(pre["pad"]["multiple"]), pre["crop"]
     rule = spec["tissue_inside_mask"]
-    nonzero = vol[::2, ::2, ::2] != 0
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
-    stripped = rule["enabled"] and bool(1.0 - nonzero.mean() > rule["zero_fraction"]
-                                        and nonzero.sum() * 8 * voxel_ml <= rule["max_ml"])
+    stripped = rule["enabled"] and (masked or skull_stripped(vol, affine, rule))
     region = work > 0 if stripped else fg
     planes = spec["planes"]
     probs = np.zeros((len(spec.get("classes", [])) or 4,) + work.shape, dtype=np.float32)
@@ -296,21 +456,37 @@ def main(argv=None) -> int:
     ap.add_argument("scan", type=Path, help="a 3-D scan readable by nibabel (.nii, .nii.gz, .hdr)")
     ap.add_argument("-o", "--output", type=Path, required=True, help="mask file, .nii or .nii.gz")
     ap.add_argument("--batch-size", type=int, help="slices per batch (default: as recorded, 8)")
+    ap.add_argument("--strip", choices=("auto", "on", "off"), default="auto",
+                    help="brain extraction first: auto (when the scan has its skull on), on, off")
+    ap.add_argument("--mask-out", type=Path, metavar="FILE", help="also write the brain mask used (0/1)")
     args = ap.parse_args(argv)
     try:
-        if not args.output.name.endswith((".nii", ".nii.gz")):
-            raise PackageError(f"{args.output}: write the mask as .nii or .nii.gz")
+        for path in (args.output, args.mask_out or args.output):
+            if not path.name.endswith((".nii", ".nii.gz")):
+                raise PackageError(f"{path}: write the mask as .nii or .nii.gz")
         spec = load_package(args.package)
         vol, affine = read_scan(args.scan)
-        labels = segment(vol, affine, spec, load_network(args.package, spec), args.batch_size)
+        stripped, reason = strip_decision(vol, affine, spec, args.strip)
+        if args.mask_out and not stripped:
+            raise PackageError(f"--mask-out: no brain mask was made ({reason})")
+        brain = extract_brain(vol, affine, spec["strip"], load_network(args.package, spec, "strip")) \
+            if stripped else None
+        scan = masked_scan(vol, brain) if stripped else vol
+        labels = segment(scan, affine, spec, load_network(args.package, spec), args.batch_size, masked=stripped)
         write_mask(args.output, labels, affine)
+        if args.mask_out:
+            write_mask(args.mask_out, brain.astype(np.uint8), affine)
     except (PackageError, OSError, ValueError) as exc:
         print(f"segment_package: error: {exc}", file=sys.stderr)
         return 2
+    if stripped:
+        print(f"stripped: {reason}: {brain.sum() * voxel_ml(affine):,.0f} mL intracranial")
+    else:
+        print(f"not stripped: {reason}")
     names = {c["value"]: c["name"] for c in spec.get("classes", [])}
     counts = np.bincount(labels.ravel(), minlength=len(names) or 1)
     print(", ".join(f"{names.get(i, i)}: {n}" for i, n in enumerate(counts)) + " voxels")
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (f" and the brain mask {args.mask_out}" if args.mask_out else ""))
     return 0
 
 

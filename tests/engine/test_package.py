@@ -17,7 +17,7 @@ mx = get_mx()
 
 AFFINE = np.array([[-1.0, 0, 0, 40], [0, 1.2, 0, -30], [0, 0, 2.0, 5], [0, 0, 0, 1]])
 RUNNER_IMPORTS = {"__future__", "argparse", "hashlib", "json", "sys", "warnings", "pathlib", "numpy",
-                  "nibabel", "onnxruntime", "mxnet"}
+                  "nibabel", "onnxruntime", "mxnet", "scipy"}  # scipy: optional (brain extraction)
 
 
 def phantom(shape=(80, 72, 6), seed=0):
@@ -50,6 +50,7 @@ def unet_dir(tmp_path_factory):
     from engine.nets.weights import write_model_dir
 
     kw = {"base": 8, "levels": 3}
+    mx.random.seed(1984)  # the decisive-margin check below depends on the draw: fix it, whatever ran before
     net = get_model("unet", **kw)
     net.initialize(mx.init.Xavier(magnitude=6))
     net(mx.nd.zeros((1, 1, 16, 16)))
@@ -222,7 +223,8 @@ def test_runner_imports_nothing_from_brainseg():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert names <= RUNNER_IMPORTS, names - RUNNER_IMPORTS
-    assert len(RUNNER.read_text().splitlines()) < 350  # small enough to read: it repeats conform.py too
+    # small enough to read: it repeats conform.py, and strip.py for the brain extractor, too
+    assert len(RUNNER.read_text().splitlines()) < 520
 
 
 @pytest.mark.parametrize("damage", ["network", "package.json", "missing"])
@@ -308,3 +310,345 @@ def test_runner_repeats_sparse_view_aggregation(tiny_model_dir, scan, tmp_path, 
     decisive = (top2[1] - top2[0]) > 1e-3
     got = np.asanyarray(nib.load(str(out)).dataobj)
     assert decisive.mean() > 0.8 and (got[decisive] == res.labels[decisive]).all()
+
+
+# ----------------------------------------------------------------------------- brain extraction
+def _fill(param, fill):
+    a = np.zeros(param.shape, np.float32)
+    fill(a)
+    param.set_data(mx.nd.array(a))
+
+
+@pytest.fixture(scope="module")
+def strip_dir(tmp_path_factory):
+    """A tiny extractor (the shipped U-Net's shape at base 4) made to find a brain-sized piece of the
+    phantom head: its top level passes J = a mix of the three channels and one in-plane neighbour
+    (asymmetric, so channel order and slice layout matter) to the head, which gives the brain class
+    J - 10 relu(J - 0.85) - 0.45 (grey and white matter, marrow: in; CSF, bone, scalp, air: out), plus
+    a little of the random deeper levels. An untrained one marks most of the field of view, which
+    is then not a skull-stripped scan and the tissue network labels outside the mask, in the app too."""
+    from engine.nets import get_model
+    from engine.nets.weights import write_model_dir
+
+    mx.random.seed(18)
+    kw = {"classes": 2, "base": 4, "levels": 5}
+    net = get_model("unet", **kw)
+    net.initialize(mx.init.Xavier(magnitude=6))
+    net(mx.nd.zeros((1, 3, 32, 32)))
+
+    def mix(a):
+        for o in (0, 1):
+            a[o, 0, 1, 1], a[o, 1, 1, 1], a[o, 2, 1, 1], a[o, 1, 1, 2] = 0.2, 0.5, 0.1, 0.2
+
+    def identity(a, channels=(0, 1)):
+        for c in channels:
+            a[c, c, 1, 1] = 1.0
+
+    def merge(a):
+        identity(a)
+        a[2, 4:, 1, 1] = 0.005  # the deeper levels (up-sampled), a little
+
+    def head(a):
+        a[1, 0], a[1, 1], a[1, 2] = 1.0, -10.0, 1.0
+
+    _fill(net.down[0][0].conv.weight, mix)
+    net.down[0][0].bn.running_mean.set_data(mx.nd.array([0.0, 0.85, 0.0, 0.0]))  # channel 1: J - 0.85
+    _fill(net.down[0][1].conv.weight, identity)
+    _fill(net.merge[-1][0].conv.weight, merge)
+    _fill(net.merge[-1][1].conv.weight, lambda a: identity(a, (0, 1, 2)))
+    _fill(net.head.weight, head)
+    _fill(net.head.bias, lambda a: a.__setitem__(1, -0.45))
+    d = tmp_path_factory.mktemp("strip_model")
+    write_model_dir(d, net, "unet", kw, version="tiny-strip")
+    return d
+
+
+def _head(crop=6, zooms=(1.2, 1.2, 1.5)):
+    """The phantom head of test_strip at 2/5 of its size, cropped so that the scalp touches the
+    left, right, front and back faces (skull found): quick to segment."""
+    from tests.engine.test_strip import las, phantom_head
+
+    head, _ = phantom_head(shape=(60, 70, 64), zooms=(3.0, 3.0, 3.0))
+    head = np.ascontiguousarray(head[crop:head.shape[0] - crop, crop:head.shape[1] - crop])
+    return head, las(zooms, head.shape)
+
+
+@pytest.fixture(scope="module")
+def skull_scan(tmp_path_factory):
+    path = tmp_path_factory.mktemp("skull") / "head.nii.gz"
+    nib.save(nib.Nifti1Image(*_head()), str(path))
+    img = nib.load(str(path))
+    return path, np.asarray(img.dataobj, dtype=np.float32), img.affine
+
+
+@pytest.fixture(scope="module")
+def strip_packages(tmp_path_factory, tiny_model_dir, strip_dir):
+    """"onnx" and "nostrip" through `brainseg export`, "mxnet" through export_package."""
+    from engine.cli import main
+    from engine.package import export_package
+
+    root = tmp_path_factory.mktemp("strip_packages")
+    assert main(["export", "--format", "onnx", "--strip-model", str(strip_dir), str(tiny_model_dir),
+                 "-o", str(root / "onnx")]) == 0
+    assert main(["export", "--no-strip", str(tiny_model_dir), "-o", str(root / "nostrip")]) == 0
+    export_package(tiny_model_dir, root / "mxnet", "mxnet", strip_model=strip_dir)
+    return {k: root / k for k in ("onnx", "nostrip", "mxnet")}
+
+
+@pytest.fixture(scope="module")
+def strip_reference(skull_scan, strip_dir, tiny_model_dir):
+    """The app on the skull scan: BrainExtractor's result, its uncleaned mask (probability > 0.5),
+    and Segmenter's labels and margins on the masked scan and on the scan as it is."""
+    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.infer.scan import decide_strip, masked_scan
+    from engine.infer.strip import BrainExtractor, StripGrid
+
+    _, vol, aff = skull_scan
+    assert decide_strip(vol, aff, "auto").run  # a head with its skull on: auto extracts
+    res = BrainExtractor(strip_dir).extract(vol, aff)
+    raw = StripGrid.for_scan(vol, aff).to_scan(res.probability, vol.shape, aff) > 0.5
+    seg = Segmenter(tiny_model_dir)
+    out = {"strip": res, "raw": raw}
+    for key, v in (("masked", masked_scan(vol, res.mask)), ("off", vol)):
+        r = seg.segment(v, SegmentConfig(return_probabilities=True), affine=aff)
+        top2 = np.sort(r.probabilities, axis=0)[-2:]
+        out[key] = (r.labels, top2[1] - top2[0])
+    return out
+
+
+# Like RUN_ALL, with each run's stdout and stderr, and scipy made unimportable for the runs that ask.
+RUN_STRIP = """
+import contextlib, io, json, runpy, sys
+jobs, report = json.loads(sys.argv[1]), {}
+for key, argv, no_scipy in jobs:
+    if no_scipy:
+        sys.modules["scipy"] = None  # as if scipy were not installed
+    sys.argv, out, err, rc = argv, io.StringIO(), io.StringIO(), None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as exc:
+            rc = exc.code
+    report[key] = {"rc": rc, "out": out.getvalue(), "err": err.getvalue(), "mxnet_loaded": "mxnet" in sys.modules,
+                   "brainseg_loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("engine", "brainseg_gui"))}
+print("REPORT " + json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def strip_runs(strip_packages, skull_scan, tmp_path_factory):
+    """The ONNX package's runner in a clean interpreter: key -> (report, output folder)."""
+    out = tmp_path_factory.mktemp("strip_runs")
+    pkg, scan = strip_packages["onnx"], str(skull_scan[0])
+    run = [str(pkg / "segment_package.py"), str(pkg), scan]
+    jobs = [("auto", run + ["-o", str(out / "seg.nii.gz"), "--mask-out", str(out / "brain.nii.gz")], False),
+            ("off", run + ["-o", str(out / "seg_off.nii.gz"), "--strip", "off"], False),
+            ("noscipy", run + ["-o", str(out / "seg_ns.nii.gz"), "--mask-out", str(out / "brain_ns.nii.gz")], True)]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    res = subprocess.run([sys.executable, "-I", "-c", RUN_STRIP, json.dumps(jobs)], capture_output=True,
+                         text=True, cwd=out, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.split("REPORT ", 1)[1]), out
+
+
+def _dice(a, b):
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def _read(path):
+    img = nib.load(str(path))
+    return np.asanyarray(img.dataobj), img
+
+
+def test_package_carries_the_brain_extractor(strip_packages):
+    import onnx
+
+    from engine.package import verify_package
+
+    for fmt in ("onnx", "mxnet"):
+        pkg = strip_packages[fmt]
+        spec = verify_package(pkg)
+        s = spec["strip"]
+        assert s["model"]["version"] == "tiny-strip" and s["precision"] == "fp32"
+        assert s["network"]["channels"] == 3 and s["slices"]["context"] == 1
+        assert s["slices"]["plane_axis"] == {"sagittal": 0, "coronal": 1, "axial": 2}
+        assert s["grid"]["size"] == 128 and s["grid"]["voxel_mm"] == 2.0
+        assert s["intensity"]["percentile"] == 98 and s["intensity"]["clip"] == [0.0, 2.0]
+        assert s["threshold"] == 0.5 and s["export_check"]["label_agreement"] >= 0.999
+        files = set(json.loads((pkg / "MANIFEST.json").read_text())["files"])
+        assert set(s["network"]["files"].values()) | {"strip-model.json"} <= files
+        rules = spec["strip_decision"]
+        assert rules["skull_present"]["max_ml"] == 2300 and rules["skull_present"]["min_edges"] == 3
+        assert spec["tissue_inside_mask"]["zero_fraction"] == 0.2
+    model = onnx.load(str(strip_packages["onnx"] / "strip.onnx"))
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"] and model.graph.output[0].name == "logits"
+    bare = strip_packages["nostrip"]
+    spec = json.loads((bare / "package.json").read_text())
+    assert spec["strip"] is None and "skull_present" in spec["strip_decision"]
+    assert not [p.name for p in bare.iterdir() if p.name.startswith("strip")]
+
+
+def test_runner_strips_a_skull_scan_as_the_app_does(strip_runs, skull_scan, strip_reference):
+    """--strip auto (the default) on a head with its skull on: the package's brain mask is
+    BrainExtractor's, nothing outside it is labelled, every voxel inside is a tissue, and the labels
+    are Segmenter's on the masked scan; numpy + nibabel + onnxruntime (+ scipy) only."""
+    report, out = strip_runs
+    run = report["auto"]
+    assert run["rc"] == 0, run["err"]
+    assert run["brainseg_loaded"] == [] and not run["mxnet_loaded"]
+    ref = strip_reference["strip"]
+    assert "stripped: skull found: brain extracted" in run["out"]
+    assert f"{ref.volume_ml:,.0f} mL intracranial" in run["out"]
+    brain, img = _read(out / "brain.nii.gz")
+    assert img.get_data_dtype() == np.uint8 and set(np.unique(brain)) <= {0, 1}
+    np.testing.assert_allclose(img.affine, skull_scan[2])
+    brain = brain > 0
+    assert 0.05 < ref.mask.mean() < 0.6  # a brain-sized mask: the masked scan is skull-stripped
+    assert _dice(brain, ref.mask) >= 0.98 and (brain != ref.mask).mean() < 1e-3
+    seg, _ = _read(out / "seg.nii.gz")
+    assert not seg[~brain].any() and (seg[brain] > 0).all()
+    labels, margin = strip_reference["masked"]
+    decisive = margin > 1e-3
+    assert decisive.mean() > 0.8 and (seg[decisive] == labels[decisive]).mean() >= 0.999
+
+
+def test_runner_with_strip_off_segments_as_before(strip_runs, strip_reference):
+    report, out = strip_runs
+    run = report["off"]
+    assert run["rc"] == 0, run["err"]
+    assert "not stripped: brain extraction off" in run["out"]
+    seg, _ = _read(out / "seg_off.nii.gz")
+    labels, margin = strip_reference["off"]
+    decisive = margin > 1e-3
+    # (about 1 in 10,000 decisive voxels of this 1.2 x 1.2 x 1.5 mm scan differ from Segmenter's
+    # with or without this change: the runner's own geometry, which the tests above pin down)
+    assert decisive.mean() > 0.8 and (seg[decisive] == labels[decisive]).mean() >= 0.999
+    assert seg[~strip_reference["strip"].mask].any()  # the scalp gets labels: nothing was masked
+
+
+def test_runner_strips_without_scipy(strip_runs, strip_reference):
+    """Without scipy the resampling is numpy's (the same mask before cleaning) and the runner says
+    that the mask is not cleaned."""
+    report, out = strip_runs
+    run = report["noscipy"]
+    assert run["rc"] == 0, run["err"]
+    assert "scipy is not installed" in run["err"] and "stripped: skull found" in run["out"]
+    brain = _read(out / "brain_ns.nii.gz")[0] > 0
+    raw = strip_reference["raw"]
+    assert _dice(brain, raw) >= 0.98 and (brain != raw).mean() < 1e-3
+    seg, _ = _read(out / "seg_ns.nii.gz")
+    assert not seg[~brain].any()
+
+
+def test_runner_numpy_resampling_matches_scipy():
+    from scipy import ndimage as ndi
+
+    from engine.package import RUNNER, load_runner
+
+    runner = load_runner(RUNNER)
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 1, (9, 11, 7)).astype(np.float32)
+    m = np.eye(4)
+    m[:3, :3] = [[0.6, 0.1, 0.0], [-0.05, 0.7, 0.2], [0.1, 0.0, -0.5]]
+    m[:3, 3] = [-0.7, 0.3, 6.2]
+    want = runner.affine_resample(a, m, (14, 13, 12), ndi)
+    got = runner.affine_resample(a, m, (14, 13, 12), None)
+    assert (want > 0).mean() > 0.3
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_runner_decides_as_the_app(strip_packages, tmp_path):
+    """--strip auto's decision (skull found / already skull-stripped / no skull) is decide_strip's,
+    on scans stored in several ways; a package without the extractor says it has none."""
+    from engine.infer.scan import decide_strip, masked_scan
+    from tests.engine.test_strip import las, phantom_head
+
+    head, aff = _head()
+    big, ic = phantom_head(shape=(60, 70, 64), zooms=(3.0, 3.0, 3.0))
+    sag = np.ascontiguousarray(np.transpose(head, (1, 2, 0)))  # axes A, S, L
+    sag_aff = np.zeros((4, 4))
+    sag_aff[1, 0], sag_aff[2, 1], sag_aff[0, 2], sag_aff[3, 3] = 1.2, 1.5, -1.2, 1.0
+    # air above and below, stored with axes S, A, L: the faces that count are array axes 2 and 1
+    sal = np.ascontiguousarray(np.transpose(np.pad(head, ((0, 0), (0, 0), (8, 8))), (2, 1, 0)))
+    sal_aff = np.zeros((4, 4))
+    sal_aff[2, 0], sal_aff[1, 1], sal_aff[0, 2], sal_aff[3, 3] = 1.5, 1.2, -1.2, 1.0
+    scans = {"cropped head": (head, aff), "whole head": (big, las((3, 3, 3), big.shape)),
+             "stored sagittally": (sag, sag_aff), "stored S-A-L": (sal, sal_aff), "uncropped small head": _head(crop=0),
+             "skull-stripped": (masked_scan(big, ic), las((3, 3, 3), big.shape))}
+    runner = load_runner_of(strip_packages["onnx"])
+    spec = json.loads((strip_packages["onnx"] / "package.json").read_text())
+    bare = json.loads((strip_packages["nostrip"] / "package.json").read_text())
+    seen = set()
+    for name, (vol, a) in scans.items():
+        want = decide_strip(vol, a, "auto")
+        assert runner.strip_decision(vol, a, spec, "auto") == (want.run, want.reason), name
+        seen.add(want.reason)
+        run, reason = runner.strip_decision(vol, a, bare, "auto")
+        assert not run and (want.reason if not want.run else "no brain extractor") in reason, name
+    assert len(seen) == 3  # skull found, already skull-stripped, no skull found
+    for mode in ("on", "off"):
+        assert runner.strip_decision(head, aff, spec, mode) == (mode == "on", decide_strip(head, aff, mode).reason)
+
+
+def load_runner_of(pkg):
+    from engine.package import load_runner
+
+    return load_runner(pkg / "segment_package.py")
+
+
+def test_package_without_the_extractor_says_so(strip_packages, skull_scan, tmp_path, capsys):
+    pkg = strip_packages["nostrip"]
+    runner = load_runner_of(pkg)
+    scan = str(skull_scan[0])
+    assert runner.main([str(pkg), scan, "-o", str(tmp_path / "seg.nii.gz")]) == 0
+    assert "not stripped: skull found, but this package carries no brain extractor" in capsys.readouterr().out
+    assert runner.main([str(pkg), scan, "-o", str(tmp_path / "x.nii.gz"), "--strip", "on"]) == 2
+    assert "carries no brain extractor" in capsys.readouterr().err
+    assert runner.main([str(pkg), scan, "-o", str(tmp_path / "y.nii.gz"), "--mask-out", str(tmp_path / "b.nii.gz")]) == 2
+    assert "--mask-out: no brain mask was made" in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists() and not (tmp_path / "b.nii.gz").exists()
+
+
+def test_mxnet_package_strips_as_the_app_does(strip_packages, skull_scan, strip_reference, tmp_path, capsys):
+    pkg = strip_packages["mxnet"]
+    out, brain = tmp_path / "seg.nii.gz", tmp_path / "brain.nii.gz"
+    assert load_runner_of(pkg).main([str(pkg), str(skull_scan[0]), "-o", str(out), "--mask-out", str(brain)]) == 0
+    assert "stripped: skull found" in capsys.readouterr().out
+    got, ref = _read(brain)[0] > 0, strip_reference["strip"].mask
+    assert _dice(got, ref) >= 0.98 and (got != ref).mean() < 1e-3
+    assert not _read(out)[0][~got].any()
+
+
+def test_strip_model_choice(tmp_path, strip_dir, monkeypatch):
+    """Default: the shipped extractor when its weights are installed, else none; --strip-model DIR;
+    --no-strip. INT8 leaves the extractor FP32."""
+    import engine.nets.weights as weights
+    from engine.package import resolve_strip_model
+
+    shipped = tmp_path / "weights" / "strip"
+    shipped.mkdir(parents=True)
+    (shipped / "NOTICE").write_text("weights still training")
+    monkeypatch.setattr(weights, "shipped_model_dir", lambda arch: tmp_path / "weights" / arch)
+    assert resolve_strip_model() is None
+    shutil.copytree(strip_dir, shipped, dirs_exist_ok=True)
+    assert resolve_strip_model() == shipped
+    assert resolve_strip_model(strip_dir) == strip_dir
+    assert resolve_strip_model(include=False) is None
+    with pytest.raises(ValueError, match="choose one"):
+        resolve_strip_model(strip_dir, include=False)
+    from engine.nets.weights import WeightsError
+
+    with pytest.raises(WeightsError):
+        resolve_strip_model(tmp_path / "nope")
+
+
+def test_int8_package_keeps_the_extractor_fp32(unet_dir, strip_dir, scan, tmp_path):
+    from engine.package import export_package
+
+    vol = np.asarray(nib.load(str(scan)).dataobj, dtype=np.float32)
+    pkg = export_package(unet_dir, tmp_path / "pkg", "mxnet", int8=True, calib_volume=vol, strip_model=strip_dir)
+    spec = json.loads((pkg / "package.json").read_text())
+    assert spec["precision"] == "int8" and spec["strip"]["precision"] == "fp32"
+    assert spec["strip"]["export_check"]["label_agreement"] >= 0.999  # the FP32 extractor, unchanged
+    assert "int8" not in (pkg / "strip-symbol.json").read_text().lower()
