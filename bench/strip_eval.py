@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "strip_eval"))
     ap.add_argument("--rounds", type=int, default=1, help="alternating timing rounds")
     ap.add_argument("--skip-tissue", action="store_true")
+    ap.add_argument("--ants-python", help="a python with antspyx: time ROBEX + Atropos against brainseg segment")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
             if args.peers:
                 peers = Path(args.peers)
                 with tempfile.TemporaryDirectory() as tmp:
-                    dt, _ = timed([str(peers / "robex"), str(f), str(Path(tmp) / "s.nii.gz"), "-m", str(Path(tmp) / "m.nii.gz")])
+                    dt, _ = timed([str(peers / "robex"), str(f), "-om", str(Path(tmp) / "m.nii.gz")])
                     m = np.asarray(nib.load(str(Path(tmp) / "m.nii.gz")).dataobj)
                     rec.setdefault("ROBEX", {}).update({"dice": round(dice(m, t), 4), "ml": round(float((m > 0).sum()) * vml, 1)})
                     rec["ROBEX"].setdefault("seconds", []).append(round(dt, 1))
@@ -169,6 +170,19 @@ def main(argv=None) -> int:
                 "dice_vs_truth_masked": {k: round(dice(a == c, b == c), 4) for k, c in (("csf", 1), ("gm", 2), ("wm", 3))},
                 "segment_seconds": round(dt, 1)}
             print("tissue", name, copy, json.dumps(results["tissue"][f"{name} {copy}"]), flush=True)
+    # speed, whole processes, alternating: brainseg segment of a raw head vs ROBEX then Atropos
+    if args.peers and args.ants_python:
+        f = files[("pydeface", "raw-like")][0]
+        times = {"brainseg segment (strip + tissue)": [], "ROBEX + Atropos": []}
+        for _ in range(max(2, args.rounds)):
+            dt, _p = timed(BRAINSEG + ["segment", str(f), "-o", str(out / "speed_seg.nii.gz")])
+            times["brainseg segment (strip + tissue)"].append(round(dt, 1))
+            d1, _p = timed([str(Path(args.peers) / "robex"), str(f), "-os", str(out / "speed_robex.nii.gz")])
+            d2, _p = timed([args.ants_python, str(ROOT / "tools" / "atropos_peer.py"), str(out / "speed_robex.nii.gz"),
+                            "-o", str(out / "speed_atropos.nii.gz")])
+            times["ROBEX + Atropos"].append(round(d1 + d2, 1))
+        results["speed"] = {k: {"runs": v, "median": float(np.median(v))} for k, v in times.items()}
+        print("speed", json.dumps(results["speed"]), flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
     return 0
