@@ -195,7 +195,11 @@ def strip_spec(info, network: dict) -> dict:
                    "skip": "slices with no work voxel > foreground get probability 0"},
         "fusion": "brain probability = softmax(logits)[:, 1]; the mean over the three planes",
         "back": "the probability resampled trilinearly onto the scan's grid (0 outside the work grid)",
-        "threshold": STRIP_THRESHOLD,
+        "threshold": float(info.meta.get("threshold", STRIP_THRESHOLD)),
+        "fill_enclosed": "on the work grid, before going back: the largest 6-connected piece of probability > "
+                         "threshold, its holes filled in 3-D and then in every slice of each axis in turn "
+                         "(scipy.ndimage.binary_fill_holes); voxels so filled get probability 1 "
+                         "(engine.infer.strip.fill_enclosed)",
         "cleanup": "keep the largest 6-connected piece of probability > threshold, then fill its holes "
                    "(scipy.ndimage.label and binary_fill_holes, default structures)",
         "masking": "outside the mask 0; inside max(voxel, 0), raised to at least 0.001 x the largest such voxel "

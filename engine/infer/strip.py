@@ -50,6 +50,8 @@ ICV_RANGE_ML = (900.0, 2300.0)
 UNSURE_SHELL_FRACTION = 0.35
 # a brain touching the field of view's edge on more than this many voxels is cut
 CUT_EDGE_VOXELS = 200
+# the brain probability above which a voxel is inside (a model may record its own in model.json)
+THRESHOLD = 0.5
 
 
 def head_foreground(volume: np.ndarray) -> np.ndarray:
@@ -138,10 +140,28 @@ def clean_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return m
 
 
+def fill_enclosed(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The probability with every hole of the brain (on the work grid) raised to 1: holes enclosed
+    in 3-D, and in any slice of the three planes (a ventricle or a dark sulcus the network doubted
+    is still inside the skull; in 3-D it can leak out through a thin gap)."""
+    m = prob > threshold
+    lab, n = ndi.label(m)
+    if n > 1:
+        sizes = ndi.sum_labels(m, lab, index=np.arange(1, n + 1))
+        m = lab == (1 + int(np.argmax(sizes)))
+    filled = ndi.binary_fill_holes(m)
+    for axis in range(3):
+        moved = np.moveaxis(filled, axis, 0)
+        for k in range(moved.shape[0]):
+            if moved[k].any():
+                moved[k] = ndi.binary_fill_holes(moved[k])
+    return np.where(filled & ~m, np.float32(1.0), prob).astype(np.float32)
+
+
 @dataclass
 class StripResult:
     mask: np.ndarray  # bool, the scan's own grid
-    probability: np.ndarray  # float32 0..1 on the 2 mm work grid
+    probability: np.ndarray  # float32 0..1 on the 2 mm work grid, as the networks gave it (before filling)
     volume_ml: float
     shell_uncertain: float  # fraction of the mask's boundary shell with 0.2 < p < 0.8
     edge_voxels: int  # mask voxels on the field of view's faces (scan grid)
@@ -192,6 +212,7 @@ class BrainExtractor:
         self.net, self.info = load_network(self.model_dir, self.ctx)
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.batch_size = batch_size
+        self.threshold = float(self.info.meta.get("threshold", THRESHOLD))
 
     @classmethod
     def from_network(cls, net, batch_size: int = 16):
@@ -202,6 +223,7 @@ class BrainExtractor:
         self.ctx = self.mx.cpu()
         self.net, self.info, self.model_dir = net, None, None
         self.batch_size = batch_size
+        self.threshold = THRESHOLD
         return self
 
     @property
@@ -236,9 +258,9 @@ class BrainExtractor:
         grid = StripGrid.for_scan(volume, affine)
         work = grid.from_scan(volume, affine)
         work = np.clip(work / intensity_scale(work), 0.0, 2.0)
-        prob = self.work_probability(work, planes, progress, cancel)
-        native = grid.to_scan(prob, volume.shape, affine)
-        mask = clean_mask(native)
+        prob = self.work_probability(work, planes, progress, cancel)  # as the network said (kept in the result)
+        native = grid.to_scan(fill_enclosed(prob, self.threshold), volume.shape, affine)
+        mask = clean_mask(native, self.threshold)
         voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
         vol, unsure_frac, edge, reasons = assess(mask, prob, voxel_ml)
         res = StripResult(mask, prob, vol, unsure_frac, edge, time.time() - t0, reasons)

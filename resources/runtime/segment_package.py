@@ -326,6 +326,21 @@ def strip_grid(vol: np.ndarray, affine, grid: dict) -> np.ndarray:
     return aff
 
 
+def fill_enclosed(prob: np.ndarray, threshold: float, ndi) -> np.ndarray:
+    """Holes of the brain on the work grid (3-D, then every slice of each axis) get probability 1."""
+    m = prob > threshold
+    lab, count = ndi.label(m)
+    if count > 1:
+        m = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    filled = ndi.binary_fill_holes(m)
+    for axis in range(3):
+        moved = np.moveaxis(filled, axis, 0)
+        for k in range(moved.shape[0]):
+            if moved[k].any():
+                moved[k] = ndi.binary_fill_holes(moved[k])
+    return np.where(filled & ~m, np.float32(1.0), prob).astype(np.float32)
+
+
 def extract_brain(vol: np.ndarray, affine, s: dict, run) -> np.ndarray:
     """The intracranial mask (bool, the scan's grid) of package.json "strip"'s rules."""
     ndi, g, it, sl = scipy_ndimage(), s["grid"], s["intensity"], s["slices"]
@@ -361,6 +376,8 @@ def extract_brain(vol: np.ndarray, affine, s: dict, run) -> np.ndarray:
         print(file=sys.stderr)
         acc += np.moveaxis(probs, 0, axis)
     prob = acc / len(sl["plane_axis"])
+    if ndi is not None and s.get("fill_enclosed"):
+        prob = fill_enclosed(prob, s["threshold"], ndi)
     mask = affine_resample(prob, np.linalg.inv(grid) @ affine, vol.shape, ndi) > s["threshold"]
     if ndi is None:
         print("segment_package: scipy is not installed: the brain mask is not cleaned (largest piece, "
