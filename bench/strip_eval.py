@@ -130,14 +130,18 @@ def main(argv=None) -> int:
             if args.peers:
                 peers = Path(args.peers)
                 with tempfile.TemporaryDirectory() as tmp:
-                    dt, _ = timed([str(peers / "robex"), str(f), "-om", str(Path(tmp) / "m.nii.gz")])
-                    m = np.asarray(nib.load(str(Path(tmp) / "m.nii.gz")).dataobj)
-                    rec.setdefault("ROBEX", {}).update({"dice": round(dice(m, t), 4), "ml": round(float((m > 0).sum()) * vml, 1)})
-                    rec["ROBEX"].setdefault("seconds", []).append(round(dt, 1))
-                    dt, _ = timed([str(peers / "brainextractor"), str(f), str(Path(tmp) / "b.nii.gz")])
-                    m = np.asarray(nib.load(str(Path(tmp) / "b.nii.gz")).dataobj)
-                    rec.setdefault("BET port", {}).update({"dice": round(dice(m, t), 4), "ml": round(float((m > 0).sum()) * vml, 1)})
-                    rec["BET port"].setdefault("seconds", []).append(round(dt, 1))
+                    for peer, cmd, res_file in (
+                            ("ROBEX", [str(peers / "robex"), str(f), "-om", str(Path(tmp) / "m.nii.gz")], "m.nii.gz"),
+                            ("BET port", [str(peers / "brainextractor"), str(f), str(Path(tmp) / "b.nii.gz")], "b.nii.gz")):
+                        try:
+                            dt, _ = timed(cmd)
+                        except RuntimeError as exc:  # a peer that fails is a row, not the end of the run
+                            rec[peer] = {"failed": str(exc).splitlines()[-1][-200:]}
+                            continue
+                        m = np.asarray(nib.load(str(Path(tmp) / res_file)).dataobj)
+                        rec.setdefault(peer, {}).update({"dice": round(dice(m, t), 4),
+                                                         "ml": round(float((m > 0).sum()) * vml, 1)})
+                        rec[peer].setdefault("seconds", []).append(round(dt, 1))
             print(key, json.dumps(rec), flush=True)
     # orientation: the RAW-like Analyze copy (header silent) against its NIfTI twin
     for name in ("pydeface", "robex"):
