@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 BRAINSEG = [sys.executable, "-m", "engine.cli"]
+MIRROR = False
 
 
 def dice(a, b):
@@ -58,15 +59,16 @@ def heads():
 
 
 def raw_like(img, affine, truth, seed=7):
-    """128 sagittal slices of 1.25 mm, 256 x 256 at 1 mm (array axes A, S, R... as a scanner stores
-    sagittal MPRAGE: x = posterior->anterior, y = inferior->superior, slices left->right), pitched 10
-    degrees about left-right, bias field, noise."""
+    """128 sagittal slices of 1.25 mm, 256 x 256 at 1 mm (array axes A, S, L: x = posterior->anterior,
+    y = inferior->superior, slices right->left), pitched 10 degrees about left-right, bias field, noise."""
     rng = np.random.default_rng(seed)
     shape = (256, 256, 128)
     rot = np.deg2rad(10.0)
     r = np.array([[1, 0, 0], [0, np.cos(rot), -np.sin(rot)], [0, np.sin(rot), np.cos(rot)]])
     axes = np.zeros((3, 3))
-    axes[1, 0], axes[2, 1], axes[0, 2] = 1.0, 1.0, 1.25  # columns: A, S, R
+    # columns: A, S, and slices towards the patient's left (ASL: the handedness of Analyze's LAS
+    # convention; with --mirror ASR, which a silent Analyze header cannot tell apart)
+    axes[1, 0], axes[2, 1], axes[0, 2] = 1.0, 1.0, (1.25 if MIRROR else -1.25)
     lin = r @ axes
     centre = affine[:3, :3] @ ((np.array(img.shape) - 1) / 2) + affine[:3, 3]
     new = np.eye(4)
@@ -98,8 +100,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "strip_eval"))
     ap.add_argument("--rounds", type=int, default=1, help="alternating timing rounds")
     ap.add_argument("--skip-tissue", action="store_true")
+    ap.add_argument("--parts", default="heads,orientation,tissue,speed", help="which parts to run")
+    ap.add_argument("--mirror", action="store_true", help="RAW-like copies stored ASR instead of ASL")
     ap.add_argument("--ants-python", help="a python with antspyx: time ROBEX + Atropos against brainseg segment")
     args = ap.parse_args(argv)
+    global MIRROR
+    MIRROR = args.mirror
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"heads": {}, "orientation": {}, "tissue": {}, "speed": {}}
@@ -114,9 +120,11 @@ def main(argv=None) -> int:
             nib.save(nib.Nifti1Image(a, af), str(f))
             files[(name, copy)] = (f, t, af, role)
             if copy == "raw-like":  # the same array as Analyze 7.5, header silent (orient 0, default affine)
-                nib.save(nib.AnalyzeImage(np.clip(a, 0, 32000).astype(np.int16), np.diag([-1.0, 1, 1, 1])),
+                zooms = np.sqrt((af[:3, :3] ** 2).sum(0))  # Analyze keeps the voxel sizes, not the orientation
+                nib.save(nib.AnalyzeImage(np.clip(a, 0, 32000).astype(np.int16), np.diag([-zooms[0], zooms[1], zooms[2], 1.0])),
                          str(out / f"{name}-{copy}.hdr"))
-    for rnd in range(args.rounds):
+    parts = set(args.parts.split(","))
+    for rnd in range(args.rounds if "heads" in parts else 0):
         for (name, copy), (f, t, af, role) in files.items():
             key = f"{name} {copy}"
             rec = results["heads"].setdefault(key, {"role": role, "truth_ml": round(float(t.sum()) * abs(
@@ -144,7 +152,7 @@ def main(argv=None) -> int:
                         rec[peer].setdefault("seconds", []).append(round(dt, 1))
             print(key, json.dumps(rec), flush=True)
     # orientation: the RAW-like Analyze copy (header silent) against its NIfTI twin
-    for name in ("pydeface", "robex"):
+    for name in ("pydeface", "robex") if "orientation" in parts else ():
         _, p = timed(BRAINSEG + ["info", str(out / f"{name}-raw-like.hdr"), "--json"])
         info = json.loads(p.stdout)
         rec = {"found": info["orientation"], "source": info["orientation_source"],
@@ -158,7 +166,7 @@ def main(argv=None) -> int:
         results["orientation"][name] = rec
         print("orientation", name, json.dumps(rec), flush=True)
     # tissue: the raw head through the whole pipeline against the same head masked by the truth
-    if not args.skip_tissue:
+    if not args.skip_tissue and "tissue" in parts:
         for (name, copy), (f, t, af, role) in files.items():
             seg_raw = out / f"{name}-{copy}_seg.nii.gz"
             dt, _ = timed(BRAINSEG + ["segment", str(f), "-o", str(seg_raw)])
@@ -175,7 +183,7 @@ def main(argv=None) -> int:
                 "segment_seconds": round(dt, 1)}
             print("tissue", name, copy, json.dumps(results["tissue"][f"{name} {copy}"]), flush=True)
     # speed, whole processes, alternating: brainseg segment of a raw head vs ROBEX then Atropos
-    if args.peers and args.ants_python:
+    if args.peers and args.ants_python and "speed" in parts:
         f = files[("pydeface", "raw-like")][0]
         times = {"brainseg segment (strip + tissue)": [], "ROBEX + Atropos": []}
         for _ in range(max(2, args.rounds)):
@@ -187,7 +195,7 @@ def main(argv=None) -> int:
             times["ROBEX + Atropos"].append(round(d1 + d2, 1))
         results["speed"] = {k: {"runs": v, "median": float(np.median(v))} for k, v in times.items()}
         print("speed", json.dumps(results["speed"]), flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / f"results-{'-'.join(sorted(parts))}.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
     return 0
 
