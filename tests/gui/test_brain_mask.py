@@ -67,6 +67,8 @@ def test_head_scan_is_segmented_inside_its_brain_mask(enet_window, head_scan, ti
     # the user erases a slab of the brain: the next segmentation keeps it out (the mask follows the labels)
     k = int(np.argmax(mask.sum(axis=(0, 1))))
     win.labelmap.paint(2, k, [(0.0, 0.0), (59.0, 69.0), (0.0, 69.0), (59.0, 0.0)], radius=80, value=0)  # eraser
+    assert not win.labelmap.labels[:, :, k].any(), "the eraser cleared the slice"
+    assert win.session.brain_mask_in_labels
     assert not win.session.current_brain_mask()[:, :, k].any()
     dialogs.choice = "replace"
     with qtbot.waitSignal(win.segmentationFinished, timeout=120000):
