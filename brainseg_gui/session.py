@@ -128,8 +128,6 @@ class Session(QtCore.QObject):
             msg += f" - {vol.geometry_note}"
         if geo.describe():
             msg += f" - for the network: {geo.describe()}"
-        if vol.orientation_source == "anatomy":
-            notices.append(("Orientation found from the anatomy", f"{vol.path}:\n{vol.geometry_note}"))
         for w in vol.warnings:
             msg += f" - {w}"
             notices.append(("Orientation check", f"{vol.path}:\n{w}"))
