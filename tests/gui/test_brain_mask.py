@@ -1,6 +1,7 @@
 """Brain extraction in the window: a head scan (skull on) is segmented inside an extracted mask,
 the mask's outline is shown, brush corrections of the labels carry into the next segmentation,
-and the mask can be saved. A tiny untrained extractor (real MXNet) stands in for the shipped one."""
+and the mask can be saved. The tissue network is the tiny real ENet; the extractor returns the
+phantom's known mask (the real extractor is tested in tests/engine/test_strip.py)."""
 import nibabel as nib
 import numpy as np
 import pytest
@@ -9,26 +10,36 @@ from engine.infer import scan as scan_mod
 from tests.engine.test_strip import las, phantom_head
 
 
+class KnownExtractor:
+    """Stands in for the network (engine tests run the real one): it returns the phantom's own
+    intracranial mask through the real StripResult/assess path, so what the GUI does with a mask is
+    tested on a mask that does not depend on random weights."""
+
+    version = "known-mask"
+
+    def __init__(self, mask):
+        self.mask = mask
+        self.calls = 0
+
+    def extract(self, volume, affine, progress=None, cancel=None, planes=None):
+        from engine.infer.strip import StripResult, assess
+
+        self.calls += 1
+        if progress:
+            progress(1.0)
+        prob = self.mask.astype(np.float32)
+        vol, unsure, edge, reasons = assess(self.mask, prob, float(abs(np.linalg.det(affine[:3, :3]))) / 1000)
+        return StripResult(self.mask.copy(), prob, vol, unsure, edge, 0.01, reasons)
+
+
 @pytest.fixture
-def tiny_extractor(monkeypatch, tmp_path_factory):
-    from engine.core.mx_env import get_mx
-
-    mx = get_mx()
-    from engine.infer.strip import BrainExtractor
-    from engine.nets import get_model
-    from engine.nets.weights import write_model_dir
-
-    d = tmp_path_factory.mktemp("strip_gui")
-    kw = {"classes": 2, "base": 4, "levels": 5}
-    net = get_model("unet", **kw)
-    net.initialize(mx.init.Xavier(magnitude=6))
-    net(mx.nd.zeros((1, 3, 32, 32)))
-    write_model_dir(d, net, "unet", kw, version="tiny-strip")
+def tiny_extractor(monkeypatch):
+    _, ic = phantom_head(shape=(60, 70, 64), zooms=(3.0, 3.0, 3.0))
     loaded = []
 
     def get(model_dir=None):
         if not loaded:
-            loaded.append(BrainExtractor(d))
+            loaded.append(KnownExtractor(ic))
         return loaded[0]
 
     monkeypatch.setattr(scan_mod, "get_extractor", get)
@@ -56,6 +67,7 @@ def test_head_scan_is_segmented_inside_its_brain_mask(enet_window, head_scan, ti
     assert mask is not None and mask.shape == win.scan.shape and mask.any()
     labels = win.labelmap.labels
     assert not labels[~mask].any() and (labels[mask] > 0).all()  # FSL_SEG inside, nothing outside
+    assert tiny_extractor[0].calls == 1
     assert "brain extracted first" in win.statusBar().currentMessage()
     # the outline is drawn in cyan on the views, and can be hidden
     ax = win.views["axial"]
