@@ -132,26 +132,25 @@ def plane_batches(work: np.ndarray, axis: int, fg: np.ndarray | None = None):
     return keep, out
 
 
-def clean_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Threshold, keep the largest connected piece, fill holes (3-D, then per axial slice)."""
-    m = prob > threshold
+def largest_piece(m: np.ndarray) -> np.ndarray:
+    """The largest connected piece of a binary mask (the mask itself when it has one piece)."""
     lab, n = ndi.label(m)
-    if n > 1:
-        sizes = ndi.sum_labels(m, lab, index=np.arange(1, n + 1))
-        m = lab == (1 + int(np.argmax(sizes)))
-    m = ndi.binary_fill_holes(m)
-    return m
+    if n <= 1:
+        return m
+    sizes = ndi.sum_labels(m, lab, index=np.arange(1, n + 1))
+    return lab == (1 + int(np.argmax(sizes)))
+
+
+def clean_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Threshold, keep the largest connected piece, fill its 3-D holes."""
+    return ndi.binary_fill_holes(largest_piece(prob > threshold))
 
 
 def fill_enclosed(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """The probability with every hole of the brain (on the work grid) raised to 1: holes enclosed
     in 3-D, and in any slice of the three planes (a ventricle or a dark sulcus the network doubted
     is still inside the skull; in 3-D it can leak out through a thin gap)."""
-    m = prob > threshold
-    lab, n = ndi.label(m)
-    if n > 1:
-        sizes = ndi.sum_labels(m, lab, index=np.arange(1, n + 1))
-        m = lab == (1 + int(np.argmax(sizes)))
+    m = largest_piece(prob > threshold)
     filled = ndi.binary_fill_holes(m)
     for axis in range(3):
         moved = np.moveaxis(filled, axis, 0)
