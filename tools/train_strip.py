@@ -88,10 +88,16 @@ class HeadPool:
 
 def recalibrate_bn(params: Path, pool, batches: int = 150, log=None):
     """'Precise BN' (Wu & Johnson 2021): a fresh network with the trained weights whose BatchNorm
-    running statistics are re-estimated as the plain mean over `batches` training batches (forward
-    passes only, train mode), instead of the exponential average of the last few steps, which
-    lags the weights and follows whichever heads the last batches came from (validation Dice swung
-    0.88-0.92 between checkpoints). Returns the network."""
+    running statistics are re-estimated over `batches` training batches as population statistics
+    (mean of the batch means; variance = mean of (batch variance + batch mean^2) - mean^2), instead
+    of the exponential average of the last few steps, which lags the weights and follows whichever
+    heads the last batches came from (validation Dice swung 0.88-0.92 between checkpoints).
+
+    MXNet 1.9's CPU (oneDNN) BatchNorm updates its running statistics in the *backward* pass, not
+    in a forward pass in train mode (measured: forward under autograd.record() left them unchanged),
+    so each batch is recorded and back-propagated; the gradients are discarded (no trainer step).
+    A first version of this function ran forward passes only and silently changed nothing.
+    Returns the network."""
     mx = get_mx()
     from engine.nets import get_model
 
@@ -100,18 +106,21 @@ def recalibrate_bn(params: Path, pool, batches: int = 150, log=None):
     bns = [b for b in _blocks(net) if isinstance(b, mx.gluon.nn.BatchNorm)]
     sums = [[np.zeros(b.running_mean.shape), np.zeros(b.running_var.shape)] for b in bns]
     it = iter(pool)
+    for b in bns:  # momentum 0: after a backward pass the running stats are that batch's
+        b._kwargs["momentum"] = 0.0
     for _ in range(batches):
         x, _y = next(it)
-        for b in bns:  # momentum 0: running stats = this batch's
-            b._kwargs["momentum"] = 0.0
-        with mx.autograd.train_mode():
-            net(mx.nd.array(x)).wait_to_read()
+        with mx.autograd.record():
+            out = net(mx.nd.array(x))
+        out.backward()
         for b, acc in zip(bns, sums):
-            acc[0] += b.running_mean.data().asnumpy()
-            acc[1] += b.running_var.data().asnumpy()
+            m = b.running_mean.data().asnumpy()
+            acc[0] += m
+            acc[1] += b.running_var.data().asnumpy() + m * m
     for b, acc in zip(bns, sums):
-        b.running_mean.set_data(mx.nd.array(acc[0] / batches))
-        b.running_var.set_data(mx.nd.array(acc[1] / batches))
+        mean = acc[0] / batches
+        b.running_mean.set_data(mx.nd.array(mean))
+        b.running_var.set_data(mx.nd.array(np.maximum(acc[1] / batches - mean * mean, 1e-6)))
         b._kwargs["momentum"] = 0.9
     if log:
         log.info("BatchNorm statistics re-estimated over %d batches", batches)
@@ -138,6 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=2022)
+    ap.add_argument("--version", default="strip-shipped-1", help="the version written into model.json")
+    ap.add_argument("--init", help="start from these parameters (e.g. runs/strip/best.params) in a new --workdir: "
+                                   "a second, lower-rate stage after the first run")
     ap.add_argument("--finish", action="store_true",
                     help="no training: re-estimate BatchNorm statistics of best.params and write the model if better")
     args = ap.parse_args(argv)
@@ -167,6 +179,10 @@ def main(argv=None) -> int:
     net(get_mx().nd.zeros((1, 3, 128, 128)))
     hybridize_for_training(net)
     state = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
+    if args.init and not (args.resume and (work / "ckpt.params").exists()):
+        net.load_parameters(str(args.init))
+        state["init"] = str(args.init)
+        log.info("initialised from %s", args.init)
     if args.resume and (work / "ckpt.params").exists():
         net.load_parameters(str(work / "ckpt.params"))
         state = json.loads((work / "state.json").read_text())
@@ -274,8 +290,8 @@ def finish(args, work, state, pool, val, aff, log, last=None) -> int:
         "data": "tools/strip_data.py: random 3-D affine (rotation <= 25 deg) + elastic warp; own intensities or a "
                 "random contrast per intensity class (SynthStrip-style); bias, thick slices, Rician noise; "
                 "12% already stripped, 15% defaced, 15% field of view cut",
-        "input": "2 mm RAS grid 128^3 centred on the head, 3 channels (slice and neighbours), all three planes",
-        "script": "tools/train_strip.py", "steps": last, "best_step": state.get("best_step"),
+        "input": "2 mm grid 128^3 on the scan axes brought to the nearest R, A, S, centred on the head, 3 channels (slice and neighbours), all three planes",
+        "script": "tools/train_strip.py", "initialised_from": state.get("init"), "steps": last, "best_step": state.get("best_step"),
         "batch_size": args.batch_size, "minutes": round(state.get("elapsed_s", 0) / 60, 1),
         "loss": "softmax CE + soft Dice", "optimizer": f"Adam lr {args.lr} cosine",
         "batchnorm_statistics": bn_note, "validation_before_bn_reestimation": plain,
@@ -284,7 +300,7 @@ def finish(args, work, state, pool, val, aff, log, last=None) -> int:
         "trained_at": time.strftime("%Y-%m-%d %H:%M"),
         "licences": "resources/weights/strip/NOTICE",
     }
-    info = write_model_dir(args.out, net, "unet", ARCH_KWARGS, version="strip-shipped-1", parent=None,
+    info = write_model_dir(args.out, net, "unet", ARCH_KWARGS, version=args.version, parent=None,
                            training=record)
     if Path(args.out).resolve().parent == (ROOT / "resources" / "weights").resolve():
         update_manifest("strip", info)

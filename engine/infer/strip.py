@@ -10,9 +10,10 @@ trained on heads with random contrasts, deformations, noise, bias and resolution
 the shape of a head rather than one scanner's intensities. On 2 cores a 3-D network at 1 mm does
 not train in a session, so this one is 2.5-D at 2 mm:
 
-1. the scan is resampled (trilinear, world coordinates from its affine) onto a 128^3 grid of 2 mm
-   voxels aligned with RAS and centred on the head's foreground box - any orientation and voxel
-   size give the same input;
+1. the scan is resampled (trilinear) onto a 128^3 grid of 2 mm voxels whose axes are the scan's
+   own axes brought to the nearest of R, A, S, centred on the head's foreground box - any axis
+   order, flip and voxel size give the same input, and a small tilt stays in the image (the
+   network was trained with rotations) instead of changing the grid;
 2. each slice of each of the three planes goes through the network with its two neighbours as
    extra channels (3 x 128 slices of 128 x 128, empty slices skipped), and the three planes'
    brain probabilities are averaged (FastSurfer's view aggregation);
@@ -43,7 +44,7 @@ STRIP_MM = 2.0
 STRIP_GRID = 128
 CONTEXT = 1  # neighbouring slices on each side fed as channels (2.5-D)
 CHANNELS = 2 * CONTEXT + 1
-PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # RAS work grid: axis fixed by each plane
+PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # work grid (near R, A, S): axis fixed by each plane
 # plausible adult intracranial volumes (mL); outside them the mask is flagged unsure
 ICV_RANGE_ML = (900.0, 2300.0)
 # a mask whose boundary shell is this uncertain (fraction of shell voxels with 0.2 < p < 0.8).
@@ -82,23 +83,38 @@ def intensity_scale(values: np.ndarray) -> float:
 
 @dataclass
 class StripGrid:
-    """The 2 mm RAS work grid of one scan: `affine` maps work voxels to world (mm)."""
+    """The 2 mm work grid of one scan (its axes near R, A, S): `affine` maps work voxels to world (mm)."""
 
     affine: np.ndarray
     shape: tuple[int, int, int] = (STRIP_GRID,) * 3
 
     @classmethod
     def for_scan(cls, volume: np.ndarray, affine: np.ndarray) -> "StripGrid":
+        """The grid for one scan: its axes are the scan's own voxel axes, permuted and flipped to the
+        nearest of R, A, S, at 2 mm, centred on the head's foreground box.
+
+        The grid follows the scan's axes, not the world's: a head stored with a 10-degree pitch and
+        a correct affine, and the same array saved as Analyze (which cannot store the pitch), give the
+        same work grid and so the same mask (issue #18's orientation figure: on the world-aligned grid
+        the two masks differed at the edge and the labels agreed only 0.87-0.97). The network was
+        trained with rotations up to 25 degrees, so a pitched head is what it expects."""
+        import nibabel as nib
+
         fg = head_foreground(volume[::2, ::2, ::2])
         if fg.any():
             idx = np.argwhere(fg) * 2
             centre_vox = (idx.min(0) + idx.max(0)) / 2.0
         else:
             centre_vox = (np.array(volume.shape) - 1) / 2.0
-        centre = affine[:3, :3] @ centre_vox + affine[:3, 3]
-        aff = np.diag([STRIP_MM, STRIP_MM, STRIP_MM, 1.0])
-        aff[:3, 3] = centre - STRIP_MM * (STRIP_GRID - 1) / 2.0
-        return cls(aff)
+        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        ornt = nib.orientations.io_orientation(affine)  # scan axis i -> world axis ornt[i, 0], sign
+        step = np.zeros((3, 3))  # work voxel -> scan voxel
+        for i, (world_axis, sign) in enumerate(ornt):
+            step[i, int(world_axis)] = sign * STRIP_MM / zooms[i]
+        to_scan = np.eye(4)
+        to_scan[:3, :3] = step
+        to_scan[:3, 3] = centre_vox - step @ np.full(3, (STRIP_GRID - 1) / 2.0)
+        return cls(affine @ to_scan)
 
     def from_scan(self, volume: np.ndarray, affine: np.ndarray, order: int = 1) -> np.ndarray:
         """The scan resampled onto this grid (outside the scan: 0). Anti-aliased first when the
