@@ -14,6 +14,7 @@ import numpy as np
 from PyQt5 import QtCore, QtWidgets
 
 from engine.labels import ops
+from engine.labels.labelmap import INTERPOLATED, STROKE
 
 from . import dialogs
 
@@ -41,29 +42,32 @@ def plane_combo(window, name: str) -> QtWidgets.QComboBox:
     return combo
 
 
-def edited_slices_along(lm, axis: int) -> list[int]:
-    """Slices along `axis` holding voxels the user corrected (against the prediction or the
-    labels as opened)."""
-    other = tuple(a for a in range(3) if a != axis)
-    return [int(k) for k in np.where(lm.corrected_mask().any(axis=other))[0]]
-
-
 class FillBetweenDialog(QtWidgets.QDialog):
-    """Plane, range and which slices count as drawn; Preview, Apply, Cancel."""
+    """Plane, range and which slices count as drawn; Preview, Apply, Cancel.
+
+    On a segmented scan (issue #19) the drawn slices are the ones the user stroked in that plane
+    (`LabelMap.edited_slices`, from the provenance record: a coronal stroke does not make axial
+    slices drawn), and what is interpolated is what their strokes set, laid over the labels between
+    (`ops.fill_between_drawn`): the network's labels outside it stay. On a map drawn from scratch,
+    "Slices that hold labels" interpolates whole slices, as ITK-SNAP and Slicer do."""
 
     def __init__(self, window, parent=None):
         super().__init__(parent or window)
         self.win = window
         self.setWindowTitle("Fill between slices")
         self.setObjectName("fill_between_dialog")
+        self.setMinimumWidth(520)  # the preview's count and range must not be cut off
         self.preview_atom = None
         lay = QtWidgets.QFormLayout(self)
         self.plane = plane_combo(window, "fb_plane")
         lay.addRow("Plane", self.plane)
         self.source = QtWidgets.QComboBox()
         self.source.setObjectName("fb_source")
-        self.source.addItem("Slices that hold labels", "labelled")
-        self.source.addItem("Slices I corrected", "corrected")
+        self.source.addItem("Slices I drew (interpolate my strokes)", "corrected")
+        self.source.addItem("Slices that hold labels (interpolate whole slices)", "labelled")
+        lm = window.labelmap
+        if lm is not None and lm.opened_empty and lm.predicted is None and not lm.has_manual_edits:
+            self.source.setCurrentIndex(1)
         lay.addRow("Drawn slices", self.source)
         self.first = QtWidgets.QSpinBox()
         self.first.setObjectName("fb_first")
@@ -99,11 +103,14 @@ class FillBetweenDialog(QtWidgets.QDialog):
     def axis(self) -> int:
         return self.win.view_axis(self.plane.currentData())
 
+    def strokes_only(self) -> bool:
+        return self.source.currentData() == "corrected"
+
     def keys(self) -> list[int]:
         lm = self.win.labelmap
         ax = self.axis()
-        if self.source.currentData() == "corrected":
-            drawn = edited_slices_along(lm, ax)
+        if self.strokes_only():
+            drawn = lm.edited_slices(ax)
         else:
             drawn = ops.key_slices(lm.labels, ax, 0, lm.shape[ax] - 1)
         lo, hi = self.first.value() - 1, self.last.value() - 1
@@ -132,20 +139,29 @@ class FillBetweenDialog(QtWidgets.QDialog):
             self._set_range_quietly(keys[0] + 1, keys[-1] + 1)
         self._describe()
 
+    def _set_info(self, text: str) -> None:
+        self.info.setText(text)
+        self.adjustSize()  # grow with the text instead of cutting it off
+
     def _describe(self):
         if self.win.labelmap is None:
             return [], 0
         keys = self.keys()
         gaps = sum(b - a - 1 for a, b in zip(keys[:-1], keys[1:]))
+        plane = self.plane.currentData()
         if len(keys) < 2:
-            self.info.setText(f"{len(keys)} drawn slice(s) in this range: draw at least two, with empty slices "
-                              "between them, to interpolate.")
+            sl = "slice" if len(keys) == 1 else "slices"
+            what = f"{plane} {sl} you drew on" if self.strokes_only() else f"{plane} {sl} holding labels"
+            self._set_info(f"{len(keys)} {what} in this range: draw on at least two, with slices between them, "
+                           "to interpolate.")
         elif gaps == 0:
-            self.info.setText(f"{len(keys)} drawn slices and no empty slice between them: nothing to fill.")
+            self._set_info(f"{len(keys)} drawn slices and no other slice between them: nothing to fill.")
         else:
             shown = ", ".join(str(k + 1) for k in keys[:10]) + ("..." if len(keys) > 10 else "")
-            self.info.setText(f"Drawn: {shown}. {gaps} slice(s) between them will be interpolated "
-                              "(the drawn slices are not changed).")
+            what = ("what you drew on them is interpolated over the labels between; the rest of those slices "
+                    "keeps its labels" if self.strokes_only() else "the slices between are replaced")
+            self._set_info(f"Drawn {plane} slices: {shown}. {gaps} slice{'s' if gaps != 1 else ''} between "
+                           f"them ({keys[0] + 2}-{keys[-1]}): {what}. The drawn slices are not changed.")
         return keys, gaps
 
     def _compute(self):
@@ -153,42 +169,52 @@ class FillBetweenDialog(QtWidgets.QDialog):
         if len(keys) < 2 or gaps == 0:
             return None
         lm = self.win.labelmap
+        ax = self.axis()
         try:
-            return _busy(lambda: ops.fill_between(lm.labels, self.axis(), keys[0], keys[-1], keys))
+            if self.strokes_only():
+                drawn = lm.origin == STROKE[ax]
+                return _busy(lambda: ops.fill_between_drawn(lm.labels, drawn, ax, keys))
+            return _busy(lambda: ops.fill_between(lm.labels, ax, keys[0], keys[-1], keys))
         except ops.OpError as exc:
-            self.info.setText(str(exc))
+            self._set_info(str(exc))
             return None
 
     def preview(self) -> bool:
-        """Show the result in the views (editing locked until Apply or Cancel)."""
+        """Show the result in the views (editing locked until Apply or Cancel). A preview is never
+        autosaved: the recovery file keeps the labels without it (LabelMap.committed)."""
         self._take_back()
         new = self._compute()
         if new is None:
             return False
         self._preview_lm = self.win.labelmap
         self._was_clean = self._preview_lm.is_clean
-        self.preview_atom = self.win.labelmap.apply_volume(new, "fill between", axis=self.axis())
+        self.preview_atom = self.win.labelmap.show_preview(new, "fill between")
         self.win.set_preview(self.preview_atom is not None)
         if self.preview_atom is not None:
-            self.info.setText(self.info.text() + f"\nPreview: {self.preview_atom.voxels:,} voxels change. "
-                              "Apply keeps it (one undo step); Cancel takes it back.")
+            keys = self.keys()
+            self._set_info(self.info.text() + f"\nPreview: {self.preview_atom.voxels:,} voxels change on "
+                           f"{self.plane.currentData()} slices {keys[0] + 2}-{keys[-1]}. Apply keeps it (one undo "
+                           "step); Cancel takes it back.")
+        else:
+            self._set_info(self.info.text() + "\nNothing would change.")
         return self.preview_atom is not None
 
     def apply(self) -> None:
         if self.preview_atom is None and not self.preview():
             return
-        atom, self.preview_atom = self.preview_atom, None
+        self.preview_atom = None
+        atom = self._preview_lm.apply_preview(INTERPOLATED)
         self.win.set_preview(False)
-        self.win.statusBar().showMessage(f"Filled between slices: {atom.voxels:,} voxels changed (Ctrl+Z undoes)",
-                                         8000)
+        n = atom.voxels if atom is not None else 0
+        self.win.statusBar().showMessage(f"Filled between slices: {n:,} voxel{'s' if n != 1 else ''} changed "
+                                         "(Ctrl+Z undoes)", 8000)
         self.accept()
 
     def _take_back(self) -> None:
         if self.preview_atom is not None:
             lm = self._preview_lm
-            if lm is not None and lm.last_step() is self.preview_atom:  # (predictions wait while it shows)
-                lm.undo()
-                lm.drop_redo()
+            if lm is not None and lm.preview is self.preview_atom:
+                lm.cancel_preview()
                 if self._was_clean:  # cancelling a preview leaves a saved document saved
                     lm.mark_clean()
             self.preview_atom = None
@@ -200,13 +226,15 @@ class FillBetweenDialog(QtWidgets.QDialog):
 
 
 def run_operation(window, kind: str) -> None:
-    """Islands, keep-largest or smoothing on the open label map, asking for its parameter."""
+    """Islands, keep-largest or smoothing on the open label map, asking for its parameter. Their
+    voxels are clean-ups, not corrections: a new prediction replaces them (and says so)."""
     lm, scan = window.labelmap, window.scan
     if lm is None or scan is None:
         return
     if kind == "islands":
         n = dialogs.get_number(window, "Remove small islands",
-                               "Pieces smaller than this many voxels take the label around them:",
+                               "Pieces smaller than this many voxels take the label around them. This may change "
+                               "the brain's outline (specks of tissue in the background go, holes close):",
                                window.prefs_islands, 1, 10**7, decimals=0)
         if n is None:
             return
@@ -214,16 +242,19 @@ def run_operation(window, kind: str) -> None:
         window.prefs_islands = n
         label, fn = f"removed islands < {n} voxels", lambda: ops.remove_islands(lm.labels, n)
     elif kind == "largest":
+        if not dialogs.ask_yes_no(window, "Keep the largest piece",
+                               "Everything outside the largest connected piece of the brain becomes background: "
+                               "this changes the brain's outline. Go on?", default_yes=True):
+            return
         label, fn = "kept the largest piece", lambda: ops.keep_largest(lm.labels)
     elif kind == "smooth":
-        mm = dialogs.get_number(window, "Smooth labels",
-                                "Smooth class boundaries by (mm). Thin structures (sulcal CSF) shrink: on the "
-                                "demo 1 mm removes a fifth of the CSF, 0.5 mm almost nothing.",
-                                window.prefs_smooth_mm, 0.1, 20.0, decimals=1)
-        if mm is None:
+        answer = dialogs.get_smoothing(window, window.prefs_smooth_mm)
+        if answer is None:
             return
+        mm, outline = answer
         window.prefs_smooth_mm = mm
-        label, fn = f"smoothed {mm:g} mm", lambda: ops.smooth(lm.labels, mm, scan.voxel_size)
+        label = f"smoothed {mm:g} mm{' (outline too)' if outline else ''}"
+        fn = lambda: ops.smooth(lm.labels, mm, scan.voxel_size, keep_outline=not outline)  # noqa: E731
     else:
         raise ValueError(kind)
     try:
@@ -236,8 +267,9 @@ def run_operation(window, kind: str) -> None:
     if atom is None:
         window.statusBar().showMessage(f"Nothing to change ({label.split(' ', 1)[1]})", 5000)
     else:
-        window.statusBar().showMessage(f"{label.capitalize()}: {atom.voxels:,} voxels changed; volumes {change} "
-                                       "(Ctrl+Z undoes)", 15000)
+        n = atom.voxels
+        window.statusBar().showMessage(f"{label.capitalize()}: {n:,} voxel{'s' if n != 1 else ''} changed; "
+                                       f"volumes {change} (Ctrl+Z undoes)", 15000)
     window.update_state()
 
 

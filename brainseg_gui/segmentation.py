@@ -58,13 +58,20 @@ class SegmentationController(QtCore.QObject):
         replace = False
         affected = s.corrections_on(slices)
         if affected:
-            shown = ", ".join(str(k + 1) for k in affected[:12]) + ("..." if len(affected) > 12 else "")
+            n = sum(len(v) for v in affected.values())
+            parts = []
+            for plane, ks in affected.items():
+                if plane == "interpolated":
+                    parts.append("and slices you filled between")
+                else:
+                    parts.append(f"{plane} " + ", ".join(str(k + 1) for k in ks[:12]) + ("..." if len(ks) > 12 else ""))
+            what = (f"{n} slice{'s' if n != 1 else ''}" if n else "slices") + f" ({'; '.join(parts)})"
             answer = dialogs.ask_choice(
                 self.dialog_parent, "Your corrections",
-                f"You corrected {len(affected)} slice{'s' if len(affected) != 1 else ''} that the new segmentation "
-                f"covers (axial {shown}).\n\nKeep my corrections: the network fills in everything else, every "
-                "voxel you changed stays.\nReplace them: the network's labels everywhere (Undo brings your "
-                "corrections back).",
+                f"You corrected {what} that the new segmentation covers.\n\nKeep my corrections: the network "
+                "fills in everything else, every voxel you changed stays (clean-ups such as smoothing are not "
+                "corrections: the network replaces them).\nReplace them: the network's labels everywhere (Undo "
+                "brings your corrections back).",
                 [("keep", "Keep my corrections"), ("replace", "Replace them"), ("cancel", "Cancel")], "keep")
             if answer == "cancel":
                 return None
@@ -194,11 +201,16 @@ class SegmentationController(QtCore.QObject):
         geo = f" - {result.geometry}" if result.geometry else ""
         lm = self.session.labelmap
         n = len(lm.edited_pairs()) if lm is not None else 0  # slices still holding corrections, any plane
+        s = "s" if n != 1 else ""
         if ticket.replace:
             kept = "; your earlier corrections were replaced (Ctrl+Z brings them back)" + (
-                f", the {n} slice(s) you corrected while it ran were kept" if n else "")
+                f", the {n} slice{s} you corrected while it ran were kept" if n else "")
         else:
-            kept = f"; your corrections on {n} slice(s) were kept" if n else ""
+            kept = f"; your corrections on {n} slice{s} were kept" if n else ""
+        cleaned = getattr(atom, "replaced_cleanup", 0) if atom is not None else 0
+        if cleaned:  # clean-ups are not corrections: say that the new prediction replaced them
+            kept += (f"; {cleaned:,} voxel{'s' if cleaned != 1 else ''} set by a clean-up (smoothing, islands, "
+                     "largest piece) now hold the new prediction - apply the clean-up again from the Labels menu")
         # short enough to stay readable beside the read-out; the planes and geometry go to the log
         log.info("segmented the %s with %s (%s) in %.1f s%s", what, result.model, "+".join(result.planes),
                  result.seconds, geo)

@@ -5,7 +5,8 @@ its signals.
 
 Rules it keeps (issue #12):
 - **Jobs never discard edits.** A prediction is installed through `land_prediction()`, which keeps
-  every voxel the user corrected (`LabelMap.corrected_mask()`), unless the user chose to replace
+  every voxel the user corrected (`LabelMap.corrected_mask()`: their strokes and the
+  interpolations they applied, from the provenance record; clean-ups are replaced), unless the user chose to replace
   their corrections when the job was started; even then, corrections made *while* the job ran are
   kept. A prediction that arrives in the middle of a brush stroke waits for the stroke to end, so
   the stroke's undo step never mixes values from before and after the prediction. Label maps
@@ -75,6 +76,7 @@ class Session(QtCore.QObject):
     def __init__(self, parent=None, autosave_idle_ms: int = AUTOSAVE_IDLE_MS):
         super().__init__(parent)
         self.scan: Volume | None = None
+        self.scan_key: str | None = None  # the scan's content hash: what its recovery file is keyed by
         self.labelmap: LabelMap | None = None
         self.labels_path: Path | None = None
         self.axial_axis = 2
@@ -115,6 +117,7 @@ class Session(QtCore.QObject):
         vol = read_volume(path, kind="image", series=series)
         self.close_scan()
         self.scan = vol
+        self.scan_key = recovery.scan_key(vol.data, vol.affine)
         geo = Conform.for_grid(vol.shape, vol.affine)
         self.axial_axis = geo.native_axis("axial")
         self.plane_axes = {p: geo.native_axis(p) for p in ("axial", "coronal", "sagittal")}
@@ -133,7 +136,7 @@ class Session(QtCore.QObject):
             notices.append(("Orientation check", f"{vol.path}:\n{w}"))
         if skull_present(vol.data, vol.voxel_volume_ml, vol.affine):
             msg += " - skull on: Segment extracts the brain first (Segment > Extract brain to see it)"
-        info = recovery.find_recovery(vol.path, vol.shape) if vol.path is not None else None
+        info = recovery.find_recovery(vol.path, vol.shape, key=self.scan_key) if vol.path is not None else None
         self.scanChanged.emit()
         self.changed.emit()
         return OpenReport(vol, msg, notices, info)
@@ -150,6 +153,7 @@ class Session(QtCore.QObject):
         self.set_brain_mask(None)
         had = self.scan is not None
         self.scan = None
+        self.scan_key = None
         self.axial_axis = 2
         self.plane_axes = {"sagittal": 0, "coronal": 1, "axial": 2}
         self._set_autosave("idle", "")
@@ -254,13 +258,33 @@ class Session(QtCore.QObject):
         self.autosave_timer.start()
 
     # ================================================================== predictions
-    def corrections_on(self, slices: list[int] | None) -> list[int]:
-        """Slices with corrections that a prediction of `slices` (None: all) would land on."""
+    def corrections_on(self, slices: list[int] | None) -> dict[str, list[int]]:
+        """{plane: slices} the user drew on (their strokes, from the provenance record) that a
+        prediction of `slices` (axial; None: all) would land on, in every plane - a coronal stroke
+        crossing the predicted axial slices counts as a coronal slice; plus "interpolated" when
+        voxels they interpolated are covered. Empty when there are none."""
         lm = self.labelmap
         if lm is None or not lm.has_manual_edits:
-            return []
-        edited = lm.edited_axial_slices()
-        return edited if slices is None else [k for k in edited if k in set(slices)]
+            return {}
+        from engine.labels.labelmap import INTERPOLATED, STROKE
+
+        org = lm.origin
+        if slices is not None:
+            org = np.take(org, sorted(set(int(k) for k in slices)), axis=self.axial_axis)
+        out: dict[str, list[int]] = {}
+        for plane in ("axial", "coronal", "sagittal"):
+            axis = self.plane_axes[plane]
+            hit = org == STROKE[axis]
+            if not hit.any():
+                continue
+            other = tuple(a for a in range(3) if a != axis)
+            ks = [int(k) for k in np.where(hit.any(axis=other))[0]]
+            if slices is not None and axis == self.axial_axis:
+                ks = [sorted(set(int(k) for k in slices))[k] for k in ks]
+            out[plane] = ks
+        if (org == INTERPOLATED).any():
+            out["interpolated"] = []
+        return out
 
     def begin_prediction(self, slices: list[int] | None, replace: bool) -> PredictionTicket:
         """Record that a job will write a prediction into the labels. With `replace`, corrections
@@ -356,9 +380,9 @@ class Session(QtCore.QObject):
 
     # ================================================================== recovery
     def restore_recovery(self, info: recovery.RecoveryInfo) -> None:
-        labels, predicted, baseline = recovery.load_recovery(info)
+        labels, predicted, baseline, origin = recovery.load_recovery(info)
         lm = self.ensure_labelmap()
-        lm.restore(labels, info.edited_slices, info.edit_count, predicted, info.edited_pairs, baseline)
+        lm.restore(labels, info.edited_slices, info.edit_count, predicted, info.edited_pairs, baseline, origin)
         self.changed.emit()
 
     def discard_recovery(self) -> None:
@@ -368,7 +392,7 @@ class Session(QtCore.QObject):
         if self._autosave_thread is not None:
             self._autosave_thread.join(10)
         if self.scan is not None and self.scan.path is not None:
-            recovery.discard_recovery(self.scan.path)
+            recovery.discard_recovery(self.scan.path, self.scan_key)
 
     # ================================================================== autosave
     def _set_autosave(self, state: str, text: str) -> None:
@@ -391,16 +415,17 @@ class Session(QtCore.QObject):
         if self._autosave_thread is not None and self._autosave_thread.is_alive():
             self.autosave_timer.start()
             return
-        labels = lm.labels.copy()
+        labels, origin = lm.committed()  # never a preview (issue #19: a cancelled preview was restored)
         predicted = None if lm.predicted is None else lm.predicted.copy()
         edited, count, rev, scan_path = lm.edited_axial_slices(), lm.unsaved_edits, lm.revision, self.scan.path
         pairs = lm.edited_pairs()
         baseline = lm.baseline.copy() if lm.predicted is None else None
-        done, gen = self._autosaveDone, self._generation
+        done, gen, key = self._autosaveDone, self._generation, self.scan_key
 
         def work():
             try:
-                p = recovery.save_recovery(scan_path, labels, edited, count, predicted, pairs, baseline)
+                p = recovery.save_recovery(scan_path, labels, edited, count, predicted, pairs, baseline,
+                                           origin=origin, key=key)
             except Exception as exc:  # reported in the GUI thread, retried with back-off
                 log.exception("autosave failed")
                 reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

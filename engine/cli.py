@@ -54,8 +54,21 @@ def _print_json(obj) -> None:
     print(json.dumps(_json_safe(obj), allow_nan=False))
 
 
+def _numbered(slices) -> list:
+    """Slice indices as a user reads them (from 1); 'coronal:104' entries too."""
+    out = []
+    for k in slices:
+        if isinstance(k, str) and ":" in k:
+            plane, idx = k.rsplit(":", 1)
+            out.append(f"{plane}:{int(idx) + 1}")
+        else:
+            out.append(int(k) + 1)
+    return out
+
+
 def parse_slices(text: str | None, n: int) -> list[int] | None:
-    """'10,12,20-30' -> sorted unique indices, each checked against 0..n-1."""
+    """'10,12,20-30' -> sorted unique 0-based array indices. Slice numbers a user types are 1-based,
+    as the GUI shows them (issue #19: one convention everywhere), each checked against 1..n."""
     if text is None:
         return None
     out: set[int] = set()
@@ -73,12 +86,12 @@ def parse_slices(text: str | None, n: int) -> list[int] | None:
                 out.add(int(part))
         except ValueError as exc:
             raise CliError(f"bad slice list {text!r}: {part!r} is not a number or range") from exc
-    bad = [k for k in out if not 0 <= k < n]
+    bad = [k for k in sorted(out) if not 1 <= k <= n]
     if bad:
-        raise CliError(f"slice {bad[0]} is outside 0..{n - 1}")
+        raise CliError(f"slice {bad[0]} is outside 1..{n} (slice numbers start at 1, as in the app)")
     if not out:
         raise CliError("empty slice list")
-    return sorted(out)
+    return sorted(k - 1 for k in out)
 
 
 PLANE_CHOICES = ("axial", "coronal", "sagittal")
@@ -257,7 +270,8 @@ def cmd_evaluate(args) -> int:
     cm = confusion_matrix(r, p)
     dice = dice_from_confusion(cm)
     out = {"dice": dice, "confusion_matrix": cm.tolist(), "mean_tissue_dice": mean_tissue_dice(dice),
-           "slices": slices, "pred": str(pred.path), "ref": str(ref.path)}
+           "slices": None if slices is None else [k + 1 for k in slices],  # numbered as typed (from 1)
+           "pred": str(pred.path), "ref": str(ref.path)}
     if args.json:
         _print_json(out)
         return 0
@@ -534,8 +548,8 @@ def cmd_finetune(args) -> int:
     res = finetune(scan.data, labels.data, slices, parent, out, cfg, on_epoch=on_epoch, plane_slices=others,
                    scan_name=str(scan.path), version=version, affine=scan.affine)
     b, a = res.before.get("mean_tissue_dice"), res.after.get("mean_tissue_dice")
-    print(f"wrote {res.version_dir} (parent {parent}) in {res.seconds:.1f} s; trained on slices {res.train_slices}, "
-          f"validated on {res.val_slices}")
+    print(f"wrote {res.version_dir} (parent {parent}) in {res.seconds:.1f} s; trained on slices {_numbered(res.train_slices)}, "
+          f"validated on {_numbered(res.val_slices)}")
     if a is not None:
         print(f"mean CSF/GM/WM Dice on the same held-back slices: parent {b:.4f}, new version {a:.4f}")
     if store is not None:
@@ -554,8 +568,9 @@ PLANE_NAMES = ("axial", "coronal", "sagittal")
 
 
 def parse_fill_between(text: str, vol) -> tuple[int, int, int, str]:
-    """'axial:40-60' (anatomical plane, 0-based slice indices along the mask's own axis for that
-    plane) or '2:40-60' (an array axis) -> (axis, first, last, plane name)."""
+    """'axial:40-60' (anatomical plane, slice numbers along the mask's own axis for that plane,
+    1-based as in the app) or '2:40-60' (an array axis) -> (axis, first, last, plane name), first
+    and last as 0-based indices."""
     from engine.io.conform import Conform
 
     try:
@@ -572,9 +587,10 @@ def parse_fill_between(text: str, vol) -> tuple[int, int, int, str]:
     else:
         raise CliError(f"--fill-between {text!r}: plane must be axial, coronal, sagittal or an array axis 0-2")
     n = vol.shape[axis]
-    if not 0 <= first < last < n:
-        raise CliError(f"--fill-between {text!r}: need 0 <= FIRST < LAST < {n} along that axis")
-    return axis, first, last, plane
+    if not 1 <= first < last <= n:
+        raise CliError(f"--fill-between {text!r}: need 1 <= FIRST < LAST <= {n} along that axis "
+                       "(slice numbers start at 1, as in the app)")
+    return axis, first - 1, last - 1, plane
 
 
 def cmd_postprocess(args) -> int:
@@ -599,7 +615,7 @@ def cmd_postprocess(args) -> int:
             axis, first, last, plane = fill
             keys = ops.key_slices(lab, axis, first, last)
             new = ops.fill_between(lab, axis, first, last, keys)
-            steps.append((f"fill between {plane} slices {first}-{last} (drawn: {len(keys)})", lab, new))
+            steps.append((f"fill between {plane} slices {first + 1}-{last + 1} (drawn: {len(keys)})", lab, new))
             lab = new
         if args.remove_islands is not None:
             new = ops.remove_islands(lab, args.remove_islands)
@@ -610,8 +626,10 @@ def cmd_postprocess(args) -> int:
             steps.append(("keep the largest piece", lab, new))
             lab = new
         if args.smooth:
-            new = ops.smooth(lab, args.smooth, vol.voxel_size, method=args.smooth_method)
-            steps.append((f"smooth {args.smooth:g} mm ({args.smooth_method})", lab, new))
+            new = ops.smooth(lab, args.smooth, vol.voxel_size, method=args.smooth_method,
+                             keep_outline=not args.smooth_outline)
+            steps.append((f"smooth {args.smooth:g} mm ({args.smooth_method}"
+                           f"{', outline too' if args.smooth_outline else ', outline kept'})", lab, new))
             lab = new
     except ops.OpError as exc:
         raise CliError(f"{args.mask}: {exc}") from exc
@@ -732,7 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred")
     p.add_argument("ref")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--slices", help="axial slices (along the reference's superior-inferior array axis), e.g. 10,12,20-30")
+    p.add_argument("--slices", help="axial slices (along the reference's superior-inferior array axis; numbers from 1, "
+                   "as in the app), e.g. 10,12,20-30")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("segment", help="segment a scan into CSF / grey / white matter")
@@ -742,8 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
     p.add_argument("--weights", help="a model directory (shipped, fine-tuned or trained)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (default: the fastest measured, U-Net 2, ENet 16)")
-    p.add_argument("--slices", help="only these axial slices (indices along the scan's own superior-inferior "
-                   "array axis), e.g. 10,12,20-30; a single axial pass")
+    p.add_argument("--slices", help="only these axial slices (numbers from 1, as in the app, along the scan's own "
+                   "superior-inferior array axis), e.g. 10,12,20-30; a single axial pass")
     p.add_argument("--planes", help="anatomical planes whose class probabilities are fused (default "
                    "axial,coronal,sagittal; 'axial' is the single-plane pass)")
     p.add_argument("--int8", action="store_true",
@@ -771,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the plane the --slices were corrected in (default axial)")
     p.add_argument("--series", metavar="UID", help="a DICOM folder with several series: which one (UID or number)")
     p.add_argument("labels")
-    p.add_argument("--slices", required=True)
+    p.add_argument("--slices", required=True, help="the corrected slices, numbered from 1 as in the app, e.g. 40,52-55")
     p.add_argument("--model", default="auto", choices=("auto", "unet", "enet"))
     p.add_argument("--from", help="parent model directory or version name (default: the active one)")
     p.add_argument("--epochs", type=_positive_int, default=20)
@@ -814,12 +833,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mask")
     p.add_argument("-o", "--output", required=True, help="output mask (.nii.gz, .nii, .hdr, .img)")
     p.add_argument("--fill-between", metavar="PLANE:FIRST-LAST",
-                   help="interpolate the slices between the drawn ones, e.g. axial:40-60 (0-based)")
+                   help="interpolate the slices between the drawn ones, e.g. axial:40-60 (slice numbers from 1, "
+                   "as in the app)")
     p.add_argument("--remove-islands", type=int, metavar="MIN_VOXELS",
                    help="pieces of a class smaller than this take the label around them")
     p.add_argument("--keep-largest", action="store_true", help="keep the largest connected piece of the brain")
     p.add_argument("--smooth", type=float, metavar="MM", help="smooth class boundaries by about MM millimetres")
     p.add_argument("--smooth-method", choices=("gaussian", "median"), default="gaussian")
+    p.add_argument("--smooth-outline", action="store_true",
+                   help="smooth the brain's outline too (default: only the classes inside it)")
     p.set_defaults(func=cmd_postprocess)
 
     p = sub.add_parser("png", help="colour PNG images of a mask, optionally over its scan, as the app shows them")

@@ -11,15 +11,25 @@ a prediction is one undoable step that never silently drops manual edits (MONAI 
 caller decides, and `has_manual_edits` tells it whether to ask.
 
 The network's output (`predicted`) is kept apart from the user's corrections (MONAI Label's
-"original" vs "final"). Corrections are counted per plane, on the slice they were made in: a
-brush stroke on coronal slice 105 is one corrected coronal slice, not a corrected line in each of
-the twenty axial slices it crosses. `edited_slices(axis)` lists the slices corrected in one plane;
-`edited_axial_slices()` those of the axial plane, which is what fine-tuning learns from.
+"original" vs "final").
+
+**Provenance (issue #19).** Every voxel knows what last set it: `origin` is a uint8 map with one
+code per category (ORIGIN_NAMES): the labels as opened, the network, a user stroke in each of the
+three planes (brush, eraser and fill clicks are strokes), an interpolation the user applied (fill
+between slices), a clean-up (islands, largest piece, smoothing), and a preview not yet applied.
+Corrections are what the user did (strokes and the interpolations they applied), nothing else: a
+clean-up's voxels are not corrections, so a new prediction replaces them; a voxel that merely
+differs from the last prediction is not a correction either. The merge rule (`corrected_mask`),
+the slices the user drew in a plane (`edited_slices`, fine-tuning's list, fill between's keys),
+and the recovery file all read this record. Undo steps store the changed voxels' old and new
+origin beside their old and new labels, so undo restores both.
+
+Slices are counted in the plane the stroke was made in: a brush stroke on coronal slice 105 is one
+corrected coronal slice, not a corrected line in each of the twenty axial slices it crosses.
 """
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,6 +41,15 @@ log = logging.getLogger(__name__)
 PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 Box = tuple[slice, slice, slice]
 
+# what last set a voxel (LabelMap.origin); stored in recovery files, so never renumber
+OPENED, NETWORK = 0, 1
+STROKE = (2, 3, 4)  # a user stroke in the plane normal to array axis 0, 1, 2
+INTERPOLATED, CLEANUP, PREVIEW = 5, 6, 7
+ORIGIN_NAMES = {OPENED: "as opened", NETWORK: "network", STROKE[0]: "stroke (axis 0)",
+                STROKE[1]: "stroke (axis 1)", STROKE[2]: "stroke (axis 2)", INTERPOLATED: "interpolated by the user",
+                CLEANUP: "clean-up", PREVIEW: "preview"}
+USER_CODES = (*STROKE, INTERPOLATED)  # the user's corrections: a prediction keeps them
+
 
 def _axis(plane: str | int) -> int:
     """Array axis of a plane: an int is taken as the axis itself, a name as the OASIS layout's."""
@@ -39,13 +58,15 @@ def _axis(plane: str | int) -> int:
 
 @dataclass
 class EditAtom:
-    kind: str  # stroke | erase | fill | prediction | restore
+    kind: str  # stroke | erase | fill | prediction | restore | a label operation's name
     box: Box
-    mask: np.ndarray  # bool, shape of the box
+    mask: np.ndarray  # bool, shape of the box: the voxels whose label or origin changes
     old: np.ndarray  # values at mask before
     new: np.ndarray  # values at mask after
-    user: bool = True  # a manual correction (counts towards edited slices)
-    slices: tuple[tuple[int, int], ...] = ()  # (array axis, slice) corrected in that plane
+    origin_old: np.ndarray  # origin codes at mask before
+    origin_new: np.ndarray  # origin codes at mask after
+    user: bool = True  # a manual correction (counts as an edit)
+    slices: tuple[tuple[int, int], ...] = ()  # (array axis, slice) a stroke was made in
     # prediction steps change the network's map too, stored as compactly as the labels (changed
     # voxels only, not two whole maps): box, mask and old/new values of `predicted`
     pred_box: Box | None = None
@@ -53,18 +74,22 @@ class EditAtom:
     pred_old: np.ndarray | None = None
     pred_new: np.ndarray | None = None
     had_predicted: bool = False
-    # the record of user edits before/after a step that rewrites it (prediction, restore)
-    edits_before: tuple | None = None
-    edits_after: tuple | None = None
+    replaced_cleanup: int = 0  # a prediction: clean-up voxels it replaced (the landing message says so)
+
+    def __post_init__(self):
+        self.origin_old = _compact(self.origin_old)
+        self.origin_new = _compact(self.origin_new)
 
     @property
     def nbytes(self) -> int:
         extra = sum(a.nbytes for a in (self.pred_mask, self.pred_old, self.pred_new) if a is not None)
-        return int(self.mask.nbytes + self.old.nbytes + self.new.nbytes + extra)
+        return int(self.mask.nbytes + self.old.nbytes + self.new.nbytes + self.origin_old.nbytes
+                   + self.origin_new.nbytes + extra)
 
     @property
     def voxels(self) -> int:
-        return int(self.old.size)
+        """Voxels whose label changed."""
+        return int((self.old != self.new).sum())
 
 
 @dataclass
@@ -77,6 +102,15 @@ class _Stroke:
     kind: str
     last: tuple[float, float] | None = None
     allowed: np.ndarray | None = None  # bool 2-D: pixels the stroke may change (threshold painting)
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """Origin codes of a step's voxels: one value (a 0-d array) when they are all the same, which
+    they usually are (a stroke, a clean-up, a prediction), else the array."""
+    values = np.asarray(values, np.uint8)
+    if values.size and (values == values.flat[0]).all():
+        return np.array(values.flat[0], np.uint8)
+    return values
 
 
 def box_of(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -120,16 +154,22 @@ def capsule_mask(shape: tuple[int, int], p0: tuple[float, float], p1: tuple[floa
 
 
 class LabelMap:
-    """A uint8 label volume with history. Not thread-safe: the GUI thread owns it."""
+    """A uint8 label volume with history and provenance. Not thread-safe: the GUI thread owns it."""
 
     def __init__(self, labels: np.ndarray, max_steps: int = 200, max_bytes: int = 256 * 2**20,
-                 predicted: np.ndarray | None = None, axial_axis: int = 2):
+                 predicted: np.ndarray | None = None, axial_axis: int = 2, origin: np.ndarray | None = None):
         self.labels = np.ascontiguousarray(labels, dtype=np.uint8)
         # the array axis normal to anatomically axial slices (2 for OASIS/LAS; engine/io/conform.py
         # Conform.native_axis("axial") for any other storage order): edited slices, partial
         # predictions and fine-tuning count slices along it
         self.axial_axis = int(axial_axis)
         self.predicted = None if predicted is None else np.ascontiguousarray(predicted, dtype=np.uint8)
+        # what last set each voxel (module docstring)
+        if origin is None:
+            origin = np.full(self.labels.shape, OPENED if predicted is None else NETWORK, np.uint8)
+        elif np.shape(origin) != self.labels.shape:
+            raise ValueError(f"origin {np.shape(origin)} != labels {self.labels.shape}")
+        self.origin = np.ascontiguousarray(origin, dtype=np.uint8)
         # the labels as they were opened (a file, zeros, a recovery): where the network has not
         # run, corrections are measured against this
         self._baseline = self.labels.copy()
@@ -139,9 +179,10 @@ class LabelMap:
         self._undo: list[EditAtom] = []
         self._redo: list[EditAtom] = []
         self._stroke: _Stroke | None = None
-        self._edited = Counter()  # (array axis, slice) -> applied user edits made in that slice
+        self._preview: EditAtom | None = None  # a shown preview (the newest undo step) not yet applied
         self.revision = 0  # increases with every applied change (also undo/redo)
         self._clean_revision = 0
+        self._slices_cache: tuple[int, dict] = (-1, {})
         self.listeners: list[Callable[[Box], None]] = []
         self.edit_count = 0  # user edits applied and not undone
         self._clean_edit_count = 0
@@ -180,20 +221,39 @@ class LabelMap:
         """Edits since the labels were last saved (or opened)."""
         return max(0, self.edit_count - self._clean_edit_count)
 
+    def _stroke_slices(self) -> dict[int, list[int]]:
+        """{array axis: slices holding that plane's strokes}, cached per revision."""
+        rev, cached = self._slices_cache
+        if rev != self.revision:
+            cached = {}
+            present = np.unique(self.origin)
+            for axis in range(3):
+                if STROKE[axis] in present:
+                    other = tuple(a for a in range(3) if a != axis)
+                    cached[axis] = [int(k) for k in np.where((self.origin == STROKE[axis]).any(axis=other))[0]]
+                else:
+                    cached[axis] = []
+            self._slices_cache = (self.revision, cached)
+        return cached
+
     @property
     def has_manual_edits(self) -> bool:
-        return bool(+self._edited)
+        """Any voxel the user set (a stroke or an interpolation they applied)."""
+        return bool(np.isin(self.origin, USER_CODES).any())
 
     def edited_slices(self, axis: int) -> list[int]:
-        """Slices corrected in the plane normal to array `axis`."""
-        return sorted(k for (a, k), n in self._edited.items() if n > 0 and a == axis)
+        """Slices the user stroked in the plane normal to array `axis` (the slices they drew)."""
+        return list(self._stroke_slices()[int(axis)])
 
     def edited_axial_slices(self) -> list[int]:
         return self.edited_slices(self.axial_axis)
 
     def edited_pairs(self) -> list[tuple[int, int]]:
-        """Every corrected slice as (array axis, slice)."""
-        return sorted(key for key, n in self._edited.items() if n > 0)
+        """Every drawn slice as (array axis, slice)."""
+        return sorted((a, k) for a, ks in self._stroke_slices().items() for k in ks)
+
+    def count_origin(self, *codes: int) -> int:
+        return int(np.isin(self.origin, codes).sum())
 
     @property
     def baseline(self) -> np.ndarray:
@@ -204,13 +264,13 @@ class LabelMap:
         return self._undo[-1] if self._undo else None
 
     def reference(self) -> np.ndarray:
-        """What the user's corrections are measured against: the network's prediction where it
-        ran, else the labels as they were opened."""
+        """The network's prediction where it ran, else the labels as they were opened."""
         return self._baseline if self.predicted is None else self.predicted
 
     def corrected_mask(self) -> np.ndarray:
-        """Voxels the user corrected: where the labels now differ from the reference."""
-        return self.labels != self.reference()
+        """Voxels the user corrected: set by their strokes or by an interpolation they applied.
+        Not clean-ups, previews, or voxels that merely differ from the last prediction."""
+        return np.isin(self.origin, USER_CODES)
 
     def slice_view(self, plane: str | int, index: int) -> np.ndarray:
         return np.take(self.labels, index, axis=_axis(plane))
@@ -219,6 +279,7 @@ class LabelMap:
     def _apply(self, atom: EditAtom, forward: bool) -> None:
         region = self.labels[atom.box]
         region[atom.mask] = atom.new if forward else atom.old
+        self.origin[atom.box][atom.mask] = atom.origin_new if forward else atom.origin_old
         if atom.kind == "prediction":
             if forward and not atom.had_predicted:
                 self.predicted = self._baseline.copy()
@@ -226,14 +287,8 @@ class LabelMap:
                 self.predicted[atom.pred_box][atom.pred_mask] = atom.pred_new if forward else atom.pred_old
             if not forward and not atom.had_predicted:
                 self.predicted = None
-        snap = atom.edits_after if forward else atom.edits_before
-        if snap is not None:
-            self._edited, self.edit_count = Counter(snap[0]), snap[1]
-        elif atom.user:
-            sign = 1 if forward else -1
-            for key in atom.slices:
-                self._edited[key] += sign
-            self.edit_count += sign
+        if atom.user:
+            self.edit_count += 1 if forward else -1
         self.revision += 1
         for fn in list(self.listeners):
             fn(atom.box)
@@ -247,23 +302,24 @@ class LabelMap:
             log.debug("history cap: dropped a %s step of %d bytes", dropped.kind, dropped.nbytes)
 
     def _commit(self, kind: str, box3: Box, mask: np.ndarray, value: int, user: bool = True,
-                plane: tuple[int, int] | None = None) -> EditAtom | None:
-        """Write `value` at mask inside box3 as one undo step (only voxels that change)."""
+                plane: tuple[int, int] | None = None, code: int | None = None) -> EditAtom | None:
+        """Write `value` (origin `code`, default: a stroke in `plane`) at mask inside box3 as one
+        undo step (only voxels that change)."""
+        code = STROKE[plane[0]] if code is None else int(code)
         region = self.labels[box3]
         old = region[mask].copy()
-        new = np.full(old.shape, value, dtype=np.uint8)
-        changed = old != new
+        changed = old != value
         if not changed.any():
             return None
-        if not changed.all():  # keep only voxels that really change
-            full = np.zeros(mask.shape, dtype=bool)
-            full[mask] = changed
-            sub = box_of(full)
-            mask = full[sub]
-            box3 = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box3, sub))
-            new = new[changed]
-            old = old[changed]
-        atom = EditAtom(kind, box3, mask, old, new.copy(), user=user, slices=(plane,) if plane else ())
+        full = np.zeros(mask.shape, dtype=bool)
+        full[mask] = changed
+        sub = box_of(full)
+        mask = full[sub]
+        box3 = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box3, sub))
+        old = self.labels[box3][mask].copy()
+        atom = EditAtom(kind, box3, mask, old, np.full(old.shape, value, np.uint8),
+                        self.origin[box3][mask].copy(), np.full(old.shape, code, np.uint8),
+                        user=user, slices=(plane,) if plane else ())
         self._apply(atom, True)
         self._push(atom)
         return atom
@@ -319,12 +375,14 @@ class LabelMap:
         box3 = self._box3(st.axis, st.index, bi, bj)
         mask3 = np.expand_dims(mask2, st.axis)
         new = np.full(old.shape, st.value, dtype=np.uint8)
-        atom = EditAtom(st.kind, box3, mask3, old.copy(), new, user=True, slices=((st.axis, st.index),))
-        # Already written during the stroke: record without writing again (like a QUndoCommand
-        # whose first redo() is skipped), then count it.
-        for key in atom.slices:
-            self._edited[key] += 1
+        org = self.origin[box3][mask3]
+        atom = EditAtom(st.kind, box3, mask3, old.copy(), new, org.copy(), np.full(org.shape, STROKE[st.axis], np.uint8),
+                        user=True, slices=((st.axis, st.index),))
+        # The labels were already written during the stroke: record without writing them again
+        # (like a QUndoCommand whose first redo() is skipped); the origin is written now.
+        self.origin[box3][mask3] = atom.origin_new
         self.edit_count += 1
+        self.revision += 1
         self._push(atom)
         return atom
 
@@ -375,27 +433,74 @@ class LabelMap:
         return self._commit("fill", box3, np.expand_dims(region[bi, bj], axis), value, plane=(axis, int(index)))
 
     # ------------------------------------------------------------------ whole-map operations
-    def apply_volume(self, new: np.ndarray, kind: str, user: bool = True, axis: int | None = None) -> EditAtom | None:
+    def apply_volume(self, new: np.ndarray, kind: str, user: bool = True, axis: int | None = None,
+                     code: int | None = None, limit: np.ndarray | None = None) -> EditAtom | None:
         """Install the result of a label operation (engine/labels/ops.py: fill between slices,
         islands, smoothing) as one undo step holding only the voxels it changed; None when it
-        changed nothing. The slices it changed along `axis` (default: axial) count as corrected
-        in that plane (fill between slices of a coronal run: pass the coronal axis)."""
+        changed nothing. The changed voxels get origin `code` (default: INTERPOLATED for a user
+        operation, CLEANUP otherwise). `limit` (bool) confines the change to those voxels.
+        `axis` is accepted for callers of the old per-slice record and ignored."""
         new = np.asarray(new, dtype=np.uint8)
         if new.shape != self.labels.shape:
             raise ValueError(f"result shape {new.shape} != label map {self.labels.shape}")
         d = self.labels != new
+        if limit is not None:
+            d &= limit
         box3 = box_of(d)
         if box3 is None:
             return None
         mask = d[box3]
-        ax = self.axial_axis if axis is None else int(axis)
-        other = tuple(a for a in range(3) if a != ax)
-        slices = tuple((ax, int(z) + box3[ax].start) for z in np.where(mask.any(axis=other))[0])
-        atom = EditAtom(kind, box3, mask, self.labels[box3][mask].copy(), new[box3][mask].copy(), user=user,
-                        slices=slices)
+        code = (INTERPOLATED if user else CLEANUP) if code is None else int(code)
+        org = self.origin[box3][mask]
+        atom = EditAtom(kind, box3, mask, self.labels[box3][mask].copy(), new[box3][mask].copy(), org.copy(),
+                        np.full(org.shape, code, np.uint8), user=user)
         self._apply(atom, True)
         self._push(atom)
         return atom
+
+    # ------------------------------------------------------------------ previews
+    def show_preview(self, new: np.ndarray, kind: str, limit: np.ndarray | None = None) -> EditAtom | None:
+        """Show an operation's result (origin PREVIEW) until `apply_preview()` keeps it or
+        `cancel_preview()` takes it back. `committed()` - what autosave writes - never holds it."""
+        self.cancel_preview()
+        atom = self.apply_volume(new, kind, user=False, code=PREVIEW, limit=limit)
+        self._preview = atom
+        return atom
+
+    @property
+    def preview(self) -> EditAtom | None:
+        return self._preview
+
+    def apply_preview(self, code: int = INTERPOLATED) -> EditAtom | None:
+        """Keep the shown preview as the user's own step (one undo step, origin `code`)."""
+        atom, self._preview = self._preview, None
+        if atom is None:
+            return None
+        atom.origin_new = np.array(code, np.uint8)
+        atom.user = code in USER_CODES
+        self.origin[atom.box][atom.mask] = atom.origin_new
+        if atom.user:
+            self.edit_count += 1
+        self.revision += 1
+        for fn in list(self.listeners):
+            fn(atom.box)
+        return atom
+
+    def cancel_preview(self) -> None:
+        """Take the shown preview back, leaving no undo or redo step."""
+        atom, self._preview = self._preview, None
+        if atom is not None and self._undo and self._undo[-1] is atom:
+            self._undo.pop()
+            self._apply(atom, False)
+
+    def committed(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, origin) as copies, without a shown preview: what autosave and recovery write."""
+        labels, origin = self.labels.copy(), self.origin.copy()
+        atom = self._preview
+        if atom is not None:
+            labels[atom.box][atom.mask] = atom.old
+            origin[atom.box][atom.mask] = atom.origin_old
+        return labels, origin
 
     # ------------------------------------------------------------------ predictions
     def set_prediction(self, prediction: np.ndarray, slices: list[int] | None = None,
@@ -404,43 +509,42 @@ class LabelMap:
         `axial_axis`) as one undoable step; it is remembered as `predicted`.
 
         `keep` (bool, the volume's shape) marks voxels whose labels stay as they are: the user's
-        corrections, which a prediction never overwrites unless the caller chose to replace them
-        (MONAI Label #780). Slices with kept corrections still count as edited."""
+        corrections (`corrected_mask()`), which a prediction never overwrites unless the caller
+        chose to replace them (MONAI Label #780). Every other voxel it covers - clean-ups included -
+        takes the prediction, and its origin becomes NETWORK (`replaced_cleanup` counts the clean-up
+        voxels it replaced, for the landing message)."""
         pred = np.asarray(prediction, dtype=np.uint8)
         if pred.shape != self.labels.shape:
             raise ValueError(f"prediction shape {pred.shape} != label map {self.labels.shape}")
         if keep is not None and keep.shape != self.labels.shape:
             raise ValueError(f"keep mask {keep.shape} != label map {self.labels.shape}")
+        self.cancel_preview()
         ax = self.axial_axis
         # the region the prediction covers: the slab between the first and last slice (a
         # one-slice click on a 12 M voxel scan compares 1 slice, not the volume), or everything
         if slices is None:
-            lo, hi, part = 0, self.shape[ax], slice(None)
+            lo, hi = 0, self.shape[ax]
+            cover = np.ones(self.shape[ax], bool)
         else:
             lo, hi = min(slices), max(slices) + 1
-            part = [int(k) - lo for k in slices]
+            cover = np.zeros(hi - lo, bool)
+            cover[[int(k) - lo for k in slices]] = True
         slab = tuple(slice(lo, hi) if a == ax else slice(None) for a in range(3))
-        sel = tuple(part if a == ax else slice(None) for a in range(3))
+        cover = cover.reshape(tuple(-1 if a == ax else 1 for a in range(3)))
         cur = self.labels[slab]
+        org_cur = self.origin[slab]
         ref_old = self.reference()[slab]
-        new_pred = ref_old.copy()
-        new_pred[sel] = pred[slab][sel]
-        tgt = cur.copy()
-        tgt[sel] = new_pred[sel]
-        kept: set[tuple[int, int]] = set()  # (axis, slice) that still hold kept corrections
+        new_pred = np.where(cover, pred[slab], ref_old)
+        take = np.broadcast_to(cover, cur.shape).copy()
         if keep is not None:
-            k = keep[slab]
-            tgt[k] = cur[k]
-            real = k & (cur != new_pred)  # kept corrections that differ from the new prediction
-            for a in range(3):
-                other = tuple(b for b in range(3) if b != a)
-                off = lo if a == ax else 0
-                kept |= {(a, int(z) + off) for z in np.where(real.any(axis=other))[0]}
+            take &= ~keep[slab]
+        tgt = np.where(take, new_pred, cur)
+        org_tgt = np.where(take, np.uint8(NETWORK), org_cur)
 
         def local(box):  # a box inside the slab -> a box in the volume
             return tuple(slice(b.start + lo, b.stop + lo) if a == ax else b for a, b in enumerate(box))
 
-        d = cur != tgt
+        d = (cur != tgt) | (org_cur != org_tgt)
         sub = box_of(d)
         pd = ref_old != new_pred
         psub = box_of(pd)
@@ -451,27 +555,18 @@ class LabelMap:
             pred_box, pred_mask = local(psub), pd[psub]
             pred_old = ref_old[psub][pred_mask].copy()
             pred_new = new_pred[psub][pred_mask].copy()
-        if sub is None:  # labels unchanged (all kept or equal): an empty labels part
+        if sub is None:  # labels and origin unchanged: an empty labels part
             box3 = tuple(slice(lo, lo + 1) if a == ax else slice(0, 1) for a in range(3))
             mask = np.zeros((1, 1, 1), bool)
+            old = new = o_old = o_new = np.zeros(0, np.uint8)
         else:
             box3, mask = local(sub), d[sub]
-        touched = None if slices is None else {int(z) for z in slices}
-
-        def superseded(key):  # a whole-volume prediction covers every slice; a partial one its axial slices
-            a, z = key
-            return touched is None or (a == ax and z in touched)
-
-        # user edits on slices the prediction replaces are superseded (and come back on undo),
-        # unless corrections on them were kept
-        after = Counter({key: n for key, n in self._edited.items()
-                         if n > 0 and (not superseded(key) or key in kept)})
-        atom = EditAtom("prediction", box3, mask, self.labels[box3][mask].copy(),
-                        tgt[sub][mask].copy() if sub is not None else np.zeros(0, np.uint8),
-                        user=False, pred_box=pred_box, pred_mask=pred_mask, pred_old=pred_old, pred_new=pred_new,
+            old, new = cur[sub][mask].copy(), tgt[sub][mask].copy()
+            o_old, o_new = org_cur[sub][mask].copy(), org_tgt[sub][mask].copy()
+        atom = EditAtom("prediction", box3, mask, old, new, o_old, o_new, user=False, pred_box=pred_box,
+                        pred_mask=pred_mask, pred_old=pred_old, pred_new=pred_new,
                         had_predicted=self.predicted is not None,
-                        edits_before=(Counter(self._edited), self.edit_count),
-                        edits_after=(after, self.edit_count))
+                        replaced_cleanup=int(((o_old == CLEANUP) & (o_new == NETWORK)).sum()))
         self._apply(atom, True)
         self._push(atom)
         return atom
@@ -480,6 +575,10 @@ class LabelMap:
     def undo(self) -> EditAtom | None:
         if self._stroke is not None:
             self.end_stroke()
+        if self._preview is not None:  # undo while a preview shows takes the preview back
+            atom = self._preview
+            self.cancel_preview()
+            return atom
         if not self._undo:
             return None
         atom = self._undo.pop()
@@ -492,7 +591,7 @@ class LabelMap:
         self._redo.clear()
 
     def redo(self) -> EditAtom | None:
-        if not self._redo:
+        if not self._redo or self._preview is not None:
             return None
         atom = self._redo.pop()
         self._apply(atom, True)
@@ -512,26 +611,42 @@ class LabelMap:
 
     def restore(self, labels: np.ndarray, edited_slices: list[int], edit_count: int,
                 predicted: np.ndarray | None = None, edited_pairs: list | None = None,
-                baseline: np.ndarray | None = None) -> None:
+                baseline: np.ndarray | None = None, origin: np.ndarray | None = None) -> None:
         """Load recovered labels (after a crash) as a new baseline: the recovered map with its
-        record of edited slices, and no undo step that one Ctrl+Z would use to wipe every
-        restored edit (the recovery file holds a snapshot, not the strokes). It is unsaved."""
+        provenance, and no undo step that one Ctrl+Z would use to wipe every restored edit (the
+        recovery file holds a snapshot, not the strokes). It is unsaved.
+
+        Files from before provenance (no `origin`) are read as the old rule did: voxels that differ
+        from the prediction (or the labels as opened) are strokes in the plane of the first slice
+        recorded for them (`edited_pairs`, else the axial plane); the rest is the network's where it
+        ran, else as opened."""
         new = np.asarray(labels, dtype=np.uint8)
         if new.shape != self.labels.shape:
             raise ValueError(f"recovered labels {new.shape} != label map {self.labels.shape}")
+        self.cancel_preview()
         if predicted is not None:
             self.predicted = np.asarray(predicted, dtype=np.uint8).copy()
         if baseline is not None and np.shape(baseline) == self.labels.shape:
             self._baseline = np.asarray(baseline, dtype=np.uint8).copy()
             self.opened_empty = not self._baseline.any()
+        if origin is not None and np.shape(origin) == new.shape:
+            self.origin[...] = origin
+        else:
+            self.origin[...] = OPENED if self.predicted is None else NETWORK
+            differs = new != self.reference()
+            pairs = [(int(a), int(k)) for a, k in edited_pairs] if edited_pairs is not None else \
+                [(self.axial_axis, int(k)) for k in edited_slices]
+            claimed = np.zeros(new.shape, bool)
+            for a, k in pairs:
+                idx = tuple(k if b == a else slice(None) for b in range(3))
+                here = differs[idx] & ~claimed[idx]
+                self.origin[idx][here] = STROKE[a]
+                claimed[idx] |= here
+            self.origin[differs & ~claimed] = STROKE[self.axial_axis]
         self.labels[...] = new
         self._undo.clear()
         self._redo.clear()
         self._stroke = None
-        if edited_pairs is not None:
-            self._edited = Counter({(int(a), int(k)): 1 for a, k in edited_pairs})
-        else:  # recovery files from before per-plane counting: axial slices
-            self._edited = Counter({(self.axial_axis, int(k)): 1 for k in edited_slices})
         self.edit_count = int(edit_count)
         self.revision += 1
         full = tuple(slice(0, n) for n in self.labels.shape)

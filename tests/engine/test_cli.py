@@ -24,9 +24,12 @@ def labels_file(tmp_path):
 
 
 def test_parse_slices():
-    assert parse_slices("3,1,5-7", 10) == [1, 3, 5, 6, 7]
-    with pytest.raises(Exception, match="outside"):
-        parse_slices("12", 10)
+    """Slice numbers are typed 1-based, as the app shows them (issue #19), and come back as indices."""
+    assert parse_slices("3,1,5-7", 10) == [0, 2, 4, 5, 6]
+    assert parse_slices("10", 10) == [9]
+    for bad in ("11", "0"):
+        with pytest.raises(Exception, match="outside 1..10"):
+            parse_slices(bad, 10)
 
 
 def test_info_json_for_labels(labels_file, capsys):
@@ -63,9 +66,10 @@ def test_evaluate_exact_dice_and_slices(tmp_path, capsys):
     assert out["dice"]["gm"] == pytest.approx(2 * 23 / (24 + 23))
     assert out["dice"]["wm"] == 0.0 and out["dice"]["csf"] is None
     assert out["confusion_matrix"][2] == [0, 0, 23, 1]
-    assert main(["evaluate", str(tmp_path / "pred.nii"), str(tmp_path / "ref.nii"), "--json", "--slices", "1-2"]) == 0
+    # slices 2-3 as the app numbers them: array slices 1 and 2, without slice 0's error
+    assert main(["evaluate", str(tmp_path / "pred.nii"), str(tmp_path / "ref.nii"), "--json", "--slices", "2-3"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["dice"]["gm"] == 1.0 and out["slices"] == [1, 2]
+    assert out["dice"]["gm"] == 1.0 and out["slices"] == [2, 3]
 
 
 def test_errors_are_one_line_exit_2(tmp_path):
@@ -131,7 +135,7 @@ def test_finetune_cli_writes_version_segment_accepts(tmp_path, tiny_model_dir, c
     assert len(meta["after"]["confusion_matrix"]) == 4 and "gm" in meta["after"]["dice"]
     assert main(["segment", str(p), "-o", str(tmp_path / "s.nii"), "--weights", str(out)]) == 0
     # corrections made in coronal slices
-    assert main(["finetune", str(p), str(tmp_path / "lab.nii.gz"), "--plane", "coronal", "--slices", "20-24",
+    assert main(["finetune", str(p), str(tmp_path / "lab.nii.gz"), "--plane", "coronal", "--slices", "21-25",
                  "--from", str(tiny_model_dir), "--epochs", "1", "--batch-size", "2", "-o", str(tmp_path / "v2")]) == 0
     meta = json.loads((tmp_path / "v2" / "model.json").read_text())
     assert sorted(meta["train_slices"] + meta["val_slices"]) == [f"coronal:{k}" for k in range(20, 25)]
@@ -170,7 +174,7 @@ def test_bad_slice_lists_reach_the_parser(tmp_path, capsys):
     for name in ("a.nii", "b.nii"):
         nib.save(nib.Nifti1Image(lab, np.diag([-1.0, 1, 1, 1])), str(tmp_path / name))
     a, b = str(tmp_path / "a.nii"), str(tmp_path / "b.nii")
-    for bad, msg in (("3-1", "runs backwards"), ("x", "not a number"), ("9", "outside 0..3")):
+    for bad, msg in (("3-1", "runs backwards"), ("x", "not a number"), ("9", "outside 1..4"), ("0", "outside 1..4")):
         assert main(["evaluate", a, b, "--slices", bad]) == 2
         assert msg in _one_error_line(capsys.readouterr().err)
     assert main(["evaluate", a, b, "--slices", "1-2", "--json"]) == 0
@@ -205,8 +209,9 @@ def test_unexpected_error_is_one_line_exit_1(labels_file, capsys, monkeypatch):
 
 def test_parse_slices_forms():
     assert parse_slices(None, 5) is None
-    assert parse_slices(" 4 , 0-1,1 ", 5) == [0, 1, 4]
-    for bad, msg in (("3-1", "backwards"), ("a", "not a number"), ("-1", "outside"), (",", "empty"), ("5", "outside")):
+    assert parse_slices(" 5 , 1-2,2 ", 5) == [0, 1, 4]
+    for bad, msg in (("3-1", "backwards"), ("a", "not a number"), ("-1", "outside"), (",", "empty"), ("6", "outside"),
+                     ("0", "outside")):
         with pytest.raises(Exception, match=msg):
             parse_slices(bad, 5)
 

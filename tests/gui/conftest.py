@@ -21,7 +21,8 @@ class Dialogs:
         self.yes = True
         self.save_discard = "discard"
         self.choice = None  # ask_choice: None answers the default
-        self.number = None  # get_number: None cancels
+        self.number = None  # get_number and get_smoothing's mm: None cancels
+        self.smooth_outline = False  # get_smoothing: smooth the brain's outline too
         self.open_path = ""
         self.save_path = ""
         self.directory = ""
@@ -40,6 +41,8 @@ def dialogs(monkeypatch):
         d.questions.append(m), d.choice if d.choice is not None else default)[1])
     monkeypatch.setattr(mod, "get_number", lambda p, t, m, value, lo, hi, decimals=0: (
         d.questions.append(m), d.number)[1])
+    monkeypatch.setattr(mod, "get_smoothing", lambda p, mm: (
+        d.questions.append("smoothing"), None if d.number is None else (d.number, d.smooth_outline))[1])
     monkeypatch.setattr(mod, "get_open_path", lambda *a, **k: d.open_path)
     monkeypatch.setattr(mod, "get_save_path", lambda *a, **k: d.save_path)
     monkeypatch.setattr(mod, "get_directory", lambda *a, **k: d.directory)

@@ -27,7 +27,7 @@ def test_segmenting_keeps_corrections_by_default_and_one_undo_restores(enet_wind
     labels = win.labelmap.labels
     assert (labels[mine] == 1).all(), "every corrected voxel kept its correction"
     np.testing.assert_array_equal(labels[~mine], res.labels[~mine])
-    assert "corrections on 1 slice(s) were kept" in win.statusBar().currentMessage()
+    assert "corrections on 1 slice were kept" in win.statusBar().currentMessage()
     assert win.labelmap.edited_axial_slices() == [win.views["axial"].index]
     win.actions["undo"].trigger()
     np.testing.assert_array_equal(win.labelmap.labels, edited)
@@ -138,7 +138,7 @@ def test_autosave_failure_is_shown_retried_and_told_truthfully(window, small_sca
     msg = app.crash_message(RuntimeError, RuntimeError("boom"), win)
     assert "NOT autosaved" in msg and "No space left" in msg
     qtbot.waitUntil(lambda: label.text().startswith("Autosaved"), timeout=5000)
-    assert len(calls) == 3 and recovery.find_recovery(win.scan.path, win.scan.shape) is not None
+    assert len(calls) == 3 and recovery.find_recovery(win.scan.path, win.scan.shape, key=win.session.scan_key) is not None
     assert "autosaved at" in app.crash_message(RuntimeError, RuntimeError("boom"), win)
 
 

@@ -34,7 +34,7 @@ def test_fill_between_previews_locks_editing_then_applies_as_one_step(window, sm
     dlg = win.fill_dialog
     assert dlg.isVisible() and dlg.plane.currentData() == "axial"
     assert (dlg.first.value(), dlg.last.value()) == (5, 13), "1-based, as the view titles"
-    assert "7 slice(s) between them" in dlg.info.text()
+    assert "7 slices between them (6-12)" in dlg.info.text()
     qtbot.mouseClick(dlg.preview_button, QtCore.Qt.LeftButton)
     assert (lm.labels[:, :, 8] == 2).sum() > 0, "the preview is in the views"
     assert not win.actions["tool_brush"].isEnabled() and not win.actions["undo"].isEnabled()
@@ -62,7 +62,11 @@ def test_fill_between_says_why_when_there_is_nothing_to_fill(window, small_scan,
     win.open_labels(labels)  # every slice holds labels
     win.actions["fill_between"].trigger()
     dlg = win.fill_dialog
-    assert "no empty slice between them" in dlg.info.text()
+    # labelled, not drawn: the user's own slices are what counts, and there are none
+    assert dlg.source.currentData() == "corrected"
+    assert "0 axial slices you drew on in this range" in dlg.info.text()
+    dlg.source.setCurrentIndex(dlg.source.findData("labelled"))
+    assert "no other slice between them: nothing to fill" in dlg.info.text()
     qtbot.mouseClick(dlg.preview_button, QtCore.Qt.LeftButton)
     assert win.labelmap.undo_steps == 0 and win.actions["tool_brush"].isEnabled()
     dlg.reject()
@@ -85,7 +89,8 @@ def test_islands_largest_and_smoothing_are_each_one_undo_step(window, small_scan
     x, y, zz = speck[0]
     dialogs.number = 5
     win.actions["remove_islands"].trigger()
-    assert lm.labels[x, y, zz] == 3 and "voxels changed" in win.statusBar().currentMessage()
+    msg = win.statusBar().currentMessage()
+    assert lm.labels[x, y, zz] == 3 and "1 voxel changed" in msg and "brain outline +0.0%" in msg, msg
     win.actions["undo"].trigger()
     assert lm.labels[x, y, zz] == 1
     dialogs.number = None  # cancelled: nothing happens
