@@ -650,7 +650,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.update_state()
 
     def _show_uncertainty(self, unc) -> None:
-        self.view_area.show_uncertainty(unc, self.actions["toggle_uncertainty"].isChecked(), self.axial_axis)
+        self.view_area.show_uncertainty(unc, self.actions["toggle_uncertainty"].isChecked(), self.axial_axis,
+                                        getattr(self.segmentation, "p_wrong", None))
         self.update_state()
 
     @property
@@ -701,18 +702,30 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.session.default_labels_path()
 
     # ================================================================== action slots
+    def start_folder(self) -> str:
+        """Where Open dialogs start: the open scan's folder, else the last scan's (Open recent),
+        else the current directory."""
+        if self.scan is not None and self.scan.path is not None:
+            p = Path(self.scan.path)
+            return str(p.parent.parent if self.scan.source == "dicom" else p.parent)
+        recent = app_settings().value("recent_files", [], type=list) or []
+        for r in recent:
+            if Path(r).parent.is_dir():
+                return str(Path(r).parent)
+        return ""
+
     def on_open_scan(self) -> None:
-        path = dialogs.get_open_path(self, "Open scan", SCAN_FILTER)
+        path = dialogs.get_open_path(self, "Open scan", SCAN_FILTER, self.start_folder())
         if path:
             self.open_scan(path)
 
     def on_open_labels(self) -> None:
-        path = dialogs.get_open_path(self, "Open labels", LABEL_FILTER)
+        path = dialogs.get_open_path(self, "Open labels", LABEL_FILTER, self.start_folder())
         if path:
             self.open_labels(path)
 
     def on_open_dicom(self) -> None:
-        d = dialogs.get_directory(self, "Open a DICOM series folder")
+        d = dialogs.get_directory(self, "Open a DICOM series folder", self.start_folder())
         if d:
             self.open_scan(d)
 

@@ -206,7 +206,7 @@ class SegmentPanel(QtWidgets.QWidget):
         self.progress.setObjectName("segment_progress")
         self.progress.setVisible(False)
         lay.addWidget(self.progress)
-        self.uncertain_label = QtWidgets.QLabel("Slices where it is least sure - correct these first:")
+        self.uncertain_label = QtWidgets.QLabel("Check these slices first (most voxels likely wrong; click one to go there):")
         self.uncertain_label.setWordWrap(True)
         self.uncertain_label.setVisible(False)
         lay.addWidget(self.uncertain_label)

@@ -223,6 +223,7 @@ class SegmentationController(QtCore.QObject):
             self.session.set_brain_mask(self.session.labelmap.labels > 0, self.session.brain_mask_note, in_labels=True)
         self.message.emit(f"Segmented the {what} in {result.seconds:.1f} s{kept}", 15000)
         if ticket.slices is None:
+            self.p_wrong = getattr(result, "p_wrong", None)
             self.set_uncertainty(result.uncertainty)
         self.finished.emit(result)
 
@@ -247,4 +248,6 @@ class SegmentationController(QtCore.QObject):
 
     def set_uncertainty(self, unc) -> None:
         self.uncertainty = unc
+        if unc is None:
+            self.p_wrong = None
         self.uncertaintyChanged.emit(unc)

@@ -267,7 +267,7 @@ class TrainingPanel(QtWidgets.QWidget):
         idle_text = (not current or "to learn from" in current or current.startswith("Correct some"))
         if not running and idle_text:
             where = ", ".join(f"{len(v)} {p}" for p, v in per.items())
-            self.status.setText(f"{n} slice(s) to learn from ({where})." if n else
+            self.status.setText(f"{n} slice{'s' if n != 1 else ''} to learn from ({where})." if n else
                                 "Correct some slices first (brush, eraser, fill), then fine-tune.")
 
     def refresh_versions(self) -> None:

@@ -119,7 +119,7 @@ class ViewArea(QtWidgets.QWidget):
         """Place the least-certain list (made by the segment panel) in the review column."""
         self.uncertain_label, self.uncertain_list = label, lst
         # wide enough for "axial slice 176: 100% unsure" when a dock narrows the views
-        lst.setMinimumWidth(lst.fontMetrics().horizontalAdvance("axial slice 176: 100% unsure") + 24)
+        lst.setMinimumWidth(lst.fontMetrics().horizontalAdvance("axial 176: ~12,345 voxels (10%) likely wrong") + 24)
         self.review_layout.addWidget(label)
         self.review_layout.addWidget(lst, 1)
         lst.itemClicked.connect(lambda item: self.uncertainSliceChosen.emit(int(item.data(QtCore.Qt.UserRole))))
@@ -249,15 +249,27 @@ class ViewArea(QtWidgets.QWidget):
         self.readoutChanged.emit(txt)
 
     # ------------------------------------------------------------------ uncertainty
-    def show_uncertainty(self, unc, visible: bool, axial_axis: int) -> None:
-        """The heat map on the views, the legend and the least-certain slices."""
-        from engine.infer.inference import least_certain_slices
+    def show_uncertainty(self, unc, visible: bool, axial_axis: int, p_wrong=None) -> None:
+        """The heat map on the views, the legend and the slices to check: ordered by the number of
+        voxels expected to be wrong, spread over the brain (engine.infer.inference.slices_to_check);
+        without `p_wrong`, by mean entropy."""
+        from engine.infer.inference import least_certain_slices, slices_to_check
 
         for v in self.views.values():
             v.set_uncertainty(unc, visible)
         lst = self.uncertain_list
         lst.clear()
-        if unc is not None:
+        if unc is not None and p_wrong is not None:
+            for c in slices_to_check(p_wrong, 10, axis=axial_axis):
+                item = QtWidgets.QListWidgetItem(f"axial {c.index + 1}: ~{c.expected_wrong:,.0f} voxels "
+                                                 f"({100 * c.fraction:.0f}%) likely wrong")
+                item.setData(QtCore.Qt.UserRole, c.index)
+                item.setToolTip(f"About {c.expected_wrong:,.0f} of this slice's {c.brain_voxels:,} brain voxels are "
+                                "expected to be labelled wrongly: the sum, over them, of 1 minus the network's "
+                                "probability for the label it chose. The list is ordered by that number and "
+                                "spread over the brain (one entry per few slices).")
+                lst.addItem(item)
+        elif unc is not None:
             for k, score in least_certain_slices(unc, 10, axis=axial_axis):
                 item = QtWidgets.QListWidgetItem(f"axial slice {k + 1}: {100 * score / np.log(4):.0f}% unsure")
                 item.setData(QtCore.Qt.UserRole, k)

@@ -94,6 +94,9 @@ class SegmentResult:
     geometry: str = ""  # what was done to bring the scan to the network (Conform.describe), or ""
     planes: tuple[str, ...] = ("axial",)
     probabilities: np.ndarray | None = None  # (4, *shape) float32 when asked for
+    # with uncertainty: the probability that each voxel's label is wrong, 1 - p(chosen class)
+    # (float16; 0 outside the brain): summed over a slice it is the expected number of wrong voxels
+    p_wrong: np.ndarray | None = None
 
 
 def load_network(model_dir: str | Path, ctx=None):
@@ -288,15 +291,17 @@ class Segmenter:
             labels[vol <= 0] = 0
         else:
             labels = _argmax_classes(native, first=0)
-        unc = None
+        unc = p_wrong = None
         if cfg.uncertainty:
             unc = _entropy(native, axis=0)
             unc[labels == 0] = 0.0
+            p_wrong = (1.0 - np.take_along_axis(native, labels[None].astype(np.intp), 0)[0]).astype(np.float16)
+            p_wrong[labels == 0] = 0
         secs = time.time() - t0
         log.info("segmented %s in %.2f s with %s, planes %s (%d slices run)", vol.shape, secs, self.name,
                  "+".join(planes), total)
         return SegmentResult(labels, unc, secs, self.name, total, geo.describe(), planes,
-                             native if cfg.return_probabilities else None)
+                             native if cfg.return_probabilities else None, p_wrong)
 
 
     def _segment_slices(self, vol, geo: Conform, work, scale, thr, stripped, cfg: SegmentConfig, progress,
@@ -423,3 +428,41 @@ def least_certain_slices(uncertainty: np.ndarray, count: int = 10, mask: np.ndar
     score = np.divide(sums, counts, out=np.zeros_like(sums, dtype=np.float64), where=enough)
     order = np.argsort(-score)
     return [(int(k), float(score[k])) for k in order[:count] if score[k] > 0]
+
+
+@dataclass
+class SliceToCheck:
+    """One entry of the least-certain list: a slice, how many of its voxels are expected to be
+    wrong (the sum of 1 - p(chosen class) over its brain voxels) and that as a share of them."""
+
+    index: int
+    expected_wrong: float
+    brain_voxels: int
+
+    @property
+    def fraction(self) -> float:
+        return self.expected_wrong / max(self.brain_voxels, 1)
+
+
+def slices_to_check(p_wrong: np.ndarray, count: int = 10, axis: int = 2, min_gap: int | None = None
+                    ) -> list[SliceToCheck]:
+    """Where corrections pay most (issue #19): slices along `axis` ordered by the expected number
+    of wrong voxels, spread over the brain - at most one entry per `min_gap` slices (default: the
+    brain's extent / (2 * count), at least 3), so the list is not ten neighbours at the vertex.
+    `p_wrong` is SegmentResult.p_wrong (0 outside the brain)."""
+    p = np.asarray(p_wrong, dtype=np.float32)
+    other = tuple(a for a in range(3) if a != axis)
+    expected = p.sum(axis=other, dtype=np.float64)
+    brain = (p > 0).sum(axis=other)
+    present = np.where(brain > 0)[0]
+    if present.size == 0:
+        return []
+    if min_gap is None:
+        min_gap = max(3, int((present[-1] - present[0] + 1) / (2 * count)))
+    chosen: list[SliceToCheck] = []
+    for k in np.argsort(-expected, kind="stable"):
+        if expected[k] <= 0 or len(chosen) >= count:
+            break
+        if all(abs(int(k) - c.index) >= min_gap for c in chosen):
+            chosen.append(SliceToCheck(int(k), float(expected[k]), int(brain[k])))
+    return chosen

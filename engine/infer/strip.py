@@ -106,7 +106,7 @@ class StripGrid:
             centre_vox = (idx.min(0) + idx.max(0)) / 2.0
         else:
             centre_vox = (np.array(volume.shape) - 1) / 2.0
-        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        zooms = np.round(np.sqrt((affine[:3, :3] ** 2).sum(0)), 5)  # (float noise of rotated affines)
         ornt = nib.orientations.io_orientation(affine)  # scan axis i -> world axis ornt[i, 0], sign
         step = np.zeros((3, 3))  # work voxel -> scan voxel
         for i, (world_axis, sign) in enumerate(ornt):
@@ -120,7 +120,7 @@ class StripGrid:
         """The scan resampled onto this grid (outside the scan: 0). Anti-aliased first when the
         scan's voxels are much finer than 2 mm."""
         v = np.asarray(volume, dtype=np.float32)
-        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        zooms = np.round(np.sqrt((affine[:3, :3] ** 2).sum(0)), 5)
         sigma = [max(0.0, 0.4 * (STRIP_MM / z - 1.0)) for z in zooms]
         if max(sigma) > 0.2:
             v = ndi.gaussian_filter(v, sigma)

@@ -102,7 +102,9 @@ class Conform:
         affine = np.asarray(affine, dtype=np.float64)
         src = nib.io_orientation(affine)
         tr = ornt.ornt_transform(src, ornt.axcodes2ornt(WORK_CODES))
-        native_zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        # rounded: a rotated affine gives 0.99999998 for a 1 mm voxel, and the same array stored
+        # without the rotation (Analyze) must get exactly the same work grid and labels
+        native_zooms = np.round(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), 5)
         if not np.all((native_zooms >= MIN_VOXEL_MM) & (native_zooms <= MAX_VOXEL_MM)):
             raise ValueError(f"voxel size {'x'.join(f'{z:g}' for z in native_zooms)} mm is outside "
                              f"{MIN_VOXEL_MM:g}-{MAX_VOXEL_MM:g} mm: the header's units or scaling are wrong "

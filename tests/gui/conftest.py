@@ -24,6 +24,7 @@ class Dialogs:
         self.number = None  # get_number and get_smoothing's mm: None cancels
         self.smooth_outline = False  # get_smoothing: smooth the brain's outline too
         self.open_path = ""
+        self.open_dirs = []  # the folder each Open dialog started in
         self.save_path = ""
         self.directory = ""
 
@@ -43,7 +44,8 @@ def dialogs(monkeypatch):
         d.questions.append(m), d.number)[1])
     monkeypatch.setattr(mod, "get_smoothing", lambda p, mm: (
         d.questions.append("smoothing"), None if d.number is None else (d.number, d.smooth_outline))[1])
-    monkeypatch.setattr(mod, "get_open_path", lambda *a, **k: d.open_path)
+    monkeypatch.setattr(mod, "get_open_path", lambda p, t, f, directory="": (d.open_dirs.append(directory),
+                                                                            d.open_path)[1])
     monkeypatch.setattr(mod, "get_save_path", lambda *a, **k: d.save_path)
     monkeypatch.setattr(mod, "get_directory", lambda *a, **k: d.directory)
     return d

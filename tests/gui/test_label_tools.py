@@ -158,7 +158,7 @@ def test_corrections_are_counted_in_the_plane_they_were_made_in(window, small_sc
     assert win.labelmap.edited_axial_slices() == [6, 9, 12]
     panel = win.training_panel
     panel.update_state()
-    assert "4 slice(s) to learn from (3 axial, 1 coronal)" in panel.status.text()
+    assert "4 slices to learn from (3 axial, 1 coronal)" in panel.status.text()
     assert panel.plane_slices_to_learn() == {"axial": [6, 9, 12], "coronal": [co.index]}
 
 

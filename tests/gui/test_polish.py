@@ -101,8 +101,11 @@ def test_uncertainty_has_a_legend_and_plain_words(enet_window, small_scan, qtbot
         win.actions["segment"].trigger()
     assert win.view_area.legend.isVisible() and "How unsure" in win.view_area.legend.findChildren(QtWidgets.QLabel)[0].text()
     lst = win.segment_panel.uncertain_list
-    assert lst.isVisible() and lst.count() > 0 and lst.item(0).text().endswith("% unsure")
-    assert lst.item(0).text().startswith("axial slice ")
+    assert lst.isVisible() and lst.count() > 0 and lst.item(0).text().endswith("likely wrong")
+    assert lst.item(0).text().startswith("axial ") and "voxels (" in lst.item(0).text()
+    assert "expected to be labelled wrongly" in lst.item(0).toolTip()  # what the number means
+    ks = sorted(lst.item(i).data(QtCore.Qt.UserRole) for i in range(lst.count()))
+    assert min(np.diff(ks), default=3) >= 3, f"spread over the brain, not neighbours: {ks}"
     # the heat map's colour is far from every class colour
     from brainseg_gui.slice_view import UNSURE_RGB
     from engine.core.classes import tissue_classes

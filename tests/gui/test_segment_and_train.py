@@ -72,7 +72,7 @@ def test_finetune_from_panel_creates_version_then_rollback(enet_window, small_sc
     for k in (6, 9, 12):
         ax.set_slice(k)
         click(qtbot, ax, 20, 20)
-    assert panel.start_button.isEnabled() and "3 slice(s) to learn from (3 axial)" in panel.status.text()
+    assert panel.start_button.isEnabled() and "3 slices to learn from (3 axial)" in panel.status.text()
     panel.epochs.setValue(2)
     panel.batch.setValue(2)
     panel.steps_per_epoch = 2
