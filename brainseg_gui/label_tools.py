@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from PyQt5 import QtCore, QtWidgets
 
 from engine.labels import ops

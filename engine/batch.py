@@ -305,19 +305,18 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
     Runs in the batch process, a --jobs worker or a Dask worker."""
     from engine.core.atomic import atomic_write
     from engine.infer.inference import SegmentConfig
-    from engine.infer.qc import skull_present
-    from engine.io.conform import Conform
     from engine.io.stats import volume_stats
-    from engine.io.volume import read_volume, save_image, save_labels
+    from engine.io.volume import save_image, save_labels
 
     t0 = time.perf_counter()
     row = {"subject": item.subject, "session": item.session, "scan": item.key, "input": item.path,
            "series": item.series or "", "status": "error", "error": ""}
     try:
-        vol = read_volume(item.path, kind="image", series=item.series)
+        from engine.document import open_scan
         from engine.io.space import Space, atlas_space_reason, mask_xform_code
 
-        vol.atlas_marked = item.atlas_marked
+        doc = open_scan(item.path, series=item.series, atlas_marked=item.atlas_marked)  # as the app opens it
+        vol = doc.scan
         space = Space.of(vol, item.asf if atlas_space_reason(vol) else None)
         seg = _segmenter(model_dir)
         from engine.infer.scan import segment_scan
@@ -366,17 +365,8 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
         notes = []
         if stripped is not None and stripped.unsure:
             notes.append("brain extraction unsure: " + "; ".join(stripped.unsure_reasons))
-        if vol.orientation_source == "anatomy":
-            notes.append("orientation from anatomy")
-        elif vol.geometry_note:
-            notes.append("orientation assumed")
-        if vol.warnings:
-            notes.append("header orientation contradicts the anatomy")
-        if vol.layout_note:
-            notes.append("layout assumed")
-        if Conform.for_grid(vol.shape, vol.affine).describe():
-            notes.append("resampled for the network")
-        skull = stripped is None and skull_present(vol.data, vol.voxel_volume_ml, vol.affine)
+        notes += doc.facts(check_skull=False).flags  # what the app and the CLI say about the scan, short
+        skull = stripped is None and doc.skull_on
         row["qc_flags"] = "; ".join(qc_flags(row, skull, notes))
     except Exception as exc:  # one broken scan is a row, never the end of the batch
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

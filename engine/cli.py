@@ -151,6 +151,14 @@ def cmd_info(args) -> int:
         "for_the_network": Conform.for_grid(vol.shape, vol.affine).describe() or "used as stored (LAS, 1 mm)",
         "affine": np.round(vol.affine, 6).tolist(),
     }
+    if not vol.is_labels:  # what the app, segment and batch say about this scan (engine/document.py)
+        from engine.document import ScanDocument
+
+        doc = ScanDocument(vol)
+        facts = doc.facts()
+        info["facts"] = [{"level": f.level, "text": f.text} for f in facts.facts]
+        info["qc_flags"] = facts.flags
+        info["skull_on"] = bool(doc.skull_on)
     if vol.is_labels:
         per = label_volumes(d, vol.voxel_volume_ml)
         info["voxels"] = {k: v["voxels"] for k, v in per.items()}
@@ -172,6 +180,9 @@ def cmd_info(args) -> int:
     for w in vol.warnings:
         print(f"  warning:     {w}")
     print(f"  network:     {info['for_the_network']}")
+    for f in info.get("facts", []):
+        if f["text"].startswith("atlas space") or f["text"].startswith("skull on"):
+            print(f"  {f['level'] + ':':<13}{f['text']}")
     print(f"  range:       {info['range'][0]:g} .. {info['range'][1]:g}")
     if vol.is_labels:
         for k in info["volumes_ml"]:
@@ -335,30 +346,26 @@ def cmd_segment(args) -> int:
 
     configure_threads()
     t0 = time.time()
-    from engine.infer.qc import skull_present
-    from engine.io.volume import read_volume, save_image, save_labels
+    from engine.document import open_scan
+    from engine.io.volume import save_image, save_labels
 
     planes = parse_planes(args.planes)
     check_output(args.output, LABEL_FORMATS, (args.scan,))
     if args.uncertainty:
         check_output(args.uncertainty, IMAGE_FORMATS, (args.scan, args.output))
-    from engine.io.conform import Conform
 
-    vol = read_volume(args.scan, kind="image", series=args.series)
+    doc = open_scan(args.scan, series=args.series)  # as the app and batch open it, and say the same
+    vol = doc.scan
     space = scan_space(vol, args)
-    slices = parse_slices(args.slices, vol.shape[Conform.for_grid(vol.shape, vol.affine).native_axis("axial")])
-    if vol.layout_note:
-        print(f"warning: {vol.path}: {vol.layout_note}", file=sys.stderr)
-    if vol.geometry_note:
-        print(f"note: {vol.path}: {vol.geometry_note}", file=sys.stderr)
-    for w in vol.warnings:
-        print(f"warning: {vol.path}: {w}", file=sys.stderr)
-    if args.strip == "off" and skull_present(vol.data, vol.voxel_volume_ml, vol.affine):
+    slices = parse_slices(args.slices, vol.shape[doc.axial_axis])
+    if args.strip == "off" and doc.skull_on:
         print(f"warning: {vol.path} looks like it still has the skull on and --strip off was given; labels "
               "outside the brain are unreliable", file=sys.stderr)
     if args.mask_out:
         check_output(args.mask_out, LABEL_FORMATS, (args.scan, args.output))
     model_dir, arch, reason = resolve_model(args.model, args.weights)
+    for line in doc.facts(check_skull=False).lines(vol.path):  # (after the checks that end with one error line)
+        print(line, file=sys.stderr)
     from engine.infer.inference import SegmentConfig, Segmenter
 
     precision = "fp32"
@@ -370,9 +377,6 @@ def cmd_segment(args) -> int:
             raise CliError(f"--int8: {why}")
         precision = "int8"
     seg = Segmenter(model_dir, precision=precision, calib_volume=vol.data if precision == "int8" else None)
-    geo = Conform.for_grid(vol.shape, vol.affine)
-    if geo.describe():
-        print(f"note: {vol.path}: {geo.describe()}", file=sys.stderr)
     from engine.infer.scan import segment_scan
 
     bar = _Progress(f"segment ({arch}, {'+'.join(planes) if not slices else 'axial'})")
@@ -440,14 +444,18 @@ def cmd_strip(args) -> int:
 
     configure_threads()
     from engine.infer.scan import extract
-    from engine.io.volume import read_volume, save_image, save_labels
+    from engine.io.volume import save_image, save_labels
 
     check_output(args.output, LABEL_FORMATS, (args.scan,))
     if args.masked_scan:
         check_output(args.masked_scan, IMAGE_FORMATS, (args.scan, args.output))
-    vol = read_volume(args.scan, kind="image", series=args.series)
-    if vol.geometry_note:
-        print(f"note: {vol.path}: {vol.geometry_note}", file=sys.stderr)
+    from engine.document import open_scan
+
+    doc = open_scan(args.scan, series=args.series)
+    vol = doc.scan
+    for f in doc.facts(check_skull=False).facts:
+        if f.kind != "network":  # the extractor has its own grid
+            print(f"{f.level}: {vol.path}: {f.text}", file=sys.stderr)
     decision, res = extract(vol.data, vol.affine, "on" if args.force else "auto", model_dir=args.weights)
     if res is None:
         mask = (vol.data != 0).astype(np.uint8)
@@ -501,7 +509,10 @@ def cmd_finetune(args) -> int:
 
     if args.output:
         check_new_version_dir(args.output)
-    scan = read_volume(args.scan, kind="image", series=args.series)
+    from engine.document import open_scan
+
+    doc = open_scan(args.scan, series=args.series)
+    scan = doc.scan
     labels = read_volume(args.labels, kind="labels")
     if scan.shape != labels.shape:
         raise CliError(f"{args.scan} is {_fmt_shape(scan.shape)} but {args.labels} is {_fmt_shape(labels.shape)}")

@@ -1,0 +1,62 @@
+"""The engine-level document (issue #19): one way to open a scan and say what was found, shared by
+the GUI's Session, the CLI and batch; the merge rule, saving and the recovery snapshot without Qt."""
+import nibabel as nib
+import numpy as np
+import pytest
+
+from engine.document import ScanDocument, open_scan
+from engine.io.volume import VolumeWriteError
+from engine.labels.labelmap import CLEANUP
+
+
+def _head(tmp_path, codes=("P", "I", "R"), zooms=(1.0, 1.0, 1.0), name="scan.nii.gz"):
+    """An asymmetric blob brain stored in the given axis codes."""
+    shape = (40, 48, 36)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt((x - 0.15) ** 2 + y ** 2 + (z * 0.8) ** 2)
+    img = np.where(r < 0.8, 100.0, 0.0) + np.where(r < 0.5, 80.0, 0.0)
+    aff = nib.orientations.inv_ornt_aff(nib.orientations.axcodes2ornt(codes), shape)
+    aff[:3, :3] = aff[:3, :3] @ np.diag(zooms)
+    p = tmp_path / name
+    nib.save(nib.Nifti1Image(img.astype(np.float32), aff), str(p))
+    return p
+
+
+def test_facts_name_a_reorientation_as_such(tmp_path):
+    doc = open_scan(_head(tmp_path))
+    flags = doc.facts(check_skull=False).flags
+    assert flags == ["reoriented for the network"], flags  # batch once called this "resampled"
+    doc2 = open_scan(_head(tmp_path, ("L", "A", "S"), (1.0, 1.0, 1.5), "thick.nii.gz"))
+    assert doc2.facts(check_skull=False).flags == ["resampled for the network"]
+    lines = doc2.facts(check_skull=False).lines("thick.nii.gz")
+    assert lines[0].startswith("note: thick.nii.gz: resampled 1x1x1.5 mm -> 1 mm")
+
+
+def test_batch_and_the_document_say_the_same(tmp_path, tiny_model_dir):
+    from engine.batch import ScanItem, process_scan
+
+    p = _head(tmp_path)
+    row = process_scan(ScanItem(key="s1", subject="s1", session="", path=str(p)), str(tmp_path / "out"), str(tiny_model_dir))
+    assert row["status"] == "ok", row["error"]
+    assert "reoriented for the network" in row["qc_flags"] and "resampled" not in row["qc_flags"]
+
+
+def test_merge_rule_saving_and_snapshot(tmp_path):
+    p = _head(tmp_path)
+    doc = open_scan(p)
+    lm = doc.ensure_labelmap()
+    lm.paint("axial", 10, [(20, 20)], 2, 1)
+    lm.apply_volume(np.full(doc.scan.shape, 3, np.uint8), "islands", user=False)  # a (crude) clean-up
+    pred = np.full(doc.scan.shape, 2, np.uint8)
+    atom = doc.land_prediction(pred, None)
+    assert atom.replaced_cleanup > 0 and lm.count_origin(CLEANUP) == 0
+    with pytest.raises(VolumeWriteError, match="own file"):
+        doc.save_labels(p)
+    lm.show_preview(np.zeros(doc.scan.shape, np.uint8), "fill between")
+    snap = doc.snapshot()
+    assert (snap["labels"] == 2).sum() > 0, "the snapshot holds the committed labels, not the preview"
+    assert snap["key"] == doc.key == ScanDocument(doc.scan).key
+    out = tmp_path / "labels.nii.gz"
+    lm.cancel_preview()
+    doc.save_labels(out)
+    assert lm.is_clean and doc.labels_path == out
