@@ -29,14 +29,14 @@ from engine.io.volume import (
 from engine.labels.labelmap import LabelMap
 
 from . import dialogs
-from .actions import ACTIONS, MOUSE_HELP, build_actions, build_menus
 from .engine_thread import EngineThread
-from .panels import SegmentPanel, ToolPanel, ToolState
+from .panels.tool_panels import SegmentPanel, ToolPanel, ToolState
 from .segmentation import SegmentationController
 from .session import AUTOSAVE_IDLE_MS, LabelsError, Session
 from .settings import Preferences, app_settings
-from .slice_view import SliceView
-from .view_area import ViewArea
+from .tools.actions import ACTIONS, MOUSE_HELP, build_actions, build_menus
+from .views.slice_view import SliceView
+from .views.view_area import ViewArea
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tools_dock = dock
 
     def _build_training_dock(self) -> None:
-        from .training_panel import TrainingPanel
+        from .panels.training_panel import TrainingPanel
 
         self.training_panel = TrainingPanel(self.session, self.engine, self.model_store,
                                             lambda: self.model_choice()[0])
@@ -241,7 +241,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _on_3d_visible(self, visible: bool) -> None:
         if visible and self.surface_view is None:
-            from .view3d import SurfaceView
+            from .views.view3d import SurfaceView
 
             self.surface_view = SurfaceView()
             self.view3d_dock.widget().layout().addWidget(self.surface_view)
@@ -553,7 +553,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.update_state()
 
     def on_fill_between(self) -> None:
-        from .label_tools import FillBetweenDialog
+        from .tools.label_ops import FillBetweenDialog
 
         if self.labelmap is None:
             return
@@ -565,17 +565,17 @@ class MainWindow(QtWidgets.QMainWindow):
         self.fill_dialog.show()  # not modal: the views scroll through the preview
 
     def on_remove_islands(self) -> None:
-        from .label_tools import run_operation
+        from .tools.label_ops import run_operation
 
         run_operation(self, "islands")
 
     def on_keep_largest(self) -> None:
-        from .label_tools import run_operation
+        from .tools.label_ops import run_operation
 
         run_operation(self, "largest")
 
     def on_smooth_labels(self) -> None:
-        from .label_tools import run_operation
+        from .tools.label_ops import run_operation
 
         run_operation(self, "smooth")
 
@@ -747,7 +747,7 @@ class MainWindow(QtWidgets.QMainWindow):
         return bool(path) and self.save_labels_to(label_file_name(path))
 
     def on_export_png(self) -> None:
-        from .label_tools import PngExportDialog
+        from .tools.label_ops import PngExportDialog
 
         if self.labelmap is None:
             return
@@ -755,7 +755,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.png_dialog.show()
 
     def on_batch(self) -> None:
-        from .batch_dialog import BatchDialog
+        from .dialogs.batch_dialog import BatchDialog
 
         if getattr(self, "batch_dialog", None) is None:  # one per window: a running batch stays in sight
             self.batch_dialog = BatchDialog(self.model_dir, self)
@@ -763,7 +763,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.batch_dialog.raise_()
 
     def on_reorient(self) -> None:
-        from .reorient_dialog import ReorientDialog
+        from .dialogs.reorient_dialog import ReorientDialog
 
         if self.scan is None:
             return
@@ -773,7 +773,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.reorient_dialog.raise_()
 
     def on_show_stats(self) -> None:
-        from .stats_dialog import StatsDialog
+        from .dialogs.stats_dialog import StatsDialog
 
         if self.labelmap is None or self.scan is None:
             return

@@ -107,7 +107,7 @@ def test_uncertainty_has_a_legend_and_plain_words(enet_window, small_scan, qtbot
     ks = sorted(lst.item(i).data(QtCore.Qt.UserRole) for i in range(lst.count()))
     assert min(np.diff(ks), default=3) >= 3, f"spread over the brain, not neighbours: {ks}"
     # the heat map's colour is far from every class colour
-    from brainseg_gui.slice_view import UNSURE_RGB
+    from brainseg_gui.views.slice_view import UNSURE_RGB
     from engine.core.classes import tissue_classes
 
     for tc in tissue_classes()[1:]:

@@ -28,7 +28,7 @@ def test_surfaces_are_built_in_a_worker_and_drawn_with_opengl(qtbot, monkeypatch
     clears them."""
     import pyqtgraph.opengl as gl
 
-    from brainseg_gui import view3d
+    from brainseg_gui.views import view3d
 
     monkeypatch.setattr(view3d, "opengl_problem", lambda: None)
     sv = view3d.SurfaceView()

@@ -14,7 +14,7 @@ from engine.core.classes import CLASS_KEYS, NUM_CLASSES, TISSUE_KEYS, tissue_cla
 from engine.core.metrics import row_normalised
 from engine.train.finetune import FinetuneConfig
 
-from . import dialogs
+from .. import dialogs
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from PyQt5 import QtCore, QtWidgets
 from engine.labels import ops
 from engine.labels.labelmap import INTERPOLATED, STROKE
 
-from . import dialogs
+from .. import dialogs
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from engine.io.space import ASF_RANGE, ETIV_LABEL, MARKED_REASON, Space, atlas_s
 from engine.io.stats import volume_stats, write_stats_csv, write_stats_json
 from engine.io.volume import Volume
 
-from . import dialogs
+from .. import dialogs
 
 
 class StatsDialog(QtWidgets.QDialog):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from . import dialogs
+from .. import dialogs
 
 PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
 

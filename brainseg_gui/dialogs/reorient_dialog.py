@@ -22,7 +22,7 @@ from engine.io.export import grey_window
 from engine.io.orientation import VIEWS, ViewGeometry
 from engine.io.volume import Volume, files_of, scan_stem
 
-from . import dialogs
+from .. import dialogs
 
 log = logging.getLogger(__name__)
 

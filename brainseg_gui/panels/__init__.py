@@ -1,0 +1,1 @@
+"""The panels beside the views: tools (brush, classes, overlay), segmentation, fine-tuning."""
