@@ -251,3 +251,143 @@ class SegmentationController(QtCore.QObject):
         if unc is None:
             self.p_wrong = None
         self.uncertaintyChanged.emit(unc)
+
+
+class ModelChoice(QtCore.QObject):
+    """Which network segments: the panel's choice (auto picks by hardware), the reason shown under
+    it, whether INT8 is offered, and the active version's folder. Split from the window (#19)."""
+
+    def __init__(self, window):
+        super().__init__(window)
+        self.win = window
+
+    def model_choice(self) -> tuple[str, str]:
+        from engine.core.hardware import choose_model
+
+        pref = self.win.segment_panel.model_combo.currentData() or "auto"
+        return choose_model(pref)
+
+    def _choose_model_reason(self) -> None:
+        try:
+            arch, reason = self.model_choice()
+        except Exception as exc:  # hardware probing must never stop the app
+            arch, reason = "enet", f"(could not probe the hardware: {exc})"
+        self.win.segment_panel.reason.setText(f"Will run {'U-Net' if arch == 'unet' else 'ENet'}: {reason}")
+        from engine.infer.inference import int8_offer
+
+        try:
+            ok, why = int8_offer(self.model_dir())
+        except Exception as exc:  # missing weights: the segment job will say so
+            ok, why = False, str(exc)
+        chk = self.win.segment_panel.int8_check
+        chk.setEnabled(ok)
+        if not ok:
+            chk.setChecked(False)
+        chk.setToolTip(why)
+
+    def _on_model_pref_changed(self, _i: int) -> None:
+        self.win.prefs.model = self.win.segment_panel.model_combo.currentData()
+        self.win.prefs.save()
+        self._choose_model_reason()
+        self.win.files._preload_model()
+
+    def model_dir(self) -> Path:
+        arch, _ = self.model_choice()
+        return self.win.model_store.active_dir(arch)
+
+
+class SegmentActions(QtCore.QObject):
+    """The window's Segment menu and the engine's job signals: start and cancel, the uncertainty and
+    brain-outline overlays, a new model version becoming active. Split from the window (#19)."""
+
+    def __init__(self, window):
+        super().__init__(window)
+        self.win = window
+
+    def start_segmentation(self, slices=None) -> int | None:
+        job = self.win.segmentation.start(slices)
+        self.win.update_state()
+        return job
+
+    def _on_engine_progress(self, job_id: int, name: str, payload) -> None:
+        if name == "finetune":
+            self.win.training_panel.on_progress(payload)
+
+    def _on_engine_finished(self, job_id: int, name: str, result) -> None:
+        if name == "finetune":
+            self.win.training_panel.on_finished(result)
+        self.win.update_state()
+
+    def _show_uncertainty(self, unc) -> None:
+        self.win.view_area.show_uncertainty(unc, self.win.actions["toggle_uncertainty"].isChecked(), self.win.axial_axis,
+                                        getattr(self.win.segmentation, "p_wrong", None))
+        self.win.update_state()
+
+    def on_toggle_uncertainty(self) -> None:
+        self.win.view_area.set_uncertainty_visible(self.win.uncertainty, self.win.actions["toggle_uncertainty"].isChecked())
+
+    def _on_engine_failed(self, job_id: int, name: str, message: str) -> None:
+        if name == "finetune":
+            self.win.training_panel.on_failed(message)
+        dialogs.show_error(self.win, f"{name.capitalize()} failed", message)
+        self.win.update_state()
+
+    def _on_engine_cancelled(self, job_id: int, name: str) -> None:
+        if name == "finetune":
+            self.win.training_panel.on_cancelled()
+        self.win.statusBar().showMessage(f"{name.capitalize()} cancelled; nothing was changed", 8000)
+        self.win.update_state()
+
+    def on_segment(self):
+        self.start_segmentation()
+
+    def on_extract_brain(self):
+        if self.win.segmentation.extract_brain() is not None:
+            self.win.update_state()
+
+    def _show_brain_mask(self) -> None:
+        mask = self.win.session.brain_mask
+        a = self.win.actions["toggle_brain_outline"]
+        if mask is not None and not a.isChecked():
+            a.setChecked(True)
+        for v in self.win.views.values():
+            v.set_brain_mask(mask, a.isChecked())
+        self.win.update_state()
+
+    def on_toggle_brain_outline(self):
+        for v in self.win.views.values():
+            v.set_brain_mask(self.win.session.brain_mask, self.win.actions["toggle_brain_outline"].isChecked())
+
+    def on_segment_slice(self):
+        if self.win.scan is not None:
+            self.start_segmentation(slices=[self.win.view_area.view_of_axis(self.win.axial_axis).index])
+
+    def on_cancel(self):
+        # every job: the running one and any queued behind a model preload
+        if self.win.engine.cancel_all():
+            self.win.statusBar().showMessage("Cancelling (stops within one batch)...", 5000)
+
+    def _on_version_activated(self, directory: str) -> None:
+        from engine.nets.weights import WeightsError, read_model_dir
+
+        self.win.models._choose_model_reason()
+        try:
+            name = read_model_dir(directory, verify=False).version
+        except WeightsError:
+            name = Path(directory).name
+        again = " - segment again to use it on the open scan" if self.win.labelmap is not None else ""
+        self.win.statusBar().showMessage(f"Model for segmentation: {name}{again}", 10000)
+
+    def _next_step_text(self, has_labels: bool, busy: bool) -> str:
+        """One line on what to do next, for a first-time user."""
+        if self.win.scan is None:
+            return ""
+        if self.win.session.labels_job_running:
+            return "Segmenting... you can keep correcting meanwhile: your corrections are kept."
+        lm = self.win.labelmap  # (no whole-volume scan here: this runs after every stroke)
+        if not has_labels or lm.predicted is None and lm.edit_count == 0 and lm.opened_empty:
+            return ("Next: segment the scan with Ctrl+R (Segment > Segment volume), or Ctrl+Shift+R for the axial "
+                    "slice shown.")
+        if hasattr(self, "segmentation") and self.win.uncertainty is not None:
+            return "Correct the slices listed below first (click one to go there): brush B, eraser E, fill F."
+        return "Correct with the brush (B), eraser (E) or fill (F); classes 0-3 by number key; F1 lists all keys."

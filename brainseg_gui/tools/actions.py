@@ -77,8 +77,9 @@ MOUSE_HELP = (
 )
 
 
-def build_actions(window, specs=ACTIONS) -> dict[str, QtWidgets.QAction]:
-    """Create one QAction per spec, connected to window.on_<key>."""
+def build_actions(window, specs=ACTIONS, handlers=None) -> dict[str, QtWidgets.QAction]:
+    """Create one QAction per spec, connected to on_<key> of the first of `handlers` (default: the
+    window) that has it - the window and its controllers."""
     style = window.style()
     out = {}
     for spec in specs:
@@ -92,7 +93,8 @@ def build_actions(window, specs=ACTIONS) -> dict[str, QtWidgets.QAction]:
         act.setCheckable(spec.checkable)
         if spec.icon:
             act.setIcon(style.standardIcon(getattr(QtWidgets.QStyle, spec.icon)))
-        slot = getattr(window, f"on_{spec.key}", None)
+        slot = next((getattr(h, f"on_{spec.key}") for h in (handlers or (window,)) if hasattr(h, f"on_{spec.key}")),
+                    None)
         if slot is not None:
             act.triggered.connect(lambda checked=False, s=slot: s())
         out[spec.key] = act

@@ -2,7 +2,7 @@
 import numpy as np
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from brainseg_gui.main_window import label_file_name
+from brainseg_gui.files import label_file_name
 from tests.gui.helpers import _send, click, wheel, widget_pos
 
 

@@ -166,11 +166,11 @@ def test_recovery_belongs_to_the_scan_content_not_its_path(window, small_scan, q
 def test_open_dialogs_start_in_the_scans_folder(window, small_scan, dialogs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path.parent)  # the current directory is not the scan's folder
     win = window
-    win.on_open_scan()  # nothing opened yet: wherever (no recent scan in this fresh home)
+    win.actions["open_scan"].trigger()  # nothing opened yet: wherever (no recent scan in this fresh home)
     win.open_scan(small_scan[0])
-    win.on_open_labels()
-    win.on_open_scan()
+    win.actions["open_labels"].trigger()
+    win.actions["open_scan"].trigger()
     assert dialogs.open_dirs[1:] == [str(small_scan[0].parent)] * 2
     win.session.close_scan()
-    win.on_open_scan()  # closed: the last scan's folder, from Open recent
+    win.actions["open_scan"].trigger()  # closed: the last scan's folder, from Open recent
     assert dialogs.open_dirs[-1] == str(small_scan[0].parent.resolve())

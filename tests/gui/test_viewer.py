@@ -109,7 +109,7 @@ def test_recent_files_and_demo(window, small_scan):
 
 
 def test_shortcuts_dialog_lists_every_shortcut(window):
-    from brainseg_gui.main_window import ShortcutsDialog
+    from brainseg_gui.dialogs.shortcuts import ShortcutsDialog
 
     dlg = ShortcutsDialog(window)
     keys = [dlg.table.item(r, 0).text() for r in range(dlg.table.rowCount())]
