@@ -54,7 +54,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self.surface_view = None  # the 3-D view, made when first shown
         self.tool_state = ToolState()
         self._preview = False  # a label operation's preview is shown: editing locked
-        self.prefs_islands, self.prefs_smooth_mm = 50, 1.0
 
         from engine.store.versions import ModelStore
 

@@ -3,15 +3,55 @@ the label operations (fill between slices with its preview, islands, largest pie
 Split from the window (issue #19)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from PyQt5 import QtCore, QtWidgets  # noqa: F401
 
 from engine.core.classes import tissue_classes
 
 
+@dataclass
+class OperationPrefs:
+    islands: int = 50  # remove islands smaller than this many voxels
+    smooth_mm: float = 1.0
+
+
 class EditController(QtCore.QObject):
+    """Also the narrow interface the label-operation dialogs get instead of the window (issue #19):
+    the label map and scan, the plane of a view, preview locking, a status message, refresh."""
+
     def __init__(self, window):
         super().__init__(window)
         self.win = window
+        self.prefs = OperationPrefs()
+
+    # ------------------------------------------------------------------ what the dialogs may use
+    @property
+    def widget(self) -> QtWidgets.QWidget:
+        return self.win  # the parent of their windows
+
+    @property
+    def labelmap(self):
+        return self.win.labelmap
+
+    @property
+    def scan(self):
+        return self.win.scan
+
+    @property
+    def active_view(self):
+        return self.win.active_view
+
+    def view_axis(self, plane: str) -> int:
+        return self.win.view_axis(plane)
+
+    def show_message(self, text: str, ms: int) -> None:
+        self.win.statusBar().showMessage(text, ms)
+
+    def refresh(self) -> None:
+        self.win.update_state()
+
+    # ------------------------------------------------------------------ slots
 
     def _end_preview(self) -> None:
         """Take back a label operation's preview before the document changes under it."""
@@ -36,23 +76,23 @@ class EditController(QtCore.QObject):
         if dlg is not None and dlg.isVisible():  # one at a time: one preview, one lock
             dlg.raise_()
             return
-        self.win.fill_dialog = FillBetweenDialog(self.win)
+        self.win.fill_dialog = FillBetweenDialog(self)
         self.win.fill_dialog.show()  # not modal: the views scroll through the preview
 
     def on_remove_islands(self) -> None:
         from .label_ops import run_operation
 
-        run_operation(self.win, "islands")
+        run_operation(self, "islands")
 
     def on_keep_largest(self) -> None:
         from .label_ops import run_operation
 
-        run_operation(self.win, "largest")
+        run_operation(self, "largest")
 
     def on_smooth_labels(self) -> None:
         from .label_ops import run_operation
 
-        run_operation(self.win, "smooth")
+        run_operation(self, "smooth")
 
     def _on_edit_finished(self, atom) -> None:
         if atom is not None:

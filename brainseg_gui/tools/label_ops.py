@@ -31,7 +31,7 @@ def _busy(fn):
 
 
 def plane_combo(window, name: str) -> QtWidgets.QComboBox:
-    """The three planes, the view under the mouse chosen."""
+    """The three planes, the view under the mouse chosen (`window`: anything with `active_view`)."""
     combo = QtWidgets.QComboBox()
     combo.setObjectName(name)
     for p in PLANES:
@@ -50,21 +50,21 @@ class FillBetweenDialog(QtWidgets.QDialog):
     (`ops.fill_between_drawn`): the network's labels outside it stay. On a map drawn from scratch,
     "Slices that hold labels" interpolates whole slices, as ITK-SNAP and Slicer do."""
 
-    def __init__(self, window, parent=None):
-        super().__init__(parent or window)
-        self.win = window
+    def __init__(self, host, parent=None):
+        super().__init__(parent or host.widget)
+        self.win = host  # the editing interface (tools/editing.py EditHost), not the window
         self.setWindowTitle("Fill between slices")
         self.setObjectName("fill_between_dialog")
         self.setMinimumWidth(520)  # the preview's count and range must not be cut off
         self.preview_atom = None
         lay = QtWidgets.QFormLayout(self)
-        self.plane = plane_combo(window, "fb_plane")
+        self.plane = plane_combo(host, "fb_plane")
         lay.addRow("Plane", self.plane)
         self.source = QtWidgets.QComboBox()
         self.source.setObjectName("fb_source")
         self.source.addItem("Slices I drew (interpolate my strokes)", "corrected")
         self.source.addItem("Slices that hold labels (interpolate whole slices)", "labelled")
-        lm = window.labelmap
+        lm = host.labelmap
         if lm is not None and lm.opened_empty and lm.predicted is None and not lm.has_manual_edits:
             self.source.setCurrentIndex(1)
         lay.addRow("Drawn slices", self.source)
@@ -205,7 +205,7 @@ class FillBetweenDialog(QtWidgets.QDialog):
         atom = self._preview_lm.apply_preview(INTERPOLATED)
         self.win.set_preview(False)
         n = atom.voxels if atom is not None else 0
-        self.win.statusBar().showMessage(f"Filled between slices: {n:,} voxel{'s' if n != 1 else ''} changed "
+        self.win.show_message(f"Filled between slices: {n:,} voxel{'s' if n != 1 else ''} changed "
                                          "(Ctrl+Z undoes)", 8000)
         self.accept()
 
@@ -224,34 +224,34 @@ class FillBetweenDialog(QtWidgets.QDialog):
         super().reject()
 
 
-def run_operation(window, kind: str) -> None:
+def run_operation(host, kind: str) -> None:
     """Islands, keep-largest or smoothing on the open label map, asking for its parameter. Their
     voxels are clean-ups, not corrections: a new prediction replaces them (and says so)."""
-    lm, scan = window.labelmap, window.scan
+    lm, scan = host.labelmap, host.scan
     if lm is None or scan is None:
         return
     if kind == "islands":
-        n = dialogs.get_number(window, "Remove small islands",
+        n = dialogs.get_number(host.widget, "Remove small islands",
                                "Pieces smaller than this many voxels take the label around them. This may change "
                                "the brain's outline (specks of tissue in the background go, holes close):",
-                               window.prefs_islands, 1, 10**7, decimals=0)
+                               host.prefs.islands, 1, 10**7, decimals=0)
         if n is None:
             return
         n = int(n)
-        window.prefs_islands = n
+        host.prefs.islands = n
         label, fn = f"removed islands < {n} voxels", lambda: ops.remove_islands(lm.labels, n)
     elif kind == "largest":
-        if not dialogs.ask_yes_no(window, "Keep the largest piece",
+        if not dialogs.ask_yes_no(host.widget, "Keep the largest piece",
                                "Everything outside the largest connected piece of the brain becomes background: "
                                "this changes the brain's outline. Go on?", default_yes=True):
             return
         label, fn = "kept the largest piece", lambda: ops.keep_largest(lm.labels)
     elif kind == "smooth":
-        answer = dialogs.get_smoothing(window, window.prefs_smooth_mm)
+        answer = dialogs.get_smoothing(host.widget, host.prefs.smooth_mm)
         if answer is None:
             return
         mm, outline = answer
-        window.prefs_smooth_mm = mm
+        host.prefs.smooth_mm = mm
         label = f"smoothed {mm:g} mm{' (outline too)' if outline else ''}"
         fn = lambda: ops.smooth(lm.labels, mm, scan.voxel_size, keep_outline=not outline)  # noqa: E731
     else:
@@ -259,17 +259,17 @@ def run_operation(window, kind: str) -> None:
     try:
         new = _busy(fn)
     except ops.OpError as exc:
-        dialogs.show_error(window, "Cannot do that", str(exc))
+        dialogs.show_error(host.widget, "Cannot do that", str(exc))
         return
     change = ops.describe_change(ops.volume_change(lm.labels, new))
     atom = lm.apply_volume(new, kind, user=False)  # a clean-up, not corrections to learn from
     if atom is None:
-        window.statusBar().showMessage(f"Nothing to change ({label.split(' ', 1)[1]})", 5000)
+        host.show_message(f"Nothing to change ({label.split(' ', 1)[1]})", 5000)
     else:
         n = atom.voxels
-        window.statusBar().showMessage(f"{label.capitalize()}: {n:,} voxel{'s' if n != 1 else ''} changed; "
+        host.show_message(f"{label.capitalize()}: {n:,} voxel{'s' if n != 1 else ''} changed; "
                                        f"volumes {change} (Ctrl+Z undoes)", 15000)
-    window.update_state()
+    host.refresh()
 
 
 class PngExportDialog(QtWidgets.QDialog):
