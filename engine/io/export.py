@@ -87,6 +87,41 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(im)
 
 
+def _letters(img: np.ndarray, edges: dict) -> np.ndarray:
+    """The anatomical letter of each edge (R/L, A/P, S/I) at the middle of that edge, as the app's
+    views show them, so a montage read on its own says which side is which."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    h, w = img.shape[:2]
+    for edge, (x, y) in {"left": (2, h // 2 - 5), "right": (w - 9, h // 2 - 5), "top": (w // 2 - 3, 2),
+                         "bottom": (w // 2 - 3, h - 13)}.items():
+        d.text((x, y), edges[edge], fill=(120, 220, 255))
+    return np.asarray(im)
+
+
+LEGEND_MIN_WIDTH = 560  # pixels: the class names and the note fit on one line
+
+
+def _legend(width: int, opacity: float, over_scan: bool, plane: str) -> np.ndarray:
+    """A strip under a montage: each class's colour and name, and how it was drawn."""
+    from PIL import Image, ImageDraw
+
+    from engine.core.classes import tissue_classes
+
+    im = Image.new("RGB", (width, 22), (0, 0, 0))
+    d = ImageDraw.Draw(im)
+    x = 4
+    for tc in tissue_classes()[1:]:
+        d.rectangle([x, 5, x + 12, 17], fill=tuple(int(v) for v in tc.rgb))
+        d.text((x + 16, 5), tc.name, fill=(230, 230, 230))
+        x += 22 + 7 * len(tc.name)
+    note = f"{plane}, radiological (R on the left)" + (f", labels {opacity:.0%} over the scan" if over_scan else "")
+    d.text((x + 6, 5), note, fill=(170, 170, 170))
+    return np.asarray(im)
+
+
 def montage_slices(labels: np.ndarray, plane_axis: int, panels: int) -> list[int]:
     """Evenly spaced slices among those that hold labels (at most `panels`), leaving out the
     first and last slivers (under a tenth of the largest slice's labelled area)."""
@@ -106,7 +141,8 @@ def export_png(labels: np.ndarray, affine: np.ndarray, out_dir: str | os.PathLik
     """Colour PNGs of a mask, optionally over its scan, in the on-screen orientation: one file per
     slice of `plane` (named with 1-based slice numbers, as the app's view titles), or with
     `montage` one grid image of up to `panels` evenly spaced slices that hold labels, each marked
-    with its slice number. Written atomically; returns the files."""
+    with its slice number and the anatomical letter of each edge, over a legend of the classes.
+    Written atomically; returns the files."""
     from engine.io.orientation import ViewGeometry
 
     if plane not in ("axial", "coronal", "sagittal"):
@@ -132,7 +168,8 @@ def export_png(labels: np.ndarray, affine: np.ndarray, out_dir: str | os.PathLik
             files.append(path)
         return files
     ks = montage_slices(lab, g.axis, panels)
-    tiles = [_label(render_slice(lab, affine, plane, k, scan, opacity, window), f"{plane} {k + 1}") for k in ks]
+    tiles = [_label(_letters(render_slice(lab, affine, plane, k, scan, opacity, window), g.edges), f"{plane} {k + 1}")
+             for k in ks]
     cols = int(np.ceil(np.sqrt(len(tiles))))
     rows = int(np.ceil(len(tiles) / cols))
     th, tw = tiles[0].shape[:2]
@@ -140,6 +177,9 @@ def export_png(labels: np.ndarray, affine: np.ndarray, out_dir: str | os.PathLik
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
         grid[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = t
+    if grid.shape[1] < LEGEND_MIN_WIDTH:  # the legend stays readable under a narrow montage
+        grid = np.concatenate([grid, np.zeros((grid.shape[0], LEGEND_MIN_WIDTH - grid.shape[1], 3), np.uint8)], axis=1)
+    grid = np.concatenate([grid, _legend(grid.shape[1], opacity, scan is not None, plane)], axis=0)
     path = out / f"{prefix}_montage.png"
     atomic_write(path, lambda tmp: imageio.imwrite(tmp, grid, format="png"))
     return [path]

@@ -52,7 +52,16 @@ def test_files_single_and_montage(tmp_path):
     assert imageio.imread(files[3]).shape[2] == 3
     (m,) = export_png(lab, aff, tmp_path / "m", plane="axial", montage=True, panels=4)
     im = imageio.imread(m)
-    assert m.name == "axial_montage.png" and im.shape[:2] == (2 * 24, 2 * 20)
+    assert m.name == "axial_montage.png" and im.shape[:2] == (2 * 24 + 22, 560)  # tiles, then the legend
+    # the legend holds each class's colour (issue #19: montages had no legend)
+    from engine.core.classes import tissue_classes
+
+    legend = im[2 * 24:].reshape(-1, 3)
+    for tc in tissue_classes()[1:]:
+        assert (legend == np.asarray(tc.rgb, np.uint8)).all(axis=1).any(), tc.name
+    # and the orientation letters in the light blue the app's views use (not in the tiles' colours)
+    tiles = im[: 2 * 24, :40].astype(int)
+    assert ((tiles[..., 2] > tiles[..., 0] + 60) & (tiles[..., 1] > 100)).any()
     with pytest.raises(ValueError, match="scan is"):
         export_png(lab, aff, tmp_path / "x", scan=scan[:, :, :5])
 
