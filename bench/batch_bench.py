@@ -1,6 +1,6 @@
 """Batch throughput and report rendering (issue #14's figures).
 
-    OMP_NUM_THREADS=2 .venv/bin/python -m bench.batch_bench [--scans 20] [--model enet] [--no-append]
+    OMP_NUM_THREADS=2 .venv/bin/python -m bench.batch_bench [--scans 20] [--model enet] [--no-append] [--smoke]
 
 1. A cohort of N scans (the demo brain, each copy with its own noise and intensity scale, as
    NIfTI) end to end with `brainseg batch` in a fresh process: read, segment, write the mask,
@@ -9,10 +9,14 @@
    not timed; read + segment only). Target: batch throughput >= 0.9x.
 2. report.html for 400 rows (the real thumbnails repeated) opened in headless Chromium: time from
    navigation start to the load event, read from the page (target < 2 s).
+
+--smoke (tests/bench): 2 scans of the demo cropped to 16 axial slices, one round, a 10-row report,
+all in a temporary folder; Chromium only if it is there.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -22,18 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import report
+from bench.common import SMOKE_SLICES, add_smoke_flag, brain_slab, crop_affine, report, start_smoke
 
 WORK = Path("/tmp/brainseg-batch-bench")
 
 
-def make_cohort(n: int) -> list[Path]:
+def make_cohort(n: int, slices: int | None = None) -> list[Path]:
+    """n noisy, rescaled copies of the demo scan (with `slices`: cropped to that many axial slices)."""
     import nibabel as nib
 
-    from engine.core.paths import DEMO_SCAN
+    from engine.core.paths import DEMO_LABELS, DEMO_SCAN
     from engine.io.volume import read_volume
 
     v = read_volume(DEMO_SCAN)
+    if slices:
+        sl = brain_slab(read_volume(DEMO_LABELS).data, slices)
+        v = dataclasses.replace(v, data=np.ascontiguousarray(v.data[:, :, sl]), affine=crop_affine(v.affine, sl.start))
     out = WORK / "scans"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -67,13 +75,18 @@ def warm_single_process(files: list[Path], model: str) -> float:
     return time.perf_counter() - t0
 
 
-def batch_end_to_end(model: str) -> float:
+def batch_end_to_end(model: str, check: bool = False) -> float:
     out = WORK / "out"
     shutil.rmtree(out, ignore_errors=True)
+    exe = Path(sys.executable).parent / "brainseg"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "engine.cli"]  # not installed: the module
     t0 = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "brainseg"), "batch", str(WORK / "scans"), "-o", str(out),
-                    "--model", model], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    p = subprocess.run(cmd + ["batch", str(WORK / "scans"), "-o", str(out), "--model", model], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if check else subprocess.DEVNULL, text=True)
+    dt = time.perf_counter() - t0
+    if check and p.returncode != 0:
+        raise RuntimeError(f"brainseg batch failed ({p.returncode}): {p.stderr[-2000:]}")
+    return dt
 
 
 def report_render_ms(rows_wanted: int = 400) -> tuple[float, int]:
@@ -83,7 +96,7 @@ def report_render_ms(rows_wanted: int = 400) -> tuple[float, int]:
 
     src = WORK / "out"
     rows = list(csv.DictReader(open(src / "volumes.csv")))
-    big = WORK / "report400"
+    big = WORK / f"report{rows_wanted}"
     shutil.rmtree(big, ignore_errors=True)
     (big / "thumbs").mkdir(parents=True)
     many = []
@@ -112,19 +125,25 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="enet")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-append", action="store_true")
+    add_smoke_flag(ap)
     args = ap.parse_args(argv)
-    make_cohort(args.scans)
+    global WORK
+    rows_wanted = 400
+    if args.smoke:
+        WORK = start_smoke("batch_bench")
+        args.scans, args.rounds, rows_wanted = 2, 1, 10
+    make_cohort(args.scans, SMOKE_SLICES if args.smoke else None)
     # this machine's speed drifts by a third between minutes: alternate the two arms, twice, and
     # compare medians (the warm arm in a fresh child process each time, as the batch)
     batch_runs, warm_runs = [], []
     for _ in range(args.rounds):
-        batch_runs.append(batch_end_to_end(args.model))
+        batch_runs.append(batch_end_to_end(args.model, check=args.smoke))
         warm_runs.append(float(subprocess.run(
             [sys.executable, "-c", "import sys; from bench.batch_bench import warm_single_process as w; "
              "from pathlib import Path; print(w(sorted(Path(sys.argv[1]).glob('*.nii.gz')), sys.argv[2]))",
              str(WORK / "scans"), args.model], capture_output=True, text=True, check=True).stdout.split()[-1]))
     batch_s, warm_s = float(np.median(batch_runs)), float(np.median(warm_runs))
-    ms, size = report_render_ms()
+    ms, size = report_render_ms(rows_wanted)
     ratio = warm_s / batch_s
     text = (f"### Batch - {time.strftime('%Y-%m-%d %H:%M')} - {args.model}, {os.cpu_count()} cores\n\n"
             f"{args.scans} scans (the demo brain with its own noise and intensity scale each, 176x208x176 NIfTI):\n\n"
@@ -136,7 +155,7 @@ def main(argv=None) -> int:
             f"| the rounds, alternating (batch / warm) | "
             + ", ".join(f"{b:.1f} / {w:.1f} s" for b, w in zip(batch_runs, warm_runs)) + " | medians above |\n"
             f"| batch throughput / warm throughput | {ratio:.2f}x | >= 0.9x |\n"
-            f"| report.html with 400 rows and thumbnails ({size / 1e6:.1f} MB), headless Chromium, navigation "
+            f"| report.html with {rows_wanted} rows and thumbnails ({size / 1e6:.1f} MB), headless Chromium, navigation "
             f"start to load event (median of 3) | {ms:.0f} ms | < 2000 ms |\n")
     report(text, append=not args.no_append)
     return 0

@@ -1,21 +1,25 @@
 """INT8 against FP32 for the shipped models: speed-up and Dice change on the demo scan.
 
-    .venv/bin/python -m bench.int8_eval [--no-append] [--no-record]
+    .venv/bin/python -m bench.int8_eval [--no-append] [--no-record] [--smoke]
 
 Records the result in each shipped model's model.json ("int8"); the app and `brainseg segment
 --int8` offer INT8 only where every class's Dice changed by at most 0.005.
+
+--smoke (tests/bench): ENet only, the demo cropped to 16 axial slices, one run per precision, the
+result recorded into a copy of the model folder in a temporary folder (never resources/).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import report
+from bench.common import add_smoke_flag, demo_slab, report, start_smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +29,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--models", default="unet,enet")
+    add_smoke_flag(ap)
     args = ap.parse_args(argv)
+    scratch = None
+    if args.smoke:
+        scratch = start_smoke("int8_eval")
+        args.models = "enet"
     from engine.core.mx_env import configure_threads
 
     configure_threads()
@@ -36,8 +45,10 @@ def main(argv=None) -> int:
     from engine.io.volume import read_volume
     from engine.nets.weights import shipped_model_dir
 
-    scan = read_volume(DEMO_SCAN).data
-    ref = read_volume(DEMO_LABELS).data
+    if args.smoke:
+        scan, ref, _ = demo_slab()
+    else:
+        scan, ref = read_volume(DEMO_SCAN).data, read_volume(DEMO_LABELS).data
     lines = [f"### INT8 vs FP32 - {time.strftime('%Y-%m-%d %H:%M')} - {os.cpu_count()} cores", "",
              "Whole demo volume, batch 16, cropped to the brain; calibration: 16 slices of the demo scan "
              "(naive min/max). Offered in the app and CLI only if every class's Dice changes by <= 0.005 and INT8 is faster.", "",
@@ -47,12 +58,15 @@ def main(argv=None) -> int:
         d = shipped_model_dir(model)
         if not (d / "model.json").exists():
             continue
+        if scratch is not None:  # record into a copy: a smoke run never touches resources/
+            d = Path(shutil.copytree(d, scratch / "weights" / model))
         res = {}
         for prec in ("fp32", "int8"):
             seg = Segmenter(d, precision=prec)
-            seg.segment(scan, SegmentConfig(batch_size=16))
+            if not args.smoke:
+                seg.segment(scan, SegmentConfig(batch_size=16))
             ts = []
-            for _ in range(2):
+            for _ in range(1 if args.smoke else 2):
                 r = seg.segment(scan, SegmentConfig(batch_size=16))
                 ts.append(r.seconds)
             res[prec] = (float(np.median(ts)), dice_scores(ref, r.labels))

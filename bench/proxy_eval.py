@@ -1,7 +1,7 @@
 """Accuracy of the shipped weights on proxies that can fail, side by side with ANTs Atropos, and the
 end-to-end speed of `brainseg segment` against Atropos in the same run.
 
-    .venv/bin/python -m bench.proxy_eval [--atropos .venv-ants/bin/python] [--no-append]
+    .venv/bin/python -m bench.proxy_eval [--atropos .venv-ants/bin/python] [--no-append] [--smoke]
 
 What the data is, exactly (no second labelled real brain installs offline, and the team keeps one
 back on purpose):
@@ -21,10 +21,15 @@ back on purpose):
   brain that is not in the 1 mm labels; with FSL_SEG semantics every nonzero voxel is tissue, so
   the halo counts against CSF.
 - The training brain itself (the demo scan) for reference only: every voxel of it was trained on.
+
+--smoke (tests/bench): ENet, one proxy (of the demo scan and labels in place of template_tissue()'s
+fit: the same template) and the demo, both cropped to 16 axial slices, every method on the first form
+and the default one on the others, one timing run of one command; Atropos only where its venv is.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -36,7 +41,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bench.common import report
+from bench.common import add_smoke_flag, brain_slab, crop_affine, report, start_smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -106,7 +111,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--timing-only", action="store_true", help="skip the accuracy part")
     ap.add_argument("--json", help="also write the raw figures here")
+    add_smoke_flag(ap)
     args = ap.parse_args(argv)
+    scratch = None
+    if args.smoke:
+        scratch = start_smoke("proxy_eval")
+        args.models, args.proxies, args.timing_runs = "enet", 1, 1
     from engine.core.mx_env import configure_threads
 
     configure_threads()
@@ -120,7 +130,16 @@ def main(argv=None) -> int:
     from engine.nets.weights import read_model_dir, shipped_model_dir
 
     atropos = args.atropos if args.atropos and Path(args.atropos).exists() else None
-    t1, labels, csf_mean = template_tissue()
+    if args.smoke:  # template_tissue() without its 6 s fit: the demo is the same template with the same labels
+        from engine.infer.preprocess import normalisation_scale
+
+        t1, labels = read_volume(DEMO_SCAN).data, read_volume(DEMO_LABELS).data
+        sl = brain_slab(labels)
+        t1, labels = np.ascontiguousarray(t1[:, :, sl]), np.ascontiguousarray(labels[:, :, sl])
+        t1 = (t1 / normalisation_scale(t1)).astype(np.float32)
+        csf_mean = float(t1[labels == 1].mean())
+    else:
+        t1, labels, csf_mean = template_tissue()
     proxies = []
     for s in REPORT_SEEDS[:args.proxies]:
         img, lab = proxy_subject(t1, labels, csf_mean, s)
@@ -142,7 +161,7 @@ def main(argv=None) -> int:
         d = dice_scores(lab, pred)
         results.setdefault(key, []).append({k: d[k] for k in ("csf", "gm", "wm")})
 
-    tmp = Path(tempfile.mkdtemp(prefix="proxy_eval_"))
+    tmp = scratch or Path(tempfile.mkdtemp(prefix="proxy_eval_"))
     for s, img0, lab in ([] if args.timing_only else proxies):
         img = (img0 * 200.0).astype(np.float32)  # a scanner-like range (normalisation must not care)
         forms = {
@@ -160,6 +179,8 @@ def main(argv=None) -> int:
             for arch, planes, kw in methods:
                 if kw and form not in ("OASIS layout (LAS 1 mm)", "MPRAGE-like"):
                     continue
+                if args.smoke and form != "OASIS layout (LAS 1 mm)" and (arch, planes, kw) != methods[0]:
+                    continue
                 res = segs[arch].segment(x, SegmentConfig(planes=planes, **kw), affine=aff)
                 add((form, label(arch, planes, kw)), lab, back(res.labels))
             if atropos and form in ("OASIS layout (LAS 1 mm)", "MPRAGE-like"):
@@ -169,7 +190,12 @@ def main(argv=None) -> int:
 
     demo = read_volume(DEMO_SCAN)
     demo_lab = read_volume(DEMO_LABELS).data
-    for arch, planes, kw in ([] if args.timing_only else methods):
+    if args.smoke:
+        sl = brain_slab(demo_lab)
+        demo = dataclasses.replace(demo, data=np.ascontiguousarray(demo.data[:, :, sl]),
+                                   affine=crop_affine(demo.affine, sl.start))
+        demo_lab = np.ascontiguousarray(demo_lab[:, :, sl])
+    for arch, planes, kw in ([] if args.timing_only else methods[:1] if args.smoke else methods):
         res = segs[arch].segment(demo.data, SegmentConfig(planes=planes, **kw), affine=demo.affine)
         add(("training brain (demo scan; trained on)", label(arch, planes, kw)), demo_lab, res.labels)
     if atropos and not args.timing_only:
@@ -182,7 +208,7 @@ def main(argv=None) -> int:
     nib.save(nib.Nifti1Image((proxies[0][1] * 200.0).astype(np.float32), LAS_AFFINE), str(scan))
     cmds = {}
     for arch in archs:
-        for planes in ("axial,coronal,sagittal", "axial"):
+        for planes in ("axial,coronal,sagittal",) + (() if args.smoke else ("axial",)):
             cmds[f"brainseg segment {arch} {planes}"] = [sys.executable, "-m", "engine.cli", "segment", str(scan),
                                                          "-o", str(tmp / "m.nii.gz"), "--model", arch,
                                                          "--planes", planes]

@@ -1,10 +1,13 @@
 """One-slice segmentation as the app sees it: from the "Segment current slice" click to the overlay
 painted, in the real main window (offscreen or under Xvfb), ENet, after the background preload.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.slice_click_bench [--no-append]
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.slice_click_bench [--no-append] [--smoke]
 
 Two scans: the demo (OASIS layout, used as stored) and the demo stored sagittally at 0.8 mm
 (reoriented and resampled for the network, and back).
+
+--smoke (tests/bench): both scans made from the demo cropped to 16 axial slices, one click each,
+no fixed wait for the preload (until the engine is idle).
 """
 from __future__ import annotations
 
@@ -18,17 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import report
+from bench.common import add_smoke_flag, report, start_smoke, write_demo_slab
 
 
-def sagittal_08_copy(out: Path) -> Path:
+def sagittal_08_copy(out: Path, source: Path | None = None) -> Path:
+    """The demo scan (or `source`) stored sagittally at 0.8 mm."""
     import nibabel as nib
 
     from bench.proxy_eval import pir_copy, resampled_copy
     from engine.core.paths import DEMO_SCAN
     from engine.io.volume import read_volume
 
-    v = read_volume(DEMO_SCAN)
+    v = read_volume(source or DEMO_SCAN)
     r, aff = resampled_copy(v.data, 0.8)
     m, _ = resampled_copy((v.data > 0).astype(np.float32), 0.8)
     r = np.where(m > 0.5, r, 0).astype(np.float32)
@@ -41,7 +45,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--clicks", type=int, default=12)
+    add_smoke_flag(ap)
     args = ap.parse_args(argv)
+    if args.smoke:
+        scratch = start_smoke("slice_click_bench")
+        demo_scan, _ = write_demo_slab(scratch)
+        args.clicks = 1
     os.environ.setdefault("BRAINSEG_HOME", tempfile.mkdtemp(prefix="brainseg-bench-"))
     from engine.core.mx_env import configure_threads
 
@@ -55,8 +64,12 @@ def main(argv=None) -> int:
     from engine.bench import cpu_info
     from engine.core.paths import DEMO_SCAN
 
-    scans = {"demo (OASIS layout)": DEMO_SCAN,
-             "demo stored sagittally, 0.8 mm": sagittal_08_copy(Path(tempfile.mkdtemp()) / "pir08.nii.gz")}
+    if args.smoke:
+        scans = {"demo slab (OASIS layout)": demo_scan,
+                 "demo slab stored sagittally, 0.8 mm": sagittal_08_copy(scratch / "pir08.nii.gz", demo_scan)}
+    else:
+        scans = {"demo (OASIS layout)": DEMO_SCAN,
+                 "demo stored sagittally, 0.8 mm": sagittal_08_copy(Path(tempfile.mkdtemp()) / "pir08.nii.gz")}
     rows = []
     for name, path in scans.items():
         win = MainWindow()
@@ -64,19 +77,25 @@ def main(argv=None) -> int:
         win.show()
         win.segment_panel.model_combo.setCurrentIndex(win.segment_panel.model_combo.findData("enet"))
         win.open_scan(path)
-        deadline = time.time() + 10  # the background preload (model load + one slice) takes ~2-4 s
+        if args.smoke:  # no fixed wait: a no-op job queued behind the preload says when it is done
+            win.engine.submit("ready", lambda state, progress, cancel: None)
+            deadline = time.time() + 120
+            while win.engine.is_busy and time.time() < deadline:
+                app.processEvents(QtCore.QEventLoop.AllEvents, 50)
+                time.sleep(0.02)
+        deadline = time.time() + (0 if args.smoke else 10)  # the background preload (model load + one slice) takes ~2-4 s
         while time.time() < deadline:
             app.processEvents(QtCore.QEventLoop.AllEvents, 50)
         done = []
         win.segmentationFinished.connect(lambda r: done.append(time.perf_counter()))
-        view = win._view_of_axis(win.axial_axis)
+        view = win.view_area.view_of_axis(win.axial_axis)
         times = []
         for i in range(args.clicks):
             view.set_slice(view.geometry_.n_slices // 2 - args.clicks // 2 + i)
             app.processEvents()
             done.clear()
             t0 = time.perf_counter()
-            win.on_segment_slice()
+            win.actions["segment_slice"].trigger()
             while not done:
                 app.processEvents(QtCore.QEventLoop.AllEvents, 1)
             view.repaint()  # the overlay on screen

@@ -11,6 +11,11 @@ Heads (tools/strip_data.py builds the masks):
 Each in two copies: as is (1 mm NIfTI), and RAW-like (128 sagittal slices of 1.25 mm, 256 x 256 at
 1 mm, pitched 10 degrees, +-20 % bias, MPRAGE-like noise; NIfTI with its affine, and the same array
 as Analyze 7.5 with a silent header for the orientation check).
+
+--smoke (tests/bench): one synthetic phantom head (bench/common.py; no wheel data) in place of the
+two, its RAW-like copy only, at 2 x 2 x 2.5 mm (not 1 x 1 x 1.25), `brainseg segment` as ENet on two
+axial slices (after the whole head's brain extraction), output in a temporary folder; the peers only
+when --peers / --ants-python are given.
 """
 from __future__ import annotations
 
@@ -31,11 +36,21 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 BRAINSEG = [sys.executable, "-m", "engine.cli"]
 MIRROR = False
+SEGMENT_ARGS: list[str] = []  # extra `brainseg segment` options (--smoke: ENet, two axial slices)
+RAW_SHAPE, RAW_MM = (256, 256, 128), (1.0, 1.0, 1.25)  # the RAW-like copies' grid (--smoke: coarser)
 
 
 def dice(a, b):
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def phantom_heads():
+    """heads() for a smoke run: one synthetic phantom head with its known mask (no wheel data)."""
+    from bench.common import phantom_head
+
+    img, mask, aff = phantom_head((100, 112, 100), 2.0)
+    return {"phantom": (img, aff, mask, "synthetic phantom (smoke run)")}
 
 
 def heads():
@@ -60,15 +75,16 @@ def heads():
 
 def raw_like(img, affine, truth, seed=7):
     """128 sagittal slices of 1.25 mm, 256 x 256 at 1 mm (array axes A, S, L: x = posterior->anterior,
-    y = inferior->superior, slices right->left), pitched 10 degrees about left-right, bias field, noise."""
+    y = inferior->superior, slices right->left), pitched 10 degrees about left-right, bias field, noise.
+    (RAW_SHAPE, RAW_MM: --smoke makes them coarser.)"""
     rng = np.random.default_rng(seed)
-    shape = (256, 256, 128)
+    shape = RAW_SHAPE
     rot = np.deg2rad(10.0)
     r = np.array([[1, 0, 0], [0, np.cos(rot), -np.sin(rot)], [0, np.sin(rot), np.cos(rot)]])
     axes = np.zeros((3, 3))
     # columns: A, S, and slices towards the patient's left (ASL: the handedness of Analyze's LAS
     # convention; with --mirror ASR, which a silent Analyze header cannot tell apart)
-    axes[1, 0], axes[2, 1], axes[0, 2] = 1.0, 1.0, (1.25 if MIRROR else -1.25)
+    axes[1, 0], axes[2, 1], axes[0, 2] = RAW_MM[0], RAW_MM[1], (RAW_MM[2] if MIRROR else -RAW_MM[2])
     lin = r @ axes
     centre = affine[:3, :3] @ ((np.array(img.shape) - 1) / 2) + affine[:3, 3]
     new = np.eye(4)
@@ -103,15 +119,22 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="heads,orientation,tissue,speed", help="which parts to run")
     ap.add_argument("--mirror", action="store_true", help="RAW-like copies stored ASR instead of ASL")
     ap.add_argument("--ants-python", help="a python with antspyx: time ROBEX + Atropos against brainseg segment")
+    from bench.common import add_smoke_flag, start_smoke
+
+    add_smoke_flag(ap)
     args = ap.parse_args(argv)
-    global MIRROR
+    global MIRROR, SEGMENT_ARGS, RAW_SHAPE, RAW_MM
     MIRROR = args.mirror
+    if args.smoke:
+        args.out = str(start_smoke("strip_eval"))
+        SEGMENT_ARGS = ["--model", "enet", "--slices", "40-41"]
+        RAW_SHAPE, RAW_MM = (112, 104, 80), (2.0, 2.0, 2.5)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"heads": {}, "orientation": {}, "tissue": {}, "speed": {}}
     files = {}
-    for name, (img, aff, truth, role) in heads().items():
-        for copy in ("as-is", "raw-like"):
+    for name, (img, aff, truth, role) in (phantom_heads() if args.smoke else heads()).items():
+        for copy in ("raw-like",) if args.smoke else ("as-is", "raw-like"):
             if copy == "as-is":
                 a, af, t = img, aff, truth
             else:
@@ -156,14 +179,15 @@ def main(argv=None) -> int:
                         rec[peer].setdefault("seconds", []).append(round(dt, 1))
             print(key, json.dumps(rec), flush=True)
     # orientation: the RAW-like Analyze copy (header silent) against its NIfTI twin
-    for name in ("pydeface", "robex") if "orientation" in parts else ():
+    for name in sorted({n for n, _ in files}) if "orientation" in parts else ():
         _, p = timed(BRAINSEG + ["info", str(out / f"{name}-raw-like.hdr"), "--json"])
         info = json.loads(p.stdout)
         rec = {"found": info["orientation"], "source": info["orientation_source"],
                "nifti_twin": "".join(nib.aff2axcodes(files[(name, "raw-like")][2]))}
         if not args.skip_tissue:
             for src in ("hdr", "nii.gz"):
-                timed(BRAINSEG + ["segment", str(out / f"{name}-raw-like.{src}"), "-o", str(out / f"{name}-raw-seg-{src.split('.')[0]}.nii.gz")])
+                timed(BRAINSEG + ["segment", str(out / f"{name}-raw-like.{src}"), "-o", str(out / f"{name}-raw-seg-{src.split('.')[0]}.nii.gz")]
+                      + SEGMENT_ARGS)
             a = np.asarray(nib.load(str(out / f"{name}-raw-seg-hdr.nii.gz")).dataobj)
             b = np.asarray(nib.load(str(out / f"{name}-raw-seg-nii.nii.gz")).dataobj)
             rec["labels_dice_analyze_vs_nifti"] = {k: round(dice(a == c, b == c), 4) for k, c in (("csf", 1), ("gm", 2), ("wm", 3))}
@@ -173,13 +197,13 @@ def main(argv=None) -> int:
     if not args.skip_tissue and "tissue" in parts:
         for (name, copy), (f, t, af, role) in files.items():
             seg_raw = out / f"{name}-{copy}_seg.nii.gz"
-            dt, _ = timed(BRAINSEG + ["segment", str(f), "-o", str(seg_raw)])
+            dt, _ = timed(BRAINSEG + ["segment", str(f), "-o", str(seg_raw)] + SEGMENT_ARGS)
             img = nib.load(str(f))
             masked = np.where(t, np.asanyarray(img.dataobj), 0).astype(np.float32)
             fm = out / f"{name}-{copy}_truthmasked.nii.gz"
             nib.save(nib.Nifti1Image(masked, af), str(fm))
             seg_ref = out / f"{name}-{copy}_truthmasked_seg.nii.gz"
-            timed(BRAINSEG + ["segment", str(fm), "-o", str(seg_ref)])
+            timed(BRAINSEG + ["segment", str(fm), "-o", str(seg_ref)] + SEGMENT_ARGS)
             a = np.asarray(nib.load(str(seg_raw)).dataobj)
             b = np.asarray(nib.load(str(seg_ref)).dataobj)
             results["tissue"][f"{name} {copy}"] = {
@@ -188,10 +212,10 @@ def main(argv=None) -> int:
             print("tissue", name, copy, json.dumps(results["tissue"][f"{name} {copy}"]), flush=True)
     # speed, whole processes, alternating: brainseg segment of a raw head vs ROBEX then Atropos
     if args.peers and args.ants_python and "speed" in parts:
-        f = files[("pydeface", "raw-like")][0]
+        f = files[("phantom" if args.smoke else "pydeface", "raw-like")][0]
         times = {"brainseg segment (strip + tissue)": [], "ROBEX + Atropos": []}
         for _ in range(max(2, args.rounds)):
-            dt, _p = timed(BRAINSEG + ["segment", str(f), "-o", str(out / "speed_seg.nii.gz")])
+            dt, _p = timed(BRAINSEG + ["segment", str(f), "-o", str(out / "speed_seg.nii.gz")] + SEGMENT_ARGS)
             times["brainseg segment (strip + tissue)"].append(round(dt, 1))
             d1, _p = timed([str(Path(args.peers) / "robex"), str(f), "-os", str(out / "speed_robex.nii.gz")])
             d2, _p = timed([args.ants_python, str(ROOT / "tools" / "atropos_peer.py"), str(out / "speed_robex.nii.gz"),
