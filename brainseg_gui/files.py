@@ -21,6 +21,7 @@ from .settings import app_settings
 log = logging.getLogger(__name__)
 
 MAX_RECENT = 10
+QUIT_WAIT_MS = 5000  # how long quitting waits for a cancelled job before it asks
 SCAN_FILTER = "Scans (*.hdr *.img *.nii *.nii.gz *.HDR *.IMG *.dcm *.DCM);;DICOM (any file of a series) (*);;All files (*)"
 LABEL_FILTER = "Label maps (*.hdr *.img *.nii *.nii.gz);;All files (*)"
 
@@ -282,8 +283,6 @@ class FileController(QtCore.QObject):
         """Closing the window: ask what must be asked (a running batch, a running job, unsaved edits),
         then save the window state, drop the recovery file (saved or discarded as the user chose)
         and stop the engine, waiting a bounded time for a cancelled job. False: stay open."""
-        from . import main_window
-
         win = self.win
         win.editing._end_preview()
         batch = getattr(win, "batch_dialog", None)
@@ -305,7 +304,7 @@ class FileController(QtCore.QObject):
         win.engine.cancel_all()
         # a cancelled job stops within one batch; one MXNet call cannot be interrupted, so the wait
         # is bounded and then the user chooses
-        wait_ms = main_window.QUIT_WAIT_MS
+        wait_ms = QUIT_WAIT_MS
         while not win.engine.stop(wait_ms):
             answer = dialogs.ask_choice(
                 win, "Still stopping",

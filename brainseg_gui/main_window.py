@@ -35,7 +35,6 @@ from .views.view_area import ViewArea
 
 log = logging.getLogger(__name__)
 
-QUIT_WAIT_MS = 5000  # how long quitting waits for a cancelled job before it asks
 __all__ = ["MainWindow", "AUTOSAVE_IDLE_MS"]
 
 

@@ -60,3 +60,19 @@ def test_merge_rule_saving_and_snapshot(tmp_path):
     lm.cancel_preview()
     doc.save_labels(out)
     assert lm.is_clean and doc.labels_path == out
+
+
+def test_a_mask_of_an_mni_scan_keeps_sform_code_4(tmp_path):
+    """Saved masks said code 1 (scanner) when the scan said 4 (MNI): the space was lost."""
+    p = _head(tmp_path, ("L", "A", "S"), name="mni.nii.gz")
+    img = nib.load(str(p))
+    img.set_sform(img.affine, code=4)
+    img.set_qform(img.affine, code=4)
+    nib.save(img, str(p))
+    doc = open_scan(p)
+    doc.ensure_labelmap().paint("axial", 10, [(20, 20)], 3, 2)
+    out = tmp_path / "mask.nii.gz"
+    doc.save_labels(out)
+    saved = nib.load(str(out))
+    assert int(saved.header["sform_code"]) == 4 and int(saved.header["qform_code"]) == 4
+    assert any("atlas space" in f.text for f in doc.facts(check_skull=False).facts)

@@ -157,11 +157,11 @@ def test_saving_labels_onto_the_scan_itself_is_refused(window, small_scan, dialo
 
 def test_quitting_while_a_job_will_not_stop_waits_a_bounded_time_then_asks(window, small_scan, qtbot, dialogs,
                                                                           monkeypatch):
-    from brainseg_gui import main_window
+    from brainseg_gui import files
 
     win = window
     win.open_scan(small_scan[0])
-    monkeypatch.setattr(main_window, "QUIT_WAIT_MS", 200)
+    monkeypatch.setattr(files, "QUIT_WAIT_MS", 200)
     exits = []
     monkeypatch.setattr(win, "_exit_now", lambda: exits.append(1))
     stuck = threading.Event()
