@@ -82,8 +82,10 @@ def scan_facts(vol: Volume, geo: Conform, skull: bool | None = None) -> ScanFact
     for w in vol.warnings:
         out.facts.append(Fact("contradiction", "warning", w, "header orientation contradicts the anatomy"))
     if geo.describe():
-        what = " and ".join(w for w, on in (("reoriented", geo.reoriented), ("resampled", geo.resampled)) if on)
-        out.facts.append(Fact("network", "note", geo.describe(), f"{what} for the network"))
+        # a reorientation (axis order and flips, no interpolation) is lossless and what every RAS
+        # NIfTI gets: a note, never a QC flag (issue #20: it flagged every BIDS scan red); resampling
+        # interpolates, and is flagged
+        out.facts.append(Fact("network", "note", geo.describe(), "resampled for the network" if geo.resampled else None))
     reason = atlas_space_reason(vol)
     if reason:
         out.facts.append(Fact("space", "note", f"atlas space ({reason}): volumes are atlas-space mL"))

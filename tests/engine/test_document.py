@@ -24,8 +24,11 @@ def _head(tmp_path, codes=("P", "I", "R"), zooms=(1.0, 1.0, 1.0), name="scan.nii
 
 def test_facts_name_a_reorientation_as_such(tmp_path):
     doc = open_scan(_head(tmp_path))
-    flags = doc.facts(check_skull=False).flags
-    assert flags == ["reoriented for the network"], flags  # batch once called this "resampled"
+    facts = doc.facts(check_skull=False)
+    assert facts.flags == [], facts.flags  # a lossless reorientation is no QC matter (batch called it "resampled")
+    assert facts.of("network")[0].text.startswith("reoriented ") and "resampled" not in facts.of("network")[0].text
+    ras = open_scan(_head(tmp_path, ("R", "A", "S"), name="ras.nii.gz"))  # the usual BIDS / dcm2niix layout
+    assert ras.facts(check_skull=False).flags == []
     doc2 = open_scan(_head(tmp_path, ("L", "A", "S"), (1.0, 1.0, 1.5), "thick.nii.gz"))
     assert doc2.facts(check_skull=False).flags == ["resampled for the network"]
     lines = doc2.facts(check_skull=False).lines("thick.nii.gz")
@@ -38,7 +41,7 @@ def test_batch_and_the_document_say_the_same(tmp_path, tiny_model_dir):
     p = _head(tmp_path)
     row = process_scan(ScanItem(key="s1", subject="s1", session="", path=str(p)), str(tmp_path / "out"), str(tiny_model_dir))
     assert row["status"] == "ok", row["error"]
-    assert "reoriented for the network" in row["qc_flags"] and "resampled" not in row["qc_flags"]
+    assert "resampled" not in row["qc_flags"] and "reoriented" not in row["qc_flags"], row["qc_flags"]
 
 
 def test_merge_rule_saving_and_snapshot(tmp_path):
