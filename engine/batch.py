@@ -68,6 +68,65 @@ LABEL_WORDS = re.compile(r"(^|[_\-.])(fseg|seg|dseg|mask|label|labels|probseg|br
 STOP_FILE = ".stop-requested"  # created in OUTDIR to stop a batch after the scan in progress
 
 
+LOCK_FILE = ".brainseg-batch.lock"
+
+
+class OutdirLock:
+    """An exclusive lock on OUTDIR (issue #20: two batches on one folder both processed every scan):
+    a file made with O_EXCL that records host, pid and start time. A lock left by a process that is
+    gone (same host, pid not running) is stale and taken over, with a note; a live one - or one from
+    another host, which cannot be checked - is refused with who holds it."""
+
+    def __init__(self, outdir: Path):
+        self.path = Path(outdir) / LOCK_FILE
+        self.held = False
+
+    def __enter__(self):
+        import socket
+
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid")):
+                    log.warning("%s: taking over a stale lock of pid %s (no longer running)", self.path,
+                                holder.get("pid"))
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise BatchError(f"{self.path.parent}: another batch is writing here (host {holder.get('host', '?')}, "
+                                 f"pid {holder.get('pid', '?')}, since {holder.get('started', '?')}); wait for it, "
+                                 f"or delete {self.path} if that batch is gone") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise BatchError(f"{self.path}: could not take the lock")
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+        return False
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class BatchStopped(KeyboardInterrupt):
     """Stop was asked for (the stop file): handled like Ctrl+C, rows whole, --resume goes on."""
 
@@ -163,6 +222,9 @@ def discover(inputs: list[str]) -> list[ScanItem]:
             items += found
     seen_paths, seen_keys, out = set(), {}, []
     for it in items:
+        # absolute once, here where the command starts (issue #20): the table stores it, resume
+        # matches it from any folder, and Dask workers started elsewhere find it
+        it.path = os.path.abspath(it.path)
         ident = (str(Path(it.path).resolve()), it.series)
         if ident in seen_paths:
             continue
@@ -463,7 +525,31 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
         progress_stream=None, on_row=None, strip: str = "auto") -> tuple[list[dict], int]:
     """Process the items into OUTDIR; returns (all rows of the table, how many were processed now).
     KeyboardInterrupt propagates after the rows finished so far are written."""
+    outdir, model_dir = Path(os.path.abspath(outdir)), Path(os.path.abspath(model_dir))
+    for it in items:
+        it.path = os.path.abspath(it.path)
     outdir.mkdir(parents=True, exist_ok=True)
+    with OutdirLock(outdir):
+        return _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
+                           progress_stream, on_row, strip)
+
+
+def _row_input(r: dict, outdir: Path) -> str:
+    """A row's input as an absolute path. Tables written before issue #20 hold inputs as typed:
+    a relative one is taken against the folders it was most likely typed in - the current one,
+    OUTDIR's parent, OUTDIR - whichever holds the file."""
+    raw = r.get("input", "")
+    if not raw or os.path.isabs(raw):
+        return raw
+    for base in (Path.cwd(), outdir.parent, outdir):
+        cand = base / raw
+        if cand.exists():
+            return str(cand.resolve())
+    return os.path.abspath(raw)
+
+
+def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
+                progress_stream, on_row, strip):
     table = Table(outdir / "volumes.csv")
     existing = table.load()
     if existing and not resume:
@@ -473,7 +559,7 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
     # a scan is done when a row names its input (and series); keys already in the table keep
     # their input, so a resume with other inputs never writes one scan's files over another's
     ident = lambda it: (str(Path(it.path).resolve()), it.series or "")  # noqa: E731
-    row_ident = lambda r: (str(Path(r.get("input", "")).resolve()), r.get("series") or "")  # noqa: E731
+    row_ident = lambda r: (str(Path(_row_input(r, outdir)).resolve()), r.get("series") or "")  # noqa: E731
     done = {row_ident(r) for r in existing if r.get("status") == "ok" or not retry_failed}
     todo = [it for it in items if ident(it) not in done]
     used = {r["scan"]: row_ident(r) for r in existing}
@@ -637,7 +723,8 @@ def cmd_batch(args) -> int:
     items = discover(args.inputs)
     for note in apply_space_options(items, atlas_space=args.atlas_space, asf=args.asf, oasis_csv=args.oasis_csv):
         print(f"warning: {note}", file=sys.stderr)
-    out = Path(args.output)
+    out = Path(os.path.abspath(args.output))
+    model_dir = Path(os.path.abspath(model_dir))
     print(f"{len(items)} scan{'s' if len(items) != 1 else ''}; model {model_dir} ({reason}); output {out}",
           file=sys.stderr)
     try:

@@ -249,3 +249,78 @@ def test_jobs_retry_the_scans_of_a_worker_that_died(tmp_path, tiny_model_dir, mo
     assert marker.exists(), "a worker did die"
     assert n == 4 and sorted(r["scan"] for r in rows) == sorted(i.key for i in items)
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+
+
+def test_resume_from_another_folder_with_relative_paths(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """Issue #20: relative INPUTs were stored as typed and resolved against the current folder on
+    resume: resuming from inside OUTDIR redid every scan and added a second row for each."""
+    for i in range(2):
+        _scan(tmp_path / "data" / f"s{i}.nii.gz", i)
+    monkeypatch.chdir(tmp_path)
+    assert main(["batch", "data", "-o", "out", "--model", "enet", "--weights", str(tiny_model_dir)]) in (0, 3)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+    assert len(rows) == 2 and all(os.path.isabs(r["input"]) for r in rows)
+    monkeypatch.chdir(tmp_path / "out")
+    assert main(["batch", "../data", "-o", ".", "--resume", "--weights", str(tiny_model_dir)]) in (0, 3)
+    assert "2 of 2 scans already" in capsys.readouterr().err
+    again = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+    assert [r["scan"] for r in again] == [r["scan"] for r in rows], "nothing redone, no second rows"
+    # a table written before the fix (inputs as typed, relative) still resumes from OUTDIR
+    old = [dict(r, input=os.path.relpath(r["input"], tmp_path)) for r in rows]
+    with open(tmp_path / "out" / "volumes.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(old)
+    assert main(["batch", "../data", "-o", ".", "--resume", "--weights", str(tiny_model_dir)]) in (0, 3)
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))) == 2
+
+
+def test_outdir_is_locked_and_a_stale_lock_is_taken_over(tmp_path, tiny_model_dir):
+    import json as _json
+    import socket as _socket
+
+    _scan(tmp_path / "data" / "s0.nii.gz", 0)
+    items = batch.discover([str(tmp_path / "data")])
+    out = tmp_path / "out"
+    out.mkdir()
+    live = {"host": _socket.gethostname(), "pid": os.getppid(), "started": "now"}  # a running process
+    (out / batch.LOCK_FILE).write_text(_json.dumps(live))
+    with pytest.raises(batch.BatchError, match=f"another batch is writing here .*pid {os.getppid()}"):
+        batch.run(items, out, tiny_model_dir)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    (out / batch.LOCK_FILE).write_text(_json.dumps(dict(live, pid=p.pid)))  # that process is gone: stale
+    rows, n = batch.run(items, out, tiny_model_dir)
+    assert n == 1 and not (out / batch.LOCK_FILE).exists(), "taken over, and released at the end"
+
+
+def test_a_dask_worker_started_elsewhere_writes_where_the_user_asked(tmp_path, tiny_model_dir, monkeypatch):
+    """Issue #20: a relative -o (and relative inputs) were resolved in each worker's own folder."""
+    _scan(tmp_path / "here" / "scans" / "s0.nii.gz", 0)
+    (tmp_path / "elsewhere").mkdir()
+    port = _free_port()
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, cwd=tmp_path / "elsewhere",
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(3)
+        procs.append(subprocess.Popen(
+            [str(bindir / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "1", "--nthreads", "1",
+             "--no-dashboard", "--no-nanny"], env=env, cwd=tmp_path / "elsewhere",
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30) as c:
+            c.wait_for_workers(1, timeout=60)
+        monkeypatch.chdir(tmp_path / "here")
+        items = batch.discover(["scans"])
+        rows, n = batch.run(items, Path("out"), tiny_model_dir, scheduler=f"tcp://127.0.0.1:{port}")
+        assert n == 1 and rows[0]["status"] == "ok", rows[0]["error"]
+        assert (tmp_path / "here" / "out" / rows[0]["mask"]).exists()
+        assert not (tmp_path / "elsewhere" / "out").exists()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
