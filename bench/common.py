@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
+# where report() appends; tests/bench points it elsewhere to see that a smoke run never appends
+BENCHMARKS_MD = Path(os.environ.get("BRAINSEG_BENCHMARKS_MD") or ROOT / "docs" / "BENCHMARKS.md")
 SMOKE = False  # set by start_smoke(): report() then never appends
 SMOKE_SLICES = 16  # axial slices of the demo scan kept in a smoke run
 

@@ -88,10 +88,10 @@ def phantom_head():
     return img, np.diag([2.0, 2.0, 2.0, 1.0])
 
 
-def segment(path: Path, out: Path, model: str) -> tuple[np.ndarray, float]:
+def segment(path: Path, out: Path, model: str, extra: tuple = ()) -> tuple[np.ndarray, float]:
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "engine.cli", "segment", str(path), "-o", str(out), "--model", model],
-                       capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-m", "engine.cli", "segment", str(path), "-o", str(out), "--model", model,
+                        *extra], capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
         raise RuntimeError(f"segment {path} failed: {p.stderr[-600:]}")
     return np.asarray(nib.load(str(out)).dataobj), time.perf_counter() - t
@@ -137,7 +137,8 @@ def main(argv=None) -> int:
     for model in models:
         labels, secs = {}, {}
         for name, f in files.items():
-            labels[name], secs[name] = segment(f, out / f"seg-{model}-{name.replace('+', '-')}.nii.gz", model)
+            labels[name], secs[name] = segment(f, out / f"seg-{model}-{name.replace('+', '-')}.nii.gz", model,
+                                               ("--planes", "axial") if args.smoke else ())
         ref = labels["unbiased"]
         results["models"][model] = {name: {"vs_unbiased": compare(lab, ref), "segment_seconds": round(secs[name], 1)}
                                     for name, lab in labels.items() if name != "unbiased"}

@@ -292,8 +292,18 @@ class ModelChoice(QtCore.QObject):
         self.win.files._preload_model()
 
     def model_dir(self) -> Path:
+        """The active version's folder; a missing one is said once, with the shipped model offered."""
+        from engine.store.versions import MissingVersionError
+
         arch, _ = self.model_choice()
-        return self.win.model_store.active_dir(arch)
+        try:
+            return self.win.model_store.active_dir(arch)
+        except MissingVersionError as exc:
+            if dialogs.ask_yes_no(self.win, "Model version missing", f"{exc.path.name}: the active "
+                                  f"{'U-Net' if arch == 'unet' else 'ENet'} version is missing ({exc.path}).\n\n"
+                                  "Use the shipped model instead? (No: restore the folder first.)", default_yes=True):
+                return self.win.model_store.use_shipped(arch)
+            raise
 
 
 class SegmentActions(QtCore.QObject):

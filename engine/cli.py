@@ -691,12 +691,18 @@ def cmd_models(args) -> int:
     from engine.core.hardware import choose_model
     from engine.store.versions import ModelStore
 
+    from engine.store.versions import MissingVersionError
+
     store = ModelStore()
     archs = [args.model] if args.model in ("unet", "enet") else ["unet", "enet"]
     if args.action == "list":
         rows = []
         for arch in archs:
-            active = str(store.active_dir(arch))
+            try:
+                active = str(store.active_dir(arch))
+            except MissingVersionError as exc:  # listed, with the problem said
+                print(f"warning: {exc}", file=sys.stderr)
+                active = ""
             for v in store.versions(arch):
                 rows.append({"arch": arch, "version": v.version, "shipped": v.shipped, "parent": v.parent,
                              "created": v.created, "active": str(v.directory) == active,
@@ -715,6 +721,10 @@ def cmd_models(args) -> int:
     if args.action == "activate":
         if not args.version:
             raise CliError("models activate needs a VERSION (see 'brainseg models list')")
+        if args.version == "shipped":
+            for arch in archs:
+                print(f"{arch}: {store.use_shipped(arch).name} (shipped) is active")
+            return 0
         for arch in archs:
             for v in store.versions(arch):
                 if v.version == args.version or str(v.directory) == args.version:

@@ -279,7 +279,14 @@ class TrainingPanel(QtWidgets.QWidget):
             arch = self.arch()
         except Exception:
             return
-        active = str(self.store.active_dir(arch))
+        from engine.store.versions import MissingVersionError
+
+        try:
+            active = str(self.store.active_dir(arch))
+        except MissingVersionError as exc:  # said in the panel; segmenting asks what to do
+            active = ""
+            self.problems_label.setText("\n".join(problems + [str(exc)]))
+            self.problems_label.setVisible(True)
         for v in self.store.versions(arch):
             dice = (v.after or {}).get("mean_tissue_dice")
             text = f"{v.version}"

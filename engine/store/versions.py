@@ -17,6 +17,16 @@ from engine.nets.weights import ModelInfo, WeightsError, read_model_dir, shipped
 log = logging.getLogger(__name__)
 
 
+class MissingVersionError(WeightsError):
+    """The active model version's folder is gone (deleted, moved, a disk not mounted)."""
+
+    def __init__(self, arch: str, path: Path):
+        self.arch, self.path = arch, path
+        super().__init__(f"the active {arch} model version {path.name} is missing ({path} has no model.json): "
+                         f"`brainseg models activate shipped --model {arch}` (or the GUI's question) goes back to "
+                         "the shipped model; restore the folder to keep using that version")
+
+
 @dataclass
 class VersionEntry:
     version: str
@@ -83,18 +93,40 @@ class ModelStore:
         return out
 
     def new_version_dir(self, arch: str) -> tuple[str, Path]:
+        """A new version's name and folder, reserved at once with an exclusive mkdir (issue #20: two
+        fine-tunes that overlapped - the panel and the CLI - got the same name, and the later one
+        overwrote the earlier one's weights). The folder exists, empty, when this returns."""
         d = self.root / arch
         d.mkdir(parents=True, exist_ok=True)
         n = 1 + max([int(p.name.split("-v")[-1]) for p in d.glob(f"{arch}-v*") if p.name.split("-v")[-1].isdigit()],
                     default=0)
-        name = f"{arch}-v{n:03d}"
-        return name, d / name
+        while True:
+            name = f"{arch}-v{n:03d}"
+            try:
+                (d / name).mkdir()
+            except FileExistsError:  # taken meanwhile by another process
+                n += 1
+                continue
+            return name, d / name
 
     def active_dir(self, arch: str) -> Path:
+        """The active version's folder. A version that was made active and is gone is an error
+        naming it (issue #20: it fell back to the shipped model without a word);
+        `use_shipped(arch)` is the way back."""
         path = self._state().get(arch)
-        if path and (Path(path) / "model.json").exists():
+        if not path:
+            return shipped_model_dir(arch)
+        if (Path(path) / "model.json").exists():
             return Path(path)
-        return shipped_model_dir(arch)
+        raise MissingVersionError(arch, Path(path))
+
+    def use_shipped(self, arch: str) -> Path:
+        """Make the shipped model active again (after a missing version); returns its folder."""
+        ship = shipped_model_dir(arch)
+        state = self._state()
+        state[arch] = str(ship)
+        atomic_write(self._state_path(), lambda tmp: tmp.write_text(json.dumps(state, indent=2), encoding="utf-8"))
+        return ship
 
     def activate(self, arch: str, directory: str | os.PathLike) -> None:
         read_model_dir(directory)  # refuse a broken version
