@@ -689,9 +689,7 @@ def cmd_png(args) -> int:
 def cmd_models(args) -> int:
     """The model store from the command line: list versions, activate one, roll back."""
     from engine.core.hardware import choose_model
-    from engine.store.versions import ModelStore
-
-    from engine.store.versions import MissingVersionError
+    from engine.store.versions import MissingVersionError, ModelStore
 
     store = ModelStore()
     archs = [args.model] if args.model in ("unet", "enet") else ["unet", "enet"]
