@@ -564,9 +564,11 @@ def cmd_finetune(args) -> int:
     if a is not None:
         print(f"mean CSF/GM/WM Dice on the same held-back slices: parent {b:.4f}, new version {a:.4f}")
     if store is not None:
-        worse = a is not None and b is not None and a < b
-        if worse and not args.activate:
-            print(f"{version} scored lower than its parent: it is in the store but NOT active "
+        from engine.train.finetune import activation_verdict
+
+        ok, why = activation_verdict(res.before, res.after)
+        if not ok and not args.activate:
+            print(f"{version} is in the store but NOT active: {why} "
                   f"(brainseg models activate {version} to use it anyway)")
         else:
             store.activate(arch, out)

@@ -371,13 +371,15 @@ class TrainingPanel(QtWidgets.QWidget):
         self.job_id = None
         self.result = result
         b, a = result.before.get("mean_tissue_dice"), result.after.get("mean_tissue_dice")
-        # the parent and the new version, measured on the same held-back slices: a version that
-        # scored worse is not activated without asking
-        worse = a is not None and b is not None and a < b
-        activate = not worse or dialogs.ask_yes_no(
-            self, "Keep the previous model?",
-            f"The new version {result.version_dir.name} scored lower than its parent on the same "
-            f"{_n_slices(len(result.val_slices))} held back (mean tissue Dice {b:.3f} -> {a:.3f}).\n\n"
+        # the parent and the new version, measured on the same held-back slices: activated without
+        # asking only on enough evidence of a gain (engine/train/finetune.py activation_verdict)
+        from engine.train.finetune import activation_verdict
+
+        ok, why = activation_verdict(result.before, result.after)
+        activate = ok or dialogs.ask_yes_no(
+            self, "Activate the new version?",
+            f"The new version {result.version_dir.name} against its parent on the same "
+            f"{_n_slices(len(result.val_slices))} held back: {why}.\n\n"
             "Activate it anyway? (No keeps the current model; the new version stays in the list.)")
         activated = False
         if activate:

@@ -102,9 +102,37 @@ def evaluate_slices(net, multiple: int, images: np.ndarray, labels: np.ndarray, 
         x = mx.nd.array(pad.pad(images[i:i + batch])[:, None])
         with mx.autograd.predict_mode():
             preds.append(pad.unpad(mx.nd.argmax(net(x), axis=1).asnumpy().astype(np.uint8)))
-    cm = confusion_matrix(labels, np.concatenate(preds))
+    pred = np.concatenate(preds)
+    cm = confusion_matrix(labels, pred)
     dice = dice_from_confusion(cm)
-    return {"dice": dice, "confusion_matrix": cm.tolist(), "mean_tissue_dice": mean_tissue_dice(dice)}
+    # each held-back slice's own mean tissue Dice: what the activation rule's confidence interval uses
+    per_slice = [mean_tissue_dice(dice_from_confusion(confusion_matrix(labels[i], pred[i]))) for i in range(len(pred))]
+    return {"dice": dice, "confusion_matrix": cm.tolist(), "mean_tissue_dice": mean_tissue_dice(dice),
+            "per_slice": per_slice}
+
+
+MIN_SLICES_TO_ACTIVATE = 5  # held-back slices needed before a fine-tune is activated without asking
+
+
+def activation_verdict(before: dict, after: dict, n_boot: int = 2000, seed: int = 0) -> tuple[bool, str]:
+    """Whether a fine-tune may be activated without asking (issue #20: one was activated on the
+    evidence of one held-back slice): at least MIN_SLICES_TO_ACTIVATE held-back slices, and a gain in
+    mean tissue Dice whose 95 % bootstrap confidence interval (over the slices, paired) lies above 0.
+    Returns (True, why) or (False, why not) - the words for the question or the CLI's note."""
+    b = before.get("per_slice") or []
+    a = after.get("per_slice") or []
+    pairs = [(x, y) for x, y in zip(b, a) if x is not None and y is not None]
+    if len(pairs) < MIN_SLICES_TO_ACTIVATE:
+        return False, (f"only {len(pairs)} held-back slice{'s' if len(pairs) != 1 else ''} to judge it by "
+                       f"(at least {MIN_SLICES_TO_ACTIVATE} are needed to activate it without asking)")
+    d = np.array([y - x for x, y in pairs])
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    if lo > 0:
+        return True, f"mean tissue Dice {d.mean():+.3f} on {len(d)} held-back slices (95 % CI {lo:+.3f} to {hi:+.3f})"
+    return False, (f"mean tissue Dice {d.mean():+.3f} on {len(d)} held-back slices, 95 % CI {lo:+.3f} to "
+                   f"{hi:+.3f}: it may be worse than its parent")
 
 
 def decoder_blocks(net) -> list:

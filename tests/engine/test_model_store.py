@@ -39,3 +39,17 @@ def test_a_missing_active_version_is_named_not_replaced_silently(store, tiny_mod
     assert main(["models", "activate", "shipped", "--model", "enet"]) == 0
     state = json.loads((store.root / "active.json").read_text())
     assert store.active_dir("enet") == store.use_shipped("enet") and "enet" in state
+
+
+@pytest.mark.parametrize("before, after, ok, words", [
+    ([0.8], [0.95], False, "only 1 held-back slice"),
+    ([0.8] * 4, [0.9] * 4, False, "only 4 held-back slices"),
+    ([0.8] * 6, [0.9, 0.7, 0.85, 0.75, 0.82, 0.79], False, "may be worse"),
+    ([0.8] * 6, [0.79] * 6, False, "may be worse"),
+    ([0.8] * 6, [0.85, 0.84, 0.86, 0.83, 0.85, 0.86], True, "95 % CI +0.0"),
+])
+def test_activation_needs_five_slices_and_a_confident_gain(before, after, ok, words):
+    from engine.train.finetune import activation_verdict
+
+    got, why = activation_verdict({"per_slice": before}, {"per_slice": after})
+    assert got is ok and words in why, why

@@ -135,10 +135,12 @@ def test_navigate_click_moves_every_linked_view(window, small_scan, qtbot):
     assert [window.views[v].index for v in ("sagittal", "coronal", "axial")] == [7, 9, 4]
 
 
-def test_a_worse_fine_tune_is_not_activated_without_asking(enet_window, small_scan, qtbot, tiny_model_dir,
-                                                            dialogs, tmp_path):
-    """Measured on the same held-back slices, the new version scored lower than its parent: the
-    user is asked, No keeps the current model (the version stays in the list), Yes activates it."""
+def test_a_fine_tune_is_activated_without_asking_only_on_enough_evidence(enet_window, small_scan, qtbot,
+                                                                         tiny_model_dir, dialogs, tmp_path):
+    """Issue #20: a fine-tune was auto-activated on the evidence of one held-back slice. Now: with
+    fewer than 5 held-back slices, or a gain whose confidence interval reaches "worse", the user is
+    asked (No keeps the current model, the version stays in the list; Yes activates it); a clear
+    gain on enough slices is activated at once."""
     import shutil
     from types import SimpleNamespace
 
@@ -146,15 +148,28 @@ def test_a_worse_fine_tune_is_not_activated_without_asking(enet_window, small_sc
     win.open_scan(small_scan[0])
     panel = win.training_panel
     name, d = win.model_store.new_version_dir("enet")
-    shutil.copytree(tiny_model_dir, d)
-    result = SimpleNamespace(version_dir=d, before={"mean_tissue_dice": 0.923, "dice": {}},
-                             after={"mean_tissue_dice": 0.912, "dice": {}}, val_slices=[3, 7], seconds=12.0,
-                             train_slices=[1, 2])
+    shutil.copytree(tiny_model_dir, d, dirs_exist_ok=True)
+    few = SimpleNamespace(version_dir=d, before={"mean_tissue_dice": 0.80, "dice": {}, "per_slice": [0.80]},
+                          after={"mean_tissue_dice": 0.95, "dice": {}, "per_slice": [0.95]}, val_slices=[3],
+                          seconds=12.0, train_slices=[1, 2])
     panel._job_arch = "enet"
     dialogs.yes = False
-    panel.on_finished(result)
-    assert dialogs.questions and "0.923 -> 0.912" in dialogs.questions[-1]
+    panel.on_finished(few)
+    assert dialogs.questions and "only 1 held-back slice to judge it by" in dialogs.questions[-1]
     assert win.model_dir() == tiny_model_dir and "not activated" in panel.status.text()
+    mixed = SimpleNamespace(**{**vars(few), "val_slices": list(range(6)),
+                               "before": {"dice": {}, "per_slice": [0.8, 0.8, 0.8, 0.8, 0.8, 0.8]},
+                               "after": {"dice": {}, "per_slice": [0.9, 0.7, 0.85, 0.75, 0.82, 0.79]}})
+    n = len(dialogs.questions)
+    panel.on_finished(mixed)
+    assert len(dialogs.questions) == n + 1 and "may be worse than its parent" in dialogs.questions[-1]
+    assert win.model_dir() == tiny_model_dir
     dialogs.yes = True
-    panel.on_finished(result)
+    panel.on_finished(mixed)
     assert win.model_dir() == d and "Segment again" in panel.status.text()
+    win.model_store.rollback("enet")
+    clear = SimpleNamespace(**{**vars(mixed), "after": {"dice": {}, "per_slice": [0.85, 0.84, 0.86, 0.83, 0.85, 0.86]}})
+    n = len(dialogs.questions)
+    panel.on_finished(clear)
+    assert len(dialogs.questions) == n, "a clear gain on 6 slices is activated without a question"
+    assert win.model_dir() == d
