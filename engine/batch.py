@@ -522,7 +522,8 @@ def _worker_init(threads: int) -> None:
 
 def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, scheduler: str | None = None,
         resume: bool = False, retry_failed: bool = False, uncertainty: bool = False, report: bool = True,
-        progress_stream=None, on_row=None, strip: str = "auto") -> tuple[list[dict], int]:
+        progress_stream=None, on_row=None, strip: str = "auto", allow_mixed_versions: bool = False
+        ) -> tuple[list[dict], int]:
     """Process the items into OUTDIR; returns (all rows of the table, how many were processed now).
     KeyboardInterrupt propagates after the rows finished so far are written."""
     outdir, model_dir = Path(os.path.abspath(outdir)), Path(os.path.abspath(model_dir))
@@ -531,7 +532,7 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
     outdir.mkdir(parents=True, exist_ok=True)
     with OutdirLock(outdir):
         return _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
-                           progress_stream, on_row, strip)
+                           progress_stream, on_row, strip, allow_mixed_versions)
 
 
 def _row_input(r: dict, outdir: Path) -> str:
@@ -549,12 +550,22 @@ def _row_input(r: dict, outdir: Path) -> str:
 
 
 def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
-                progress_stream, on_row, strip):
+                progress_stream, on_row, strip, allow_mixed_versions=False):
     table = Table(outdir / "volumes.csv")
     existing = table.load()
     if existing and not resume:
         raise BatchError(f"{outdir / 'volumes.csv'} already has {len(existing)} rows: add --resume to continue "
                          "that batch, or choose a new OUTDIR")
+    if existing and not allow_mixed_versions:  # one cohort table, one model version (issue #20)
+        from engine.nets.weights import read_model_dir
+
+        now = read_model_dir(model_dir, verify=False).version
+        before = sorted({r.get("model_version") for r in existing if r.get("status") == "ok" and r.get("model_version")}
+                        - {now})
+        if before:
+            raise BatchError(f"{outdir / 'volumes.csv'} holds rows segmented with {', '.join(before)}, and this run "
+                             f"would use {now}: one table would mix model versions. Resume with the same model "
+                             "(--weights VERSION), choose a new OUTDIR, or add --allow-mixed-versions")
     table.start()
     # a scan is done when a row names its input (and series); keys already in the table keep
     # their input, so a resume with other inputs never writes one scan's files over another's
@@ -613,7 +624,7 @@ def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed,
         if report and rows:
             from engine.report import write_report
 
-            write_report(outdir, rows)
+            write_report(outdir, rows, model_dir)
     return rows, count
 
 
@@ -703,6 +714,8 @@ def add_batch_parser(sub) -> None:
                    help="brain extraction: auto (scans with a skull; default), on (always), off (never)")
     p.add_argument("--resume", action="store_true", help="continue a batch: skip scans already in volumes.csv")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: redo the scans that failed")
+    p.add_argument("--allow-mixed-versions", action="store_true",
+                   help="with --resume: allow rows from another model version in the same table")
     p.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
@@ -730,7 +743,7 @@ def cmd_batch(args) -> int:
     try:
         rows, n = run(items, out, model_dir, jobs=args.jobs, scheduler=args.scheduler, resume=args.resume,
                       retry_failed=args.retry_failed, uncertainty=args.uncertainty, report=not args.no_report,
-                      strip=args.strip)
+                      strip=args.strip, allow_mixed_versions=args.allow_mixed_versions)
     except KeyboardInterrupt:
         rows = Table(out / "volumes.csv").load()
         print(f"\ninterrupted: {len(rows)} rows in {out / 'volumes.csv'}; run again with --resume to finish",

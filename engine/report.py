@@ -15,6 +15,7 @@ from engine.core.atomic import atomic_write
 from engine.io.space import ETIV_LABEL
 
 SHOWN = [("scan", "Scan"), ("subject", "Subject"), ("session", "Session"), ("status", "Status"),
+         ("model_version", "Model version"),
          ("qc_flags", "QC flags"), ("csf_ml", "CSF mL"), ("gm_ml", "GM mL"), ("wm_ml", "WM mL"), ("brain_ml", "Brain mL"), ("tiv_ml", "TIV mL"),
          ("csf_fraction", "CSF/TIV"), ("gm_fraction", "GM/TIV"), ("wm_fraction", "WM/TIV"),
          ("mean_entropy", "Unsure (nats)"), ("voxel_mm", "Voxel mm"), ("seconds", "s")]
@@ -92,7 +93,7 @@ def _thumb(outdir: Path, key: str) -> str:
     return f'<img loading="lazy" alt="{html.escape(key)} overlay" src="data:image/png;base64,{data}">'
 
 
-def render(outdir: Path, rows: list[dict]) -> str:
+def render(outdir: Path, rows: list[dict], model_text: str = "") -> str:
     flagged = sum(1 for r in rows if r.get("qc_flags"))
     failed = sum(1 for r in rows if r.get("status") != "ok")
     # flags and errors first, then by scan name
@@ -127,10 +128,22 @@ def render(outdir: Path, rows: list[dict]) -> str:
         f"<script>{SCRIPT}</script></head><body>"
         f"<h1>BrainSeg QC report</h1><div class='sum'>{len(rows)} scans: {len(rows) - failed} segmented, "
         f"{failed} failed, {flagged} flagged for QC. Written {time.strftime('%Y-%m-%d %H:%M')}. "
+        + _model_sentence(rows, model_text) +
         "Volumes from the segmentation (TIV = CSF + GM + WM). " + _space_summary(rows) + "Click a column to sort."
         "<label><input type='checkbox' onchange='onlyFlagged(this.checked)'> flagged and failed only</label></div>"
         f"<table><thead><tr><th>Overlay (axial, coronal, sagittal)<span class='arrow'></span></th>{head}</tr></thead>"
         f"<tbody id='rows'>{''.join(body)}</tbody></table></body></html>")
+
+
+def _model_sentence(rows: list[dict], model_text: str) -> str:
+    """The model (issue #20: the report never named it), and a warning when rows came from several."""
+    versions = sorted({str(r.get("model_version")) for r in rows if r.get("status") == "ok" and r.get("model_version")})
+    text = model_text + " " if model_text else ""
+    if len(versions) > 1:
+        text += f"Rows come from {len(versions)} model versions ({', '.join(versions)}): compare with care. "
+    elif versions and not model_text:
+        text += f"Model version {versions[0]}. "
+    return html.escape(text)
 
 
 def _space_summary(rows: list[dict]) -> str:
@@ -151,9 +164,37 @@ def _space_summary(rows: list[dict]) -> str:
     return html.escape(text) + ". "
 
 
-def write_report(outdir: str | Path, rows: list[dict]) -> Path:
+def model_summary(model_dir: str | Path | None) -> str:
+    """One sentence on the model that segmented: architecture, version, and its model.json record
+    (shipped: when and how long it trained; a fine-tune: its parent and its held-back Dice)."""
+    if model_dir is None:
+        return ""
+    from engine.nets.weights import WeightsError, read_model_dir
+
+    try:
+        info = read_model_dir(model_dir, verify=False)
+    except WeightsError as exc:
+        return f"Model: {model_dir} (unreadable: {exc})."
+    m = info.meta
+    arch = {"unet": "U-Net", "enet": "ENet"}.get(info.arch, info.arch)
+    text = f"Model: {arch}, version {info.version}"
+    if m.get("parent"):
+        after = (m.get("after") or {}).get("mean_tissue_dice")
+        text += (f", fine-tuned from {m['parent']} on {m.get('created', '?')}"
+                 + (f" (held-back mean tissue Dice {after:.3f})" if isinstance(after, (int, float)) else ""))
+    else:
+        t = m.get("training") or {}
+        bits = [f"trained {t['trained_at']}" if t.get("trained_at") else "",
+                f"{t['minutes']:g} min" if isinstance(t.get("minutes"), (int, float)) else ""]
+        bits = [b for b in bits if b]
+        text += " (shipped" + (": " + ", ".join(bits) if bits else "") + ")"
+    return text + "."
+
+
+def write_report(outdir: str | Path, rows: list[dict], model_dir: str | Path | None = None) -> Path:
+    """report.html; `model_dir` names the model in the summary (each row's version is a column)."""
     outdir = Path(outdir)
-    text = render(outdir, rows)
+    text = render(outdir, rows, model_summary(model_dir))
     path = outdir / "report.html"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path

@@ -324,3 +324,25 @@ def test_a_dask_worker_started_elsewhere_writes_where_the_user_asked(tmp_path, t
         for p in procs:
             p.kill()
             p.wait(10)
+
+
+def test_the_report_names_the_model_and_resume_refuses_to_mix_versions(tmp_path, tiny_model_dir):
+    import shutil
+
+    for i in range(2):
+        _scan(tmp_path / "data" / f"s{i}.nii.gz", i)
+    items = batch.discover([str(tmp_path / "data" / "s0.nii.gz")])
+    rows, _ = batch.run(items, tmp_path / "out", tiny_model_dir)
+    page = (tmp_path / "out" / "report.html").read_text()
+    version = rows[0]["model_version"]
+    assert f"Model: ENet, version {version}" in page and "Model version" in page
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["version"] = "enet-v099"
+    (other / "model.json").write_text(json.dumps(meta))
+    more = batch.discover([str(tmp_path / "data")])
+    with pytest.raises(batch.BatchError, match=f"segmented with {version}, and this run would use enet-v099"):
+        batch.run(more, tmp_path / "out", other, resume=True)
+    rows, n = batch.run(more, tmp_path / "out", other, resume=True, allow_mixed_versions=True)
+    assert n == 1 and "Rows come from 2 model versions" in (tmp_path / "out" / "report.html").read_text()
