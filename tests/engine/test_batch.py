@@ -180,7 +180,7 @@ def test_weights_takes_a_train_folder_a_version_name_or_a_model_folder(tmp_path,
     shutil.copytree(tiny_model_dir, train_out / "best")  # what `brainseg train -o trained` leaves
     (train_out / "checkpoint").mkdir()
     name, d = ModelStore().new_version_dir("enet")
-    shutil.copytree(tiny_model_dir, d)
+    shutil.copytree(tiny_model_dir, d, dirs_exist_ok=True)  # (the folder is reserved, empty)
     version = json.loads((d / "model.json").read_text()).get("version", name)
     for w in (str(train_out), str(tiny_model_dir), version):
         assert main(["segment", str(scan), "-o", str(tmp_path / "m.nii.gz"), "--weights", w,
