@@ -522,17 +522,19 @@ def _worker_init(threads: int) -> None:
 
 def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, scheduler: str | None = None,
         resume: bool = False, retry_failed: bool = False, uncertainty: bool = False, report: bool = True,
-        progress_stream=None, on_row=None, strip: str = "auto", allow_mixed_versions: bool = False
-        ) -> tuple[list[dict], int]:
+        progress_stream=None, on_row=None, strip: str = "auto", allow_mixed_versions: bool = False,
+        security: "ClusterSecurity | None" = None) -> tuple[list[dict], int]:
     """Process the items into OUTDIR; returns (all rows of the table, how many were processed now).
     KeyboardInterrupt propagates after the rows finished so far are written."""
     outdir, model_dir = Path(os.path.abspath(outdir)), Path(os.path.abspath(model_dir))
     for it in items:
         it.path = os.path.abspath(it.path)
+    if scheduler:  # refuse an unsafe cluster before anything is written
+        (security or ClusterSecurity()).for_address(scheduler)
     outdir.mkdir(parents=True, exist_ok=True)
     with OutdirLock(outdir):
         return _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
-                           progress_stream, on_row, strip, allow_mixed_versions)
+                           progress_stream, on_row, strip, allow_mixed_versions, security)
 
 
 def _row_input(r: dict, outdir: Path) -> str:
@@ -550,7 +552,7 @@ def _row_input(r: dict, outdir: Path) -> str:
 
 
 def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
-                progress_stream, on_row, strip, allow_mixed_versions=False):
+                progress_stream, on_row, strip, allow_mixed_versions=False, security=None):
     table = Table(outdir / "volumes.csv")
     existing = table.load()
     if existing and not resume:
@@ -613,7 +615,7 @@ def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed,
 
     try:
         if scheduler:
-            _run_dask(todo, outdir, model_dir, scheduler, uncertainty, take, strip)
+            _run_dask(todo, outdir, model_dir, scheduler, uncertainty, take, strip, security)
         elif jobs > 1 and len(todo) > 1:
             _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip)
         else:
@@ -677,13 +679,67 @@ def _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip="auto") -
         remaining = broken
 
 
-def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto") -> None:
+@dataclass
+class ClusterSecurity:
+    """How to reach a Dask scheduler (issue #20: a plaintext, unauthenticated scheduler lets anyone who
+    can reach it run code on machines that hold patient scans). tls:// needs the three files, named
+    as Dask's own `dask scheduler` / `dask worker` options; a plaintext tcp:// scheduler away from
+    this machine is refused unless `insecure`."""
+
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    insecure: bool = False
+
+    def for_address(self, address: str):
+        """The distributed.security.Security for `address`, or None for plaintext; raises BatchError
+        for a set-up that must not run."""
+        scheme, _, rest = address.partition("://") if "://" in address else ("tcp", "", address)
+        if scheme == "tls":
+            missing = [n for n, v in (("--tls-ca-file", self.tls_ca_file), ("--tls-cert", self.tls_cert),
+                                      ("--tls-key", self.tls_key)) if not v]
+            if missing:
+                raise BatchError(f"--scheduler {address}: TLS needs {', '.join(missing)}")
+            for v in (self.tls_ca_file, self.tls_cert, self.tls_key):
+                if not os.path.isfile(v):
+                    raise BatchError(f"{v}: no such file (TLS certificate or key)")
+            from distributed.security import Security
+
+            return Security(tls_ca_file=os.path.abspath(self.tls_ca_file),
+                            tls_client_cert=os.path.abspath(self.tls_cert),
+                            tls_client_key=os.path.abspath(self.tls_key), require_encryption=True)
+        if scheme not in ("tcp", "inproc"):
+            raise BatchError(f"--scheduler {address}: unknown protocol {scheme!r} (tls:// or tcp://)")
+        host = rest.rsplit(":", 1)[0].strip("[]") if ":" in rest else rest
+        if not _is_loopback(host):
+            if not self.insecure:
+                raise BatchError(f"--scheduler {address}: a plaintext scheduler on another machine lets anyone "
+                                 "who can reach it run code where the scans are. Use tls:// with --tls-ca-file, "
+                                 "--tls-cert and --tls-key (README 'On a cluster'), or add --insecure on a "
+                                 "network you trust")
+            print(f"warning: --scheduler {address}: plaintext and unauthenticated (--insecure)", file=sys.stderr)
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto", security=None) -> None:
     try:
         from distributed import Client, as_completed
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise BatchError("--scheduler needs dask.distributed (pip install 'dask[distributed]')") from exc
+    sec = (security or ClusterSecurity()).for_address(address)
     try:
-        client = Client(address, timeout=20)
+        client = Client(address, timeout=20, security=sec) if sec is not None else Client(address, timeout=20)
     except (OSError, TimeoutError) as exc:
         raise BatchError(f"--scheduler {address}: cannot reach the Dask scheduler ({exc})") from exc
     try:
@@ -717,7 +773,13 @@ def add_batch_parser(sub) -> None:
     p.add_argument("--allow-mixed-versions", action="store_true",
                    help="with --resume: allow rows from another model version in the same table")
     p.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a Dask scheduler: tls://HOST:8786 with the --tls-* files, or tcp:// on this machine")
+    p.add_argument("--tls-ca-file", metavar="PEM", help="the CA that signed the cluster's certificates")
+    p.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="this client's private key")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a plaintext tcp:// scheduler on another machine (a network you trust)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
     p.set_defaults(func=cmd_batch)
@@ -743,7 +805,8 @@ def cmd_batch(args) -> int:
     try:
         rows, n = run(items, out, model_dir, jobs=args.jobs, scheduler=args.scheduler, resume=args.resume,
                       retry_failed=args.retry_failed, uncertainty=args.uncertainty, report=not args.no_report,
-                      strip=args.strip, allow_mixed_versions=args.allow_mixed_versions)
+                      strip=args.strip, allow_mixed_versions=args.allow_mixed_versions,
+                      security=ClusterSecurity(args.tls_ca_file, args.tls_cert, args.tls_key, args.insecure))
     except KeyboardInterrupt:
         rows = Table(out / "volumes.csv").load()
         print(f"\ninterrupted: {len(rows)} rows in {out / 'volumes.csv'}; run again with --resume to finish",

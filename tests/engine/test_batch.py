@@ -346,3 +346,64 @@ def test_the_report_names_the_model_and_resume_refuses_to_mix_versions(tmp_path,
         batch.run(more, tmp_path / "out", other, resume=True)
     rows, n = batch.run(more, tmp_path / "out", other, resume=True, allow_mixed_versions=True)
     assert n == 1 and "Rows come from 2 model versions" in (tmp_path / "out" / "report.html").read_text()
+
+
+def _certificates(d: Path) -> dict:
+    """A throw-away CA and one certificate for 127.0.0.1 that scheduler, workers and client share."""
+    d.mkdir(parents=True, exist_ok=True)
+    run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=brainseg-test-ca")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr",
+        "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "node.pem", "-days", "1", "-extfile", "san.ext")
+    return {"ca": str(d / "ca.pem"), "cert": str(d / "node.pem"), "key": str(d / "node.key")}
+
+
+def test_a_tls_cluster_of_two_workers_and_plaintext_refused_away_from_here(tmp_path, tiny_model_dir, capsys):
+    """Issue #20: a tls:// scheduler and two workers on 127.0.0.1 with certificates this test makes;
+    a plaintext scheduler on another machine is refused unless --insecure."""
+    for i in range(3):
+        _scan(tmp_path / "scans" / f"s{i}.nii.gz", i)
+    with pytest.raises(batch.BatchError, match="plaintext scheduler on another machine"):
+        batch.run(batch.discover([str(tmp_path / "scans")]), tmp_path / "x", tiny_model_dir,
+                  scheduler="tcp://10.0.0.5:8786")
+    assert not (tmp_path / "x").exists(), "refused before anything was written"
+    with pytest.raises(batch.BatchError, match="TLS needs --tls-cert, --tls-key"):
+        batch.run([], tmp_path / "x", tiny_model_dir, scheduler="tls://127.0.0.1:1",
+                  security=batch.ClusterSecurity(tls_ca_file="ca.pem"))
+    c = _certificates(tmp_path / "tls")
+    tls = ["--tls-ca-file", c["ca"], "--tls-cert", c["cert"], "--tls-key", c["key"]]
+    port = _free_port()
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--protocol", "tls", "--no-dashboard", *tls], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(3)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [str(bindir / "dask"), "worker", f"tls://127.0.0.1:{port}", "--nworkers", "1", "--nthreads", "1",
+                 "--no-dashboard", "--no-nanny", *tls], env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
+        from distributed import Client
+        from distributed.security import Security
+
+        sec = Security(tls_ca_file=c["ca"], tls_client_cert=c["cert"], tls_client_key=c["key"],
+                       require_encryption=True)
+        with Client(f"tls://127.0.0.1:{port}", security=sec, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        with pytest.raises(batch.BatchError, match="cannot reach"):  # no certificate: no way in
+            batch.run(batch.discover([str(tmp_path / "scans")]), tmp_path / "plain", tiny_model_dir,
+                      scheduler=f"tcp://127.0.0.1:{port}")
+        assert main(["batch", str(tmp_path / "scans"), "-o", str(tmp_path / "out"), "--weights", str(tiny_model_dir),
+                     "--scheduler", f"tls://127.0.0.1:{port}", *tls]) in (0, 3)
+        rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+        assert len(rows) == 3 and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
