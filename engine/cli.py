@@ -343,6 +343,7 @@ def check_output(path: str, formats: tuple[str, ...], inputs: tuple[str, ...] = 
 
 def cmd_segment(args) -> int:
     from engine.core.mx_env import configure_threads
+    from engine.io.labeldesc import BRAIN_MASK_CLASSES
 
     configure_threads()
     t0 = time.time()
@@ -395,7 +396,7 @@ def cmd_segment(args) -> int:
     if args.mask_out:
         if strip is None:
             raise CliError(f"--mask-out: no brain mask was made ({decision.reason})")
-        written += save_labels(args.mask_out, strip.mask.astype(np.uint8), vol.affine, xform_code=mask_xform_code(vol))
+        written += save_labels(args.mask_out, strip.mask.astype(np.uint8), vol.affine, xform_code=mask_xform_code(vol), classes=BRAIN_MASK_CLASSES)
     if args.uncertainty:
         save_image(args.uncertainty, res.uncertainty, vol.affine, xform_code=mask_xform_code(vol))
         written.append(Path(args.uncertainty))
@@ -441,6 +442,7 @@ def _report_strip(vol, decision, strip) -> None:
 
 def cmd_strip(args) -> int:
     from engine.core.mx_env import configure_threads
+    from engine.io.labeldesc import BRAIN_MASK_CLASSES
 
     configure_threads()
     from engine.infer.scan import extract
@@ -469,7 +471,7 @@ def cmd_strip(args) -> int:
     from engine.io.space import mask_xform_code
 
     code = mask_xform_code(vol)
-    written = save_labels(args.output, mask, vol.affine, xform_code=code)
+    written = save_labels(args.output, mask, vol.affine, xform_code=code, classes=BRAIN_MASK_CLASSES)
     if args.masked_scan:
         from engine.infer.scan import masked_scan
 

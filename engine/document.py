@@ -31,6 +31,7 @@ import numpy as np
 
 from engine.io import recovery
 from engine.io.conform import Conform
+from engine.io.labeldesc import BRAIN_MASK_CLASSES, read_descriptions, remap_by_names
 from engine.io.space import atlas_space_reason, mask_xform_code
 from engine.io.volume import Volume, VolumeReadError, VolumeWriteError, files_of, read_volume, save_labels, scan_stem
 from engine.labels.labelmap import LabelMap
@@ -154,7 +155,13 @@ class ScanDocument:
                               f"{'x'.join(map(str, self.scan.shape))}")
         warning = "" if np.allclose(lab.affine, self.scan.affine, atol=1e-3) else \
             "Warning: the label map's affine differs from the scan's"
-        return LabelMap(lab.data, axial_axis=self.axial_axis), warning
+        data = lab.data
+        names = read_descriptions(path)  # ITK-SNAP / FreeSurfer-style names beside it (engine/io/labeldesc.py)
+        if names:
+            data, note = remap_by_names(data, names)
+            if note:
+                warning = (warning + "; " if warning else "") + f"{Path(path).name}: {note}"
+        return LabelMap(data, axial_axis=self.axial_axis), warning
 
     def open_labels(self, path: str | os.PathLike) -> str:
         """Open a label map for the scan; returns a warning ('' if none). Raises LabelsError."""
@@ -243,7 +250,7 @@ class ScanDocument:
             raise ValueError("no brain mask: Segment > Extract brain first")
         if self.scan.path is not None and Path(path).resolve() in {p.resolve() for p in files_of(self.scan.path)}:
             raise ValueError(f"{path} is the scan itself: choose another name")
-        return save_labels(path, mask.astype(np.uint8), self.scan.affine, xform_code=mask_xform_code(self.scan))
+        return save_labels(path, mask.astype(np.uint8), self.scan.affine, xform_code=mask_xform_code(self.scan), classes=BRAIN_MASK_CLASSES)
 
     # ------------------------------------------------------------------ saving
     def default_labels_path(self) -> Path:

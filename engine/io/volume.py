@@ -439,12 +439,28 @@ def _as_labels(path: Path, data: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- writing
-def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, xform_code: int = 1) -> list[Path]:
+def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, xform_code: int = 1,
+                classes="tissue") -> list[Path]:
     """Write a uint8 label map with the scan's affine. Format from the extension:
     .nii / .nii.gz (NIfTI-1), .hdr / .img (Analyze 7.5 big-endian, 4-D singleton as OASIS FSL_SEG).
     `xform_code` is the NIfTI sform/qform code written with the affine: pass the scan's
     (engine.io.space.mask_xform_code) so a mask of an MNI or Talairach scan says so; Analyze has
-    none. Every file is written atomically. Returns the files written."""
+    none. NIfTI masks say they are label maps (intent NIFTI_INTENT_LABEL). Beside the mask, the class
+    names and colours for ITK-SNAP and FreeSurfer-style viewers (engine/io/labeldesc.py): `classes`
+    "tissue" (the four classes), a [(value, name, rgb)] list, or None for none. Every file is written
+    atomically. Returns the files written."""
+    written = _save_labels(path, labels, affine, xform_code)
+    if classes is not None:
+        from engine.io.labeldesc import write_descriptions
+
+        try:
+            written += write_descriptions(path, None if classes == "tissue" else classes)
+        except OSError as exc:
+            raise VolumeWriteError(f"{path}: the mask was written, its class descriptions could not be ({exc})") from exc
+    return written
+
+
+def _save_labels(path, labels, affine, xform_code) -> list[Path]:
     path = Path(path)
     labels = np.asarray(labels, dtype=np.uint8)
     name = path.name.lower()
@@ -455,6 +471,7 @@ def save_labels(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray,
             img.header.set_xyzt_units("mm")
             img.set_qform(affine, code=int(xform_code))
             img.set_sform(affine, code=int(xform_code))
+            img.header.set_intent("label")  # NIFTI_INTENT_LABEL: viewers show it as a label map
             ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
             atomic_write(path, lambda tmp: _save_nifti(img, tmp, ext))
             return [path]
