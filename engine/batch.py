@@ -170,13 +170,54 @@ def _oasis(root: Path) -> list[ScanItem]:
     return out
 
 
-def _dicom_items(folder: Path) -> list[ScanItem]:
+def _dicom_items(folder: Path, only_file: Path | None = None) -> list[ScanItem]:
+    """The image series of a DICOM folder (with `only_file`: that file's series only - issue #20:
+    giving one file of a T1 series queued every other series in its folder). The subject is the
+    user's own folder structure: the folder above the series folder (patientA/T1_MPRAGE ->
+    patientA), as for NIfTI; --subject-from patientid replaces it later (apply_subject_from)."""
     from engine.io.dicom import find_series
 
     series, _ = find_series(folder)
-    many = len(series) > 1
-    return [ScanItem(f"{folder.name}_s{s.number or i}" if many else folder.name, folder.name, "",
-                     str(folder), s.uid if many else None) for i, s in enumerate(series)]
+    if only_file is not None:
+        series = [s for s in series if any(f.resolve() == only_file.resolve() for f in s.files)]
+    many = len(series) > 1 or only_file is not None and len(find_series(folder)[0]) > 1
+    subject = folder.parent.name if folder.parent != folder and folder.parent.name else folder.name
+    return [ScanItem(f"{subject}__{folder.name}_s{s.number or i}" if many else f"{subject}__{folder.name}", subject,
+                     "", str(folder), s.uid if many else None) for i, s in enumerate(series)]
+
+
+def apply_subject_from(items: list[ScanItem], how: str, outdir: Path) -> None:
+    """--subject-from patientid: DICOM items get a subject that is a hash of their PatientID, salted
+    per OUTDIR (the salt is kept in OUTDIR, so a resume or a second run into the same table gives the
+    same subjects), never the ID or the name in clear."""
+    if how == "folder":
+        return
+    if how != "patientid":
+        raise BatchError(f"--subject-from {how}: folder or patientid")
+    import hashlib
+    import secrets
+
+    from engine.io.dicom import find_series
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    salt_file = outdir / ".brainseg-salt"
+    if not salt_file.exists():
+        salt_file.write_text(secrets.token_hex(16))
+        os.chmod(salt_file, 0o600)
+    salt = salt_file.read_text().strip()
+    from engine.io.dicom import _dcmread
+
+    for it in items:
+        if not Path(it.path).is_dir():
+            continue
+        series, _ = find_series(Path(it.path))
+        s = next((x for x in series if it.series in (None, x.uid)), None)
+        if s is None or not s.files:
+            continue
+        pid = str(getattr(_dcmread(s.files[0], header_only=True), "PatientID", "") or "")
+        if pid:
+            it.subject = "pid-" + hashlib.sha256((salt + pid).encode()).hexdigest()[:12]
+            it.key = f"{it.subject}__{Path(it.path).name}" + (f"_s{s.number}" if it.series else "")
 
 
 def discover(inputs: list[str]) -> list[ScanItem]:
@@ -197,7 +238,7 @@ def discover(inputs: list[str]) -> list[ScanItem]:
                 raise BatchError(f"{p}: no such file or folder")
             if p.is_file():
                 if is_dicom_file(p):
-                    items += [i for i in _dicom_items(p.parent)]
+                    items += _dicom_items(p.parent, only_file=p)
                 else:
                     items.append(ScanItem(scan_stem(p), scan_stem(p), "", str(p)))
                 continue
@@ -768,6 +809,9 @@ def add_batch_parser(sub) -> None:
                    "ASF, for native mL and eTIV")
     p.add_argument("--strip", default="auto", choices=("auto", "on", "off"),
                    help="brain extraction: auto (scans with a skull; default), on (always), off (never)")
+    p.add_argument("--subject-from", choices=("folder", "patientid"), default="folder",
+                   help="DICOM subjects: the folder above the series folder (default), or a hash of PatientID "
+                   "salted per OUTDIR (never the ID or name in clear)")
     p.add_argument("--resume", action="store_true", help="continue a batch: skip scans already in volumes.csv")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: redo the scans that failed")
     p.add_argument("--allow-mixed-versions", action="store_true",
@@ -796,6 +840,7 @@ def cmd_batch(args) -> int:
     configure_threads()
     model_dir, arch, reason = resolve_model(args.model, args.weights)
     items = discover(args.inputs)
+    apply_subject_from(items, args.subject_from, Path(os.path.abspath(args.output)))
     for note in apply_space_options(items, atlas_space=args.atlas_space, asf=args.asf, oasis_csv=args.oasis_csv):
         print(f"warning: {note}", file=sys.stderr)
     out = Path(os.path.abspath(args.output))

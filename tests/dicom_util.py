@@ -9,10 +9,11 @@ import numpy as np
 def write_series(folder: Path, vol: np.ndarray, affine: np.ndarray, series_number: int = 1,
                  description: str = "T1 test", skip: tuple[int, ...] = (), uid: str | None = None,
                  slope: float = 2.0, intercept: float = -100.0, jitter: dict | None = None,
-                 transfer_syntax: str | None = None, prefix: str = "IM") -> list[Path]:
+                 transfer_syntax: str | None = None, prefix: str = "IM", shear_mm: float = 0.0,
+                 patient_id: str = "SECRET-ID-123") -> list[Path]:
     """One file per slice vol[:, :, k] (DICOM rows run along the volume's second axis). `skip`
     leaves slices out (a missing slice); `jitter` {k: mm} moves a slice along the normal (uneven
-    spacing). Patient fields hold a made-up name, to check it never leaks."""
+    spacing); `shear_mm` shifts each slice that much further in-plane (a sheared series). Patient fields hold a made-up name, to check it never leaks."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -30,6 +31,7 @@ def write_series(folder: Path, vol: np.ndarray, affine: np.ndarray, series_numbe
         pos = lps[:3, 3] + k * lps[:3, 2]
         if jitter and k in jitter:
             pos = pos + np.cross(row_dir, col_dir) * jitter[k]
+        pos = pos + row_dir * shear_mm * k  # a sheared series: each slice shifted in-plane
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -39,7 +41,7 @@ def write_series(folder: Path, vol: np.ndarray, affine: np.ndarray, series_numbe
         ds.SOPClassUID = MRImageStorage
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.PatientName = "Doe^Jane"
-        ds.PatientID = "SECRET-ID-123"
+        ds.PatientID = patient_id
         ds.Modality = "MR"
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = uid

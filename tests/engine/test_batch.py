@@ -45,7 +45,7 @@ def test_discover_finds_bids_oasis_dicom_and_globs(tmp_path):
     keys = {i.key: i for i in items}
     assert keys["sub-01_T1w"].subject == "sub-01" and keys["sub-02_ses-1_T1w"].session == "ses-1"
     assert keys["OAS1_0042_MR1"].subject == "OAS1_0042" and keys["OAS1_0042_MR1"].session == "MR1"
-    assert "series1" in keys and "a" in keys and "broken" in keys
+    assert keys["dicom__series1"].subject == "dicom" and "a" in keys and "broken" in keys
     assert not any("seg" in k for k in keys), "label maps are not scans"
     assert len(items) == len({(str(Path(i.path).resolve()), i.series) for i in items}), "each scan once"
     with pytest.raises(batch.BatchError, match="matches no file"):
@@ -407,3 +407,39 @@ def test_a_tls_cluster_of_two_workers_and_plaintext_refused_away_from_here(tmp_p
         for p in procs:
             p.kill()
             p.wait(10)
+
+
+
+def test_dicom_subjects_series_and_header_reads(tmp_path, monkeypatch):
+    """Issue #20: patientA/T1_MPRAGE and patientB/T1_MPRAGE were both subject T1_MPRAGE; one file of
+    a T1 series queued every series of its folder; a glob over N files read every header N times."""
+    import pydicom
+
+    from engine.io import dicom
+
+    vol = np.zeros((8, 8, 6), np.float32) + 100
+    for pat in ("patientA", "patientB"):
+        write_series(tmp_path / pat / "T1_MPRAGE", vol, np.eye(4), series_number=1, patient_id=f"ID-{pat}")
+    write_series(tmp_path / "patientA" / "T1_MPRAGE", vol, np.eye(4), series_number=9, description="localizer",
+                 prefix="LOC")
+    items = batch.discover([str(tmp_path / "patientA" / "T1_MPRAGE"), str(tmp_path / "patientB" / "T1_MPRAGE")])
+    assert sorted({i.subject for i in items}) == ["patientA", "patientB"]
+    one = batch.discover([str(tmp_path / "patientA" / "T1_MPRAGE" / "IM01_0002.dcm")])
+    assert len(one) == 1 and one[0].series is not None, "one file: that series only"
+    dicom._HEADERS.clear()
+    reads = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: (reads.append(a[0]), real(*a, **k))[1])
+    items = batch.discover([str(tmp_path / "patientB" / "T1_MPRAGE" / "*.dcm")])
+    assert len(items) == 1 and len(reads) == 6, f"{len(reads)} header reads for 6 files"
+    # --subject-from patientid: a salted hash, stable for one OUTDIR, never the ID in clear
+    out = tmp_path / "out"
+    batch.apply_subject_from(items, "patientid", out)
+    first = items[0].subject
+    assert first.startswith("pid-") and "ID-patientB" not in first and "patientB" not in items[0].key
+    again = batch.discover([str(tmp_path / "patientB" / "T1_MPRAGE")])
+    batch.apply_subject_from(again, "patientid", out)
+    assert again[0].subject == first, "stable for the same OUTDIR"
+    other = batch.discover([str(tmp_path / "patientB" / "T1_MPRAGE")])
+    batch.apply_subject_from(other, "patientid", tmp_path / "out2")
+    assert other[0].subject != first, "salted per OUTDIR"

@@ -30,6 +30,8 @@ obl = np.eye(4)
 obl[:3, :3] = rotation(0, 20) @ np.diag([1.0, 1.0, 2.0])
 obl[:3, 3] = (5, -7, 3)
 AFFINES["oblique"] = obl
+# non-square pixels: swapping PixelSpacing's (row, column) order must fail this one (issue #20)
+AFFINES["non-square pixels"] = np.array([[-0.5, 0, 0, 20], [0, 0.8, 0, -30], [0, 0, 1.2, -10], [0, 0, 0, 1]])
 
 
 @pytest.mark.parametrize("name", list(AFFINES))
@@ -117,3 +119,13 @@ def test_cli_segments_a_dicom_series_to_nifti_with_its_geometry(tmp_path, tiny_m
     vol = read_volume(tmp_path / "s", series="3")
     assert img.shape == vol.shape
     np.testing.assert_allclose(img.affine, vol.affine, atol=1e-4)
+
+
+
+def test_a_sheared_series_is_refused_naming_the_shift(tmp_path):
+    """Issue #20: 0.3 mm of in-plane shift per slice came out 11.7 mm off at the far end, silently."""
+    write_series(tmp_path / "shear", phantom(), AFFINES["axial"], shear_mm=0.3)
+    with pytest.raises(VolumeReadError, match=r"drift .* mm off the slice normal \(0.30 mm per slice"):
+        read_volume(tmp_path / "shear", kind="image")
+    write_series(tmp_path / "straight", phantom(), AFFINES["axial"], shear_mm=0.0)
+    assert read_volume(tmp_path / "straight", kind="image").shape == phantom().shape
