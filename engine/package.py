@@ -52,6 +52,7 @@ import numpy as np
 
 from engine.core.mx_env import get_mx
 from engine.core.paths import DEMO_SCAN, RESOURCES
+from engine.core.privacy import scrub
 from engine.nets.weights import sha256
 
 log = logging.getLogger(__name__)
@@ -447,9 +448,10 @@ def _calibration(calib_volume, multiple: int) -> tuple[np.ndarray, np.ndarray, s
             raise ValueError("INT8 export needs a calibration scan (--calib SCAN)")
         calib_volume = DEMO_SCAN
     if isinstance(calib_volume, (str, os.PathLike)):
+        from engine.core.privacy import name_fingerprint
         from engine.io.volume import read_volume
 
-        source = Path(calib_volume).name
+        source = name_fingerprint(str(calib_volume))  # never the scan's name in a package (issue #20)
         volume = read_volume(calib_volume, kind="image").data
     else:
         source, volume = "array", calib_volume
@@ -555,10 +557,12 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
             spec["quantization"]["calibration_slices"] = int(calib.shape[0])
         if strip_net is not None:  # FP32 whatever --int8 says
             spec["strip"] = strip_spec(strip_info, export_strip_network(strip_net, strip_info, tmp, fmt))
-            shutil.copyfile(strip_dir / META, tmp / STRIP_META)
+            strip_meta = json.loads((strip_dir / META).read_text(encoding="utf-8"))
+            (tmp / STRIP_META).write_text(json.dumps(scrub(strip_meta), indent=2), encoding="utf-8")
         shutil.copyfile(RUNNER, tmp / "segment_package.py")
         shutil.copyfile(RESOURCES / "colors.json", tmp / "classes.json")
-        shutil.copyfile(model_dir / META, tmp / "model.json")
+        meta = json.loads((model_dir / META).read_text(encoding="utf-8"))
+        (tmp / "model.json").write_text(json.dumps(scrub(meta), indent=2), encoding="utf-8")  # no home paths
         (tmp / "package.json").write_text(json.dumps(spec, indent=2, default=str), encoding="utf-8")
         # Check the packaged network with the runner's loader against the FP32 network.
         checks = check_package_network(tmp, spec, net, _check_inputs(multiple, calib_batch))

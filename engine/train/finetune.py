@@ -281,7 +281,7 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     record = {
         "version": version or out.name,
         "parent": parent.version,
-        "parent_dir": str(parent.directory),
+        "parent_dir": parent.directory.name,  # a name, never a path (engine/core/privacy.py)
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         # a scan's path often holds a patient identifier: keep a short hash of its name only
         "scan": scan_fingerprint(scan_name),
@@ -309,11 +309,9 @@ def _pad_labels(pad: SlicePadding, labels: np.ndarray) -> np.ndarray:
 
 
 def scan_fingerprint(name: str) -> str:
-    """'sha256:<12 hex>' of a scan's file name (not its folder), or '' for none: enough to tell
-    whether two versions learned from the same scan, nothing to identify a patient by."""
-    import hashlib
-    from pathlib import PurePath
+    """A salted hash of a scan's file name (not its folder), or '' for none: enough to tell whether
+    two versions learned from the same scan on this installation, nothing to identify a patient by
+    (engine/core/privacy.py; issue #20: it was an unsalted 12-hex hash)."""
+    from engine.core.privacy import name_fingerprint
 
-    if not name:
-        return ""
-    return "sha256:" + hashlib.sha256(PurePath(str(name)).name.encode("utf-8")).hexdigest()[:12]
+    return name_fingerprint(name)

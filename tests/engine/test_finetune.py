@@ -36,7 +36,7 @@ def test_finetune_writes_new_version_with_stats(tiny_model_dir, tmp_path):
                    scan_name="/data/patients/Doe_Jane_1957/t1.nii.gz")
     meta = json.loads((tmp_path / "v1" / "model.json").read_text())
     # privacy: no folder (often a patient's name) in the record, only a hash of the file name
-    assert meta["parent"] == "tiny-test" and meta["scan"].startswith("sha256:")
+    assert meta["parent"] == "tiny-test" and meta["scan"].startswith("salted-sha256:")  # salted (issue #20)
     assert "Doe" not in (tmp_path / "v1" / "model.json").read_text()
     assert meta["scan"] == scan_fingerprint("/elsewhere/t1.nii.gz")  # same file name, same hash
     assert len(meta["after"]["confusion_matrix"]) == 4 and "gm" in meta["after"]["dice"]

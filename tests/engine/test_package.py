@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -652,3 +653,28 @@ def test_int8_package_keeps_the_extractor_fp32(unet_dir, strip_dir, scan, tmp_pa
     assert spec["precision"] == "int8" and spec["strip"]["precision"] == "fp32"
     assert spec["strip"]["export_check"]["label_agreement"] >= 0.999  # the FP32 extractor, unchanged
     assert "int8" not in (pkg / "strip-symbol.json").read_text().lower()
+
+
+def test_packages_carry_no_scan_names_or_home_paths(tiny_model_dir, tmp_path):
+    """Issue #20: packages carried the calibration scan's file name and the user's home path."""
+    import shutil
+
+    from engine.package import export_package
+
+    model = tmp_path / "enet-v001"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta.update({"parent_dir": str(Path.home() / "studies" / "Doe_Jane" / "enet-shipped-4"),
+                 "notes": {"trained_on": str(tmp_path / "Doe_Jane_T1.nii.gz")}})
+    (model / "model.json").write_text(json.dumps(meta))
+    calib = tmp_path / "Doe_Jane_T1.nii.gz"
+    vol = np.zeros((24, 28, 12), np.float32)
+    vol[4:20, 4:24, 2:10] = 100
+    nib.save(nib.Nifti1Image(vol, np.diag([-1.0, 1, 1, 1])), str(calib))
+    pkg = export_package(model, tmp_path / "pkg", "mxnet", int8=True, calib_volume=str(calib))
+    for f in pkg.iterdir():
+        if f.suffix in (".json", ".py"):
+            text = f.read_text(errors="replace")
+            assert "Doe_Jane" not in text and str(Path.home()) not in text and str(tmp_path) not in text, f.name
+    q = json.loads((pkg / "package.json").read_text())["quantization"]["calibration_scan"]
+    assert q.startswith("salted-sha256:")
