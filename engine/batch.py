@@ -774,10 +774,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto", security=None) -> None:
+    from engine.core.extras import MissingExtra, need
+
     try:
-        from distributed import Client, as_completed
-    except ImportError as exc:  # pragma: no cover - a dependency of the package
-        raise BatchError("--scheduler needs dask.distributed (pip install 'dask[distributed]')") from exc
+        need("distributed", "--scheduler (a Dask cluster)")
+    except MissingExtra as exc:
+        raise BatchError(str(exc)) from exc
+    from distributed import Client, as_completed
     sec = (security or ClusterSecurity()).for_address(address)
     try:
         client = Client(address, timeout=20, security=sec) if sec is not None else Client(address, timeout=20)

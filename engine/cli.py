@@ -932,6 +932,7 @@ def main(argv=None) -> int:
     """Run one subcommand. 0 on success; 2 and one line on stderr for a user error (bad file,
     bad option, missing weights); 1 and one line for an unexpected failure (-v adds the
     traceback); 130 when interrupted."""
+    from engine.core.extras import MissingExtra
     from engine.io.volume import VolumeReadError, VolumeWriteError
     from engine.nets.weights import WeightsError
 
@@ -941,7 +942,7 @@ def main(argv=None) -> int:
         verbose = bool(args.verbose)
         _setup_logging(verbose)
         return int(args.func(args) or 0)
-    except (CliError, VolumeReadError, VolumeWriteError, WeightsError, ValueError, OSError) as exc:
+    except (CliError, VolumeReadError, VolumeWriteError, WeightsError, ValueError, OSError, MissingExtra) as exc:
         if verbose and not isinstance(exc, CliError):
             log.error("details", exc_info=True)  # -v: the traceback too
         print(f"brainseg: error: {_error_line(exc)}", file=sys.stderr)

@@ -320,7 +320,10 @@ def repair_onnx(model):
 
 def export_onnx(net, path: Path, hw: tuple[int, int], meta: dict | None = None, channels: int = 1) -> Path:
     """FP32 ONNX of a Gluon network with dynamic batch, height and width (input (N, channels, H, W))."""
-    import onnx
+    from engine.core.extras import need
+
+    onnx = need("onnx", "ONNX export")
+    need("onnxruntime", "ONNX export")
 
     mx = get_mx()
     with tempfile.TemporaryDirectory() as tmp:
