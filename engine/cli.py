@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -742,10 +743,11 @@ def cmd_models(args) -> int:
 
 # ----------------------------------------------------------------------------- gui
 def cmd_gui(args) -> int:
-    # Imported dynamically on purpose: the engine never imports the GUI package statically (an
-    # import-linter contract forbids it); this subcommand is only a launcher.
-    app = importlib.import_module("brainseg_gui.app")
-    return app.main([args.scan] if args.scan else ["--demo"] if args.demo else [])
+    """A launcher: the app runs as its own process (`python -m brainseg_gui`), so the engine never
+    imports the GUI, not even dynamically (issue #20: a dynamic import passed around the
+    import-linter contract)."""
+    argv = [args.scan] if args.scan else ["--demo"] if args.demo else []
+    return subprocess.call([sys.executable, "-m", "brainseg_gui", *argv])
 
 
 # ----------------------------------------------------------------------------- parser

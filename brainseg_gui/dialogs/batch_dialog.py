@@ -216,9 +216,18 @@ class BatchDialog(QtWidgets.QDialog):
                 self.proc.kill()
 
     def open_report(self) -> None:
-        report = Path(self.output.text().strip()) / "report.html"
-        if report.exists():
-            QtGui.QDesktopServices.openUrl(QtCore.QUrl.fromLocalFile(str(report)))
+        """Open report.html in the browser; where none opens (no browser, a headless machine), say so
+        and where the file is, with its path on the clipboard (issue #20: nothing visible happened)."""
+        report = (Path(self.output.text().strip()) / "report.html").resolve()
+        if not report.exists():
+            dialogs.show_error(self, "No report yet", f"{report}: there is no report yet (it is written when the "
+                               "batch ends or stops).")
+            return
+        if not QtGui.QDesktopServices.openUrl(QtCore.QUrl.fromLocalFile(str(report))):
+            QtWidgets.QApplication.clipboard().setText(str(report))
+            dialogs.show_info(self, "Open the report in a browser",
+                              f"No web browser could be started here. The report is\n{report}\n\n(its path is on "
+                              "the clipboard: open it in a browser, or copy the folder to a machine with one)")
 
     def closeEvent(self, ev):
         if self.running and not self.confirm_stop():

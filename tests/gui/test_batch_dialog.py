@@ -57,3 +57,22 @@ def test_stop_keeps_whole_rows_and_continue_finishes(window, tmp_path, tiny_mode
         qtbot.mouseClick(dlg.resume_button, QtCore.Qt.LeftButton)
     rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
     assert len(rows) == 10 and len({r["scan"] for r in rows}) == 10
+
+
+def test_open_report_says_where_it_is_when_no_browser_opens(qtbot, tmp_path, dialogs, monkeypatch):
+    """Issue #20: "Open report" did nothing visible without a browser."""
+    from PyQt5 import QtGui, QtWidgets
+
+    from brainseg_gui.dialogs.batch_dialog import BatchDialog
+
+    dlg = BatchDialog(lambda: tmp_path)
+    qtbot.addWidget(dlg)
+    dlg.output.setText(str(tmp_path / "out"))
+    dlg.open_report()
+    assert dialogs.errors and "no report yet" in dialogs.errors[-1]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.html").write_text("<html></html>")
+    monkeypatch.setattr(QtGui.QDesktopServices, "openUrl", staticmethod(lambda url: False))
+    dlg.open_report()
+    assert dialogs.infos and str(tmp_path / "out" / "report.html") in dialogs.infos[-1]
+    assert QtWidgets.QApplication.clipboard().text() == str((tmp_path / "out" / "report.html").resolve())

@@ -80,3 +80,11 @@ def test_a_missing_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
     with pytest.raises(MissingExtra, match=r"pip install 'brainseg\[cluster\]'"):
         need("distributed", "--scheduler")
+
+
+def test_the_engine_never_imports_the_gui_not_even_dynamically():
+    """import-linter sees static imports; a dynamic import_module("brainseg_gui...") passed around it."""
+    for f in (ROOT / "engine").rglob("*.py"):
+        text = f.read_text(encoding="utf-8")
+        assert not re.search(r"import_module\(\s*[\"']brainseg_gui", text), f
+        assert not re.search(r"__import__\(\s*[\"']brainseg_gui", text), f
