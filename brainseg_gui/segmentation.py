@@ -272,7 +272,22 @@ class ModelChoice(QtCore.QObject):
             arch, reason = self.model_choice()
         except Exception as exc:  # hardware probing must never stop the app
             arch, reason = "enet", f"(could not probe the hardware: {exc})"
-        self.win.segment_panel.reason.setText(f"Will run {'U-Net' if arch == 'unet' else 'ENet'}: {reason}")
+        name = {"unet": "U-Net", "enet": "ENet"}
+        text = f"Will run {name.get(arch, arch)}: {reason}"
+        prefs = self.win.prefs
+        if (self.win.segment_panel.model_combo.currentData() or "auto") == "auto" and arch in name:
+            last = prefs.last_auto_model
+            if last in name and last != arch:  # the default changed since this user last saw it: say so once
+                text = (f"The default model is now {name[arch]} (it was {name[last]} on this machine). " + text)
+                self.win.statusBar().showMessage(f"The default model is now {name[arch]} (was {name[last]}): "
+                                                 f"{reason}", 30000)
+            if last != arch:
+                prefs.last_auto_model = arch
+                try:
+                    prefs.save()
+                except OSError:
+                    pass
+        self.win.segment_panel.reason.setText(text)
         from engine.infer.inference import int8_offer
 
         try:

@@ -30,6 +30,7 @@ class Preferences:
     batch_size: int | None = None  # None: the fastest measured for the network
     preload_model: bool = True  # load the model in the background when a scan opens
     strip: str = "auto"  # brain extraction before segmenting: auto (a skull found) | on | off
+    last_auto_model: str | None = None  # what "auto" chose last time: a changed default is said once
 
     @classmethod
     def load(cls) -> "Preferences":

@@ -328,6 +328,15 @@ def test_choose_model_profiles(monkeypatch):
     from engine.core.mx_env import get_mx
 
     assert hw.gpu_available() == (get_mx().context.num_gpus() > 0)
+    # issue #21: the shipped U-Net was worse on a real brain, so ENet is the default everywhere...
+    monkeypatch.setattr(hw, "gpu_available", lambda: True)
+    monkeypatch.setattr(hw, "cpu_cores", lambda: 32)
+    monkeypatch.setattr(hw, "ram_gb", lambda: 128.0)
+    arch, reason = hw.choose_model()
+    assert arch == "enet" and "default everywhere" in reason and "0.863" in reason
+    assert hw.choose_model("unet") == ("unet", "chosen by the user"), "a remembered U-Net choice still works"
+    # ...and where a U-Net is recorded as measured better, the hardware profile decides again
+    monkeypatch.setattr(hw, "unet_preferred", lambda: (True, ""))
     monkeypatch.setattr(hw, "gpu_available", lambda: False)
     monkeypatch.setattr(hw, "cpu_cores", lambda: 2)
     monkeypatch.setattr(hw, "ram_gb", lambda: 23.4)

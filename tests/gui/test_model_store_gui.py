@@ -16,3 +16,26 @@ def test_a_missing_active_version_is_asked_about(enet_window, small_scan, qtbot,
         win.actions["segment"].trigger()
     assert any("enet-v007: the active ENet version is missing" in q for q in dialogs.questions), dialogs.questions
     assert win.model_store.active_dir("enet") == shipped_model_dir("enet")
+
+
+def test_a_changed_default_model_is_said_once_and_a_remembered_unet_still_works(qtbot, home, dialogs):
+    """Issue #21: ENet became the default everywhere; a user whose machine used to get U-Net is told
+    once; a user who chose U-Net keeps it."""
+    from brainseg_gui.main_window import MainWindow
+    from brainseg_gui.settings import Preferences
+
+    Preferences(model="auto", preload_model=False, last_auto_model="unet").save()
+    win = MainWindow(prefs=Preferences.load())
+    qtbot.addWidget(win)
+    text = win.segment_panel.reason.text()
+    assert "The default model is now ENet (it was U-Net on this machine)" in text and "Will run ENet" in text
+    win.engine.stop()
+    again = MainWindow(prefs=Preferences.load())
+    qtbot.addWidget(again)
+    assert "The default model is now" not in again.segment_panel.reason.text(), "said once"
+    again.engine.stop()
+    Preferences(model="unet", preload_model=False).save()
+    chosen = MainWindow(prefs=Preferences.load())
+    qtbot.addWidget(chosen)
+    assert chosen.segment_panel.reason.text().startswith("Will run U-Net: chosen by the user")
+    chosen.engine.stop()
