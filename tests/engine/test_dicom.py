@@ -61,6 +61,20 @@ def test_two_series_in_one_folder_need_a_choice(tmp_path):
     assert float(vol.data.max()) == 500 and "FLAIR" in vol.name
     uid = info.value.series[0].uid
     _world_equal(read_volume(tmp_path / "s", series=uid), src, AFFINES["axial"])
+    # one file opens its own series, whichever comes first in the folder (a mutation run found this untested)
+    assert float(read_volume(sorted((tmp_path / "s").glob("B07_*.dcm"))[2]).data.max()) == 500
+    assert "T1" in read_volume(sorted((tmp_path / "s").glob("IM03_*.dcm"))[2]).name
+
+
+def test_a_multi_frame_object_is_refused_by_name(tmp_path):
+    import pydicom
+
+    files = write_series(tmp_path / "mf", phantom(), AFFINES["axial"])
+    ds = pydicom.dcmread(str(files[2]))
+    ds.NumberOfFrames = 2
+    ds.save_as(str(files[2]))
+    with pytest.raises(VolumeReadError, match=f"{files[2].name}: a multi-frame"):
+        read_volume(tmp_path / "mf", kind="image")
 
 
 @pytest.mark.parametrize("case,needle", [
