@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="heads,orientation,tissue,speed", help="which parts to run")
     ap.add_argument("--mirror", action="store_true", help="RAW-like copies stored ASR instead of ASL")
     ap.add_argument("--ants-python", help="a python with antspyx: time ROBEX + Atropos against brainseg segment")
+    ap.add_argument("--model", default=None, choices=("unet", "enet"),
+                    help="the tissue model for the tissue part (default: the app's default)")
     from bench.common import add_smoke_flag, start_smoke
 
     add_smoke_flag(ap)
@@ -129,6 +131,8 @@ def main(argv=None) -> int:
         args.out = str(start_smoke("strip_eval"))
         SEGMENT_ARGS = ["--model", "enet", "--slices", "40-41"]
         RAW_SHAPE, RAW_MM = (112, 104, 80), (2.0, 2.0, 2.5)
+    elif args.model:
+        SEGMENT_ARGS = ["--model", args.model]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"heads": {}, "orientation": {}, "tissue": {}, "speed": {}}
