@@ -39,9 +39,26 @@ def label_file_name(path: str) -> str:
 
 
 class FileController(QtCore.QObject):
+    """Also the narrow interface file dialogs get instead of the window (the reorient dialog)."""
+
     def __init__(self, window):
         super().__init__(window)
         self.win = window
+
+    @property
+    def widget(self) -> QtWidgets.QWidget:
+        return self.win
+
+    @property
+    def scan(self):
+        return self.win.scan
+
+    @property
+    def scanOpened(self):  # noqa: N802 - the window's Qt signal, under its own name
+        return self.win.scanOpened
+
+    def show_message(self, text: str, ms: int) -> None:
+        self.win.statusBar().showMessage(text, ms)
 
     def open_scan(self, path: str | os.PathLike, series: str | None = None) -> bool:
         """Open a scan (a file, or a DICOM series by its folder or any of its files); on error
@@ -264,7 +281,7 @@ class FileController(QtCore.QObject):
         if self.win.scan is None:
             return
         if getattr(self.win, "reorient_dialog", None) is None:  # one per window; it follows the scan opened
-            self.win.reorient_dialog = ReorientDialog(self.win)
+            self.win.reorient_dialog = ReorientDialog(self)
         self.win.reorient_dialog.show()
         self.win.reorient_dialog.raise_()
 

@@ -121,11 +121,13 @@ def _describe_codes(codes: str) -> str:
 
 
 class ReorientDialog(QtWidgets.QDialog):
-    """One per main window (not modal: the views stay usable); follows the scan the window opens."""
+    """One per main window (not modal: the views stay usable); follows the scan the window opens.
+    It takes the file side of the window (brainseg_gui/files.py FileController: the open scan,
+    opening a scan, a status message, the scanOpened signal), not the window itself."""
 
-    def __init__(self, window):
-        super().__init__(window)
-        self.win = window
+    def __init__(self, host):
+        super().__init__(host.widget)
+        self.win = host
         self.setObjectName("reorient_dialog")
         self.setWindowTitle("Reorient scan")
         self.scan: Volume | None = None
@@ -220,8 +222,8 @@ class ReorientDialog(QtWidgets.QDialog):
         note.setStyleSheet("color: grey;")
         lay.addWidget(note)
         lay.addWidget(buttons)
-        window.scanOpened.connect(lambda _p: self.set_scan(self.win.scan))
-        self.set_scan(window.scan)
+        host.scanOpened.connect(lambda _p: self.set_scan(self.win.scan))
+        self.set_scan(host.scan)
 
     # ------------------------------------------------------------------ state
     def set_scan(self, vol: Volume | None) -> None:
@@ -393,7 +395,7 @@ class ReorientDialog(QtWidgets.QDialog):
             dialogs.show_error(self, "Save failed", f"{path}: could not be written ({exc})")
             return None
         codes = "".join(nib.aff2axcodes(affine))
-        self.win.statusBar().showMessage(f"Saved a reoriented copy: {written} ({codes})", 10000)
+        self.win.show_message(f"Saved a reoriented copy: {written} ({codes})", 10000)
         if offer_open and dialogs.ask_yes_no(self, "Open the copy?",
                                              f"Saved {written} with axes {codes}.\n\nOpen it now in place of "
                                              f"{vol.name}?", default_yes=True):
