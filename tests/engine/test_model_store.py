@@ -53,3 +53,50 @@ def test_activation_needs_five_slices_and_a_confident_gain(before, after, ok, wo
 
     got, why = activation_verdict({"per_slice": before}, {"per_slice": after})
     assert got is ok and words in why, why
+
+
+def _fake_version(store, name, parent="enet-shipped-4", dice=None, params=b"weights"):
+    """A model version folder without MXNet: a model.json and a params file with its checksum."""
+    import hashlib
+
+    d = store.root / "enet" / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "model.params").write_bytes(params)
+    meta = {"arch": "enet", "version": name, "parent": parent, "created": "2026-12-03 10:00:00",
+            "sha256": hashlib.sha256(params).hexdigest(), "after": {"mean_tissue_dice": dice}}
+    (d / "model.json").write_text(json.dumps(meta))
+    return d
+
+
+def test_versions_activation_history_and_rollback_without_mxnet(store):
+    from engine.nets.weights import WeightsError, shipped_model_dir
+
+    a = _fake_version(store, "enet-v001", dice=0.81)
+    b = _fake_version(store, "enet-v002", parent="enet-v001", dice=0.83)
+    (store.root / "enet" / "enet-v003").mkdir()  # reserved by a fine-tune that never finished: not listed
+    vs = store.versions("enet")
+    assert [v.version for v in vs][1:] == ["enet-v001", "enet-v002"] and vs[0].shipped
+    assert vs[2].parent == "enet-v001" and vs[2].after["mean_tissue_dice"] == 0.83
+    assert store.active_dir("enet") == shipped_model_dir("enet")
+    store.activate("enet", a)
+    store.activate("enet", b)
+    assert store.active_dir("enet") == b
+    assert store.rollback("enet") == a and store.active_dir("enet") == a
+    assert store.rollback("enet") == shipped_model_dir("enet")
+    with pytest.raises(WeightsError, match="no earlier enet version"):
+        store.rollback("enet")
+    (b / "model.params").write_bytes(b"changed")  # a damaged version is refused
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        store.activate("enet", b)
+    assert store.active_dir("enet") == shipped_model_dir("enet")
+
+
+def test_a_corrupt_store_state_is_kept_aside_and_said(store):
+    _fake_version(store, "enet-v001")
+    (store.root / "active.json").write_text("{not json")
+    assert store.versions("enet")  # still listed
+    assert store._state() == {} and any("unreadable" in p for p in store.problems)
+    assert list(store.root.glob("active.json.corrupt-*")), "kept aside, not deleted"
+    (store.root / "enet" / "enet-v001" / "model.json").write_text("{broken")
+    assert [v.version for v in store.versions("enet")] == [store.versions("enet")[0].version]  # shipped only
+    assert any("that version is not listed" in p for p in store.problems)
