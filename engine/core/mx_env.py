@@ -65,17 +65,23 @@ def get_mx():
             configure_threads()
         import sys
 
-        # mxnet/model.py imports scikit-learn only to make its legacy FeedForward class a
-        # BaseEstimator; that costs 0.5 s of every start-up here. Hide sklearn during the import
-        # (mxnet falls back to `object`), then let later code import it normally.
-        hide = "sklearn" not in sys.modules
-        if hide:
-            sys.modules["sklearn"] = None  # type: ignore[assignment]
+        # Start-up (issue #21: 3.3 s of ENet's 6.1 s segment was start-up). Two things mxnet's
+        # import pulls in that nothing here uses, hidden during the import only (later code may
+        # import them normally):
+        # - scikit-learn: mxnet/model.py makes its legacy FeedForward class a BaseEstimator (0.5 s);
+        # - scipy.stats: mxnet.contrib.quantization's *entropy* calibration (0.38 s measured; the
+        #   import is guarded upstream, and engine/infer/quantize.py brings it back for "entropy").
+        # (setuptools' distutils shim costs another 0.1 s through numpy_dispatch_protocol; it is
+        # installed at interpreter start, and taking it out would make setuptools warn later.)
+        hidden = [m for m in ("sklearn", "scipy.stats") if m not in sys.modules]
+        for m in hidden:
+            sys.modules[m] = None  # type: ignore[assignment]
         try:
             import mxnet as mx  # noqa: PLC0415  (deliberately late: env must be set first)
         finally:
-            if hide and sys.modules.get("sklearn", 0) is None:
-                del sys.modules["sklearn"]
+            for m in hidden:
+                if sys.modules.get(m, 0) is None:
+                    del sys.modules[m]
 
         _mx = mx
         log.info("mxnet %s loaded, OMP_NUM_THREADS=%s", mx.__version__, os.environ.get("OMP_NUM_THREADS"))

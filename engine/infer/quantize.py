@@ -97,7 +97,13 @@ def quantize_model(net, calib_slices: np.ndarray, ctx=None, calib_mode: str = "n
     The returned block carries `multiple` like the FP32 networks, so Segmenter.from_network works.
     """
     mx = get_mx()
+    from mxnet.contrib import quantization as mxq
     from mxnet.contrib.quantization import quantize_net_v2
+
+    if calib_mode == "entropy" and getattr(mxq, "stats", None) is None:
+        import scipy.stats  # hidden while mxnet was imported (engine/core/mx_env.py): entropy needs it
+
+        mxq.stats = scipy.stats
 
     ctx = ctx or mx.cpu()
     if ctx.device_type != "cpu":

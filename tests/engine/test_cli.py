@@ -462,3 +462,17 @@ def test_models_list_activate_rollback(tmp_path, tiny_model_dir, capsys, monkeyp
     assert main(["models", "rollback", "--model", "enet"]) == 0
     assert "rolled back" in capsys.readouterr().out
     assert main(["models", "activate", "nope"]) == 2 and "no model version" in capsys.readouterr().err
+
+
+def test_loading_mxnet_leaves_out_what_nothing_here_uses():
+    """Start-up (issue #21): scikit-learn and scipy.stats are not pulled in by mxnet's import any more
+    (about 0.5 s of each start on this machine); later imports of them work."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from engine.core.mx_env import get_mx; mx = get_mx(); "
+            "bad = [m for m in ('sklearn', 'scipy.stats') if m in sys.modules]; "
+            "assert not bad, bad; import sklearn.base, scipy.stats; "
+            "from mxnet.contrib import quantization; print(mx.nd.ones((2,)).sum().asscalar())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "2.0", out.stderr[-1500:]
