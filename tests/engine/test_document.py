@@ -79,3 +79,63 @@ def test_a_mask_of_an_mni_scan_keeps_sform_code_4(tmp_path):
     saved = nib.load(str(out))
     assert int(saved.header["sform_code"]) == 4 and int(saved.header["qform_code"]) == 4
     assert any("atlas space" in f.text for f in doc.facts(check_skull=False).facts)
+
+
+def test_corrections_on_a_prediction_name_every_plane_and_only_the_covered_slices(tmp_path):
+    doc = open_scan(_head(tmp_path, ("L", "A", "S"), name="las.nii.gz"))
+    lm = doc.ensure_labelmap()
+    assert doc.corrections_on(None) == {} and doc.edit_summary() == "no corrections"
+    lm.paint("axial", 10, [(20, 20)], 2, 1)
+    lm.paint("axial", 30, [(20, 20)], 2, 1)
+    lm.paint("coronal", 24, [(5, 3), (5, 30)], 1, 3)  # crosses axial slices 3..30
+    assert doc.corrections_on(None) == {"axial": [10, 30], "coronal": [24]}
+    assert doc.corrections_on([10, 11]) == {"axial": [10], "coronal": [24]}
+    assert doc.corrections_on([31, 33]) == {}
+    assert doc.edit_summary() == "3 edits on 2 axial + 1 coronal slices"
+    lm.show_preview(np.full(doc.scan.shape, 2, np.uint8), "fill between")
+    lm.apply_preview()
+    assert "interpolated" in doc.corrections_on(None)
+
+
+def test_landing_a_prediction_keeps_corrections_unless_replaced_then_only_later_ones(tmp_path):
+    doc = open_scan(_head(tmp_path, ("L", "A", "S"), name="las.nii.gz"))
+    lm = doc.ensure_labelmap()
+    lm.paint("axial", 10, [(20, 20)], 2, 1)
+    start = lm.labels.copy()  # the job starts here
+    lm.paint("axial", 12, [(20, 20)], 2, 1)  # corrected while it ran
+    pred = np.full(doc.scan.shape, 3, np.uint8)
+    doc.land_prediction(pred, None, replace=True, start_labels=start)
+    assert lm.labels[20, 20, 10] == 3, "replaced, as asked"
+    assert lm.labels[20, 20, 12] == 1, "corrected while the job ran: kept"
+    lm.undo()
+    doc.land_prediction(pred, None)
+    assert lm.labels[20, 20, 10] == 1 and lm.labels[20, 20, 12] == 1, "kept by default"
+
+
+def test_summary_brain_mask_and_the_recovery_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAINSEG_HOME", str(tmp_path / "home"))
+    p = _head(tmp_path, ("L", "A", "S"), name="las.nii.gz")
+    doc = open_scan(p, atlas_marked=True)
+    text = doc.summary()
+    assert text.startswith("Opened las.nii.gz: 40x48x36, voxel 1 x 1 x 1 mm") and "atlas space" in text
+    assert doc.scan.atlas_marked and "skull on" not in text
+    assert doc.current_brain_mask() is None
+    mask = doc.scan.data > 0
+    doc.brain_mask, doc.brain_mask_in_labels = mask, False
+    assert doc.current_brain_mask() is mask
+    lm = doc.ensure_labelmap()
+    lm.paint("axial", 10, [(20, 20)], 3, 2)
+    doc.brain_mask_in_labels = True
+    assert (doc.current_brain_mask() == (lm.labels > 0)).all(), "once in the labels, the labels' outline"
+    lm.apply_volume(np.where(lm.labels > 0, 3, 0).astype(np.uint8), "smooth", user=False)
+    snap = doc.snapshot()
+    assert set(snap) >= {"labels", "origin", "predicted", "edited", "pairs", "count", "baseline", "key"}
+    ScanDocument.write_snapshot(snap)
+    info = open_scan(p).find_recovery()
+    assert info is not None and info.scan_key == doc.key and info.edit_count == 1
+    other = open_scan(p)
+    other.restore_recovery(info)
+    np.testing.assert_array_equal(other.labelmap.labels, lm.labels)
+    np.testing.assert_array_equal(other.labelmap.origin, lm.origin)
+    doc.discard_recovery()
+    assert open_scan(p).find_recovery() is None
