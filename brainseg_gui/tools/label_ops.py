@@ -261,14 +261,14 @@ def run_operation(host, kind: str) -> None:
     except ops.OpError as exc:
         dialogs.show_error(host.widget, "Cannot do that", str(exc))
         return
-    change = ops.describe_change(ops.volume_change(lm.labels, new))
+    change = ops.describe_change(ops.volume_change(lm.labels, new), short=True)
     atom = lm.apply_volume(new, kind, user=False)  # a clean-up, not corrections to learn from
     if atom is None:
         host.show_message(f"Nothing to change ({label.split(' ', 1)[1]})", 5000)
     else:
         n = atom.voxels
-        host.show_message(f"{label.capitalize()}: {n:,} voxel{'s' if n != 1 else ''} changed; "
-                                       f"volumes {change} (Ctrl+Z undoes)", 15000)
+        # short enough for the status bar beside the edit count and autosave (issue #19: cut off)
+        host.show_message(f"{label.capitalize()}: {n:,} voxel{'s' if n != 1 else ''}; {change}", 15000)
     host.refresh()
 
 

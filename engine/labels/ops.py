@@ -240,11 +240,12 @@ def volume_change(before: np.ndarray, after: np.ndarray) -> dict:
     return out
 
 
-def describe_change(change: dict) -> str:
+def describe_change(change: dict, short: bool = False) -> str:
+    """'CSF -8.4%, GM +7.0%, WM -3.6%, brain outline +0.0%' ('outline' with `short`, for a status bar)."""
     from engine.core.classes import tissue_classes
 
     names = {tc.value: tc.key.upper() for tc in tissue_classes()}
-    names[OUTLINE] = "brain outline"
+    names[OUTLINE] = "outline" if short else "brain outline"
     return ", ".join(f"{names.get(c, c)} {100 * f:+.1f}%" for c, f in change.items())
 
 

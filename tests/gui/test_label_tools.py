@@ -90,7 +90,7 @@ def test_islands_largest_and_smoothing_are_each_one_undo_step(window, small_scan
     dialogs.number = 5
     win.actions["remove_islands"].trigger()
     msg = win.statusBar().currentMessage()
-    assert lm.labels[x, y, zz] == 3 and "1 voxel changed" in msg and "brain outline +0.0%" in msg, msg
+    assert lm.labels[x, y, zz] == 3 and ": 1 voxel;" in msg and "outline +0.0%" in msg, msg
     win.actions["undo"].trigger()
     assert lm.labels[x, y, zz] == 1
     dialogs.number = None  # cancelled: nothing happens

@@ -129,12 +129,12 @@ def test_smoothing_keeps_the_brain_outline_unless_asked(window, small_scan, qtbo
     assert (lm.labels != lab).any(), "the classes inside were smoothed"
     np.testing.assert_array_equal(lm.labels > 0, lab > 0)
     msg = win.statusBar().currentMessage()
-    assert "brain outline +0.0%" in msg, msg
+    assert "outline +0.0%" in msg, msg
     win.actions["undo"].trigger()
     dialogs.smooth_outline = True
     win.actions["smooth_labels"].trigger()
     assert ((lm.labels > 0) != (lab > 0)).any(), "asked to: the outline is smoothed too"
-    assert "brain outline " in win.statusBar().currentMessage()
+    assert "outline " in win.statusBar().currentMessage()
 
 
 @pytest.mark.parametrize("same_content", [True, False])
@@ -174,3 +174,21 @@ def test_open_dialogs_start_in_the_scans_folder(window, small_scan, dialogs, tmp
     win.session.close_scan()
     win.actions["open_scan"].trigger()  # closed: the last scan's folder, from Open recent
     assert dialogs.open_dirs[-1] == str(small_scan[0].parent.resolve())
+
+
+
+def test_a_clean_up_message_fits_the_status_bar(window, small_scan, dialogs):
+    """Issue #19: status messages were cut off beside the edit count and the autosave state."""
+    win = window
+    win.resize(1400, 900)  # the default size
+    win.open_scan(small_scan[0])
+    win.open_labels(small_scan[1])
+    win.labelmap.paint("axial", 8, [(20, 20)], 3, 1)  # an edit: the edit count shows
+    dialogs.number = 1.5
+    win.actions["smooth_labels"].trigger()
+    sb = win.statusBar()
+    msg = sb.currentMessage()
+    assert "outline" in msg
+    room = sb.width() - sum(w.sizeHint().width() for w in (win.edit_label, win.autosave_label, win.readout)
+                            if w.isVisible()) - 40
+    assert sb.fontMetrics().horizontalAdvance(msg) <= room, (msg, room)
