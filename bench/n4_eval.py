@@ -45,28 +45,18 @@ def dice(a, b):
 
 
 def raw_like_pair(img, affine, seed=7):
-    """bench/strip_eval.py's RAW-like copy (128 sagittal slices of 1.25 mm, pitched 10 degrees,
-    MPRAGE-like noise), with and without its bias field; same resampling, same noise."""
+    """bench/strip_eval.py's RAW-like copy (its grid and bias field, MPRAGE-like noise), with and
+    without the bias field; same resampling, same noise."""
+    from bench.strip_eval import RAW_SHAPE, bias_field, raw_grid
+
     rng = np.random.default_rng(seed)
-    shape = (256, 256, 128)
-    rot = np.deg2rad(10.0)
-    r = np.array([[1, 0, 0], [0, np.cos(rot), -np.sin(rot)], [0, np.sin(rot), np.cos(rot)]])
-    axes = np.zeros((3, 3))
-    axes[1, 0], axes[2, 1], axes[0, 2] = 1.0, 1.0, -1.25
-    lin = r @ axes
-    centre = affine[:3, :3] @ ((np.array(img.shape) - 1) / 2) + affine[:3, 3]
-    new = np.eye(4)
-    new[:3, :3] = lin
-    new[:3, 3] = centre - lin @ ((np.array(shape) - 1) / 2)
-    m = np.linalg.inv(affine) @ new
+    shape = RAW_SHAPE
+    new, m = raw_grid(img.shape, affine)
     clean = ndi.affine_transform(img, m[:3, :3], m[:3, 3], output_shape=shape, order=1)
-    x = np.linspace(-1, 1, shape[0])[:, None, None]
-    z = np.linspace(-1, 1, shape[2])[None, None, :]
-    bias = (1 + 0.2 * x * z) * (1 + 0.1 * np.linspace(-1, 1, shape[1])[None, :, None])
     s = 0.03 * float(np.percentile(clean[clean > 0], 90))
     n1, n2 = rng.normal(0, s, shape), rng.normal(0, s, shape)
     out = {}
-    for name, field in (("biased", bias), ("unbiased", 1.0)):
+    for name, field in (("biased", bias_field(shape)), ("unbiased", 1.0)):
         v = clean * field
         v = np.sqrt((v + n1) ** 2 + n2 ** 2)
         out[name] = np.clip(np.round(v), 0, 32000).astype(np.int16)

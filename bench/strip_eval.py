@@ -73,29 +73,41 @@ def heads():
     return out
 
 
-def raw_like(img, affine, truth, seed=7):
-    """128 sagittal slices of 1.25 mm, 256 x 256 at 1 mm (array axes A, S, L: x = posterior->anterior,
-    y = inferior->superior, slices right->left), pitched 10 degrees about left-right, bias field, noise.
+def raw_grid(img_shape, affine, shape=None, mm=None):
+    """The RAW-like copies' grid: 128 sagittal slices of 1.25 mm, 256 x 256 at 1 mm (array axes A, S, L:
+    x = posterior->anterior, y = inferior->superior, slices right->left), pitched 10 degrees about
+    left-right, centred on the source volume. Returns (its affine, source voxel <- grid voxel).
     (RAW_SHAPE, RAW_MM: --smoke makes them coarser.)"""
-    rng = np.random.default_rng(seed)
-    shape = RAW_SHAPE
+    shape, mm = shape or RAW_SHAPE, mm or RAW_MM
     rot = np.deg2rad(10.0)
     r = np.array([[1, 0, 0], [0, np.cos(rot), -np.sin(rot)], [0, np.sin(rot), np.cos(rot)]])
     axes = np.zeros((3, 3))
     # columns: A, S, and slices towards the patient's left (ASL: the handedness of Analyze's LAS
     # convention; with --mirror ASR, which a silent Analyze header cannot tell apart)
-    axes[1, 0], axes[2, 1], axes[0, 2] = RAW_MM[0], RAW_MM[1], (RAW_MM[2] if MIRROR else -RAW_MM[2])
+    axes[1, 0], axes[2, 1], axes[0, 2] = mm[0], mm[1], (mm[2] if MIRROR else -mm[2])
     lin = r @ axes
-    centre = affine[:3, :3] @ ((np.array(img.shape) - 1) / 2) + affine[:3, 3]
+    centre = affine[:3, :3] @ ((np.array(img_shape) - 1) / 2) + affine[:3, 3]
     new = np.eye(4)
     new[:3, :3] = lin
     new[:3, 3] = centre - lin @ ((np.array(shape) - 1) / 2)
-    m = np.linalg.inv(affine) @ new
-    out = ndi.affine_transform(img, m[:3, :3], m[:3, 3], output_shape=shape, order=1)
-    t = ndi.affine_transform(truth.astype(np.float32), m[:3, :3], m[:3, 3], output_shape=shape, order=1) > 0.5
+    return new, np.linalg.inv(affine) @ new
+
+
+def bias_field(shape) -> np.ndarray:
+    """The RAW-like copies' +-20 % (and +-10 % along y) multiplicative bias field."""
     x = np.linspace(-1, 1, shape[0])[:, None, None]
     z = np.linspace(-1, 1, shape[2])[None, None, :]
-    out = out * (1 + 0.2 * x * z) * (1 + 0.1 * np.linspace(-1, 1, shape[1])[None, :, None])
+    return (1 + 0.2 * x * z) * (1 + 0.1 * np.linspace(-1, 1, shape[1])[None, :, None])
+
+
+def raw_like(img, affine, truth, seed=7):
+    """The head on the RAW-like grid (raw_grid), with the bias field and MPRAGE-like Rician noise."""
+    rng = np.random.default_rng(seed)
+    shape = RAW_SHAPE
+    new, m = raw_grid(img.shape, affine)
+    out = ndi.affine_transform(img, m[:3, :3], m[:3, 3], output_shape=shape, order=1)
+    t = ndi.affine_transform(truth.astype(np.float32), m[:3, :3], m[:3, 3], output_shape=shape, order=1) > 0.5
+    out = out * bias_field(shape)
     s = 0.03 * float(np.percentile(out[t], 90))
     out = np.sqrt((out + rng.normal(0, s, shape)) ** 2 + rng.normal(0, s, shape) ** 2)
     return out.astype(np.float32), new, t
