@@ -177,10 +177,10 @@ def _dicom_items(folder: Path, only_file: Path | None = None) -> list[ScanItem]:
     patientA), as for NIfTI; --subject-from patientid replaces it later (apply_subject_from)."""
     from engine.io.dicom import find_series
 
-    series, _ = find_series(folder)
-    if only_file is not None:
-        series = [s for s in series if any(f.resolve() == only_file.resolve() for f in s.files)]
-    many = len(series) > 1 or only_file is not None and len(find_series(folder)[0]) > 1
+    found, _ = find_series(folder)
+    many = len(found) > 1  # the folder holds several series: each item names its own
+    series = found if only_file is None else \
+        [s for s in found if any(f.resolve() == only_file.resolve() for f in s.files)]
     subject = folder.parent.name if folder.parent != folder and folder.parent.name else folder.name
     return [ScanItem(f"{subject}__{folder.name}_s{s.number or i}" if many else f"{subject}__{folder.name}", subject,
                      "", str(folder), s.uid if many else None) for i, s in enumerate(series)]
@@ -570,12 +570,12 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
     outdir, model_dir = Path(os.path.abspath(outdir)), Path(os.path.abspath(model_dir))
     for it in items:
         it.path = os.path.abspath(it.path)
-    if scheduler:  # refuse an unsafe cluster before anything is written
-        (security or ClusterSecurity()).for_address(scheduler)
+    # refuse an unsafe cluster before anything is written; resolved once, used by _run_dask
+    sec = (security or ClusterSecurity()).for_address(scheduler) if scheduler else None
     outdir.mkdir(parents=True, exist_ok=True)
     with OutdirLock(outdir):
         return _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
-                           progress_stream, on_row, strip, allow_mixed_versions, security)
+                           progress_stream, on_row, strip, allow_mixed_versions, sec)
 
 
 def _row_input(r: dict, outdir: Path) -> str:
@@ -593,7 +593,7 @@ def _row_input(r: dict, outdir: Path) -> str:
 
 
 def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
-                progress_stream, on_row, strip, allow_mixed_versions=False, security=None):
+                progress_stream, on_row, strip, allow_mixed_versions=False, sec=None):
     table = Table(outdir / "volumes.csv")
     existing = table.load()
     if existing and not resume:
@@ -656,7 +656,7 @@ def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed,
 
     try:
         if scheduler:
-            _run_dask(todo, outdir, model_dir, scheduler, uncertainty, take, strip, security)
+            _run_dask(todo, outdir, model_dir, scheduler, uncertainty, take, strip, sec)
         elif jobs > 1 and len(todo) > 1:
             _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip)
         else:
@@ -773,7 +773,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto", security=None) -> None:
+def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto", sec=None) -> None:
+    """`sec`: the distributed Security that run() resolved from ClusterSecurity (None: plaintext)."""
     from engine.core.extras import MissingExtra, need
 
     try:
@@ -781,7 +782,6 @@ def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto",
     except MissingExtra as exc:
         raise BatchError(str(exc)) from exc
     from distributed import Client, as_completed
-    sec = (security or ClusterSecurity()).for_address(address)
     try:
         client = Client(address, timeout=20, security=sec) if sec is not None else Client(address, timeout=20)
     except (OSError, TimeoutError) as exc:

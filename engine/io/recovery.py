@@ -45,6 +45,7 @@ class RecoveryInfo:
     edited_pairs: list | None = None  # (array axis, slice) corrected in that plane; None in older files
     format: int = 1
     scan_key: str | None = None
+    shape: tuple = ()  # the labels' shape when written
 
     @property
     def saved_at_text(self) -> str:
@@ -111,8 +112,7 @@ def _read_info(path: Path) -> RecoveryInfo | None:
         return None
     info = RecoveryInfo(path, meta["scan"], float(meta["saved_at"]), int(meta["edit_count"]),
                         list(meta.get("edited_slices", [])), meta.get("edited"), int(meta.get("format", 1)),
-                        meta.get("scan_key"))
-    info.shape = tuple(meta.get("shape", ()))  # type: ignore[attr-defined]
+                        meta.get("scan_key"), tuple(meta.get("shape", ())))
     return info
 
 
@@ -135,7 +135,7 @@ def find_recovery(scan_path: str | os.PathLike, shape: tuple[int, ...] | None = 
         return None
     if info.scan_key is not None:  # a content-keyed file under a path name cannot happen; be safe
         return None if info.scan_key != key else info
-    if shape is not None and tuple(info.shape) != tuple(shape):  # type: ignore[attr-defined]
+    if shape is not None and info.shape != tuple(shape):
         log.warning("ignoring recovery file %s: shape %s does not match the scan %s", path, info.shape, shape)
         return None
     try:
