@@ -433,13 +433,12 @@ class LabelMap:
         return self._commit("fill", box3, np.expand_dims(region[bi, bj], axis), value, plane=(axis, int(index)))
 
     # ------------------------------------------------------------------ whole-map operations
-    def apply_volume(self, new: np.ndarray, kind: str, user: bool = True, axis: int | None = None,
+    def apply_volume(self, new: np.ndarray, kind: str, user: bool = True,
                      code: int | None = None, limit: np.ndarray | None = None) -> EditAtom | None:
         """Install the result of a label operation (engine/labels/ops.py: fill between slices,
         islands, smoothing) as one undo step holding only the voxels it changed; None when it
         changed nothing. The changed voxels get origin `code` (default: INTERPOLATED for a user
-        operation, CLEANUP otherwise). `limit` (bool) confines the change to those voxels.
-        `axis` is accepted for callers of the old per-slice record and ignored."""
+        operation, CLEANUP otherwise). `limit` (bool) confines the change to those voxels."""
         new = np.asarray(new, dtype=np.uint8)
         if new.shape != self.labels.shape:
             raise ValueError(f"result shape {new.shape} != label map {self.labels.shape}")
