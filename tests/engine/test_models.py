@@ -353,3 +353,19 @@ def test_enet_unpooling_is_max_unpooling_with_indices():
                     di, dj = np.unravel_index(np.argmax(win), (2, 2))
                     ref[n, c, 2 * i + di, 2 * j + dj] = x[n, c, i, j]
     np.testing.assert_array_equal(got, ref)
+
+
+def test_a_sparse_planes_slices_between_computed_ones_are_linear_interpolations_added_once():
+    """Fusion's secondary planes run every 3rd slice; the slices between get the linear blend of
+    their two computed neighbours, added to what the other planes gave; outside the computed range
+    nothing is added."""
+    from engine.infer.inference import _add_interpolated
+
+    total = np.ones((2, 1, 1, 9), np.float32)
+    ks = [1, 2, 5, 7]
+    computed = np.zeros((2, 1, 1, 4), np.float32)
+    computed[0, 0, 0] = [10, 20, 50, 30]
+    computed[1, 0, 0] = [1, 1, 4, 0]
+    _add_interpolated(total, computed, ks)
+    assert total[0, 0, 0].tolist() == pytest.approx([1, 11, 21, 31, 41, 51, 41, 31, 1])
+    assert total[1, 0, 0].tolist() == pytest.approx([1, 2, 2, 3, 4, 5, 3, 1, 1])
