@@ -75,10 +75,10 @@ def main(argv=None) -> int:
     if args.smoke:
         names = list(data)
         data = {k: data[k] for k in names[:2] + names[-1:]}
-    print("| case | mL | shell uncertain | edge voxels | unsure because |\n|---|---:|---:|---:|---|")
+    print("| case | mL | shell uncertain | edge voxels | outline bare | unsure because |\n|---|---:|---:|---:|---:|---|")
     for name, vol in data.items():
         r = ex.extract(vol, aff)
-        print(f"| {name} | {r.volume_ml:,.0f} | {r.shell_uncertain:.3f} | {r.edge_voxels} | "
+        print(f"| {name} | {r.volume_ml:,.0f} | {r.shell_uncertain:.3f} | {r.edge_voxels} | {r.bare_fraction:.3f} | "
               f"{'; '.join(r.unsure_reasons) or '-'} |", flush=True)
     return 0
 

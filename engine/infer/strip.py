@@ -54,6 +54,13 @@ ICV_RANGE_ML = (900.0, 2300.0)
 UNSURE_SHELL_FRACTION = 0.70
 # a brain touching the field of view's edge on more than this many voxels is cut
 CUT_EDGE_VOXELS = 200
+# a brain whose outline lies within BARE_MM of the air (no skull or scalp around it) on more than
+# BARE_FRACTION of its boundary voxels is cut inside the array or was stripped already.
+# bench/strip_unsure.py with strip-shipped-2 at 6 mm: 0.000 on the three whole proxy heads, 0.167
+# defaced, 0.207 with the top 30 mm of the brain cut off (which the shell test no longer caught:
+# 0.51), 0.109 inverted contrast; at 4 mm the cut case read 0.000, at 8 mm 0.238
+BARE_MM = 6.0
+BARE_FRACTION = 0.05
 # the brain probability above which a voxel is inside (a model may record its own in model.json)
 THRESHOLD = 0.5
 
@@ -185,6 +192,7 @@ class StripResult:
     edge_voxels: int  # mask voxels on the field of view's faces (scan grid)
     seconds: float
     unsure_reasons: list[str] = field(default_factory=list)
+    bare_fraction: float = 0.0  # of the mask's boundary, the part with no head around it (bare_fraction())
 
     @property
     def unsure(self) -> bool:
@@ -197,8 +205,23 @@ class StripResult:
         return s
 
 
-def assess(mask: np.ndarray, prob: np.ndarray, voxel_ml: float) -> tuple[float, float, int, list[str]]:
-    """(volume mL, shell uncertainty, edge voxels, reasons to be unsure)."""
+def bare_fraction(prob: np.ndarray, work: np.ndarray, threshold: float = THRESHOLD) -> float:
+    """The fraction of the brain mask's boundary (2 mm work grid) lying within BARE_MM of air: the
+    outside of the head, holes filled. In a whole head skull and scalp keep the brain 8 mm or more
+    from the air everywhere; where the field of view or a defacing cut through the head, or the scan
+    was stripped already, the brain meets the air directly."""
+    pm = prob > threshold
+    if not pm.any():
+        return 0.0
+    head = ndi.binary_fill_holes(ndi.binary_closing(work > 0.05, iterations=2)) | pm
+    near_air = ndi.distance_transform_edt(head) * STRIP_MM < BARE_MM
+    boundary = pm & ~ndi.binary_erosion(pm)
+    return float((boundary & near_air).sum()) / max(int(boundary.sum()), 1)
+
+
+def assess(mask: np.ndarray, prob: np.ndarray, voxel_ml: float,
+           bare: float = 0.0) -> tuple[float, float, int, list[str]]:
+    """(volume mL, shell uncertainty, edge voxels, reasons to be unsure); `bare`: bare_fraction()."""
     vol = float(mask.sum()) * voxel_ml
     pm = prob > 0.5
     shell = ndi.binary_dilation(pm, iterations=2) & ~ndi.binary_erosion(pm, iterations=2)
@@ -213,6 +236,9 @@ def assess(mask: np.ndarray, prob: np.ndarray, voxel_ml: float) -> tuple[float, 
                        "contrast than T1 or heavy artefacts?)")
     if edge > CUT_EDGE_VOXELS:
         reasons.append("the brain reaches the edge of the field of view (cut off?)")
+    elif bare > BARE_FRACTION:
+        reasons.append(f"{bare:.0%} of the brain's outline has no skull or scalp around it (the field of view "
+                       "or a defacing cuts the head, or the scan was already skull-stripped?)")
     return vol, unsure_frac, edge, reasons
 
 
@@ -280,7 +306,8 @@ class BrainExtractor:
         native = grid.to_scan(fill_enclosed(prob, self.threshold), volume.shape, affine)
         mask = clean_mask(native, self.threshold)
         voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-        vol, unsure_frac, edge, reasons = assess(mask, prob, voxel_ml)
-        res = StripResult(mask, prob, vol, unsure_frac, edge, time.time() - t0, reasons)
+        bare = bare_fraction(prob, work, self.threshold)
+        vol, unsure_frac, edge, reasons = assess(mask, prob, voxel_ml, bare)
+        res = StripResult(mask, prob, vol, unsure_frac, edge, time.time() - t0, reasons, bare)
         log.info("%s (%.1f s)", res.summary(), res.seconds)
         return res

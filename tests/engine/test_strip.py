@@ -81,6 +81,30 @@ def test_work_grid_is_the_same_head_whatever_the_storage():
     assert np.corrcoef(w1[inside], w2[inside])[0, 1] > 0.9
 
 
+def test_a_brain_with_no_skull_or_scalp_around_part_of_it_is_flagged_unsure():
+    """A whole head keeps skull and scalp between brain and air; a field of view that cuts the top
+    of the head inside the array, or a scan stripped already, leaves the brain against the air: the
+    extraction says it is unsure and why (the edge-of-array test cannot see a cut inside the array)."""
+    from engine.infer.strip import BARE_FRACTION, assess, bare_fraction
+
+    head, ic = phantom_head()  # 2 mm: the work grid's voxel size
+    work = np.clip(head / np.percentile(head[head > 0], 98), 0, 2)
+    prob = ic.astype(np.float32)
+    whole = bare_fraction(prob, work)
+    assert whole == 0.0
+    assert not any("skull or scalp" in r for r in assess(ic, prob, 0.008, whole)[3])
+    top = np.where(ic.any((0, 1)))[0].max()
+    cut, cut_ic = work.copy(), ic.copy()
+    cut[:, :, top - 10:] = 0  # the top 20 mm of the brain (and all above it) outside the field of view
+    cut_ic[:, :, top - 10:] = False
+    frac = bare_fraction(cut_ic.astype(np.float32), cut)
+    assert frac > BARE_FRACTION
+    reasons = assess(cut_ic, cut_ic.astype(np.float32), 0.008, frac)[3]
+    assert any("no skull or scalp around it" in r and f"{frac:.0%}" in r for r in reasons), reasons
+    stripped = np.where(ic, work, 0)
+    assert bare_fraction(prob, stripped) > 0.9
+
+
 def test_clean_mask_keeps_the_largest_piece_and_fills_holes():
     p = np.zeros((30, 30, 30), np.float32)
     p[5:20, 5:20, 5:20] = 0.9
