@@ -131,7 +131,7 @@ class FileController(QtCore.QObject):
         what_changed = (f"{n} edit{'s' if n != 1 else ''} since the last save" if n
                         else "a segmentation or operation that is not saved yet")
         answer = dialogs.ask_save_discard_cancel(
-            self, "Unsaved edits",
+            self.win, "Unsaved edits",
             f"The label map has unsaved changes ({what_changed}). Save them before you {what}?")
         if answer == "save":
             return self.on_save_labels()
@@ -141,7 +141,7 @@ class FileController(QtCore.QObject):
         k = len(info.edited_pairs) if info.edited_pairs is not None else len(info.edited_slices)
         n = info.edit_count
         ok = dialogs.ask_yes_no(
-            self, "Restore unsaved edits?",
+            self.win, "Restore unsaved edits?",
             f"BrainSeg found edits to {self.win.scan.name} that were not saved "
             f"({n} edit{'s' if n != 1 else ''} on {k} slice{'s' if k != 1 else ''}, autosaved {info.saved_at_text}).\n\n"
             "Restore them?", default_yes=True)

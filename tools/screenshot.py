@@ -38,10 +38,10 @@ def main(argv=None) -> int:
     done = []
     win.segmentationFinished.connect(done.append)
     win.engine.failed.connect(lambda *a: done.append(a))
-    win.start_segmentation()
+    win.segment_actions.start_segmentation()
     while not done:
         app.processEvents(QtCore.QEventLoop.AllEvents, 50)
-    win._set_tool(args.tool)
+    win.editing._set_tool(args.tool)
     if not args.scan:
         win.set_cursor((88, 120, 95))
     if args.panel:

@@ -29,11 +29,33 @@ class Dialogs:
         self.directory = ""
 
 
+def _widget_parent(fn):
+    """A stand-in that, like Qt, refuses a parent that is not a QWidget (or None): a controller
+    (QObject) passed as a dialog's parent raised TypeError in the real app - at the recovery offer -
+    while every stand-in accepted it."""
+    from PyQt5 import QtWidgets
+
+    def stand_in(parent, *a, **k):
+        assert parent is None or isinstance(parent, QtWidgets.QWidget), (
+            f"a dialog's parent must be a QWidget or None (Qt raises TypeError), not {type(parent).__name__}")
+        return fn(parent, *a, **k)
+
+    return stand_in
+
+
 @pytest.fixture
 def dialogs(monkeypatch):
     from brainseg_gui import dialogs as mod
 
     d = Dialogs()
+    setattr_ = monkeypatch.setattr
+
+    class _Checked:
+        @staticmethod
+        def setattr(target, name, fn):
+            setattr_(target, name, _widget_parent(fn))
+
+    monkeypatch = _Checked()
     monkeypatch.setattr(mod, "show_error", lambda p, t, m: d.errors.append(m))
     monkeypatch.setattr(mod, "show_info", lambda p, t, m: d.infos.append(m))
     monkeypatch.setattr(mod, "ask_yes_no", lambda p, t, m, default_yes=False: (d.questions.append(m), d.yes)[1])
