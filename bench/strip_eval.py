@@ -39,7 +39,6 @@ BRAINSEG = [sys.executable, "-m", "engine.cli"]
 MIRROR = False
 SEGMENT_ARGS: list[str] = []  # extra `brainseg segment` options (--smoke: ENet, two axial slices)
 RAW_SHAPE, RAW_MM = (256, 256, 128), (1.0, 1.0, 1.25)  # the RAW-like copies' grid (--smoke: coarser)
-ALT_TRUTH: dict = {}  # heads(): a second reference mask per head, on the head's own grid
 
 
 def dice(a, b):
@@ -52,12 +51,12 @@ def phantom_heads():
     from bench.common import phantom_head
 
     img, mask, aff = phantom_head((100, 112, 100), 2.0)
-    return {"phantom": (img, aff, mask, "synthetic phantom (smoke run)")}
+    return {"phantom": (img, aff, mask, "synthetic phantom (smoke run)", None)}
 
 
 def heads():
-    """{name: (image, affine, truth mask, role)} at their own resolution; ALT_TRUTH[name]: a second
-    mask to report Dice against (pydeface: ROBEX's mask carried over by registration)."""
+    """{name: (image, affine, truth mask, role, second mask or None)} at their own resolution; the
+    second mask is reported beside the truth (pydeface: ROBEX's mask carried over by registration)."""
     from strip_data import _wheel_file, build_sources, grid_affine
 
     src = build_sources()
@@ -74,10 +73,9 @@ def heads():
             return ndi.affine_transform(mask.astype(np.float32), m[:3, :3], m[:3, 3], output_shape=a.shape,
                                         order=1) > 0.5
 
-        truth = on_scan(src[key])
-        out[name] = (a, img.affine, truth, f"{role}; mask: {src.get('pyd_truth')}" if name == "pydeface" else role)
-        if name == "pydeface" and "pyd_carried" in src:
-            ALT_TRUTH[name] = on_scan(src["pyd_carried"])
+        pyd = name == "pydeface"
+        out[name] = (a, img.affine, on_scan(src[key]), f"{role}; mask: {src.get('pyd_truth')}" if pyd else role,
+                     on_scan(src["pyd_carried"]) if pyd and "pyd_carried" in src else None)
     return out
 
 
@@ -108,13 +106,19 @@ def bias_field(shape) -> np.ndarray:
     return (1 + 0.2 * x * z) * (1 + 0.1 * np.linspace(-1, 1, shape[1])[None, :, None])
 
 
+def mask_on_raw_grid(mask, affine):
+    """A mask of the head brought onto its RAW-like grid (raw_grid)."""
+    _new, m = raw_grid(mask.shape, affine)
+    return ndi.affine_transform(mask.astype(np.float32), m[:3, :3], m[:3, 3], output_shape=RAW_SHAPE, order=1) > 0.5
+
+
 def raw_like(img, affine, truth, seed=7):
     """The head on the RAW-like grid (raw_grid), with the bias field and MPRAGE-like Rician noise."""
     rng = np.random.default_rng(seed)
     shape = RAW_SHAPE
     new, m = raw_grid(img.shape, affine)
     out = ndi.affine_transform(img, m[:3, :3], m[:3, 3], output_shape=shape, order=1)
-    t = ndi.affine_transform(truth.astype(np.float32), m[:3, :3], m[:3, 3], output_shape=shape, order=1) > 0.5
+    t = mask_on_raw_grid(truth, affine)
     out = out * bias_field(shape)
     s = 0.03 * float(np.percentile(out[t], 90))
     out = np.sqrt((out + rng.normal(0, s, shape)) ** 2 + rng.normal(0, s, shape) ** 2)
@@ -157,14 +161,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {"heads": {}, "orientation": {}, "tissue": {}, "speed": {}}
     files = {}
-    for name, (img, aff, truth, role) in (phantom_heads() if args.smoke else heads()).items():
+    alts = {}  # (head, copy): the second reference mask, where a head has one
+    for name, (img, aff, truth, role, alt) in (phantom_heads() if args.smoke else heads()).items():
         for copy in ("raw-like",) if args.smoke else ("as-is", "raw-like"):
-            alt = ALT_TRUTH.get(name)
             if copy == "as-is":
                 a, af, t = img, aff, truth
             else:
                 if alt is not None:
-                    alt = raw_like(img, aff, alt)[2]
+                    alt = mask_on_raw_grid(alt, aff)
                 a, af, t = raw_like(img, aff, truth)
                 # int16, as a scanner writes it: the NIfTI twin and the Analyze copy hold the same array
                 # (a float NIfTI against an int16 Analyze measured rounding, not orientation: labels
@@ -174,7 +178,7 @@ def main(argv=None) -> int:
             nib.save(nib.Nifti1Image(a, af), str(f))
             files[(name, copy)] = (f, t, af, role)
             if alt is not None:
-                ALT_TRUTH[(name, copy)] = alt
+                alts[(name, copy)] = alt
             if copy == "raw-like":  # the same array as Analyze 7.5, header silent (orient 0, default affine)
                 zooms = np.sqrt((af[:3, :3] ** 2).sum(0))  # Analyze keeps the voxel sizes, not the orientation
                 nib.save(nib.AnalyzeImage(a, np.diag([-zooms[0], zooms[1], zooms[2], 1.0])),
@@ -190,8 +194,8 @@ def main(argv=None) -> int:
             dt, _ = timed(BRAINSEG + ["strip", str(f), "-o", str(mine), "--force"])
             m = np.asarray(nib.load(str(mine)).dataobj)
             rec.setdefault("brainseg", {}).update({"dice": round(dice(m, t), 4), "ml": round(float((m > 0).sum()) * vml, 1)})
-            if (name, copy) in ALT_TRUTH:
-                rec["brainseg"]["dice_vs_carried"] = round(dice(m, ALT_TRUTH[(name, copy)]), 4)
+            if (name, copy) in alts:
+                rec["brainseg"]["dice_vs_carried"] = round(dice(m, alts[(name, copy)]), 4)
             rec["brainseg"].setdefault("seconds", []).append(round(dt, 1))
             if args.peers:
                 peers = Path(args.peers)

@@ -85,7 +85,7 @@ def heads(smoke: bool):
         return {"phantom": brain_on_grid(img, aff, mask)}
     from bench.strip_eval import heads as strip_heads
 
-    return {name: brain_on_grid(img, aff, truth) for name, (img, aff, truth, _role) in strip_heads().items()}
+    return {name: brain_on_grid(img, aff, truth) for name, (img, aff, truth, *_rest) in strip_heads().items()}
 
 
 def copies(brain: np.ndarray, seed: int):

@@ -318,6 +318,12 @@ def repair_onnx(model):
     return model
 
 
+def _copy_scrubbed(src: Path, dst: Path) -> None:
+    """A model.json copied into a package without home paths or file names (engine/core/privacy.py)."""
+    meta = json.loads(src.read_text(encoding="utf-8"))
+    dst.write_text(json.dumps(scrub(meta), indent=2), encoding="utf-8")
+
+
 def export_onnx(net, path: Path, hw: tuple[int, int], meta: dict | None = None, channels: int = 1) -> Path:
     """FP32 ONNX of a Gluon network with dynamic batch, height and width (input (N, channels, H, W))."""
     from engine.core.extras import need
@@ -560,12 +566,10 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
             spec["quantization"]["calibration_slices"] = int(calib.shape[0])
         if strip_net is not None:  # FP32 whatever --int8 says
             spec["strip"] = strip_spec(strip_info, export_strip_network(strip_net, strip_info, tmp, fmt))
-            strip_meta = json.loads((strip_dir / META).read_text(encoding="utf-8"))
-            (tmp / STRIP_META).write_text(json.dumps(scrub(strip_meta), indent=2), encoding="utf-8")
+            _copy_scrubbed(strip_dir / META, tmp / STRIP_META)
         shutil.copyfile(RUNNER, tmp / "segment_package.py")
         shutil.copyfile(RESOURCES / "colors.json", tmp / "classes.json")
-        meta = json.loads((model_dir / META).read_text(encoding="utf-8"))
-        (tmp / "model.json").write_text(json.dumps(scrub(meta), indent=2), encoding="utf-8")  # no home paths
+        _copy_scrubbed(model_dir / META, tmp / "model.json")
         (tmp / "package.json").write_text(json.dumps(spec, indent=2, default=str), encoding="utf-8")
         # Check the packaged network with the runner's loader against the FP32 network.
         checks = check_package_network(tmp, spec, net, _check_inputs(multiple, calib_batch))

@@ -55,10 +55,10 @@ def unet_preferred() -> tuple[bool, str]:
     decide this pair.) Reads a JSON file only: no MXNet."""
     import json
 
-    from engine.core.paths import RESOURCES
+    from engine.core.paths import WEIGHTS_DIR
 
     try:
-        meta = json.loads((RESOURCES / "weights" / "unet" / "model.json").read_text(encoding="utf-8"))
+        meta = json.loads((WEIGHTS_DIR / "unet" / "model.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False, "no shipped U-Net record"
     rec = meta.get("preferred_on_workstations")

@@ -61,6 +61,8 @@ CUT_EDGE_VOXELS = 200
 # 0.51), 0.109 inverted contrast; at 4 mm the cut case read 0.000, at 8 mm 0.238
 BARE_MM = 6.0
 BARE_FRACTION = 0.05
+# head (not air) on the normalised 2 mm work grid (volume / intensity_scale)
+WORK_FOREGROUND = 0.05
 # the brain probability above which a voxel is inside (a model may record its own in model.json)
 THRESHOLD = 0.5
 
@@ -213,7 +215,7 @@ def bare_fraction(prob: np.ndarray, work: np.ndarray, threshold: float = THRESHO
     pm = prob > threshold
     if not pm.any():
         return 0.0
-    head = ndi.binary_fill_holes(ndi.binary_closing(work > 0.05, iterations=2)) | pm
+    head = ndi.binary_fill_holes(ndi.binary_closing(work > WORK_FOREGROUND, iterations=2)) | pm
     near_air = ndi.distance_transform_edt(head) * STRIP_MM < BARE_MM
     boundary = pm & ~ndi.binary_erosion(pm)
     return float((boundary & near_air).sum()) / max(int(boundary.sum()), 1)
@@ -276,7 +278,7 @@ class BrainExtractor:
 
     def work_probability(self, work: np.ndarray, planes=tuple(PLANES), progress=None, cancel=None) -> np.ndarray:
         """Brain probability on a normalised work-grid volume, averaged over `planes`."""
-        fg = work > 0.05
+        fg = work > WORK_FOREGROUND
         acc = np.zeros(work.shape, np.float32)
         for i, plane in enumerate(planes):
             axis = PLANES[plane]

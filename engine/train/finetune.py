@@ -23,6 +23,7 @@ import numpy as np
 from engine.core.cancel import Cancelled, CancelToken
 from engine.core.metrics import confusion_matrix, dice_from_confusion, mean_tissue_dice
 from engine.core.mx_env import get_mx
+from engine.core.privacy import name_fingerprint
 from engine.infer.preprocess import SlicePadding, foreground_mask, normalisation_scale, normalise
 from engine.nets.weights import write_model_dir
 from engine.train.loop import FitConfig, FitProgress, fit, hybridize_for_training
@@ -308,10 +309,7 @@ def _pad_labels(pad: SlicePadding, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def scan_fingerprint(name: str) -> str:
-    """A salted hash of a scan's file name (not its folder), or '' for none: enough to tell whether
-    two versions learned from the same scan on this installation, nothing to identify a patient by
-    (engine/core/privacy.py; issue #20: it was an unsalted 12-hex hash)."""
-    from engine.core.privacy import name_fingerprint
-
-    return name_fingerprint(name)
+# A scan is recorded by a salted hash of its file name (not its folder): enough to tell whether two
+# versions learned from the same scan on this installation, nothing to identify a patient by
+# (issue #20: it was an unsalted 12-hex hash).
+scan_fingerprint = name_fingerprint

@@ -48,14 +48,6 @@ def dialogs(monkeypatch):
     from brainseg_gui import dialogs as mod
 
     d = Dialogs()
-    setattr_ = monkeypatch.setattr
-
-    class _Checked:
-        @staticmethod
-        def setattr(target, name, fn):
-            setattr_(target, name, _widget_parent(fn))
-
-    monkeypatch = _Checked()
     monkeypatch.setattr(mod, "show_error", lambda p, t, m: d.errors.append(m))
     monkeypatch.setattr(mod, "show_info", lambda p, t, m: d.infos.append(m))
     monkeypatch.setattr(mod, "ask_yes_no", lambda p, t, m, default_yes=False: (d.questions.append(m), d.yes)[1])
@@ -70,6 +62,9 @@ def dialogs(monkeypatch):
                                                                             d.open_path)[1])
     monkeypatch.setattr(mod, "get_save_path", lambda *a, **k: d.save_path)
     monkeypatch.setattr(mod, "get_directory", lambda *a, **k: d.directory)
+    for name in ("show_error", "show_info", "ask_yes_no", "ask_save_discard_cancel", "ask_choice", "get_number",
+                 "get_smoothing", "get_open_path", "get_save_path", "get_directory"):
+        monkeypatch.setattr(mod, name, _widget_parent(getattr(mod, name)))
     return d
 
 
