@@ -8,7 +8,11 @@ Data: a pool of synthetic heads (ROBEX's head and the ICBM152 brain inside proce
 tools/strip_data.py), one replaced every REFRESH batches, each brought onto its 2 mm work grid by
 exactly the code inference uses (StripGrid), so the input statistics match.
 Checkpoint selection: intracranial-mask Dice on pydeface's mean head (never trained on), as is and
-RAW-like (pitched, bias, noise), through the whole extraction pipeline. Those are validation proxies
+RAW-like (pitched, bias, noise), through the whole extraction pipeline (--select heads; --select all
+also averages in the already-stripped copy, which the app never extracts and which swung 0.1-0.98
+between strip-shipped-2's checkpoints). --ema D keeps an exponential average of the weights (decay D,
+BatchNorm statistics included) beside the trained ones; both are validated at each checkpoint and the
+better is kept. Those are validation proxies
 (population averages, a mask carried over by affine registration), not held-out subjects.
 Runs for a time budget with checkpoints (runs/strip/ckpt.*) and a log (runs/strip/train.log);
 --resume continues after a kill.
@@ -29,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from engine.core.mx_env import configure_threads, get_mx  # noqa: E402
+from engine.train.loop import WeightAverage  # noqa: E402
 
 ARCH_KWARGS = {"classes": 2, "base": 8, "levels": 5}
 POOL = 8
@@ -84,6 +89,13 @@ class HeadPool:
                 xs.append(np.stack([mw[int(np.clip(k + c - CONTEXT, 0, n - 1))] for c in range(CHANNELS)]))
                 ys.append(np.moveaxis(m, axis, 0)[k].astype(np.uint8))
             yield np.stack(xs), np.stack(ys)
+
+
+def heads_score(res: dict, select: str) -> float:
+    """The selection score: mean mask Dice over the validation copies (--select all) or over the heads
+    with their skull on (--select heads; the already-stripped copy is reported, not selected on)."""
+    names = [n for n in res if n != "score" and (select == "all" or not n.endswith("stripped"))]
+    return round(float(np.mean([res[n]["dice"] for n in names])), 4)
 
 
 def recalibrate_bn(params: Path, pool, batches: int = 150, log=None):
@@ -150,6 +162,10 @@ def main(argv=None) -> int:
     ap.add_argument("--version", default="strip-shipped-1", help="the version written into model.json")
     ap.add_argument("--init", help="start from these parameters (e.g. runs/strip/best.params) in a new --workdir: "
                                    "a second, lower-rate stage after the first run")
+    ap.add_argument("--ema", type=float, default=0.0, help="also keep an exponential average of the weights "
+                                                               "with this decay (e.g. 0.998); 0: off")
+    ap.add_argument("--select", choices=("heads", "all"), default="heads",
+                    help="checkpoint selection over the skull-on validation heads, or also the stripped copy")
     ap.add_argument("--finish", action="store_true",
                     help="no training: re-estimate BatchNorm statistics of best.params and write the model if better")
     args = ap.parse_args(argv)
@@ -209,13 +225,18 @@ def main(argv=None) -> int:
                  count_parameters(net), per_step, args.batch_size, cfg.steps, args.minutes)
     ex = BrainExtractor.from_network(net)
 
+    ema = WeightAverage(net, args.ema) if args.ema > 0 else None
+    if ema is not None and args.resume and (work / "ema.params").exists():
+        ema.load(work / "ema.params")
+        ema.updates = state.get("ema_updates", 0)
+
     def validate():
         res = {}
         for name, img, m in val:
             r = ex.extract(img, aff)
             res[name] = {"dice": round(dice(r.mask, m), 4), "ml": round(r.volume_ml, 1),
                          "truth_ml": round(float(m.sum()) * 8 / 1000, 1), "unsure": r.unsure_reasons}
-        res["score"] = round(float(np.mean([v["dice"] for v in res.values()])), 4)
+        res["score"] = heads_score(res, args.select)
         return res
 
     t_start = time.time() - state["elapsed_s"]
@@ -234,7 +255,22 @@ def main(argv=None) -> int:
         trainer.save_states(str(work / "ckpt.states"))
         if v["score"] > state["best"]:
             state["best"], state["best_val"], state["best_step"] = v["score"], v, step
+            state["best_weights"] = "trained"
             net.save_parameters(str(work / "best.params"))
+        if ema is not None:
+            ema.swap()
+            try:
+                ve = validate()
+                state["history"].append({"step": step, "weights": "average", **ve})
+                log.info("validation of the weight average at step %d: %s", step, json.dumps(ve))
+                if ve["score"] > state["best"]:
+                    state["best"], state["best_val"], state["best_step"] = ve["score"], ve, step
+                    state["best_weights"] = f"average (decay {args.ema})"
+                    net.save_parameters(str(work / "best.params"))
+            finally:
+                ema.swap()
+            ema.save(work / "ema.params")
+            state["ema_updates"] = ema.updates
         (work / "state.json").write_text(json.dumps(state, indent=1))
 
     if args.finish:
@@ -243,7 +279,8 @@ def main(argv=None) -> int:
     cfg.max_seconds = max(0.0, remaining)
     cfg.schedule_seconds = budget * 0.97
     last = fit(net, iter(pool), cfg, trainer=trainer, start_step=state["step"], on_progress=on_progress,
-               on_checkpoint=on_checkpoint, checkpoint_every=args.val_every, elapsed_offset=state["elapsed_s"])
+               on_checkpoint=on_checkpoint, checkpoint_every=args.val_every, elapsed_offset=state["elapsed_s"],
+               on_step=ema.update if ema is not None else None)
     on_checkpoint(last)
     return finish(args, work, state, pool, val, aff, log, last)
 
@@ -263,7 +300,7 @@ def finish(args, work, state, pool, val, aff, log, last=None) -> int:
             r = ex.extract(img, aff)
             res[name] = {"dice": round(dice(r.mask, m), 4), "ml": round(r.volume_ml, 1),
                          "shell_uncertain": round(r.shell_uncertain, 3)}
-        res["score"] = round(float(np.mean([v["dice"] for v in res.values()])), 4)
+        res["score"] = heads_score(res, args.select)
         return res
 
     plain = validate(net)
@@ -298,7 +335,10 @@ def finish(args, work, state, pool, val, aff, log, last=None) -> int:
         "script": "tools/train_strip.py", "initialised_from": state.get("init"), "steps": last, "best_step": state.get("best_step"),
         "batch_size": args.batch_size, "minutes": round(state.get("elapsed_s", 0) / 60, 1),
         "loss": "softmax CE + soft Dice", "optimizer": f"Adam lr {args.lr} cosine",
-        "batchnorm_statistics": bn_note, "validation_before_bn_reestimation": plain,
+        "batchnorm_statistics": bn_note,
+        "weights": state.get("best_weights", "trained"),
+        "selection": ("mean mask Dice on the pydeface head as is and RAW-like" if args.select == "heads" else
+                      "mean mask Dice on the pydeface head as is, RAW-like and already stripped"), "validation_before_bn_reestimation": plain,
         "validation_after_bn_reestimation": recal,
         "validation_proxies": state.get("best_val"),
         "trained_at": time.strftime("%Y-%m-%d %H:%M"),

@@ -119,8 +119,11 @@ def make_trainer(net, cfg, kvstore="device", optimizer: str = "adam", update_on_
 def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, ctx=None,
         on_progress: Callable[[FitProgress], None] | None = None, cancel: CancelToken | None = None,
         trainer=None, start_step: int = 0, on_checkpoint: Callable[[int], None] | None = None,
-        checkpoint_every: int = 0, grad_scale: float = 1.0, elapsed_offset: float = 0.0) -> int:
+        checkpoint_every: int = 0, grad_scale: float = 1.0, elapsed_offset: float = 0.0,
+        on_step: Callable[[int], None] | None = None) -> int:
     """Train on batches of (images (N,1,H,W) float32, labels (N,H,W) uint8). Returns the last step.
+
+    `on_step(step)` runs after every optimiser step (e.g. a weight average), before `on_checkpoint`.
 
     Stops at cfg.steps, at cfg.max_seconds, or raises Cancelled when cancel is set (checked each
     batch; the network then holds the last completed step's weights)."""
@@ -145,6 +148,8 @@ def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, c
         loss.backward()
         trainer.step(grad_scale)
         step += 1
+        if on_step is not None:
+            on_step(step)
         if pending is not None:  # read the previous loss: keeps MXNet's queue one step ahead
             val = float(pending.asscalar())
             running = val if running is None else 0.95 * running + 0.05 * val
@@ -156,3 +161,39 @@ def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, c
             on_checkpoint(step)
     mx.nd.waitall()
     return step
+
+
+class WeightAverage:
+    """An exponential moving average of every parameter of `net`, BatchNorm running statistics
+    included (Polyak averaging; timm's ModelEmaV2 does the same). Keyed like save_parameters, so
+    `save()` writes a file that load_parameters reads. The decay ramps up as (1 + n) / (10 + n) over
+    the first updates, so a fresh average does not hold on to the starting weights for long."""
+
+    def __init__(self, net, decay: float):
+        self.params = net._collect_params_with_prefix()
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: p.data().copy() for k, p in self.params.items()}
+
+    def update(self, _step=None):
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for k, p in self.params.items():
+            s = self.shadow[k]
+            s *= d
+            s += (1.0 - d) * p.data()
+
+    def swap(self):
+        """Exchange the live weights and the average (call twice to undo)."""
+        for k, p in self.params.items():
+            live = p.data().copy()
+            p.set_data(self.shadow[k])
+            self.shadow[k] = live
+
+    def save(self, path):
+        get_mx().nd.save(str(path), self.shadow)
+
+    def load(self, path):
+        saved = get_mx().nd.load(str(path))
+        for k in self.shadow:
+            self.shadow[k] = saved[k].copy()

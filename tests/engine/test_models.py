@@ -369,3 +369,45 @@ def test_a_sparse_planes_slices_between_computed_ones_are_linear_interpolations_
     _add_interpolated(total, computed, ks)
     assert total[0, 0, 0].tolist() == pytest.approx([1, 11, 21, 31, 41, 51, 41, 31, 1])
     assert total[1, 0, 0].tolist() == pytest.approx([1, 2, 2, 3, 4, 5, 3, 1, 1])
+
+
+def test_weight_average_follows_every_step_and_swaps_back(tmp_path):
+    """tools/train_strip.py --ema: the average is updated after every optimiser step (fit's on_step),
+    BatchNorm statistics included, with the ramped decay; swapping it in changes the network's output,
+    swapping back restores the trained weights exactly, and its file loads into a fresh network."""
+    from engine.nets import get_model
+    from engine.train.loop import FitConfig, WeightAverage, fit
+
+    net = get_model("unet", base=4, levels=2)
+    net.initialize(mx.init.Xavier())
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 1, 24, 40)).astype(np.float32)  # not square
+    y = (x[:, 0] * 4).astype(np.uint8).clip(0, 3)
+    net(mx.nd.array(x))
+    net.hybridize(static_alloc=True)
+    ema = WeightAverage(net, decay=0.6)
+    names = [k for k in ema.params if k.endswith("weight")][:1] + [k for k in ema.params if "running_mean" in k][:1]
+    assert len(names) == 2
+    expect = {k: ema.params[k].data().asnumpy().copy() for k in names}
+
+    def on_step(step):
+        ema.update(step)
+        d = min(0.6, (1.0 + ema.updates) / (10.0 + ema.updates))
+        for k in names:
+            expect[k] = d * expect[k] + (1 - d) * ema.params[k].data().asnumpy()
+
+    fit(net, iter([(x, y)] * 6), FitConfig(steps=6, batch_size=2, lr=0.05, log_every=100), on_step=on_step)
+    assert ema.updates == 6
+    for k in names:
+        np.testing.assert_allclose(ema.shadow[k].asnumpy(), expect[k], rtol=1e-4, atol=1e-6)
+        assert not np.allclose(expect[k], ema.params[k].data().asnumpy())  # it lags the weights
+    trained = net(mx.nd.array(x)).asnumpy()
+    ema.save(tmp_path / "ema.params")
+    ema.swap()
+    averaged = net(mx.nd.array(x)).asnumpy()
+    ema.swap()
+    assert np.abs(averaged - trained).max() > 1e-4
+    np.testing.assert_array_equal(net(mx.nd.array(x)).asnumpy(), trained)
+    fresh = get_model("unet", base=4, levels=2)
+    fresh.load_parameters(str(tmp_path / "ema.params"))
+    np.testing.assert_allclose(fresh(mx.nd.array(x)).asnumpy(), averaged, rtol=1e-4, atol=1e-5)
