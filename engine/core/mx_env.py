@@ -76,8 +76,12 @@ def get_mx():
         hidden = [m for m in ("sklearn", "scipy.stats") if m not in sys.modules]
         for m in hidden:
             sys.modules[m] = None  # type: ignore[assignment]
+        # - and the 2,556 operator functions mxnet compiles from generated source at every import
+        #   come from a disk cache of their bytecode (engine/core/mx_opcache.py).
         try:
-            import mxnet as mx  # noqa: PLC0415  (deliberately late: env must be set first)
+            from engine.core.mx_opcache import import_mxnet_cached
+
+            mx = import_mxnet_cached()  # deliberately late: env must be set first
         finally:
             for m in hidden:
                 if sys.modules.get(m, 0) is None:

@@ -146,12 +146,16 @@ def _pair_paths(path: Path) -> tuple[Path, Path]:
 
 
 def _guess_kind(path: Path, data: np.ndarray) -> str:
+    """"labels" for a uint8 file or one named like a label map (LABEL_SUFFIXES) whose values are
+    whole numbers 0..NUM_CLASSES-1; otherwise "image". The name and type are checked first and only
+    the range is read (min and max): an np.unique over the voxels cost 0.4-0.9 s on every scan opened
+    (issue #21, start-up)."""
     stem = path.name.lower()
+    if not (data.dtype == np.uint8 or any(s in stem for s in LABEL_SUFFIXES)) or data.size == 0:
+        return "image"
     if np.issubdtype(data.dtype, np.integer) or np.all(np.mod(data, 1) == 0):
-        vals = np.unique(data) if data.size <= 50_000_000 else np.array([])
-        if vals.size and vals.min() >= 0 and vals.max() < NUM_CLASSES:
-            if any(s in stem for s in LABEL_SUFFIXES) or data.dtype == np.uint8:
-                return "labels"
+        if data.min() >= 0 and data.max() < NUM_CLASSES:
+            return "labels"
     return "image"
 
 

@@ -1,0 +1,192 @@
+"""A disk cache for the Python functions MXNet generates for its operators at import.
+
+Why (issue #21, start-up): `import mxnet` writes the source of one Python function per operator,
+twice (mxnet.ndarray and mxnet.symbol, 2,556 functions, 5 MB of source), and compiles each with
+`exec(source)`. Compiling was 0.81 s of a 1.76 s import on this machine (measured with a training
+running, so the share, not the seconds). Python caches the bytecode of modules in __pycache__, but
+not of source handed to exec, so every `brainseg segment` paid it again.
+
+How: while mxnet imports, the two modules that call exec (mxnet.ndarray.register and
+mxnet.symbol.register) get a module-level `exec` that looks the source up by its SHA-1 in a dict of
+code objects (marshal, like __pycache__) and compiles only what it has not seen. Each function's
+source embeds its operator's handle, a pointer that changes with every process (ASLR): the handle is
+replaced by a sentinel before hashing and compiling, and the cached code object gets the process's
+handle back in its constants. Apart from the handle, the lookup is keyed by the whole source text,
+so a different MXNet build can only miss, never run a stale function. After
+the import, a cache that missed is rewritten (atomically) with exactly the functions this import
+used. Anything wrong with the cache - missing, unreadable, corrupt, written by another Python,
+a full or read-only disk - falls back to compiling, as mxnet does itself; nothing else changes.
+
+The file lives in cache_dir() (BRAINSEG_CACHE, else $BRAINSEG_HOME/cache, else ~/.cache/brainseg),
+as marshal data written by this user, like Python's own .pyc files.
+"""
+from __future__ import annotations
+
+import builtins
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import marshal
+import os
+import re
+import sys
+from pathlib import Path
+from types import CodeType
+
+log = logging.getLogger(__name__)
+
+MODULES = ("mxnet.ndarray.register", "mxnet.symbol.register")
+HEADER = b"brainseg-mx-opcache-2\n" + importlib.util.MAGIC_NUMBER
+# `return _imperative_invoke(<handle>, ...` (ndarray) and `return _symbol_creator(<handle>, ...` (symbol)
+_HANDLE = re.compile(r"\b(_imperative_invoke|_symbol_creator)\((\d+),")
+SENTINEL = (1 << 62) + 0x5EED  # stands for the handle in cached code; no operator's source has it
+
+
+def _with_constant(code: CodeType, old: int, new: int) -> tuple[CodeType, int]:
+    """`code` with the integer constant `old` replaced by `new` in it and its nested code objects;
+    and how many were replaced."""
+    n = 0
+    consts = []
+    for c in code.co_consts:
+        if type(c) is int and c == old:
+            c, n = new, n + 1
+        elif isinstance(c, CodeType):
+            c, k = _with_constant(c, old, new)
+            n += k
+        consts.append(c)
+    return (code.replace(co_consts=tuple(consts)) if n else code), n
+
+
+LAST: dict = {}  # the last cached import's hits and compilations (tests, bench)
+
+
+def cache_dir() -> Path:
+    """Where start-up caches live: BRAINSEG_CACHE, else $BRAINSEG_HOME/cache, else XDG's cache."""
+    if os.environ.get("BRAINSEG_CACHE"):
+        return Path(os.environ["BRAINSEG_CACHE"])
+    if os.environ.get("BRAINSEG_HOME"):
+        return Path(os.environ["BRAINSEG_HOME"]) / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "brainseg"
+
+
+def cache_path() -> Path:
+    return cache_dir() / f"mxnet-ops.{sys.implementation.cache_tag}.marshal"
+
+
+class OpCodeCache:
+    """Code objects of exec'd source, keyed by the source's SHA-1."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.codes: dict[bytes, object] = {}
+        self.used: dict[bytes, object] = {}
+        self.hits = self.misses = 0
+        try:
+            blob = path.read_bytes()
+            if not blob.startswith(HEADER):
+                raise ValueError("not a cache of this Python")
+            codes = marshal.loads(blob[len(HEADER):])
+            if not isinstance(codes, dict):
+                raise ValueError("not a dict")
+            self.codes = codes
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, EOFError, TypeError) as e:
+            log.info("MXNet operator cache %s unusable (%s): compiling", path, e)
+
+    def compiled(self, source: str):
+        handles = {int(m.group(2)) for m in _HANDLE.finditer(source)}
+        if len(handles) > 1 or str(SENTINEL) in source:  # not the shape we know: no cache
+            return compile(source, "<string>", "exec")
+        norm = _HANDLE.sub(lambda m: f"{m.group(1)}({SENTINEL},", source) if handles else source
+        key = hashlib.sha1(norm.encode("utf-8")).digest()
+        code = self.codes.get(key)
+        if code is None:
+            code = compile(norm, "<string>", "exec")
+            self.misses += 1
+        else:
+            self.hits += 1
+        self.used[key] = code
+        if handles:
+            code, n = _with_constant(code, SENTINEL, handles.pop())
+            if n == 0:  # the sentinel did not survive as a constant: compile the real source
+                return compile(source, "<string>", "exec")
+        return code
+
+    def exec_for(self, module_globals: dict):
+        """An `exec` for one module: source strings go through the cache; everything else, and a
+        call without globals and locals (it would need the caller's frame), is the builtin's."""
+
+        def cached_exec(source, globals=None, locals=None):  # noqa: A002 (exec's own signature)
+            if not isinstance(source, str) or (globals is None and locals is None):
+                frame = sys._getframe(1)
+                return builtins.exec(source, frame.f_globals if globals is None else globals,
+                                     frame.f_locals if locals is None else locals)
+            return builtins.exec(self.compiled(source), module_globals if globals is None else globals, locals)
+
+        return cached_exec
+
+    def save(self) -> None:
+        """Rewrite the file with the functions this import used, when anything missed."""
+        if not self.misses:
+            return
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(HEADER + marshal.dumps(self.used))
+            os.replace(tmp, self.path)
+        except (OSError, ValueError) as e:
+            log.info("MXNet operator cache not written to %s (%s)", self.path, e)
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Gives MODULES a cached `exec` before their bodies run."""
+
+    def __init__(self, cache: OpCodeCache):
+        self.cache = cache
+        self.patched: list = []
+
+    def find_spec(self, name, path, target=None):
+        if name not in MODULES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader, cache, patched = spec.loader, self.cache, self.patched
+        original = loader.exec_module
+
+        def exec_module(module):
+            module.__dict__["exec"] = cache.exec_for(module.__dict__)
+            patched.append(module)
+            original(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def import_mxnet_cached():
+    """`import mxnet` with the operator-function cache; returns the module. Falls back to a plain
+    import when mxnet is already imported."""
+    if "mxnet" in sys.modules:
+        import mxnet  # noqa: PLC0415
+
+        return mxnet
+    cache = OpCodeCache(cache_path())
+    finder = _Finder(cache)
+    sys.meta_path.insert(0, finder)
+    try:
+        import mxnet  # noqa: PLC0415
+    finally:
+        sys.meta_path.remove(finder)
+        for module in finder.patched:  # later exec calls (none known) use the builtin again
+            module.__dict__.pop("exec", None)
+    log.debug("MXNet operator cache: %d hits, %d compiled", cache.hits, cache.misses)
+    cache.save()
+    LAST.update(hits=cache.hits, compiled=cache.misses, path=str(cache.path))
+    return mxnet
