@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.core.mx_env import get_mx
+from engine.core.mx_env import get_mx, onnx_for_export
 from engine.core.paths import DEMO_SCAN, RESOURCES
 from engine.core.privacy import scrub
 from engine.nets.weights import sha256
@@ -332,6 +332,7 @@ def export_onnx(net, path: Path, hw: tuple[int, int], meta: dict | None = None, 
     need("onnxruntime", "ONNX export")
 
     mx = get_mx()
+    onnx_for_export(mx)
     with tempfile.TemporaryDirectory() as tmp:
         sym, params = export_symbol(net, Path(tmp) / "net", hw, channels)
         raw = Path(tmp) / "raw.onnx"

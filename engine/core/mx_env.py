@@ -71,9 +71,12 @@ def get_mx():
         # - scikit-learn: mxnet/model.py makes its legacy FeedForward class a BaseEstimator (0.5 s);
         # - scipy.stats: mxnet.contrib.quantization's *entropy* calibration (0.38 s measured; the
         #   import is guarded upstream, and engine/infer/quantize.py brings it back for "entropy").
+        # - onnx (with protobuf; mxnet.onnx's translations keep it as a module global: onnx_for_export()
+        #   gives it back before an export) and scipy.sparse (mxnet converts scipy sparse matrices,
+        #   which nothing here passes it): 0.1 s together.
         # (setuptools' distutils shim costs another 0.1 s through numpy_dispatch_protocol; it is
         # installed at interpreter start, and taking it out would make setuptools warn later.)
-        hidden = [m for m in ("sklearn", "scipy.stats") if m not in sys.modules]
+        hidden = [m for m in ("sklearn", "scipy.stats", "onnx", "scipy.sparse") if m not in sys.modules]
         for m in hidden:
             sys.modules[m] = None  # type: ignore[assignment]
         # - and the 2,556 operator functions mxnet compiles from generated source at every import
@@ -90,6 +93,21 @@ def get_mx():
         _mx = mx
         log.info("mxnet %s loaded, OMP_NUM_THREADS=%s", mx.__version__, os.environ.get("OMP_NUM_THREADS"))
     return _mx
+
+
+def onnx_for_export(mx):
+    """mx.onnx ready to export; returns the onnx module. get_mx() hid onnx while mxnet imported, so
+    mxnet registered no operator translations (its register() skips them without onnx) and its
+    translation modules hold onnx = None: they are imported again, now with onnx."""
+    import importlib
+
+    import onnx  # noqa: PLC0415
+    from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph  # noqa: PLC0415
+
+    if not MXNetGraph.registry_.get(12) or not MXNetGraph.registry_.get(13):
+        for name in ("_op_translations_opset12", "_op_translations_opset13"):
+            importlib.reload(importlib.import_module(f"mxnet.onnx.mx2onnx._op_translations.{name}"))
+    return onnx
 
 
 def _mxnet_sees_a_gpu() -> bool:
