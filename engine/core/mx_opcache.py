@@ -17,7 +17,7 @@ the import, a cache that missed is rewritten (atomically) with exactly the funct
 used. Anything wrong with the cache - missing, unreadable, corrupt, written by another Python,
 a full or read-only disk - falls back to compiling, as mxnet does itself; nothing else changes.
 
-The file lives in cache_dir() (BRAINSEG_CACHE, else $BRAINSEG_HOME/cache, else ~/.cache/brainseg),
+The file lives in cache_dir() (BRAINSEG_CACHE, else $XDG_CACHE_HOME/brainseg or ~/.cache/brainseg),
 as marshal data written by this user, like Python's own .pyc files.
 """
 from __future__ import annotations
@@ -63,11 +63,11 @@ LAST: dict = {}  # the last cached import's hits and compilations (tests, bench)
 
 
 def cache_dir() -> Path:
-    """Where start-up caches live: BRAINSEG_CACHE, else $BRAINSEG_HOME/cache, else XDG's cache."""
+    """Where start-up caches live: BRAINSEG_CACHE, else XDG's cache folder. Not BRAINSEG_HOME: the
+    cache holds no user data (MXNet's own code, keyed by its source), and a per-home copy would be
+    rewritten (0.7 s) by every process started with a fresh home, as the tests do."""
     if os.environ.get("BRAINSEG_CACHE"):
         return Path(os.environ["BRAINSEG_CACHE"])
-    if os.environ.get("BRAINSEG_HOME"):
-        return Path(os.environ["BRAINSEG_HOME"]) / "cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "brainseg"
 
 
