@@ -313,6 +313,20 @@ def finish(args, work, state, pool, val, aff, log, last=None) -> int:
         state["best_val"] = recal
     else:
         state["best_val"] = plain
+    if args.ema > 0 and (work / "ema.params").exists():
+        # averaged weights with averaged BatchNorm statistics do not match (SWA, Izmailov et al. 2018,
+        # recomputes them; validation of the plain average fell 0.02 below the trained weights):
+        # the final average with its statistics re-estimated is the third candidate
+        averaged = recalibrate_bn(work / "ema.params", pool, log=log)
+        avg_val = validate(averaged)
+        log.info("final weight average with re-estimated BatchNorm: %s", json.dumps(avg_val))
+        state["candidates"] = {"best checkpoint": plain, "best checkpoint, precise BN": recal,
+                               "final weight average, precise BN": avg_val}
+        if avg_val["score"] > state["best_val"]["score"]:
+            net, state["best_val"] = averaged, avg_val
+            state["best_weights"] = f"final exponential average of the weights (decay {args.ema})"
+            state["best_step"] = last if last is not None else state.get("step")
+            bn_note = "re-estimated over 150 training batches (precise BN)"
     last = last if last is not None else state.get("step")
     record = {
         "task": "brain extraction: intracranial mask (FSL_SEG's meaning: brain + CSF, down to the brainstem "
@@ -341,6 +355,7 @@ def finish(args, work, state, pool, val, aff, log, last=None) -> int:
                       "mean mask Dice on the pydeface head as is, RAW-like and already stripped"), "validation_before_bn_reestimation": plain,
         "validation_after_bn_reestimation": recal,
         "validation_proxies": state.get("best_val"),
+        "candidates_at_the_end": state.get("candidates"),
         "trained_at": time.strftime("%Y-%m-%d %H:%M"),
         "licences": "resources/weights/strip/NOTICE",
     }
