@@ -32,6 +32,7 @@ import marshal
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from types import CodeType
 
@@ -42,6 +43,11 @@ HEADER = b"brainseg-mx-opcache-2\n" + importlib.util.MAGIC_NUMBER
 # `return _imperative_invoke(<handle>, ...` (ndarray) and `return _symbol_creator(<handle>, ...` (symbol)
 _HANDLE = re.compile(r"\b(_imperative_invoke|_symbol_creator)\((\d+),")
 SENTINEL = (1 << 62) + 0x5EED  # stands for the handle in cached code; no operator's source has it
+
+
+def _compile(source: str) -> CodeType:
+    # dont_inherit: not this module's `from __future__` flags, as mxnet's own exec would not have them
+    return compile(source, "<string>", "exec", dont_inherit=True)
 
 
 def _with_constant(code: CodeType, old: int, new: int) -> tuple[CodeType, int]:
@@ -72,7 +78,18 @@ def cache_dir() -> Path:
 
 
 def cache_path() -> Path:
-    return cache_dir() / f"mxnet-ops.{sys.implementation.cache_tag}.marshal"
+    """One file per Python and MXNet build (libmxnet.so's size and time: two venvs with different
+    builds would otherwise keep rewriting one file)."""
+    build = "0"
+    spec = importlib.machinery.PathFinder.find_spec("mxnet")
+    if spec is not None and spec.submodule_search_locations:
+        lib = Path(list(spec.submodule_search_locations)[0]) / "libmxnet.so"
+        try:
+            st = lib.stat()
+            build = f"{st.st_size:x}-{st.st_mtime_ns:x}"
+        except OSError:
+            pass
+    return cache_dir() / f"mxnet-ops.{sys.implementation.cache_tag}.{build}.marshal"
 
 
 class OpCodeCache:
@@ -82,7 +99,7 @@ class OpCodeCache:
         self.path = path
         self.codes: dict[bytes, object] = {}
         self.used: dict[bytes, object] = {}
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.fallbacks = 0
         try:
             blob = path.read_bytes()
             if not blob.startswith(HEADER):
@@ -90,30 +107,39 @@ class OpCodeCache:
             codes = marshal.loads(blob[len(HEADER):])
             if not isinstance(codes, dict):
                 raise ValueError("not a dict")
-            self.codes = codes
+            self.codes = {k: v for k, v in codes.items() if type(v) is CodeType}
         except FileNotFoundError:
             pass
         except (OSError, ValueError, EOFError, TypeError) as e:
             log.info("MXNet operator cache %s unusable (%s): compiling", path, e)
 
     def compiled(self, source: str):
-        handles = {int(m.group(2)) for m in _HANDLE.finditer(source)}
-        if len(handles) > 1 or str(SENTINEL) in source:  # not the shape we know: no cache
-            return compile(source, "<string>", "exec")
-        norm = _HANDLE.sub(lambda m: f"{m.group(1)}({SENTINEL},", source) if handles else source
-        key = hashlib.sha1(norm.encode("utf-8")).digest()
-        code = self.codes.get(key)
-        if code is None:
-            code = compile(norm, "<string>", "exec")
-            self.misses += 1
-        else:
-            self.hits += 1
-        self.used[key] = code
-        if handles:
-            code, n = _with_constant(code, SENTINEL, handles.pop())
-            if n == 0:  # the sentinel did not survive as a constant: compile the real source
-                return compile(source, "<string>", "exec")
-        return code
+        """The code object of `source`, from the cache when it has it. Anything unexpected compiles
+        `source` itself (counted in `fallbacks`), as exec would."""
+        try:
+            handles = {int(m.group(2)) for m in _HANDLE.finditer(source)}
+            if len(handles) > 1 or str(SENTINEL) in source:  # not the shape we know: no cache
+                self.fallbacks += 1
+                return _compile(source)
+            norm = _HANDLE.sub(lambda m: f"{m.group(1)}({SENTINEL},", source) if handles else source
+            key = hashlib.sha1(norm.encode("utf-8")).digest()
+            code = self.codes.get(key)
+            if code is None:
+                code = self.codes[key] = _compile(norm)
+                self.misses += 1
+            else:
+                self.hits += 1
+            self.used[key] = code
+            if handles:
+                code, n = _with_constant(code, SENTINEL, handles.pop())
+                if n == 0:  # the sentinel did not survive as a constant
+                    self.fallbacks += 1
+                    return _compile(source)
+            return code
+        except Exception as e:  # noqa: BLE001 - the cache must never be why mxnet fails to import
+            log.info("MXNet operator cache: %s; compiling", e)
+            self.fallbacks += 1
+            return _compile(source)
 
     def exec_for(self, module_globals: dict):
         """An `exec` for one module: source strings go through the cache; everything else, and a
@@ -132,17 +158,20 @@ class OpCodeCache:
         """Rewrite the file with the functions this import used, when anything missed."""
         if not self.misses:
             return
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(HEADER + marshal.dumps(self.used))
+            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(HEADER + marshal.dumps(self.used))
             os.replace(tmp, self.path)
         except (OSError, ValueError) as e:
             log.info("MXNet operator cache not written to %s (%s)", self.path, e)
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -151,9 +180,10 @@ class _Finder(importlib.abc.MetaPathFinder):
     def __init__(self, cache: OpCodeCache):
         self.cache = cache
         self.patched: list = []
+        self.active = True
 
     def find_spec(self, name, path, target=None):
-        if name not in MODULES:
+        if not self.active or name not in MODULES:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
@@ -171,22 +201,31 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def import_mxnet_cached():
-    """`import mxnet` with the operator-function cache; returns the module. Falls back to a plain
-    import when mxnet is already imported."""
+    """`import mxnet` with the operator-function cache; returns the module. A plain import when
+    mxnet is already imported, or when the cache cannot even be set up (no home folder, say)."""
     if "mxnet" in sys.modules:
         import mxnet  # noqa: PLC0415
 
         return mxnet
-    cache = OpCodeCache(cache_path())
+    try:
+        cache = OpCodeCache(cache_path())
+    except Exception as e:  # noqa: BLE001 - e.g. Path.home() without HOME and a passwd entry
+        log.info("MXNet operator cache unavailable (%s)", e)
+        import mxnet  # noqa: PLC0415
+
+        return mxnet
     finder = _Finder(cache)
+    # The finder stays in sys.meta_path, switched off after the import: removing it from the list
+    # while another thread (the GUI's) walks the list could make that thread skip a finder.
     sys.meta_path.insert(0, finder)
     try:
         import mxnet  # noqa: PLC0415
     finally:
-        sys.meta_path.remove(finder)
+        finder.active = False
         for module in finder.patched:  # later exec calls (none known) use the builtin again
             module.__dict__.pop("exec", None)
-    log.debug("MXNet operator cache: %d hits, %d compiled", cache.hits, cache.misses)
+    log.debug("MXNet operator cache: %d hits, %d compiled, %d fallbacks", cache.hits, cache.misses,
+              cache.fallbacks)
     cache.save()
-    LAST.update(hits=cache.hits, compiled=cache.misses, path=str(cache.path))
+    LAST.update(hits=cache.hits, compiled=cache.misses, fallbacks=cache.fallbacks, path=str(cache.path))
     return mxnet

@@ -196,4 +196,4 @@ class WeightAverage:
     def load(self, path):
         saved = get_mx().nd.load(str(path))
         for k in self.shadow:
-            self.shadow[k] = saved[k].copy()
+            self.shadow[k] = saved[k].as_in_context(self.params[k].data().context).copy()
