@@ -48,9 +48,10 @@ PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # work grid (near R, A, S): 
 # plausible adult intracranial volumes (mL); outside them the mask is flagged unsure
 ICV_RANGE_ML = (900.0, 2300.0)
 # a mask whose boundary shell is this uncertain (fraction of shell voxels with 0.2 < p < 0.8).
-# bench/strip_unsure.py with strip-shipped-1: 0.43-0.57 on the proxy heads as they are, RAW-like
-# or defaced; 0.77 with the top of the head cut off, 0.86 with an inverted (T2-like) contrast,
-# 0.89 on noise
+# bench/strip_unsure.py with strip-shipped-2 (docs/BENCHMARKS.md): 0.34-0.45 on the proxy heads as
+# they are, RAW-like or defaced; 0.51 with the top 30 mm of the brain cut off (caught by the bare
+# outline below instead), 0.78 with an inverted (T2-like) contrast, 0.93 on noise. (strip-shipped-1:
+# 0.43-0.57 on the heads, 0.77 cut, 0.86 inverted, 0.89 noise.)
 UNSURE_SHELL_FRACTION = 0.70
 # a brain touching the field of view's edge on more than this many voxels is cut
 CUT_EDGE_VOXELS = 200
