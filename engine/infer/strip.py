@@ -16,7 +16,9 @@ not train in a session, so this one is 2.5-D at 2 mm:
    network was trained with rotations) instead of changing the grid;
 2. each slice of each of the three planes goes through the network with its two neighbours as
    extra channels (3 x 128 slices of 128 x 128, empty slices skipped), and the three planes'
-   brain probabilities are averaged (FastSurfer's view aggregation);
+   brain probabilities are averaged (FastSurfer's view aggregation); the same again on the grid
+   mirrored left-right, mirrored back and averaged in (test-time flip: +0.002-0.004 mask Dice on
+   each proxy head, docs/BENCHMARKS.md; a model.json may turn it off with "flip": false);
 3. the probability is resampled back onto the scan's own grid, thresholded at 0.5, the largest
    connected piece kept and its holes filled.
 
@@ -66,6 +68,9 @@ BARE_FRACTION = 0.05
 WORK_FOREGROUND = 0.05
 # the brain probability above which a voxel is inside (a model may record its own in model.json)
 THRESHOLD = 0.5
+# test-time flip: the work grid's left-right axis (the grid's axes are near R, A, S); a model.json
+# may say "flip": false
+FLIP_AXIS = 0
 
 
 def head_foreground(volume: np.ndarray) -> np.ndarray:
@@ -260,9 +265,10 @@ class BrainExtractor:
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.batch_size = batch_size
         self.threshold = float(self.info.meta.get("threshold", THRESHOLD))
+        self.flip = bool(self.info.meta.get("flip", True))
 
     @classmethod
-    def from_network(cls, net, batch_size: int = 16):
+    def from_network(cls, net, batch_size: int = 16, flip: bool = False):
         self = cls.__new__(cls)
         from engine.core.mx_env import get_mx
 
@@ -271,14 +277,27 @@ class BrainExtractor:
         self.net, self.info, self.model_dir = net, None, None
         self.batch_size = batch_size
         self.threshold = THRESHOLD
+        self.flip = flip  # training's validation runs without (tools/train_strip.py)
         return self
 
     @property
     def version(self) -> str:
         return (self.info.meta.get("version") if self.info else None) or "strip"
 
-    def work_probability(self, work: np.ndarray, planes=tuple(PLANES), progress=None, cancel=None) -> np.ndarray:
-        """Brain probability on a normalised work-grid volume, averaged over `planes`."""
+    def work_probability(self, work: np.ndarray, planes=tuple(PLANES), progress=None, cancel=None,
+                         flip: bool = False) -> np.ndarray:
+        """Brain probability on a normalised work-grid volume, averaged over `planes`; with `flip`,
+        averaged with that of the grid mirrored along FLIP_AXIS (mirrored back)."""
+        if not flip:
+            return self._planes_probability(work, planes, progress, cancel)
+        half = (lambda f: progress(0.5 * f)) if progress else None
+        rest = (lambda f: progress(0.5 + 0.5 * f)) if progress else None
+        mirrored = np.flip(work, FLIP_AXIS).copy()
+        a = self._planes_probability(work, planes, half, cancel)
+        b = np.flip(self._planes_probability(mirrored, planes, rest, cancel), FLIP_AXIS)
+        return (0.5 * (a + b)).astype(np.float32)
+
+    def _planes_probability(self, work, planes, progress, cancel) -> np.ndarray:
         fg = work > WORK_FOREGROUND
         acc = np.zeros(work.shape, np.float32)
         for i, plane in enumerate(planes):
@@ -305,7 +324,7 @@ class BrainExtractor:
         grid = StripGrid.for_scan(volume, affine)
         work = grid.from_scan(volume, affine)
         work = np.clip(work / intensity_scale(work), 0.0, 2.0)
-        prob = self.work_probability(work, planes, progress, cancel)  # as the network said (kept in the result)
+        prob = self.work_probability(work, planes, progress, cancel, flip=self.flip)  # as the network said
         native = grid.to_scan(fill_enclosed(prob, self.threshold), volume.shape, affine)
         mask = clean_mask(native, self.threshold)
         voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0

@@ -12,10 +12,11 @@ Brain extraction, when the package carries the extractor (strip.onnx or strip-sy
 --strip auto finds the skull on (and the scan not already skull-stripped), or --strip on: the scan
 is resampled (trilinear) onto a 128^3 grid of 2 mm voxels around the head, divided by the 98th
 percentile of its positive voxels and clipped to [0, 2]; every slice of the three planes goes
-through the extractor with its two neighbours as channels, the planes' brain probabilities are
-averaged, brought back to the scan's grid and thresholded at 0.5; the largest connected piece is
-kept and its holes filled (with scipy; without it, not: said on stderr); outside the mask the scan
-is set to 0 and the rest is segmented as a skull-stripped scan.
+through the extractor with its two neighbours as channels (again mirrored left-right when
+package.json's "strip" has "flip"), the planes' brain probabilities are averaged, brought back to
+the scan's grid and thresholded at 0.5; the largest connected piece is kept and its holes filled
+(with scipy; without it, not: said on stderr); outside the mask the scan is set to 0 and the rest
+is segmented as a skull-stripped scan.
 
 Segmentation: the scan is brought to the network's grid (LAS axes, 1 mm: reoriented, and resampled when
 its voxels differ from 1 mm); the volume is divided by the 99th percentile of its foreground voxels
@@ -361,21 +362,28 @@ def extract_brain(vol: np.ndarray, affine, s: dict, run) -> np.ndarray:
         vals = vals[::vals.size // it["subsample_above"] + 1]
     scale = float(np.percentile(vals, it["percentile"])) if vals.size else 1.0
     work = np.clip(work / (scale if scale > 0 else 1.0), *it["clip"])
-    fg, ctx, acc = work > sl["foreground"], int(sl["context"]), np.zeros(work.shape, np.float32)
-    for plane, axis in sl["plane_axis"].items():
-        moved = np.moveaxis(work, axis, 0)
-        n = moved.shape[0]
-        keep = np.where(np.moveaxis(fg, axis, 0).reshape(n, -1).any(1))[0]
-        probs = np.zeros(moved.shape, np.float32)
-        for start in range(0, len(keep), int(sl["batch_slices"])):
-            ks = keep[start:start + int(sl["batch_slices"])]
-            x = np.stack([moved[np.clip(ks + c, 0, n - 1)] for c in range(-ctx, ctx + 1)], axis=1)
-            probs[ks] = softmax(run(np.ascontiguousarray(x, np.float32)))[:, 1]
-            print(f"\rbrain extraction, {plane}: {start + len(ks)}/{len(keep)} slices", end="",
-                  file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-        acc += np.moveaxis(probs, 0, axis)
-    prob = acc / len(sl["plane_axis"])
+    ctx = int(sl["context"])
+
+    def planes_probability(work, label=""):
+        fg, acc = work > sl["foreground"], np.zeros(work.shape, np.float32)
+        for plane, axis in sl["plane_axis"].items():
+            moved = np.moveaxis(work, axis, 0)
+            n = moved.shape[0]
+            keep = np.where(np.moveaxis(fg, axis, 0).reshape(n, -1).any(1))[0]
+            probs = np.zeros(moved.shape, np.float32)
+            for start in range(0, len(keep), int(sl["batch_slices"])):
+                ks = keep[start:start + int(sl["batch_slices"])]
+                x = np.stack([moved[np.clip(ks + c, 0, n - 1)] for c in range(-ctx, ctx + 1)], axis=1)
+                probs[ks] = softmax(run(np.ascontiguousarray(x, np.float32)))[:, 1]
+                print(f"\rbrain extraction{label}, {plane}: {start + len(ks)}/{len(keep)} slices", end="",
+                      file=sys.stderr, flush=True)
+            print(file=sys.stderr)
+            acc += np.moveaxis(probs, 0, axis)
+        return acc / len(sl["plane_axis"])
+
+    prob, ax = planes_probability(work), int((s.get("flip") or {}).get("axis", 0))
+    if s.get("flip"):  # test-time flip: the grid mirrored along one axis, mirrored back, averaged
+        prob = 0.5 * (prob + np.flip(planes_probability(np.flip(work, ax).copy(), " (mirrored)"), ax))
     if ndi is not None and s.get("fill_enclosed"):
         prob = fill_enclosed(prob, s["threshold"], ndi)
     mask = affine_resample(prob, np.linalg.inv(grid) @ affine, vol.shape, ndi) > s["threshold"]

@@ -223,3 +223,35 @@ def test_shipped_extractor_finds_a_phantom_brain(zooms, order):
     res = BrainExtractor().extract(head_s, aff_s)
     dice = 2 * (res.mask & ic_s).sum() / (res.mask.sum() + ic_s.sum())
     assert dice >= 0.85, (dice, res.summary())
+
+
+def test_extraction_averages_the_head_with_its_mirror_image(tiny_strip_dir, tmp_path):
+    """Test-time flip (on unless the model.json says "flip": false): the brain probability is the
+    mean of the network's on the work grid and, mirrored back, on the grid mirrored left-right."""
+    import shutil
+
+    from engine.infer.strip import FLIP_AXIS, BrainExtractor, intensity_scale
+
+    shape, zooms = (60, 70, 64), (3.0, 2.6, 2.8)  # not isotropic, not a cube
+    head, _ = phantom_head(shape, zooms, seed=3)
+    aff = las(zooms, shape)
+    grid = StripGrid.for_scan(head, aff)
+    work = grid.from_scan(head, aff)
+    work = np.clip(work / intensity_scale(work), 0.0, 2.0)
+
+    ex = BrainExtractor(tiny_strip_dir)
+    assert ex.flip and FLIP_AXIS == 0
+    plain = ex.work_probability(work)
+    mirrored = np.flip(ex.work_probability(np.flip(work, 0).copy()), 0)
+    assert np.abs(plain - mirrored).max() > 1e-3  # the untrained network is not symmetric
+    res = ex.extract(head, aff)
+    np.testing.assert_allclose(res.probability, 0.5 * (plain + mirrored), atol=1e-5)
+
+    off = tmp_path / "no-flip"
+    shutil.copytree(tiny_strip_dir, off)
+    meta = json.loads((off / "model.json").read_text())
+    meta["flip"] = False
+    (off / "model.json").write_text(json.dumps(meta))
+    ex_off = BrainExtractor(off)
+    assert not ex_off.flip
+    np.testing.assert_allclose(ex_off.extract(head, aff).probability, plain, atol=1e-5)
