@@ -286,3 +286,23 @@ def test_analyze_pair_survives_kill_9_at_any_point(tmp_path, when, expect):
     vol = read_volume(path, kind="labels")
     assert vol.shape == (6, 7, 5) and np.unique(vol.data).tolist() == [expect]
     assert not list(tmp_path.glob(".*pair-pending"))
+
+
+@pytest.mark.parametrize("name,dtype,values,kind", [
+    ("scan.nii.gz", "float32", (0, 1, 2, 3), "image"),  # whole numbers 0-3 but neither uint8 nor label-named
+    ("scan.nii.gz", "int16", (0, 1, 2, 3), "image"),
+    ("volume.nii.gz", "uint8", (0, 1, 2, 3), "labels"),  # uint8 in range: labels whatever the name
+    ("volume.nii.gz", "uint8", (0, 1, 7), "image"),  # out of range
+    ("OAS1_0001_fseg.nii.gz", "int16", (0, 1, 2, 3), "labels"),  # label-named, whole numbers in range
+    ("OAS1_0001_fseg.nii.gz", "float32", (0, 1.5, 3), "image"),  # not whole numbers
+    ("OAS1_0001_fseg.nii.gz", "int16", (-1, 0, 2), "image"),  # negative
+])
+def test_kind_guessed_from_name_type_and_range(tmp_path, name, dtype, values, kind):
+    """read_volume without a kind: a label map is uint8 or named like one (LABEL_SUFFIXES), with
+    whole values 0-3; anything else is a scan (asymmetric, non-cubic arrays)."""
+    rng = np.random.default_rng(5)
+    arr = rng.choice(np.array(values, dtype=np.float64), size=(9, 11, 7)).astype(dtype)
+    img = nib.Nifti1Image(arr, np.diag([1.0, 1.2, 2.0, 1.0]))
+    img.header.set_data_dtype(dtype)
+    nib.save(img, str(tmp_path / name))
+    assert read_volume(tmp_path / name).kind == kind
