@@ -163,7 +163,7 @@ def strip_decision_spec() -> dict:
 
 def strip_spec(info, network: dict) -> dict:
     """engine/infer/strip.py (BrainExtractor.extract) and engine/infer/scan.py (masked_scan) as numbers."""
-    from engine.infer.strip import CHANNELS, CONTEXT, FLIP_AXIS, PLANES, STRIP_GRID, STRIP_MM
+    from engine.infer.strip import CHANNELS, CONTEXT, FLIP_AXIS, PLANES, STRIP_GRID, STRIP_MM, flip_enabled
 
     return {
         "model": {"arch": info.arch, "arch_kwargs": info.arch_kwargs, "version": info.version,
@@ -197,7 +197,7 @@ def strip_spec(info, network: dict) -> dict:
         "fusion": "brain probability = softmax(logits)[:, 1]; the mean over the three planes",
         "flip": ({"axis": FLIP_AXIS, "rule": "the fused probability of the work grid and that of the grid "
                                               "mirrored along axis (then mirrored back), averaged"}
-                 if bool(info.meta.get("flip", True)) else None),
+                 if flip_enabled(info.meta) else None),
         "back": "the probability resampled trilinearly onto the scan's grid (0 outside the work grid)",
         "threshold": float(info.meta.get("threshold", STRIP_THRESHOLD)),
         "fill_enclosed": "on the work grid, before going back: the largest 6-connected piece of probability > "
@@ -335,7 +335,7 @@ def export_onnx(net, path: Path, hw: tuple[int, int], meta: dict | None = None, 
     need("onnxruntime", "ONNX export")
 
     mx = get_mx()
-    onnx_for_export(mx)
+    onnx_for_export()
     with tempfile.TemporaryDirectory() as tmp:
         sym, params = export_symbol(net, Path(tmp) / "net", hw, channels)
         raw = Path(tmp) / "raw.onnx"

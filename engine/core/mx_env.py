@@ -95,7 +95,7 @@ def get_mx():
     return _mx
 
 
-def onnx_for_export(mx):
+def onnx_for_export():
     """mx.onnx ready to export; returns the onnx module. get_mx() hid onnx while mxnet imported, so
     mxnet registered no operator translations (its register() skips them without onnx) and its
     translation modules hold onnx = None: they are imported again, now with onnx."""

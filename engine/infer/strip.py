@@ -73,6 +73,12 @@ THRESHOLD = 0.5
 FLIP_AXIS = 0
 
 
+def flip_enabled(meta: dict) -> bool:
+    """Whether a model runs with the test-time flip: on unless its model.json says "flip": false
+    (the app's BrainExtractor and the packages' spec both ask here)."""
+    return bool(meta.get("flip", True))
+
+
 def head_foreground(volume: np.ndarray) -> np.ndarray:
     """Head (not air) voxels: above 8% of the 99.5th percentile of the nonzero voxels (sampled
     every second voxel along each axis)."""
@@ -265,7 +271,7 @@ class BrainExtractor:
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.batch_size = batch_size
         self.threshold = float(self.info.meta.get("threshold", THRESHOLD))
-        self.flip = bool(self.info.meta.get("flip", True))
+        self.flip = flip_enabled(self.info.meta)
 
     @classmethod
     def from_network(cls, net, batch_size: int = 16, flip: bool = False):
@@ -295,7 +301,7 @@ class BrainExtractor:
         mirrored = np.flip(work, FLIP_AXIS).copy()
         a = self._planes_probability(work, planes, half, cancel)
         b = np.flip(self._planes_probability(mirrored, planes, rest, cancel), FLIP_AXIS)
-        return (0.5 * (a + b)).astype(np.float32)
+        return 0.5 * (a + b)  # float32, as both are
 
     def _planes_probability(self, work, planes, progress, cancel) -> np.ndarray:
         fg = work > WORK_FOREGROUND

@@ -362,10 +362,8 @@ def extract_brain(vol: np.ndarray, affine, s: dict, run) -> np.ndarray:
         vals = vals[::vals.size // it["subsample_above"] + 1]
     scale = float(np.percentile(vals, it["percentile"])) if vals.size else 1.0
     work = np.clip(work / (scale if scale > 0 else 1.0), *it["clip"])
-    ctx = int(sl["context"])
-
     def planes_probability(work, label=""):
-        fg, acc = work > sl["foreground"], np.zeros(work.shape, np.float32)
+        fg, acc, ctx = work > sl["foreground"], np.zeros(work.shape, np.float32), int(sl["context"])
         for plane, axis in sl["plane_axis"].items():
             moved = np.moveaxis(work, axis, 0)
             n = moved.shape[0]
@@ -381,8 +379,9 @@ def extract_brain(vol: np.ndarray, affine, s: dict, run) -> np.ndarray:
             acc += np.moveaxis(probs, 0, axis)
         return acc / len(sl["plane_axis"])
 
-    prob, ax = planes_probability(work), int((s.get("flip") or {}).get("axis", 0))
+    prob = planes_probability(work)
     if s.get("flip"):  # test-time flip: the grid mirrored along one axis, mirrored back, averaged
+        ax = int(s["flip"]["axis"])
         prob = 0.5 * (prob + np.flip(planes_probability(np.flip(work, ax).copy(), " (mirrored)"), ax))
     if ndi is not None and s.get("fill_enclosed"):
         prob = fill_enclosed(prob, s["threshold"], ndi)
