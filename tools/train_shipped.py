@@ -92,12 +92,12 @@ class SlicePool:
     """Synthetic subjects, one replaced every `refresh` batches; yields 2-D training batches."""
 
     def __init__(self, t1, labels, csf_mean, seed: int, size: int, refresh: int, batch_size: int, aug_cfg,
-                 log):
+                 log, p_tight: float = 0.0):
         from engine.train.synth import SubjectConfig
 
         self.t1, self.labels, self.csf_mean = t1, labels, csf_mean
         self.rng = np.random.default_rng(seed)
-        self.cfg = SubjectConfig()
+        self.cfg = SubjectConfig(p_tight=p_tight)
         self.refresh, self.bs, self.aug = refresh, batch_size, aug_cfg
         self.log = log
         self.subjects = [self._new() for _ in range(size)]
@@ -168,6 +168,9 @@ def main(argv=None) -> int:
     ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--seed", type=int, default=1984)
     ap.add_argument("--version", default=None, help="version name written to model.json")
+    ap.add_argument("--p-tight", type=float, default=0.0,
+                    help="share of training subjects whose mask is tightened towards the pial surface "
+                         "(engine.train.synth.tighten_mask); validation then adds a tight copy of a proxy")
     args = ap.parse_args(argv)
 
     configure_threads()
@@ -178,6 +181,7 @@ def main(argv=None) -> int:
     from engine.nets.weights import ModelInfo, update_manifest, write_model_dir
     from engine.train.augment import AugmentConfig
     from engine.train.loop import FitConfig, fit, hybridize_for_training, init_network, make_trainer
+    from engine.train.synth import SubjectConfig as SubjectConfigDefaults
 
     work = Path(args.workdir or ROOT / "runs" / args.model)
     work.mkdir(parents=True, exist_ok=True)
@@ -192,6 +196,13 @@ def main(argv=None) -> int:
         img, lab = proxy_subject(t1, labels, csf_mean, s)
         val.append((f"proxy{s}", img, lab))
     val.append((f"proxy{VAL_SEEDS[0]}-mprage", perturb(val[0][1]), val[0][2]))
+    if args.p_tight > 0:
+        from engine.train.synth import SubjectConfig, tighten_mask
+
+        img, lab = val[1][1], val[1][2]
+        m = tighten_mask(lab, np.random.default_rng(VAL_SEEDS[1]), SubjectConfig(tight_margin_mm=(1.0, 1.0)))
+        val.append((f"proxy{VAL_SEEDS[1]}-tight", np.where(m, img, 0).astype(np.float32),
+                    np.where(m, lab, 0).astype(np.uint8)))
     bs = args.batch_size or (4 if args.model == "unet" else 8)
     aug = AugmentConfig(p_synthetic=0.0, rotate_deg=8.0, scale=(0.93, 1.07), elastic_alpha_px=3.0)
 
@@ -210,7 +221,7 @@ def main(argv=None) -> int:
     trainer = make_trainer(net, cfg)
     if args.resume and (work / "ckpt.states").exists():
         trainer.load_states(str(work / "ckpt.states"))
-    pool = SlicePool(t1, labels, csf_mean, args.seed + state["step"], POOL, 40, bs, aug, log)
+    pool = SlicePool(t1, labels, csf_mean, args.seed + state["step"], POOL, 40, bs, aug, log, p_tight=args.p_tight)
     if state.get("total_steps"):
         cfg.steps = state["total_steps"]
     else:
@@ -286,6 +297,11 @@ def main(argv=None) -> int:
         "steps": last, "best_step": state.get("best_step"), "batch_size": bs,
         "minutes": round((time.time() - t_start) / 60, 1),
         "augmentation": aug.__dict__,
+        "mask_tightening": {"p_tight": args.p_tight, "margin_mm": list(SubjectConfigDefaults.tight_margin_mm),
+                            "what": "engine.train.synth.tighten_mask: the pial envelope grown by a smoothly "
+                                    "varying margin, labels and image cleared outside (other tools' "
+                                    "skull-stripping masks; issue #21: U-Net called surface grey matter CSF)"}
+        if args.p_tight > 0 else None,
         "loss": "class-weighted softmax CE (seed weights) + soft Dice", "optimizer": f"Adam lr {args.lr} cosine",
         "checkpoint_selection": "mean tissue Dice on validation proxies (synthetic subjects of the template "
                                 f"from seeds {list(VAL_SEEDS)}, never trained on; NOT held-out brains)",
