@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--timing-only", action="store_true", help="skip the accuracy part")
     ap.add_argument("--json", help="also write the raw figures here")
+    ap.add_argument("--weights", action="append", default=[], metavar="ARCH=MODEL_DIR",
+                    help="score this model folder instead of the shipped one of ARCH (a candidate)")
     add_smoke_flag(ap)
     args = ap.parse_args(argv)
     scratch = None
@@ -145,8 +147,9 @@ def main(argv=None) -> int:
         img, lab = proxy_subject(t1, labels, csf_mean, s)
         proxies.append((s, img, lab))
     archs = [a for a in args.models.split(",") if a]
-    segs = {a: Segmenter(shipped_model_dir(a)) for a in archs}
-    versions = {a: read_model_dir(shipped_model_dir(a)).version for a in archs}
+    dirs = {a: shipped_model_dir(a) for a in archs} | {a: Path(d) for a, d in (w.split("=", 1) for w in args.weights)}
+    segs = {a: Segmenter(dirs[a]) for a in archs}
+    versions = {a: read_model_dir(dirs[a]).version for a in archs}
     methods = [(a, planes, {}) for a in archs for planes in (("axial", "coronal", "sagittal"), ("axial",))]
     methods += [(a, ("axial", "coronal", "sagittal"), {"refine": False}) for a in archs]
     methods += [(a, ("axial", "coronal", "sagittal"), {"secondary_stride": 2}) for a in archs]
