@@ -50,7 +50,8 @@ def unet_preferred() -> tuple[bool, str]:
     the worse model on real data). It may only where its model.json records a validation that
     showed it better than ENet ("preferred_on_workstations": true, with the evidence beside it);
     unet-shipped-2 was worse than ENet on the team's kept-back brain (mean CSF/GM/WM Dice 0.863
-    against 0.886), so today ENet is the default everywhere. (Our validation proxies,
+    against 0.886), and unet-shipped-3 (its record says why) has not been measured there, so today
+    ENet is the default everywhere. (Our validation proxies,
     bench/val21_eval.py, rank the two the other way round, as the template proxies did: they cannot
     decide this pair.) Reads a JSON file only: no MXNet."""
     import json
