@@ -40,36 +40,26 @@ def main(argv=None) -> int:
     from engine.core.mx_env import configure_threads
 
     configure_threads()
-    from train_shipped import perturb, proxy_subject, template_tissue
+    from train_shipped import perturb, proxy_subject
 
-    from bench.proxy_eval import LAS_AFFINE, REPORT_SEEDS
-    from bench.val21_eval import scores, thin_rim_mask
+    from bench.proxy_eval import LAS_AFFINE, REPORT_SEEDS, template_source
+    from bench.val21_eval import scores
     from engine.infer.inference import SegmentConfig, Segmenter
     from engine.nets.weights import read_model_dir, shipped_model_dir
+    from engine.train.synth import margin_mask
 
     shipped = shipped_model_dir(args.arch)
     models = {read_model_dir(shipped).version + " (shipped)": shipped}
     if args.candidate:
         models[read_model_dir(args.candidate).version + " (candidate)"] = Path(args.candidate)
     segs = {n: Segmenter(d) for n, d in models.items()}
-    if args.smoke:
-        from bench.common import brain_slab
-        from engine.core.paths import DEMO_LABELS, DEMO_SCAN
-        from engine.infer.preprocess import normalisation_scale
-        from engine.io.volume import read_volume
-
-        t1, labels = read_volume(DEMO_SCAN).data, read_volume(DEMO_LABELS).data
-        sl = brain_slab(labels)
-        t1, labels = np.ascontiguousarray(t1[:, :, sl]), np.ascontiguousarray(labels[:, :, sl])
-        t1 = (t1 / normalisation_scale(t1)).astype(np.float32)
-        seeds, csf_mean = REPORT_SEEDS[:1], float(t1[labels == 1].mean())
-    else:
-        (t1, labels, csf_mean), seeds = template_tissue(), REPORT_SEEDS
+    t1, labels, csf_mean = template_source(args.smoke)
+    seeds = REPORT_SEEDS[:1] if args.smoke else REPORT_SEEDS
     results: dict = {}
     t0 = time.time()
     for s in seeds:
         img0, lab = proxy_subject(t1, labels, csf_mean, s)
-        rim = thin_rim_mask(lab, 1)
+        rim = margin_mask(lab, 1.0)
         forms = {"clean": ((img0 * 200).astype(np.float32), lab),
                  "MPRAGE-like": ((perturb(img0, seed=s) * 200).astype(np.float32), lab),
                  "rim 1 mm": ((np.where(rim, img0, 0) * 200).astype(np.float32), np.where(rim, lab, 0).astype(np.uint8))}

@@ -97,6 +97,25 @@ def run_atropos(python: str, img: np.ndarray, affine: np.ndarray, tmp: Path) -> 
     return np.asanyarray(nib.load(str(out)).dataobj).astype(np.uint8), time.time() - t
 
 
+def template_source(smoke: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """(normalised template T1, its labels, CSF mean) that the proxies are built from. --smoke:
+    template_tissue() without its 6 s fit - the demo is the same template with the same labels - cut
+    to a slab of axial slices."""
+    from train_shipped import template_tissue
+
+    if not smoke:
+        return template_tissue()
+    from engine.core.paths import DEMO_LABELS, DEMO_SCAN
+    from engine.infer.preprocess import normalisation_scale
+    from engine.io.volume import read_volume
+
+    t1, labels = read_volume(DEMO_SCAN).data, read_volume(DEMO_LABELS).data
+    sl = brain_slab(labels)
+    t1, labels = np.ascontiguousarray(t1[:, :, sl]), np.ascontiguousarray(labels[:, :, sl])
+    t1 = (t1 / normalisation_scale(t1)).astype(np.float32)
+    return t1, labels, float(t1[labels == 1].mean())
+
+
 def fmt(d: dict) -> str:
     return "/".join(f"{d[k]:.3f}" for k in ("csf", "gm", "wm"))
 
@@ -111,8 +130,6 @@ def main(argv=None) -> int:
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--timing-only", action="store_true", help="skip the accuracy part")
     ap.add_argument("--json", help="also write the raw figures here")
-    ap.add_argument("--weights", action="append", default=[], metavar="ARCH=MODEL_DIR",
-                    help="score this model folder instead of the shipped one of ARCH (a candidate)")
     add_smoke_flag(ap)
     args = ap.parse_args(argv)
     scratch = None
@@ -122,7 +139,7 @@ def main(argv=None) -> int:
     from engine.core.mx_env import configure_threads
 
     configure_threads()
-    from train_shipped import perturb, proxy_subject, template_tissue
+    from train_shipped import perturb, proxy_subject
 
     from engine.bench import cpu_info
     from engine.core.metrics import dice_scores
@@ -132,24 +149,14 @@ def main(argv=None) -> int:
     from engine.nets.weights import read_model_dir, shipped_model_dir
 
     atropos = args.atropos if args.atropos and Path(args.atropos).exists() else None
-    if args.smoke:  # template_tissue() without its 6 s fit: the demo is the same template with the same labels
-        from engine.infer.preprocess import normalisation_scale
-
-        t1, labels = read_volume(DEMO_SCAN).data, read_volume(DEMO_LABELS).data
-        sl = brain_slab(labels)
-        t1, labels = np.ascontiguousarray(t1[:, :, sl]), np.ascontiguousarray(labels[:, :, sl])
-        t1 = (t1 / normalisation_scale(t1)).astype(np.float32)
-        csf_mean = float(t1[labels == 1].mean())
-    else:
-        t1, labels, csf_mean = template_tissue()
+    t1, labels, csf_mean = template_source(args.smoke)
     proxies = []
     for s in REPORT_SEEDS[:args.proxies]:
         img, lab = proxy_subject(t1, labels, csf_mean, s)
         proxies.append((s, img, lab))
     archs = [a for a in args.models.split(",") if a]
-    dirs = {a: shipped_model_dir(a) for a in archs} | {a: Path(d) for a, d in (w.split("=", 1) for w in args.weights)}
-    segs = {a: Segmenter(dirs[a]) for a in archs}
-    versions = {a: read_model_dir(dirs[a]).version for a in archs}
+    segs = {a: Segmenter(shipped_model_dir(a)) for a in archs}
+    versions = {a: read_model_dir(shipped_model_dir(a)).version for a in archs}
     methods = [(a, planes, {}) for a in archs for planes in (("axial", "coronal", "sagittal"), ("axial",))]
     methods += [(a, ("axial", "coronal", "sagittal"), {"refine": False}) for a in archs]
     methods += [(a, ("axial", "coronal", "sagittal"), {"secondary_stride": 2}) for a in archs]

@@ -98,19 +98,12 @@ def heads(smoke: bool):
 THIN_RIMS_MM = (1, 2)
 
 
-def thin_rim_mask(truth: np.ndarray, margin_mm: int) -> np.ndarray:
-    """The brain's mask cut back to its pial envelope grown by `margin_mm` (1 mm voxels)."""
-    from engine.train.synth import pial_hull
-
-    hull = pial_hull(truth, radius=3.0)
-    return (ndi.distance_transform_edt(~hull) <= margin_mm) & (truth > 0)
-
-
 def copies(brain: np.ndarray, truth: np.ndarray, seed: int, thin_rim: bool = True):
     """{copy: (image, affine, labels -> 1 mm LAS grid, truth for this copy)}."""
     from train_shipped import perturb
 
     from bench.proxy_eval import from_pir, pir_copy, resampled_copy, to_1mm
+    from engine.train.synth import margin_mask
 
     scale = 200.0 / float(np.percentile(brain[brain > 0], 99))
     img = (brain * scale).astype(np.float32)
@@ -124,7 +117,7 @@ def copies(brain: np.ndarray, truth: np.ndarray, seed: int, thin_rim: bool = Tru
     out["0.8 mm"] = (np.where(mask08, r08, 0).astype(np.float32), aff08, lambda m, s=img.shape: to_1mm(m, s), truth)
     if thin_rim:
         for mm in THIN_RIMS_MM:
-            m = thin_rim_mask(truth, mm)
+            m = margin_mask(truth, mm)  # 1 mm voxels
             out[f"rim {mm} mm"] = (np.where(m, img, 0).astype(np.float32), LAS, same,
                                    np.where(m, truth, 0).astype(np.uint8))
     return out

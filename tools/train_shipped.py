@@ -181,7 +181,6 @@ def main(argv=None) -> int:
     from engine.nets.weights import ModelInfo, update_manifest, write_model_dir
     from engine.train.augment import AugmentConfig
     from engine.train.loop import FitConfig, fit, hybridize_for_training, init_network, make_trainer
-    from engine.train.synth import SubjectConfig as SubjectConfigDefaults
 
     work = Path(args.workdir or ROOT / "runs" / args.model)
     work.mkdir(parents=True, exist_ok=True)
@@ -297,7 +296,7 @@ def main(argv=None) -> int:
         "steps": last, "best_step": state.get("best_step"), "batch_size": bs,
         "minutes": round((time.time() - t_start) / 60, 1),
         "augmentation": aug.__dict__,
-        "mask_tightening": {"p_tight": args.p_tight, "margin_mm": list(SubjectConfigDefaults.tight_margin_mm),
+        "mask_tightening": {"p_tight": args.p_tight, "margin_mm": list(pool.cfg.tight_margin_mm),
                             "what": "engine.train.synth.tighten_mask: the pial envelope grown by a smoothly "
                                     "varying margin, labels and image cleared outside (other tools' "
                                     "skull-stripping masks; issue #21: U-Net called surface grey matter CSF)"}

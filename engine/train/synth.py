@@ -137,11 +137,16 @@ def tighten_mask(labels: np.ndarray, rng: np.random.Generator, cfg: SubjectConfi
     The template's labels always end in a rim of CSF at the mask's edge, so a network trained on them
     alone learns "the outermost band is CSF" and calls grey matter CSF on a brain stripped tightly at
     its surface (U-Net's +28 % CSF on the team's real brain, issue #21). Returns the new mask."""
-    hull = pial_hull(labels, radius=float(rng.uniform(2.0, 4.0)))
+    radius = float(rng.uniform(2.0, 4.0))
     lo, hi = cfg.tight_margin_mm
     margin = rng.uniform(lo, hi) + 1.5 * _smooth_field(labels.shape, 4, rng)
-    dist = ndi.distance_transform_edt(~hull)
-    return (dist <= np.clip(margin, 0.0, None)) & (labels > 0)
+    return margin_mask(labels, np.clip(margin, 0.0, None), radius)
+
+
+def margin_mask(labels: np.ndarray, margin, radius: float = 3.0) -> np.ndarray:
+    """The label map's mask cut back to its pial envelope (pial_hull) grown by `margin` voxels (a
+    number, or one per voxel)."""
+    return (ndi.distance_transform_edt(~pial_hull(labels, radius)) <= margin) & (labels > 0)
 
 
 def synthetic_image(labels: np.ndarray, rng: np.random.Generator, cfg: SubjectConfig) -> np.ndarray:
