@@ -6,7 +6,7 @@
 What the data is: the REPORT proxies of bench/proxy_eval.py (synthetic subjects of the ICBM152
 template from seeds that neither training nor checkpoint selection used; the template's anatomy, so
 proxies, not held-out brains), in three forms: clean (LAS 1 mm), MPRAGE-like, and each proxy's mask
-cut back to its pial envelope + 1 mm (bench/val21_eval.py thin_rim_mask: a thin CSF rim, as in an
+cut back to its pial envelope + 1 mm (engine.train.synth.margin_mask, as the thin-rim copies of bench/val21_eval.py: a thin CSF rim, as in an
 individual brain or a tightly stripped one). Both models fused over three planes, the app's default.
 Volume error = (predicted - labelled) / labelled voxels per tissue.
 """
