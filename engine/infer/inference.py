@@ -119,6 +119,7 @@ class Segmenter:
         self.ctx = ctx or default_context()
         self.model_dir = Path(model_dir) if model_dir else shipped_model_dir(arch)
         self.net, self.info = load_network(self.model_dir, self.ctx)
+        self.class_weights = self.info.class_weights
         self.multiple = int(self.net.multiple)
         self.parameter_count = count_parameters(self.net)  # before any inference rewrite
         self.precision = precision
@@ -162,6 +163,7 @@ class Segmenter:
         self.ctx = ctx or get_mx().cpu()
         self.model_dir = info.directory
         self.net, self.info = net, info
+        self.class_weights = info.class_weights
         self.multiple = int(net.multiple)
         self.parameter_count = count_parameters(net)
         return self
@@ -185,6 +187,20 @@ class Segmenter:
         x = mx.nd.array(pad.pad(slices)[:, None], ctx=self.ctx)
         prob = mx.nd.softmax(self.net(x), axis=1)
         return pad.unpad(prob.asnumpy())
+
+    def _calibrate(self, probs: np.ndarray, normalise: bool, axis: int = 0) -> None:
+        """In place: the model's calibration.class_weights (model.json; engine.nets.weights.ModelInfo)
+        applied to class probabilities along `axis`, renormalised where they are read as
+        probabilities. Applied on the scan's own grid, after the fused probabilities were brought
+        back: a renormalisation per work voxel before the interpolation would not commute with it."""
+        w = self.class_weights
+        if w is None or all(x == 1.0 for x in w):
+            return
+        shape = [1] * probs.ndim
+        shape[axis] = len(w)
+        probs *= np.asarray(w, np.float32).reshape(shape)
+        if normalise:
+            probs /= np.maximum(probs.sum(axis=axis, keepdims=True), np.float32(1e-12))
 
     def _work_volume(self, vol: np.ndarray, geo: Conform, reuse: bool):
         """(work-grid volume, normalisation scale, foreground threshold), cached for repeated
@@ -280,6 +296,7 @@ class Segmenter:
             untouched = probs.sum(axis=0) <= 0
             probs[0][untouched] = 1.0  # voxels no network saw are background
         native = geo.probs_to_native(probs)
+        self._calibrate(native, normalise=need_probs)
         if stripped and cfg.refine and (vol > 0).sum() > 1000:
             from engine.labels.tissue_model import refine_with_intensities
 
@@ -341,6 +358,7 @@ class Segmenter:
         unc = np.zeros(vol.shape, dtype=np.float32) if cfg.uncertainty else None
         for k in native_ks:
             p = geo.plane_slice_to_native(plane, k, by_work)  # (C, native slice)
+            self._calibrate(p, normalise=True)
             v = np.take(vol, k, axis=nax)
             if stripped:
                 lab = (np.argmax(p[1:], axis=0) + 1).astype(np.uint8)

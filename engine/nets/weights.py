@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,25 @@ class ModelInfo:
     def version(self) -> str:
         return str(self.meta.get("version", self.directory.name))
 
+    @property
+    def class_weights(self) -> tuple[float, ...] | None:
+        """model.json `calibration.class_weights`: one positive weight per class (background, CSF,
+        GM, WM) that the fused probabilities are multiplied by before the argmax - a prior shift
+        (Saerens et al. 2002) that moves a tissue boundary without retraining. None when the model
+        has none (every fine-tuned version: the user's corrections define its boundaries)."""
+        cal = self.meta.get("calibration") or {}
+        w = cal.get("class_weights")
+        if w is None:
+            return None
+        try:
+            w = tuple(float(x) for x in w)
+        except (TypeError, ValueError):
+            w = ()
+        if len(w) != 4 or not all(math.isfinite(x) and x > 0 for x in w):
+            raise WeightsError(f"{self.directory / META}: calibration.class_weights must be 4 positive "
+                               f"numbers (background, CSF, GM, WM), not {cal.get('class_weights')!r}")
+        return w
+
 
 def read_model_dir(directory: str | os.PathLike, verify: bool = True) -> ModelInfo:
     d = Path(directory)
@@ -72,7 +92,9 @@ def read_model_dir(directory: str | os.PathLike, verify: bool = True) -> ModelIn
     arch = meta.get("arch")
     if arch not in ("unet", "enet"):
         raise WeightsError(f"{meta_path}: unknown arch {arch!r}")
-    return ModelInfo(d, arch, dict(meta.get("arch_kwargs", {})), meta)
+    info = ModelInfo(d, arch, dict(meta.get("arch_kwargs", {})), meta)
+    info.class_weights  # a malformed calibration fails here, naming the file
+    return info
 
 
 def write_model_dir(directory: str | os.PathLike, net, arch: str, arch_kwargs: dict | None = None,
