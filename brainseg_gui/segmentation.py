@@ -287,6 +287,7 @@ class ModelChoice(QtCore.QObject):
                     prefs.save()
                 except OSError:
                     pass
+        text += self._calibration_note()
         self.win.segment_panel.reason.setText(text)
         from engine.infer.inference import int8_offer
 
@@ -299,6 +300,22 @@ class ModelChoice(QtCore.QObject):
         if not ok:
             chk.setChecked(False)
         chk.setToolTip(why)
+
+    def _calibration_note(self) -> str:
+        """One sentence when the active model's boundaries are calibrated (model.json
+        calibration.class_weights), so that a user comparing volumes knows; '' otherwise."""
+        from engine.core.classes import tissue_classes
+        from engine.nets.weights import read_model_dir
+
+        try:
+            w = read_model_dir(self.model_dir(), verify=False).class_weights
+        except Exception:  # a missing or broken model is said when it is loaded
+            return ""
+        if not w or all(x == 1.0 for x in w):
+            return ""
+        names = {c.value: c.key.upper() if len(c.key) <= 3 else c.name for c in tissue_classes()}
+        parts = ", ".join(f"{names.get(i, i)} x{x:g}" for i, x in enumerate(w) if x != 1.0)
+        return f" Its class boundaries are calibrated ({parts}; see README, Shipped weights)."
 
     def _on_model_pref_changed(self, _i: int) -> None:
         self.win.prefs.model = self.win.segment_panel.model_combo.currentData()

@@ -526,6 +526,11 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
         "preprocess": preprocess_spec(multiple, info.arch),
         **geometry_spec(),
         "secondary_stride": SECONDARY_STRIDE.get(info.arch, 1),
+        # the model's calibration (model.json; engine.infer.inference.Segmenter._calibrate)
+        "calibration": ({"class_weights": list(info.class_weights),
+                         "rule": "the fused class probabilities on the scan's grid are multiplied by "
+                                 "class_weights (one per class, in the classes' order) before the argmax"}
+                        if info.class_weights else None),
         "classes": classes,
         "strip_decision": strip_decision_spec(),
         "strip": None,  # the brain extractor, when the package carries one (strip_spec)

@@ -313,6 +313,34 @@ def test_runner_repeats_sparse_view_aggregation(tiny_model_dir, scan, tmp_path, 
     assert decisive.mean() > 0.8 and (got[decisive] == res.labels[decisive]).all()
 
 
+def test_runner_applies_the_models_calibration(tiny_model_dir, scan, tmp_path):
+    """A model whose model.json carries calibration.class_weights: the package records them and its
+    runner gives the app's calibrated labels (not the uncalibrated ones)."""
+    import shutil
+
+    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.package import export_package, load_runner
+
+    cal = tmp_path / "calibrated"
+    shutil.copytree(tiny_model_dir, cal)
+    meta = json.loads((cal / "model.json").read_text())
+    meta["calibration"] = {"class_weights": [1.0, 3.0, 1.0, 0.5]}
+    (cal / "model.json").write_text(json.dumps(meta))
+    pkg = export_package(cal, tmp_path / "pkg", "onnx")
+    assert json.loads((pkg / "package.json").read_text())["calibration"]["class_weights"] == [1.0, 3.0, 1.0, 0.5]
+    out = tmp_path / "mask.nii.gz"
+    assert load_runner(pkg / "segment_package.py").main([str(pkg), str(scan), "-o", str(out)]) == 0
+    img = nib.load(str(scan))
+    vol = np.asarray(img.dataobj, np.float32)
+    res = Segmenter(cal).segment(vol, SegmentConfig(return_probabilities=True), affine=img.affine)
+    plain = Segmenter(tiny_model_dir).segment(vol, SegmentConfig(), affine=img.affine)
+    assert (res.labels != plain.labels).mean() > 0.01  # the weights matter on this scan
+    top2 = np.sort(res.probabilities, axis=0)[-2:]
+    decisive = (top2[1] - top2[0]) > 1e-3
+    got = np.asanyarray(nib.load(str(out)).dataobj)
+    assert decisive.mean() > 0.8 and (got[decisive] == res.labels[decisive]).all()
+
+
 # ----------------------------------------------------------------------------- brain extraction
 def _fill(param, fill):
     a = np.zeros(param.shape, np.float32)

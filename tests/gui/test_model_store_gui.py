@@ -39,3 +39,26 @@ def test_a_changed_default_model_is_said_once_and_a_remembered_unet_still_works(
     qtbot.addWidget(chosen)
     assert chosen.segment_panel.reason.text().startswith("Will run U-Net: chosen by the user")
     chosen.engine.stop()
+
+
+def test_the_panel_says_when_the_active_models_boundaries_are_calibrated(window, qtbot, tiny_model_dir):
+    """Issue #21: the shipped ENet carries a CSF calibration (model.json); the panel says so, and
+    stops saying it when an uncalibrated version (a fine-tune) is made active from the panel."""
+    win = window
+    assert "Will run ENet" in win.segment_panel.reason.text()
+    assert "calibrated (CSF x0.753" in win.segment_panel.reason.text()
+    v = win.model_store.root / "enet" / "enet-v001"
+    shutil.copytree(tiny_model_dir, v)
+    panel = win.training_panel
+    panel.refresh_versions()
+    items = [panel.versions.item(i) for i in range(panel.versions.count())]
+    mine = [it for it in items if it.data(0x0100) == str(v)]  # Qt.UserRole
+    assert mine, [it.text() for it in items]
+    panel.versions.clearSelection()
+    mine[0].setSelected(True)
+    panel.activate_button.click()
+    assert win.model_store.active_dir("enet") == v
+    assert "Will run ENet" in win.segment_panel.reason.text()
+    assert "calibrated" not in win.segment_panel.reason.text()
+    panel.rollback_button.click()
+    assert "calibrated (CSF x0.753" in win.segment_panel.reason.text()
