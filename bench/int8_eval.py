@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench.int8_eval [--no-append] [--no-record] [--smoke]
 
-Records the result in each shipped model's model.json ("int8"); the app and `brainseg segment
---int8` offer INT8 only where every class's Dice changed by at most 0.005.
+Records the result in each shipped model's model.json ("int8"); the app and `brainseg segment`
+offer INT8 only where every class's Dice changed by at most 0.005 and it ran faster, and there it
+is their default (engine.infer.inference.default_precision).
 
 --smoke (tests/bench): ENet only, the demo cropped to 16 axial slices, one run per precision, the
 result recorded into a copy of the model folder in a temporary folder (never resources/).

@@ -289,11 +289,12 @@ def stripped_version() -> str:
 
 
 def _segmenter(model_dir: str):
-    from engine.infer.inference import Segmenter
+    from engine.infer.inference import Segmenter, default_precision
 
     if model_dir not in _SEGMENTERS:
         _SEGMENTERS.clear()
-        _SEGMENTERS[model_dir] = Segmenter(model_dir)
+        # the precision `brainseg segment` uses by default, so both give a scan the same labels
+        _SEGMENTERS[model_dir] = Segmenter(model_dir, precision=default_precision(model_dir)[0])
     return _SEGMENTERS[model_dir]
 
 
@@ -449,7 +450,8 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
         if res.uncertainty is not None and (res.labels > 0).any():
             ent = float(res.uncertainty[res.labels > 0].mean())
         row.update({
-            "status": "ok", "model": seg.info.arch, "model_version": seg.info.version,
+            "status": "ok", "model": seg.info.arch + (" (INT8)" if seg.precision == "int8" else ""),
+            "model_version": seg.info.version,
             "csf_ml": round(ml["csf"], 3), "gm_ml": round(ml["gm"], 3), "wm_ml": round(ml["wm"], 3),
             "brain_ml": round(brain, 3), "tiv_ml": round(tiv, 3),
             "stripped": "yes" if stripped is not None else "no",

@@ -124,14 +124,12 @@ class Segmenter:
         self.parameter_count = count_parameters(self.net)  # before any inference rewrite
         self.precision = precision
         if precision == "int8":
-            from engine.infer.quantize import calibration_slices, quantize_model
+            from engine.infer.quantize import calibration_slices, quantize_model, quantized_network
 
-            if calib_volume is None:
-                from engine.core.paths import DEMO_SCAN
-                from engine.io.volume import read_volume
-
-                calib_volume = read_volume(DEMO_SCAN).data
-            self.net = quantize_model(self.net, calibration_slices(calib_volume), self.ctx)
+            if calib_volume is None:  # the demo scan's calibration, cached (what int8_eval validated)
+                self.net = quantized_network(self.net, self.info, self.ctx)
+            else:
+                self.net = quantize_model(self.net, calibration_slices(calib_volume), self.ctx)
         elif precision != "fp32":
             raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
         else:
@@ -441,6 +439,14 @@ def int8_offer(model_dir: str | Path) -> tuple[bool, str]:
         return False, (f"INT8 changed Dice by up to {worst:.4f} on the demo scan "
                        f"(> {INT8_MAX_DICE_CHANGE}); not offered")
     return True, f"INT8: {rec.get('speedup', 0):.1f}x faster, Dice change <= {worst:.4f} per class on the demo scan"
+
+
+def default_precision(model_dir: str | Path) -> tuple[str, str]:
+    """("int8" or "fp32", why): INT8 wherever it is offered for the model (int8_offer: measured
+    faster with every class's Dice within INT8_MAX_DICE_CHANGE; today U-Net, 2.1x), FP32 otherwise.
+    The CLI's --precision auto, `brainseg batch` and the panel's default follow it."""
+    ok, why = int8_offer(model_dir)
+    return ("int8" if ok else "fp32"), why
 
 
 def least_certain_slices(uncertainty: np.ndarray, count: int = 10, mask: np.ndarray | None = None,

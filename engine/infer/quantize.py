@@ -159,3 +159,81 @@ def label_agreement(net, qnet, slices: np.ndarray, batch_size: int = 8) -> Agree
     tissue = (a > 0) | (b > 0)
     fg = float(same[tissue].mean()) if tissue.any() else 1.0
     return Agreement(a, b, float(same.mean()), fg)
+
+
+# ----------------------------------------------------------------------------- the INT8 cache
+CACHE_FORMAT = 1  # bump when what goes into a quantized graph changes
+
+
+def _cache_key(info, calib_source: str) -> str:
+    """Which model, which calibration, which MXNet and which quantization settings made the graph."""
+    import hashlib
+
+    from engine.nets.weights import sha256
+
+    mx = get_mx()
+    params = info.meta.get("sha256") or sha256(info.params_path)
+    parts = [str(CACHE_FORMAT), params, calib_source, mx.__version__, "naive", ",".join(EXCLUDED_OPERATORS)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _params_ok(path) -> bool:
+    """An exported parameter file that holds parameters (MXNet writes an empty one, without an
+    error, for a block that never ran forward)."""
+    return get_mx().nd.load(str(path)) != {}
+
+
+def quantized_network(net, info, ctx=None):
+    """The INT8 network of a model, calibrated on the demo scan - the calibration bench/int8_eval.py
+    validated (model.json "int8") - and kept in the start-up cache folder (engine.core.mx_opcache.
+    cache_dir, "int8/"), so only the first use pays the quantization (4.3 s for U-Net here; loading
+    the cached graph 0.02 s, with the same logits). A missing, corrupt or unwritable cache falls back
+    to quantizing; a model changed by a byte, another MXNet or another calibration gets another key."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from engine.core.mx_opcache import cache_dir
+    from engine.core.paths import DEMO_SCAN
+    from engine.nets.weights import sha256
+
+    mx = get_mx()
+    ctx = ctx or mx.cpu()
+    folder = cache_dir() / "int8"
+    try:
+        demo_id = sha256(Path(DEMO_SCAN))
+    except OSError:
+        demo_id = "missing"
+    key = _cache_key(info, f"demo:{demo_id}")
+    sym, params = folder / f"{key}-symbol.json", folder / f"{key}-0000.params"
+    if sym.exists() and params.exists():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                qnet = mx.gluon.SymbolBlock.imports(str(sym), ["data"], str(params), ctx=ctx)
+            qnet.multiple = int(net.multiple)
+            log.info("INT8 network of %s from the cache (%s)", info.version, sym.name)
+            return qnet
+        except Exception as exc:  # noqa: BLE001 - a damaged cache must never stop a segmentation
+            log.warning("INT8 cache %s is unreadable (%s); quantizing again", sym, exc)
+    from engine.io.volume import read_volume
+
+    calib = calibration_slices(read_volume(DEMO_SCAN).data)
+    qnet = quantize_model(net, calib, ctx)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        qnet(mx.nd.array(_padded_batch(calib[:1], int(net.multiple))[0], ctx=ctx))  # export needs one forward
+        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".writing-"))
+        try:
+            qnet.export(str(tmp / "q"))
+            if not _params_ok(tmp / "q-0000.params"):
+                raise OSError("the exported parameters are empty")
+            os.replace(tmp / "q-0000.params", params)  # the symbol last: it is what marks an entry complete
+            os.replace(tmp / "q-symbol.json", sym)
+        finally:
+            for f in tmp.iterdir():
+                f.unlink()
+            tmp.rmdir()
+    except OSError as exc:
+        log.warning("INT8 cache not written (%s): the next start quantizes again", exc)
+    return qnet

@@ -417,6 +417,32 @@ def test_segment_int8_refused_unless_validated(tmp_path, tiny_model_dir, capsys)
         meta_path.write_text(saved)
 
 
+def test_segment_runs_int8_by_default_only_where_it_is_offered(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Issue #21 (U-Net's speed): --precision auto (the default) runs INT8 where the model's record
+    offers it, and says so; --precision fp32 opts out; a model without the record stays FP32."""
+    import json as _json
+    import shutil
+
+    monkeypatch.setenv("BRAINSEG_CACHE", str(tmp_path / "cache"))
+    p, _, _ = _scan(tmp_path)
+    offered = tmp_path / "offered"
+    shutil.copytree(tiny_model_dir, offered)
+    meta = _json.loads((offered / "model.json").read_text())
+    meta["int8"] = {"dice_change": {"csf": 0.001, "gm": 0.0, "wm": -0.0005}, "speedup": 2.1}
+    (offered / "model.json").write_text(_json.dumps(meta))
+    assert main(["segment", str(p), "-o", str(tmp_path / "a.nii.gz"), "--weights", str(offered)]) == 0
+    out = capsys.readouterr().out
+    assert "INT8)" in out and "precision: INT8 by default for this model" in out and "--precision fp32" in out
+    assert (tmp_path / "cache" / "int8").is_dir()
+    assert main(["segment", str(p), "-o", str(tmp_path / "b.nii.gz"), "--weights", str(offered),
+                 "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "INT8" not in out
+    assert main(["segment", str(p), "-o", str(tmp_path / "c.nii.gz"), "--weights", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "INT8" not in out and "precision:" not in out
+
+
 def test_finetune_never_overwrites(tmp_path, capsys):
     """`finetune -o` refuses an existing non-empty folder and the shipped weights, before any work."""
     from engine.core.paths import WEIGHTS_DIR

@@ -138,3 +138,71 @@ def test_shipped_weights_keep_their_labels_in_int8(arch):
     agree = label_agreement(net, qnet, s[1::2])
     print(arch, agree)
     assert agree.foreground_agreement >= 0.95
+
+
+@pytest.fixture
+def small_unet_dir(tmp_path):
+    """A small U-Net model folder (random weights; INT8 only has to run and be reproducible)."""
+    from engine.nets import get_model
+    from engine.nets.weights import write_model_dir
+
+    net = get_model("unet", base=8, levels=3)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net(mx.nd.zeros((1, 1, 32, 32)))
+    return write_model_dir(tmp_path / "unet", net, "unet", {"base": 8, "levels": 3}, version="small-unet").directory
+
+
+def test_the_int8_network_is_cached_reused_and_requantized_when_damaged_or_changed(small_unet_dir, tmp_path,
+                                                                                   monkeypatch, caplog):
+    """Issue #21 (U-Net's speed): quantizing costs seconds at every start; the quantized graph is kept
+    in the cache folder and loaded the next time, with the same labels. A damaged entry is quantized
+    again and rewritten; other weights never get this model's graph."""
+    import logging
+    import shutil
+
+    from engine.infer.inference import SegmentConfig, Segmenter
+
+    monkeypatch.setenv("BRAINSEG_CACHE", str(tmp_path / "cache"))
+    vol = phantom((48, 40, 8))
+    caplog.set_level(logging.INFO, logger="engine.infer.quantize")
+    first = Segmenter(small_unet_dir, precision="int8").segment(vol, SegmentConfig(planes=("axial",)))
+    entries = sorted((tmp_path / "cache" / "int8").iterdir())
+    assert [p.name.split("-", 1)[1] for p in entries] == ["0000.params", "symbol.json"]
+    assert "quantized UNet" in caplog.text and "from the cache" not in caplog.text
+    caplog.clear()
+    again = Segmenter(small_unet_dir, precision="int8").segment(vol, SegmentConfig(planes=("axial",)))
+    assert "from the cache" in caplog.text and "quantized UNet" not in caplog.text
+    np.testing.assert_array_equal(again.labels, first.labels)
+    # a damaged entry (a truncated params file): quantized again, the same labels, the entry rewritten
+    params = next(p for p in entries if p.name.endswith(".params"))
+    size = params.stat().st_size
+    params.write_bytes(params.read_bytes()[: size // 3])
+    caplog.clear()
+    fixed = Segmenter(small_unet_dir, precision="int8").segment(vol, SegmentConfig(planes=("axial",)))
+    assert "unreadable" in caplog.text and "quantized UNet" in caplog.text
+    np.testing.assert_array_equal(fixed.labels, first.labels)
+    assert params.stat().st_size == size
+    # other weights in the same architecture: their own entry, never this one's graph
+    other = tmp_path / "other"
+    shutil.copytree(small_unet_dir, other)
+    from engine.nets import get_model
+    from engine.nets.weights import write_model_dir
+
+    net = get_model("unet", base=8, levels=3)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net(mx.nd.zeros((1, 1, 32, 32)))
+    write_model_dir(other, net, "unet", {"base": 8, "levels": 3}, version="small-unet")
+    caplog.clear()
+    Segmenter(other, precision="int8")
+    assert "quantized UNet" in caplog.text
+    assert len(list((tmp_path / "cache" / "int8").iterdir())) == 4
+
+
+def test_an_unwritable_cache_still_segments_in_int8(small_unet_dir, tmp_path, monkeypatch):
+    from engine.infer.inference import SegmentConfig, Segmenter
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("BRAINSEG_CACHE", str(blocker))
+    res = Segmenter(small_unet_dir, precision="int8").segment(phantom((48, 40, 8)), SegmentConfig(planes=("axial",)))
+    assert res.labels.shape == (48, 40, 8) and "INT8" in res.model

@@ -62,3 +62,25 @@ def test_the_panel_says_when_the_active_models_boundaries_are_calibrated(window,
     assert "calibrated" not in win.segment_panel.reason.text()
     panel.rollback_button.click()
     assert "calibrated (CSF x0.753" in win.segment_panel.reason.text()
+
+
+def test_int8_is_on_by_default_where_offered_and_a_users_choice_is_kept(window, qtbot):
+    """Issue #21: INT8 is the default where the model's record offers it (the shipped U-Net), as in
+    the CLI; a user who unticks it keeps FP32 across model switches; ENet (not offered) is FP32."""
+    from engine.infer.inference import int8_offer
+
+    win = window
+    combo, chk = win.segment_panel.model_combo, win.segment_panel.int8_check
+    if not int8_offer(shipped_model_dir("unet"))[0]:
+        import pytest
+
+        pytest.skip("the shipped U-Net has no INT8 record")
+    combo.setCurrentIndex(combo.findData("unet"))
+    assert chk.isEnabled() and chk.isChecked() and win.segmentation.precision() == "int8"
+    assert "on by default" in chk.toolTip()
+    chk.click()  # the user unticks it
+    assert not chk.isChecked()
+    combo.setCurrentIndex(combo.findData("enet"))
+    assert not chk.isEnabled() and not chk.isChecked() and win.segmentation.precision() == "fp32"
+    combo.setCurrentIndex(combo.findData("unet"))
+    assert chk.isEnabled() and not chk.isChecked(), "the user's FP32 choice is kept"
