@@ -222,6 +222,10 @@ def main(argv=None) -> int:
             cmds[f"brainseg segment {arch} {planes}"] = [sys.executable, "-m", "engine.cli", "segment", str(scan),
                                                          "-o", str(tmp / "m.nii.gz"), "--model", arch,
                                                          "--planes", planes]
+        if arch == "unet" and not args.smoke:  # U-Net runs INT8 by default (its record offers it): FP32 beside it
+            cmds["brainseg segment unet axial,coronal,sagittal --precision fp32"] = [
+                sys.executable, "-m", "engine.cli", "segment", str(scan), "-o", str(tmp / "m.nii.gz"), "--model", "unet",
+                "--planes", "axial,coronal,sagittal", "--precision", "fp32"]
     if atropos:
         cmds["Atropos (antspyx)"] = [atropos, str(ROOT / "tools" / "atropos_peer.py"), str(scan), "-o",
                                      str(tmp / "a.nii.gz")]
