@@ -764,7 +764,11 @@ def cmd_gui(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line. With `command` (the subcommand about to run), the subcommands that
+    live in other modules are imported only if it is one of them: `brainseg segment` then skips
+    importing training, benchmarking, packaging and batch code (0.3 s of its start-up, issue #21).
+    A command that is none of them (a typo, --help) gets every subcommand, so the usage lists all."""
     from engine.io.space import add_space_arguments as space_arguments
 
     ap = _Parser(prog="brainseg", description="BrainSeg: brain MRI tissue segmentation", verbose_default=False)
@@ -846,21 +850,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a head scan (skull on): learn inside the labels' brain mask (auto: when a skull is found)")
     p.set_defaults(func=cmd_finetune)
 
-    # Subcommands kept in their own modules (see EXTRA_COMMANDS). A module not written yet is
-    # skipped quietly; one that exists but fails to import is named on stderr, and the other
-    # subcommands keep working. These modules must not import mxnet at top level.
-    for name, module, adder in EXTRA_COMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                log.warning("subcommand %s unavailable: %s needs %s", name, module, exc.name)
-            continue
-        except Exception as exc:  # a broken optional module must not break `info` or `segment`
-            log.warning("subcommand %s unavailable: %s failed to import (%s: %s)", name, module,
-                        type(exc).__name__, exc)
-            continue
-        getattr(mod, adder)(sub)
 
     p = sub.add_parser("models", help="model versions: list, activate VERSION, rollback")
     p.add_argument("action", choices=("list", "activate", "rollback"))
@@ -901,6 +890,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scan", nargs="?")
     p.add_argument("--demo", action="store_true")
     p.set_defaults(func=cmd_gui)
+    # Subcommands kept in their own modules (see EXTRA_COMMANDS). A module not written yet is
+    # skipped quietly; one that exists but fails to import is named on stderr, and the other
+    # subcommands keep working. These modules must not import mxnet at top level.
+    known = set(sub.choices) | {n for n, _m, _a in EXTRA_COMMANDS}
+    for name, module, adder in EXTRA_COMMANDS:
+        if command in known and command != name:  # another known subcommand runs: not needed
+            continue
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                log.warning("subcommand %s unavailable: %s needs %s", name, module, exc.name)
+            continue
+        except Exception as exc:  # a broken optional module must not break `info` or `segment`
+            log.warning("subcommand %s unavailable: %s failed to import (%s: %s)", name, module,
+                        type(exc).__name__, exc)
+            continue
+        getattr(mod, adder)(sub)
     return ap
 
 
@@ -945,6 +952,12 @@ def _error_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _command_of(argv) -> str | None:
+    """The subcommand named in argv: its first word that is not an option (the top-level options
+    take no values)."""
+    return next((a for a in argv if not str(a).startswith("-")), None)
+
+
 def main(argv=None) -> int:
     """Run one subcommand. 0 on success; 2 and one line on stderr for a user error (bad file,
     bad option, missing weights); 1 and one line for an unexpected failure (-v adds the
@@ -955,7 +968,7 @@ def main(argv=None) -> int:
 
     verbose = False
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_command_of(sys.argv[1:] if argv is None else argv)).parse_args(argv)
         verbose = bool(args.verbose)
         _setup_logging(verbose)
         return int(args.func(args) or 0)

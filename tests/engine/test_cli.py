@@ -502,3 +502,28 @@ def test_loading_mxnet_leaves_out_what_nothing_here_uses():
             "from mxnet.contrib import quantization; print(mx.nd.ones((2,)).sum().asscalar())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "2.0", out.stderr[-1500:]
+
+
+def test_a_subcommand_imports_only_what_it_needs(tmp_path):
+    """Issue #21 (start-up): `brainseg segment` or `info` no longer imports the training, benchmark,
+    packaging and batch modules just to build their parsers; `brainseg batch` still finds its own,
+    and a mistyped command still lists every subcommand."""
+    import subprocess
+    import sys
+    import textwrap
+
+    p, _, _ = _scan(tmp_path)
+    code = textwrap.dedent(f"""
+        import sys
+        from engine.cli import main
+        rc = main(["info", {str(p)!r}])
+        print("LOADED", sorted(m for m in ("engine.train.oasis", "engine.bench", "engine.package", "engine.batch")
+                               if m in sys.modules), rc)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "LOADED [] 0" in res.stdout, res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-m", "engine.cli", "batch", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "--oasis-csv" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "engine.cli", "segmnt"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "'batch'" in res.stderr and "'export'" in res.stderr
