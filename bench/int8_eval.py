@@ -30,12 +30,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--models", default="unet,enet")
+    ap.add_argument("--report-proxies", action="store_true",
+                    help="also the Dice change on the REPORT proxies of bench/proxy_eval.py (clean, MPRAGE-like, rim "
+                         "1 mm; never trained on), with the app's INT8 (the demo calibration, cached)")
     add_smoke_flag(ap)
     args = ap.parse_args(argv)
     scratch = None
     if args.smoke:
         scratch = start_smoke("int8_eval")
         args.models = "enet"
+        args.report_proxies = True  # its code path too, on the slab
     from engine.core.mx_env import configure_threads
 
     configure_threads()
@@ -85,9 +89,50 @@ def main(argv=None) -> int:
                             "measured": time.strftime("%Y-%m-%d %H:%M"), "fp32_s": res["fp32"][0],
                             "int8_s": res["int8"][0]}
             atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
+    if args.report_proxies:
+        lines += ["", *report_proxies(args, [m for m in args.models.split(",") if m])]
     text = "\n".join(lines) + "\n"
     report(text, append=not args.no_append)
     return 0
+
+
+def report_proxies(args, models) -> list[str]:
+    """INT8 against FP32 on the REPORT proxies (template anatomy under seeds never used to train or
+    choose; proxies, not held-out brains), fused A+C+S as the app runs: per-class Dice and volume error."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from train_shipped import perturb, proxy_subject
+
+    from bench.proxy_eval import LAS_AFFINE, REPORT_SEEDS, template_source
+    from bench.val21_eval import scores
+    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.nets.weights import shipped_model_dir
+    from engine.train.synth import margin_mask
+
+    t1, labels, csf_mean = template_source(args.smoke)
+    seeds = REPORT_SEEDS[:1] if args.smoke else REPORT_SEEDS
+    out = ["INT8 against FP32 on the REPORT proxies (fused A+C+S, the app's INT8: demo calibration; mean over "
+           f"seeds {list(seeds)}):", "", "| model | form | Dice CSF / GM / WM FP32 | INT8 | volume error CSF / GM / WM "
+           "FP32 | INT8 |", "|---|---|---|---|---|---|"]
+    for model in models:
+        segs = {p: Segmenter(shipped_model_dir(model), precision=p) for p in ("fp32", "int8")}
+        res: dict = {}
+        for s in seeds:
+            img0, lab = proxy_subject(t1, labels, csf_mean, s)
+            rim = margin_mask(lab, 1.0)
+            forms = {"clean": (img0, lab), "MPRAGE-like": (perturb(img0, seed=s), lab),
+                     "rim 1 mm": (np.where(rim, img0, 0), np.where(rim, lab, 0).astype(np.uint8))}
+            for form, (x, y) in forms.items():
+                for p, seg in segs.items():
+                    pred = seg.segment((x * 200).astype(np.float32), SegmentConfig(), affine=LAS_AFFINE).labels
+                    res.setdefault(form, {}).setdefault(p, []).append(scores(y, pred))
+        for form, by in res.items():
+            m = {p: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for p, rs in by.items()}
+            d = lambda r: " / ".join(f"{r[k]:.3f}" for k in ("csf", "gm", "wm"))  # noqa: E731
+            v = lambda r: " / ".join(f"{100 * r[k + '_vol_err']:+.1f}" for k in ("csf", "gm", "wm")) + " %"  # noqa: E731
+            out.append(f"| {model} | {form} | {d(m['fp32'])} | {d(m['int8'])} | {v(m['fp32'])} | {v(m['int8'])} |")
+    return out
 
 
 if __name__ == "__main__":
