@@ -287,7 +287,9 @@ class ModelChoice(QtCore.QObject):
                     prefs.save()
                 except OSError:
                     pass
-        text += self._calibration_note()
+        note = self._calibration_note()
+        if note:
+            text = text.rstrip() + ("" if text.rstrip().endswith((".", "!", "?")) else ".") + note
         self.win.segment_panel.reason.setText(text)
         from engine.infer.inference import int8_offer
 

@@ -47,6 +47,7 @@ def test_the_panel_says_when_the_active_models_boundaries_are_calibrated(window,
     win = window
     assert "Will run ENet" in win.segment_panel.reason.text()
     assert "calibrated (CSF x0.753" in win.segment_panel.reason.text()
+    assert ". Its class boundaries are calibrated" in win.segment_panel.reason.text(), "two sentences"
     v = win.model_store.root / "enet" / "enet-v001"
     shutil.copytree(tiny_model_dir, v)
     panel = win.training_panel
