@@ -23,11 +23,10 @@ its voxels differ from 1 mm); the volume is divided by the 99th percentile of it
 (foreground: above 5% of the 99.5th percentile of positive voxels) and clipped to [0, 3]; for each
 anatomical plane (axial, coronal, sagittal), slices without foreground are skipped and the others
 run in batches of consecutive slices, each cropped to its foreground's in-plane box (plus a
-margin) and padded centred to a multiple the network accepts; the planes' softmax probabilities
-are averaged, brought back to the scan's grid, multiplied by the model's calibration weights
-(package.json "calibration", when it has one), and the label is their argmax (in a skull-stripped
-scan, every nonzero voxel gets a tissue label, as FSL FAST's). The mask is written with the
-scan's affine.
+margin) and padded centred to a multiple the network accepts; the planes' softmax probabilities are
+averaged, brought back to the scan's grid, weighted by package.json "calibration" (if any), and the label
+is their argmax (in a skull-stripped scan, every nonzero voxel gets a tissue label, as FSL FAST's).
+The mask is written with the scan's affine.
 """
 from __future__ import annotations
 
@@ -457,9 +456,7 @@ def segment(vol: np.ndarray, affine: np.ndarray, spec: dict, run, batch_size: in
         probs /= len(planes)
     probs[0][probs.sum(axis=0) <= 0] = 1.0  # voxels no network saw are background
     native = geo.probs_to_native(probs)
-    weights = (spec.get("calibration") or {}).get("class_weights")
-    if weights:  # the model's prior shift, on the scan's grid, before the argmax
-        native *= np.asarray(weights, np.float32).reshape((-1,) + (1,) * (native.ndim - 1))
+    native *= np.float32((spec.get("calibration") or {}).get("class_weights") or 1.0).reshape(-1, 1, 1, 1)
     if stripped:  # FSL_SEG semantics: every nonzero voxel is a tissue
         labels = (np.argmax(native[1:], axis=0) + 1).astype(np.uint8)
         labels[vol <= 0] = 0
