@@ -183,6 +183,20 @@ def _params_ok(path) -> bool:
     return get_mx().nd.load(str(path)) != {}
 
 
+def _drop_stale_writes(folder, age_s: float = 3600.0) -> None:
+    """Remove half-written entries (".writing-*") left by a process killed while writing, once they
+    are an hour old (a younger one may belong to a process writing now)."""
+    import shutil
+    import time
+
+    for d in folder.glob(".writing-*"):
+        try:
+            if time.time() - d.stat().st_mtime > age_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def quantized_network(net, info, ctx=None):
     """The INT8 network of a model, calibrated on the demo scan - the calibration bench/int8_eval.py
     validated (model.json "int8") - and kept in the start-up cache folder (engine.core.mx_opcache.
@@ -222,6 +236,7 @@ def quantized_network(net, info, ctx=None):
     qnet = quantize_model(net, calib, ctx)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _drop_stale_writes(folder)
         qnet(mx.nd.array(_padded_batch(calib[:1], int(net.multiple))[0], ctx=ctx))  # export needs one forward
         tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".writing-"))
         try:

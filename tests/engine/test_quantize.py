@@ -198,6 +198,28 @@ def test_the_int8_network_is_cached_reused_and_requantized_when_damaged_or_chang
     assert len(list((tmp_path / "cache" / "int8").iterdir())) == 4
 
 
+def test_a_write_killed_halfway_leaves_no_entry_and_is_cleaned_up_later(small_unet_dir, tmp_path, monkeypatch):
+    """kill -9 while the graph was being written leaves a ".writing-*" folder and no entry: the next
+    start quantizes (it never loads half a graph) and removes such folders once they are stale."""
+    import os
+    import time
+
+    from engine.infer.inference import Segmenter
+
+    monkeypatch.setenv("BRAINSEG_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "int8"
+    stale, fresh = folder / ".writing-old", folder / ".writing-now"
+    for d in (stale, fresh):
+        d.mkdir(parents=True)
+        (d / "q-0000.params").write_bytes(b"half a file")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    Segmenter(small_unet_dir, precision="int8")
+    assert not stale.exists() and fresh.exists()
+    assert sorted(p.name.split("-", 1)[1] for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "0000.params", "symbol.json"]
+
+
 def test_an_unwritable_cache_still_segments_in_int8(small_unet_dir, tmp_path, monkeypatch):
     from engine.infer.inference import SegmentConfig, Segmenter
 
