@@ -173,6 +173,8 @@ def main(argv=None) -> int:
         keep = set(args.only.split(",")) | {e.split("=", 1)[0] for e in args.extra}
         models = {k: v for k, v in models.items() if k in keep}
     segs = {name: (Segmenter(d), planes) for name, (d, planes) in models.items()}
+    if "enet-shipped-4 fused" in segs:  # the real brain's figure is of the uncalibrated model: the same
+        segs["enet-shipped-4 fused"][0].class_weights = None  # weights as enet-shipped-4-csfcal, no CSF weight
     results: dict = {}
     t0 = time.time()
     for i, (hname, brain) in enumerate(heads(args.smoke).items()):

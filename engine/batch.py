@@ -288,14 +288,30 @@ def stripped_version() -> str:
     return get_extractor().version
 
 
-def _segmenter(model_dir: str):
-    from engine.infer.inference import Segmenter, default_precision
+def resolve_precision(model_dir, precision: str = "auto") -> str:
+    """fp32 or int8: "auto" is what `brainseg segment` runs by default (INT8 where the model's record
+    offers it), so both give a scan the same labels."""
+    from engine.infer.inference import default_precision
 
-    if model_dir not in _SEGMENTERS:
+    return default_precision(model_dir)[0] if precision == "auto" else precision
+
+
+def version_label(model_dir, precision: str) -> str:
+    """The model_version a row records: the version, and " (INT8)" for INT8 rows - INT8 and FP32
+    labels differ a little, so one table must not mix them silently (the resume check below)."""
+    from engine.nets.weights import read_model_dir
+
+    return read_model_dir(model_dir, verify=False).version + (" (INT8)" if precision == "int8" else "")
+
+
+def _segmenter(model_dir: str, precision: str = "auto"):
+    from engine.infer.inference import Segmenter
+
+    precision = resolve_precision(model_dir, precision)
+    if (model_dir, precision) not in _SEGMENTERS:
         _SEGMENTERS.clear()
-        # the precision `brainseg segment` uses by default, so both give a scan the same labels
-        _SEGMENTERS[model_dir] = Segmenter(model_dir, precision=default_precision(model_dir)[0])
-    return _SEGMENTERS[model_dir]
+        _SEGMENTERS[model_dir, precision] = Segmenter(model_dir, precision=precision)
+    return _SEGMENTERS[model_dir, precision]
 
 
 def thumbnail(labels: np.ndarray, scan: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -404,7 +420,8 @@ def apply_space_options(items: list[ScanItem], atlas_space: bool = False, asf: f
             "atlas-space mL only and no TIV range check"]
 
 
-def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool = False, strip: str = "auto") -> dict:
+def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool = False, strip: str = "auto",
+                 precision: str = "auto") -> dict:
     """Read, segment and write one scan's files; returns its row (an error row when it fails).
     Runs in the batch process, a --jobs worker or a Dask worker."""
     from engine.core.atomic import atomic_write
@@ -422,7 +439,7 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
         doc = open_scan(item.path, series=item.series, atlas_marked=item.atlas_marked)  # as the app opens it
         vol = doc.scan
         space = Space.of(vol, item.asf if atlas_space_reason(vol) else None)
-        seg = _segmenter(model_dir)
+        seg = _segmenter(model_dir, precision)
         from engine.infer.scan import segment_scan
 
         res, decision, stripped = segment_scan(seg, vol.data, vol.affine, SegmentConfig(uncertainty=True), strip=strip)
@@ -450,8 +467,8 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
         if res.uncertainty is not None and (res.labels > 0).any():
             ent = float(res.uncertainty[res.labels > 0].mean())
         row.update({
-            "status": "ok", "model": seg.info.arch + (" (INT8)" if seg.precision == "int8" else ""),
-            "model_version": seg.info.version,
+            "status": "ok", "model": seg.info.arch,
+            "model_version": seg.info.version + (" (INT8)" if seg.precision == "int8" else ""),
             "csf_ml": round(ml["csf"], 3), "gm_ml": round(ml["gm"], 3), "wm_ml": round(ml["wm"], 3),
             "brain_ml": round(brain, 3), "tiv_ml": round(tiv, 3),
             "stripped": "yes" if stripped is not None else "no",
@@ -566,10 +583,11 @@ def _worker_init(threads: int) -> None:
 def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, scheduler: str | None = None,
         resume: bool = False, retry_failed: bool = False, uncertainty: bool = False, report: bool = True,
         progress_stream=None, on_row=None, strip: str = "auto", allow_mixed_versions: bool = False,
-        security: "ClusterSecurity | None" = None) -> tuple[list[dict], int]:
+        security: "ClusterSecurity | None" = None, precision: str = "auto") -> tuple[list[dict], int]:
     """Process the items into OUTDIR; returns (all rows of the table, how many were processed now).
     KeyboardInterrupt propagates after the rows finished so far are written."""
     outdir, model_dir = Path(os.path.abspath(outdir)), Path(os.path.abspath(model_dir))
+    precision = resolve_precision(model_dir, precision)  # once, here: every worker runs the same
     for it in items:
         it.path = os.path.abspath(it.path)
     # refuse an unsafe cluster before anything is written; resolved once, used by _run_dask
@@ -577,7 +595,7 @@ def run(items: list[ScanItem], outdir: Path, model_dir: Path, jobs: int = 1, sch
     outdir.mkdir(parents=True, exist_ok=True)
     with OutdirLock(outdir):
         return _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
-                           progress_stream, on_row, strip, allow_mixed_versions, sec)
+                           progress_stream, on_row, strip, allow_mixed_versions, sec, precision)
 
 
 def _row_input(r: dict, outdir: Path) -> str:
@@ -595,7 +613,7 @@ def _row_input(r: dict, outdir: Path) -> str:
 
 
 def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed, uncertainty, report,
-                progress_stream, on_row, strip, allow_mixed_versions=False, sec=None):
+                progress_stream, on_row, strip, allow_mixed_versions=False, sec=None, precision="fp32"):
     table = Table(outdir / "volumes.csv")
     existing = table.load()
     if existing and not resume:
@@ -604,7 +622,7 @@ def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed,
     if existing and not allow_mixed_versions:  # one cohort table, one model version (issue #20)
         from engine.nets.weights import read_model_dir
 
-        now = read_model_dir(model_dir, verify=False).version
+        now = version_label(model_dir, precision)
         before = sorted({r.get("model_version") for r in existing if r.get("status") == "ok" and r.get("model_version")}
                         - {now})
         if before:
@@ -658,12 +676,12 @@ def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed,
 
     try:
         if scheduler:
-            _run_dask(todo, outdir, model_dir, scheduler, uncertainty, take, strip, sec)
+            _run_dask(todo, outdir, model_dir, scheduler, uncertainty, take, strip, sec, precision)
         elif jobs > 1 and len(todo) > 1:
-            _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip)
+            _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip, precision)
         else:
             for it in todo:
-                take(process_scan(it, str(outdir), str(model_dir), uncertainty, strip))
+                take(process_scan(it, str(outdir), str(model_dir), uncertainty, strip, precision))
     finally:
         rows = table.load()
         if report and rows:
@@ -687,7 +705,7 @@ def _result_or_error_row(future, item: ScanItem) -> dict:
                 "error": f"the worker process failed ({type(exc).__name__}: {exc})".strip(), "seconds": 0}
 
 
-def _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip="auto") -> None:
+def _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip="auto", precision="fp32") -> None:
     """N worker processes. A worker that dies (killed, out of memory) breaks the pool: the scans it
     and the pool had not finished are retried once in new workers; a scan that breaks a pool twice
     becomes an error row."""
@@ -703,7 +721,7 @@ def _run_local(todo, outdir, model_dir, jobs, uncertainty, take, strip="auto") -
         broken = []
         with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                  initargs=(max(1, cpu_cores() // n),)) as pool:
-            futs = {pool.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, strip): it
+            futs = {pool.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, strip, precision): it
                     for it in remaining}
             try:
                 for f in as_completed(futs):
@@ -775,7 +793,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto", sec=None) -> None:
+def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto", sec=None, precision="fp32") -> None:
     """`sec`: the distributed Security that run() resolved from ClusterSecurity (None: plaintext)."""
     from engine.core.extras import MissingExtra, need
 
@@ -789,7 +807,7 @@ def _run_dask(todo, outdir, model_dir, address, uncertainty, take, strip="auto",
     except (OSError, TimeoutError) as exc:
         raise BatchError(f"--scheduler {address}: cannot reach the Dask scheduler ({exc})") from exc
     try:
-        futs = {client.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, strip, pure=False,
+        futs = {client.submit(process_scan, it, str(outdir), str(model_dir), uncertainty, strip, precision, pure=False,
                               retries=2, key=f"brainseg-{it.key}-{time.time_ns()}"): it for it in todo}
         for f in as_completed(list(futs)):
             take(_result_or_error_row(f, futs[f]))
@@ -829,9 +847,23 @@ def add_batch_parser(sub) -> None:
     p.add_argument("--tls-key", metavar="PEM", help="this client's private key")
     p.add_argument("--insecure", action="store_true",
                    help="allow a plaintext tcp:// scheduler on another machine (a network you trust)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"),
+                   help="auto (default): as brainseg segment - INT8 where the model's record offers it (today "
+                        "U-Net), FP32 otherwise; INT8 rows record their model_version with \" (INT8)\"")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
     p.set_defaults(func=cmd_batch)
+
+
+def _batch_precision(model_dir, requested: str) -> str:
+    """--precision int8 where INT8 is not offered for the model is an error that says why."""
+    if requested == "int8":
+        from engine.infer.inference import int8_offer
+
+        ok, why = int8_offer(model_dir)
+        if not ok:
+            raise BatchError(f"--precision int8: {why}")
+    return requested
 
 
 def cmd_batch(args) -> int:
@@ -856,7 +888,8 @@ def cmd_batch(args) -> int:
         rows, n = run(items, out, model_dir, jobs=args.jobs, scheduler=args.scheduler, resume=args.resume,
                       retry_failed=args.retry_failed, uncertainty=args.uncertainty, report=not args.no_report,
                       strip=args.strip, allow_mixed_versions=args.allow_mixed_versions,
-                      security=ClusterSecurity(args.tls_ca_file, args.tls_cert, args.tls_key, args.insecure))
+                      security=ClusterSecurity(args.tls_ca_file, args.tls_cert, args.tls_key, args.insecure),
+                      precision=_batch_precision(model_dir, args.precision))
     except KeyboardInterrupt:
         rows = Table(out / "volumes.csv").load()
         print(f"\ninterrupted: {len(rows)} rows in {out / 'volumes.csv'}; run again with --resume to finish",

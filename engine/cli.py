@@ -388,6 +388,8 @@ def cmd_segment(args) -> int:
         print(line, file=sys.stderr)
     from engine.infer.inference import SegmentConfig, Segmenter
 
+    if args.int8 and args.precision not in ("auto", "int8"):
+        raise CliError(f"--int8 and --precision {args.precision}: choose one")
     precision, precision_note = resolve_precision(model_dir, "int8" if args.int8 else args.precision)
     seg = Segmenter(model_dir, precision=precision)
     from engine.infer.scan import segment_scan

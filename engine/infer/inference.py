@@ -429,11 +429,18 @@ def int8_offer(model_dir: str | Path) -> tuple[bool, str]:
     """Whether INT8 is offered for this model: only when bench/int8_eval.py measured a Dice change
     of at most INT8_MAX_DICE_CHANGE per class against FP32 and a speed-up (recorded in its
     model.json). ENet's fused FP32 graph is faster than its INT8 one, whose PReLUs stay FP32."""
+    from engine.core.hardware import gpu_available  # (without loading MXNet: the panel asks this)
+
     meta = read_model_dir(model_dir, verify=False).meta
     rec = meta.get("int8")
     if not rec:
         return False, "INT8 has not been validated for this model (run bench/int8_eval.py)"
-    worst = max(abs(v) for v in rec["dice_change"].values())
+    try:
+        worst = max(abs(float(v)) for v in rec["dice_change"].values())
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False, "the model's INT8 record is incomplete (run bench/int8_eval.py again)"
+    if gpu_available():  # the Segmenter then runs on the GPU; quantize_model is CPU (oneDNN) only
+        return False, "INT8 runs on the CPU only (oneDNN), and this machine segments on its GPU"
     if rec.get("speedup", 0) <= 1.0:
         return False, (f"INT8 is not faster than FP32 for this model ({rec.get('speedup', 0):.2f}x on the demo "
                        "scan); not offered")

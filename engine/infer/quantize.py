@@ -163,17 +163,25 @@ def label_agreement(net, qnet, slices: np.ndarray, batch_size: int = 8) -> Agree
 
 # ----------------------------------------------------------------------------- the INT8 cache
 CACHE_FORMAT = 1  # bump when what goes into a quantized graph changes
+CALIBRATION_SLICES = 16  # demo slices the cached graph is calibrated on (calibration_slices' default)
 
 
 def _cache_key(info, calib_source: str) -> str:
     """Which model, which calibration, which MXNet and which quantization settings made the graph."""
     import hashlib
+    from pathlib import Path
 
+    from engine.infer import preprocess as pre
     from engine.nets.weights import sha256
 
     mx = get_mx()
     params = info.meta.get("sha256") or sha256(info.params_path)
-    parts = [str(CACHE_FORMAT), params, calib_source, mx.__version__, "naive", ",".join(EXCLUDED_OPERATORS)]
+    # everything that shapes the calibration data and the graph - the weights, the calibration scan,
+    # MXNet, the settings, and the code of the preprocessing and of this module - so that a change
+    # to any of them gets a new entry instead of an old graph
+    code = hashlib.sha256(Path(pre.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()
+    settings = [CALIBRATION_SLICES, "naive", ",".join(EXCLUDED_OPERATORS), info.arch, sorted(info.arch_kwargs.items())]
+    parts = [str(CACHE_FORMAT), params, calib_source, mx.__version__, code, repr(settings)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -232,7 +240,7 @@ def quantized_network(net, info, ctx=None):
             log.warning("INT8 cache %s is unreadable (%s); quantizing again", sym, exc)
     from engine.io.volume import read_volume
 
-    calib = calibration_slices(read_volume(DEMO_SCAN).data)
+    calib = calibration_slices(read_volume(DEMO_SCAN).data, count=CALIBRATION_SLICES)
     qnet = quantize_model(net, calib, ctx)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -249,6 +257,6 @@ def quantized_network(net, info, ctx=None):
             for f in tmp.iterdir():
                 f.unlink()
             tmp.rmdir()
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - disk full, quota (MXNetError): never fails the segmentation
         log.warning("INT8 cache not written (%s): the next start quantizes again", exc)
     return qnet

@@ -92,8 +92,11 @@ def split_slices(slices: list[int], val_fraction: float, seed: int) -> tuple[lis
     return [k for _, k in train], [k for _, k in val]
 
 
-def evaluate_slices(net, multiple: int, images: np.ndarray, labels: np.ndarray, batch: int = 8) -> dict:
-    """Dice per class and confusion matrix of net on normalised slices (N,H,W) vs labels (N,H,W)."""
+def evaluate_slices(net, multiple: int, images: np.ndarray, labels: np.ndarray, batch: int = 8,
+                    class_weights=None) -> dict:
+    """Dice per class and confusion matrix of net on normalised slices (N,H,W) vs labels (N,H,W).
+    class_weights: the model's calibration (model.json), applied to the softmax before the argmax
+    as the app applies it, so that a calibrated parent is scored on the labels the user saw."""
     mx = get_mx()
     if len(images) == 0:
         return {"dice": {}, "confusion_matrix": None, "mean_tissue_dice": None}
@@ -102,7 +105,10 @@ def evaluate_slices(net, multiple: int, images: np.ndarray, labels: np.ndarray, 
     for i in range(0, len(images), batch):
         x = mx.nd.array(pad.pad(images[i:i + batch])[:, None])
         with mx.autograd.predict_mode():
-            preds.append(pad.unpad(mx.nd.argmax(net(x), axis=1).asnumpy().astype(np.uint8)))
+            out = net(x)
+            if class_weights is not None:
+                out = mx.nd.softmax(out, axis=1) * mx.nd.array(class_weights).reshape((1, -1, 1, 1))
+            preds.append(pad.unpad(mx.nd.argmax(out, axis=1).asnumpy().astype(np.uint8)))
     pred = np.concatenate(preds)
     cm = confusion_matrix(labels, pred)
     dice = dice_from_confusion(cm)
@@ -233,7 +239,8 @@ def finetune(scan: np.ndarray, labels: np.ndarray, slices: list[int], parent_dir
     pad = SlicePadding.for_shape((H, W), multiple)
     tr_img, tr_lab = canvas(train_items)
     va_img, va_lab = canvas(val_items)
-    before = evaluate_slices(net, multiple, va_img, va_lab)
+    # the parent as the user saw it (its calibration applied); the new version carries none
+    before = evaluate_slices(net, multiple, va_img, va_lab, class_weights=parent.class_weights)
     steps_per_epoch = cfg.steps_per_epoch or max(1, int(np.ceil(2 * len(train_s) / cfg.batch_size)))
     total = steps_per_epoch * cfg.epochs
     fit_cfg = FitConfig(steps=total, batch_size=cfg.batch_size, lr=cfg.lr, lr_min=cfg.lr * 0.05,

@@ -348,6 +348,36 @@ def test_the_report_names_the_model_and_resume_refuses_to_mix_versions(tmp_path,
     assert n == 1 and "Rows come from 2 model versions" in (tmp_path / "out" / "report.html").read_text()
 
 
+def test_batch_runs_int8_where_offered_says_so_and_never_mixes_it_with_fp32_rows(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch, capsys):
+    """Issue #21: batch follows segment's default precision (INT8 where the model's record offers
+    it); INT8 rows say so in model_version, and resuming an FP32 table with INT8 is refused."""
+    import shutil
+
+    monkeypatch.setenv("BRAINSEG_CACHE", str(tmp_path / "cache"))
+    for i in range(2):
+        _scan(tmp_path / "data" / f"s{i}.nii.gz", i)
+    offered = tmp_path / "offered"
+    shutil.copytree(tiny_model_dir, offered)
+    meta = json.loads((offered / "model.json").read_text())
+    meta["int8"] = {"dice_change": {"csf": 0.001, "gm": 0.0, "wm": 0.0}, "speedup": 2.0}
+    (offered / "model.json").write_text(json.dumps(meta))
+    first = batch.discover([str(tmp_path / "data" / "s0.nii.gz")])
+    rows, _ = batch.run(first, tmp_path / "fp32", offered, precision="fp32")
+    assert rows[0]["model_version"] == "tiny-test"
+    rows, _ = batch.run(first, tmp_path / "int8", offered)
+    assert rows[0]["model_version"] == "tiny-test (INT8)"
+    both = batch.discover([str(tmp_path / "data")])
+    with pytest.raises(batch.BatchError, match=r"segmented with tiny-test, and this run would use tiny-test \(INT8\)"):
+        batch.run(both, tmp_path / "fp32", offered, resume=True)
+    rows, n = batch.run(both, tmp_path / "fp32", offered, resume=True, precision="fp32")
+    assert n == 1 and {r["model_version"] for r in rows} == {"tiny-test"}
+    # the CLI: --precision int8 where INT8 is not offered is refused, naming why
+    assert main(["batch", str(tmp_path / "data"), "-o", str(tmp_path / "cli"), "--weights", str(tiny_model_dir),
+                 "--precision", "int8"]) == 2
+    assert "INT8 has not been validated" in capsys.readouterr().err
+
+
 def _certificates(d: Path) -> dict:
     """A throw-away CA and one certificate for 127.0.0.1 that scheduler, workers and client share."""
     d.mkdir(parents=True, exist_ok=True)

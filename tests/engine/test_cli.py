@@ -441,6 +441,9 @@ def test_segment_runs_int8_by_default_only_where_it_is_offered(tmp_path, tiny_mo
     assert main(["segment", str(p), "-o", str(tmp_path / "c.nii.gz"), "--weights", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out
     assert "INT8" not in out and "precision:" not in out
+    assert main(["segment", str(p), "-o", str(tmp_path / "d.nii.gz"), "--weights", str(offered), "--int8",
+                 "--precision", "fp32"]) == 2
+    assert "choose one" in capsys.readouterr().err
 
 
 def test_finetune_never_overwrites(tmp_path, capsys):
@@ -527,3 +530,28 @@ def test_a_subcommand_imports_only_what_it_needs(tmp_path):
     assert res.returncode == 0 and "--oasis-csv" in res.stdout
     res = subprocess.run([sys.executable, "-m", "engine.cli", "segmnt"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "'batch'" in res.stderr and "'export'" in res.stderr
+
+
+def test_int8_is_never_the_default_on_a_gpu_machine(tmp_path, tiny_model_dir, monkeypatch):
+    """quantize_model is CPU (oneDNN) only and the Segmenter runs on the GPU where there is one: there
+    INT8 is not offered, so auto stays FP32 (a review caught U-Net failing by default on GPUs)."""
+    import json as _json
+    import shutil
+
+    import engine.core.hardware as hw
+    from engine.infer.inference import default_precision, int8_offer
+
+    offered = tmp_path / "offered"
+    shutil.copytree(tiny_model_dir, offered)
+    meta = _json.loads((offered / "model.json").read_text())
+    meta["int8"] = {"dice_change": {"csf": 0.001, "gm": 0.0, "wm": 0.0}, "speedup": 2.0}
+    (offered / "model.json").write_text(_json.dumps(meta))
+    monkeypatch.setattr(hw, "gpu_available", lambda: False)
+    assert default_precision(offered)[0] == "int8"
+    monkeypatch.setattr(hw, "gpu_available", lambda: True)
+    ok, why = int8_offer(offered)
+    assert not ok and "GPU" in why and default_precision(offered)[0] == "fp32"
+    meta["int8"] = {"speedup": 2.0}  # an incomplete record: not offered, no crash
+    (offered / "model.json").write_text(_json.dumps(meta))
+    monkeypatch.setattr(hw, "gpu_available", lambda: False)
+    assert int8_offer(offered) == (False, "the model's INT8 record is incomplete (run bench/int8_eval.py again)")

@@ -140,3 +140,38 @@ def test_finetune_learns_from_coronal_and_sagittal_corrections_too(tiny_model_di
     assert len(res.val_slices) == 2 and meta["after"]["confusion_matrix"] is not None
     with pytest.raises(ValueError, match="no corrected slices"):
         finetune(scan, lab, [], tiny_model_dir, tmp_path / "none", plane_slices={"coronal": [999]})
+
+
+def test_a_calibrated_parent_is_scored_as_the_user_saw_it_and_its_fine_tune_carries_no_calibration(
+        tiny_model_dir, tmp_path):
+    """Issue #21: the shipped ENet carries calibration.class_weights. "Before" scores the parent's
+    labels with its calibration (what the user corrected); the new version has none (the user's
+    corrections set its boundaries)."""
+    import shutil
+
+    from engine.nets.weights import read_model_dir
+
+    from engine.core.mx_env import get_mx
+    from engine.nets import get_model
+    from engine.nets.weights import write_model_dir
+
+    mx = get_mx()
+    scan, lab = _volume()
+    net = get_model("enet")
+    net.initialize(mx.init.Xavier(magnitude=0.5))  # small weights: no softmax saturates to exactly 0
+    net(mx.nd.zeros((1, 1, 32, 32)))
+    gentle = write_model_dir(tmp_path / "gentle", net, "enet", version="gentle").directory
+    parent = tmp_path / "parent"
+    shutil.copytree(gentle, parent)
+    meta = json.loads((parent / "model.json").read_text())
+    meta["calibration"] = {"class_weights": [1e-6, 1e6, 1e-6, 1e-6]}  # every pixel CSF
+    (parent / "model.json").write_text(json.dumps(meta))
+    cfg = FinetuneConfig(epochs=1, batch_size=2, steps_per_epoch=1)
+    finetune(scan, lab, [2, 4, 6, 8, 10], parent, tmp_path / "v", cfg)
+    rec = json.loads((tmp_path / "v" / "model.json").read_text())
+    cm = np.array(rec["before"]["confusion_matrix"])  # rows: truth, columns: prediction
+    assert cm.sum() > 0 and cm[:, 1].sum() == cm.sum(), "the parent was scored with its calibration"
+    assert "calibration" not in rec and read_model_dir(tmp_path / "v").class_weights is None
+    finetune(scan, lab, [2, 4, 6, 8, 10], gentle, tmp_path / "plain", cfg)
+    plain = np.array(json.loads((tmp_path / "plain" / "model.json").read_text())["before"]["confusion_matrix"])
+    assert plain[:, 1].sum() < plain.sum(), "an uncalibrated parent is scored by its plain argmax"
