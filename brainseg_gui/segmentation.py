@@ -298,15 +298,22 @@ class ModelChoice(QtCore.QObject):
         except Exception as exc:  # missing weights: the segment job will say so
             ok, why = False, str(exc)
         chk = self.win.segment_panel.int8_check
-        if not getattr(self, "_int8_watched", False):  # a user's own click is kept from then on
-            chk.clicked.connect(lambda on: setattr(self, "_int8_user_choice", bool(on)))
+        if not getattr(self, "_int8_watched", False):  # a user's own click is kept, across restarts too
+            chk.clicked.connect(self._on_int8_clicked)
             self._int8_watched = True
         chk.setEnabled(ok)
         if not ok:
             chk.setChecked(False)
         else:  # on by default where offered (engine.infer.inference.default_precision), as the CLI
-            chk.setChecked(getattr(self, "_int8_user_choice", True))
+            chk.setChecked(True if prefs.int8 is None else bool(prefs.int8))
         chk.setToolTip(why + (" - on by default; untick for FP32" if ok else ""))
+
+    def _on_int8_clicked(self, on: bool) -> None:
+        self.win.prefs.int8 = bool(on)
+        try:
+            self.win.prefs.save()
+        except OSError:
+            pass
 
     def _calibration_note(self) -> str:
         """One sentence when the active model's boundaries are calibrated (model.json

@@ -31,6 +31,7 @@ class Preferences:
     preload_model: bool = True  # load the model in the background when a scan opens
     strip: str = "auto"  # brain extraction before segmenting: auto (a skull found) | on | off
     last_auto_model: str | None = None  # what "auto" chose last time: a changed default is said once
+    int8: bool | None = None  # the INT8 checkbox as the user last set it; None: on where offered
 
     @classmethod
     def load(cls) -> "Preferences":

@@ -85,3 +85,11 @@ def test_int8_is_on_by_default_where_offered_and_a_users_choice_is_kept(window, 
     assert not chk.isEnabled() and not chk.isChecked() and win.segmentation.precision() == "fp32"
     combo.setCurrentIndex(combo.findData("unet"))
     assert chk.isEnabled() and not chk.isChecked(), "the user's FP32 choice is kept"
+    from brainseg_gui.main_window import MainWindow
+    from brainseg_gui.settings import Preferences
+
+    again = MainWindow(prefs=Preferences.load())  # a restart
+    qtbot.addWidget(again)
+    again.segment_panel.model_combo.setCurrentIndex(again.segment_panel.model_combo.findData("unet"))
+    assert again.segment_panel.int8_check.isEnabled() and not again.segment_panel.int8_check.isChecked()
+    again.engine.stop()
