@@ -149,11 +149,9 @@ def test_a_calibrated_parent_is_scored_as_the_user_saw_it_and_its_fine_tune_carr
     corrections set its boundaries)."""
     import shutil
 
-    from engine.nets.weights import read_model_dir
-
     from engine.core.mx_env import get_mx
     from engine.nets import get_model
-    from engine.nets.weights import write_model_dir
+    from engine.nets.weights import read_model_dir, write_model_dir
 
     mx = get_mx()
     scan, lab = _volume()
