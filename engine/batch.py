@@ -620,7 +620,6 @@ def _run_locked(items, outdir, model_dir, jobs, scheduler, resume, retry_failed,
         raise BatchError(f"{outdir / 'volumes.csv'} already has {len(existing)} rows: add --resume to continue "
                          "that batch, or choose a new OUTDIR")
     if existing and not allow_mixed_versions:  # one cohort table, one model version (issue #20)
-
         now = version_label(model_dir, precision)
         before = sorted({r.get("model_version") for r in existing if r.get("status") == "ok" and r.get("model_version")}
                         - {now})
