@@ -8,18 +8,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """An untrained ENet model directory (real MXNet, random weights) for pipeline tests."""
+def _untrained_enet(directory, magnitude: float, version: str):
     from engine.core.mx_env import get_mx
 
     mx = get_mx()
     from engine.nets import get_model
     from engine.nets.weights import write_model_dir
 
-    d = tmp_path_factory.mktemp("enet_model")
     net = get_model("enet")
-    net.initialize(mx.init.Xavier(magnitude=6))
+    net.initialize(mx.init.Xavier(magnitude=magnitude))
     net(mx.nd.zeros((1, 1, 32, 32)))
-    write_model_dir(d, net, "enet", version="tiny-test")
-    return d
+    write_model_dir(directory, net, "enet", version=version)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """An untrained ENet model directory (real MXNet, random weights) for pipeline tests."""
+    return _untrained_enet(tmp_path_factory.mktemp("enet_model"), 6, "tiny-test")
+
+
+@pytest.fixture(scope="session")
+def gentle_model_dir(tmp_path_factory):
+    """An untrained ENet with small weights: no class probability underflows to 0 in float32, so a
+    large enough calibration weight moves every voxel (tiny_model_dir's softmax saturates)."""
+    return _untrained_enet(tmp_path_factory.mktemp("gentle_enet"), 0.5, "gentle-test")

@@ -22,23 +22,6 @@ def _phantom():
     return np.clip(vol, 0, None).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def gentle_model_dir(tmp_path_factory):
-    """An untrained ENet with small weights: no class probability underflows to 0 in float32, so
-    a large enough weight must move every voxel (tiny_model_dir's softmax saturates)."""
-    from engine.core.mx_env import get_mx
-    from engine.nets import get_model
-    from engine.nets.weights import write_model_dir
-
-    mx = get_mx()
-    d = tmp_path_factory.mktemp("gentle_enet")
-    net = get_model("enet")
-    net.initialize(mx.init.Xavier(magnitude=0.5))
-    net(mx.nd.zeros((1, 1, 32, 32)))
-    write_model_dir(d, net, "enet", version="gentle-test")
-    return d
-
-
 def _with_calibration(src, dst, weights):
     shutil.copytree(src, dst)
     meta = json.loads((dst / "model.json").read_text())

@@ -143,22 +143,16 @@ def test_finetune_learns_from_coronal_and_sagittal_corrections_too(tiny_model_di
 
 
 def test_a_calibrated_parent_is_scored_as_the_user_saw_it_and_its_fine_tune_carries_no_calibration(
-        tiny_model_dir, tmp_path):
+        gentle_model_dir, tmp_path):
     """Issue #21: the shipped ENet carries calibration.class_weights. "Before" scores the parent's
     labels with its calibration (what the user corrected); the new version has none (the user's
     corrections set its boundaries)."""
     import shutil
 
-    from engine.core.mx_env import get_mx
-    from engine.nets import get_model
-    from engine.nets.weights import read_model_dir, write_model_dir
+    from engine.nets.weights import read_model_dir
 
-    mx = get_mx()
     scan, lab = _volume()
-    net = get_model("enet")
-    net.initialize(mx.init.Xavier(magnitude=0.5))  # small weights: no softmax saturates to exactly 0
-    net(mx.nd.zeros((1, 1, 32, 32)))
-    gentle = write_model_dir(tmp_path / "gentle", net, "enet", version="gentle").directory
+    gentle = gentle_model_dir  # small weights: no softmax saturates to exactly 0
     parent = tmp_path / "parent"
     shutil.copytree(gentle, parent)
     meta = json.loads((parent / "model.json").read_text())
