@@ -164,6 +164,9 @@ def label_agreement(net, qnet, slices: np.ndarray, batch_size: int = 8) -> Agree
 # ----------------------------------------------------------------------------- the INT8 cache
 CACHE_FORMAT = 1  # bump when what goes into a quantized graph changes
 CALIBRATION_SLICES = 16  # demo slices the cached graph is calibrated on (calibration_slices' default)
+# Entries kept in the cache folder, the most recently used: the shipped U-Net's graph is about 8 MB,
+# and every fine-tuned U-Net version run in INT8 (and every MXNet or code update) adds one.
+CACHE_ENTRIES = 6
 
 
 def _cache_key(info, calib_source: str) -> str:
@@ -205,6 +208,24 @@ def _drop_stale_writes(folder, age_s: float = 3600.0) -> None:
             pass
 
 
+def _evict(folder, keep: int | None = None) -> None:
+    """Keep the `keep` most recently used entries (a hit touches its symbol file) and remove the rest,
+    the symbol first: an entry without its symbol is never loaded."""
+    keep = CACHE_ENTRIES if keep is None else keep
+    entries = []
+    for sym in folder.glob("*-symbol.json"):
+        try:
+            entries.append((sym.stat().st_mtime, sym))
+        except OSError:
+            pass
+    for _, sym in sorted(entries, reverse=True)[keep:]:
+        for f in (sym, sym.with_name(sym.name[: -len("symbol.json")] + "0000.params")):
+            try:
+                f.unlink()
+            except OSError:
+                pass
+
+
 def quantized_network(net, info, ctx=None):
     """The INT8 network of a model, calibrated on the demo scan - the calibration bench/int8_eval.py
     validated (model.json "int8") - and kept in the start-up cache folder (engine.core.mx_opcache.
@@ -234,6 +255,10 @@ def quantized_network(net, info, ctx=None):
                 warnings.simplefilter("ignore", UserWarning)
                 qnet = mx.gluon.SymbolBlock.imports(str(sym), ["data"], str(params), ctx=ctx)
             qnet.multiple = int(net.multiple)
+            try:
+                os.utime(sym)  # recently used: the last to be evicted
+            except OSError:
+                pass  # a read-only cache still serves
             log.info("INT8 network of %s from the cache (%s)", info.version, sym.name)
             return qnet
         except Exception as exc:  # noqa: BLE001 - a damaged cache must never stop a segmentation
@@ -257,6 +282,7 @@ def quantized_network(net, info, ctx=None):
             for f in tmp.iterdir():
                 f.unlink()
             tmp.rmdir()
+        _evict(folder)
     except Exception as exc:  # noqa: BLE001 - disk full, quota (MXNetError): never fails the segmentation
         log.warning("INT8 cache not written (%s): the next start quantizes again", exc)
     return qnet

@@ -228,3 +228,31 @@ def test_an_unwritable_cache_still_segments_in_int8(small_unet_dir, tmp_path, mo
     monkeypatch.setenv("BRAINSEG_CACHE", str(blocker))
     res = Segmenter(small_unet_dir, precision="int8").segment(phantom((48, 40, 8)), SegmentConfig(planes=("axial",)))
     assert res.labels.shape == (48, 40, 8) and "INT8" in res.model
+
+
+def test_the_cache_keeps_the_most_recently_used_entries_only(small_unet_dir, tmp_path, monkeypatch):
+    """Every U-Net version run in INT8 adds an entry (the shipped one about 8 MB): the folder keeps
+    CACHE_ENTRIES of them, dropping the least recently used; an entry just read counts as used."""
+    import os
+    import time
+
+    from engine.infer import quantize
+    from engine.infer.inference import Segmenter
+
+    monkeypatch.setenv("BRAINSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(quantize, "CACHE_ENTRIES", 2)
+    folder = tmp_path / "cache" / "int8"
+    folder.mkdir(parents=True)
+    now = time.time()
+    for name, age in (("old", 3000), ("older", 4000)):  # two entries of other models, used earlier
+        for suffix in ("-symbol.json", "-0000.params"):
+            (folder / (name + suffix)).write_text("{}")
+            os.utime(folder / (name + suffix), (now - age, now - age))
+    Segmenter(small_unet_dir, precision="int8")  # a third entry: the least recently used goes
+    names = sorted(p.name for p in folder.iterdir())
+    assert len(names) == 4 and "older-symbol.json" not in names and "older-0000.params" not in names
+    assert "old-symbol.json" in names
+    own = next(p for p in folder.glob("*-symbol.json") if not p.name.startswith("old"))
+    os.utime(own, (now - 5000, now - 5000))  # our entry is now the oldest ...
+    Segmenter(small_unet_dir, precision="int8")  # ... but reading it marks it used
+    assert own.stat().st_mtime > now - 60
