@@ -208,18 +208,22 @@ def _drop_stale_writes(folder, age_s: float = 3600.0) -> None:
             pass
 
 
-def _evict(folder, keep: int | None = None) -> None:
-    """Keep the `keep` most recently used entries (a hit touches its symbol file) and remove the rest,
-    the symbol first: an entry without its symbol is never loaded."""
-    keep = CACHE_ENTRIES if keep is None else keep
+def _entry_files(folder, key: str):
+    """(symbol file, parameter file) of a cache entry, as SymbolBlock.export names them."""
+    return folder / f"{key}-symbol.json", folder / f"{key}-0000.params"
+
+
+def _evict(folder) -> None:
+    """Keep the CACHE_ENTRIES most recently used entries (a hit touches its symbol file) and remove the
+    rest, the symbol first: an entry without its symbol is never loaded."""
     entries = []
     for sym in folder.glob("*-symbol.json"):
         try:
             entries.append((sym.stat().st_mtime, sym))
         except OSError:
             pass
-    for _, sym in sorted(entries, reverse=True)[keep:]:
-        for f in (sym, sym.with_name(sym.name[: -len("symbol.json")] + "0000.params")):
+    for _, sym in sorted(entries, reverse=True)[CACHE_ENTRIES:]:
+        for f in _entry_files(folder, sym.name[: -len("-symbol.json")]):
             try:
                 f.unlink()
             except OSError:
@@ -248,7 +252,7 @@ def quantized_network(net, info, ctx=None):
     except OSError:
         demo_id = "missing"
     key = _cache_key(info, f"demo:{demo_id}")
-    sym, params = folder / f"{key}-symbol.json", folder / f"{key}-0000.params"
+    sym, params = _entry_files(folder, key)
     if sym.exists() and params.exists():
         try:
             with warnings.catch_warnings():
