@@ -19,8 +19,9 @@ not train in a session, so this one is 2.5-D at 2 mm:
    brain probabilities are averaged (FastSurfer's view aggregation); the same again on the grid
    mirrored left-right, mirrored back and averaged in (test-time flip: +0.002-0.004 mask Dice on
    each proxy head, docs/BENCHMARKS.md; a model.json may turn it off with "flip": false);
-3. the probability is resampled back onto the scan's own grid, thresholded at 0.5, the largest
-   connected piece kept and its holes filled.
+3. the probability is resampled back onto the scan's own grid, thresholded (at the model.json's
+   "threshold", 0.5 without one; the shipped model's 0.6 and how it was chosen are in its record),
+   the largest connected piece kept and its holes filled.
 
 The scan's grid and affine are never changed. `StripResult` says how sure the network was: the
 fraction of the mask's shell with probabilities between 0.2 and 0.8, the mask's volume, and

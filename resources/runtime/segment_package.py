@@ -14,8 +14,8 @@ is resampled (trilinear) onto a 128^3 grid of 2 mm voxels around the head, divid
 percentile of its positive voxels and clipped to [0, 2]; every slice of the three planes goes
 through the extractor with its two neighbours as channels (again mirrored left-right when
 package.json's "strip" has "flip"), the planes' brain probabilities are averaged, brought back to
-the scan's grid and thresholded at 0.5; the largest connected piece is kept and its holes filled
-(with scipy; without it, not: said on stderr); outside the mask the scan is set to 0 and the rest
+the scan's grid and thresholded at the model's "threshold"; the largest connected piece is kept and
+its holes filled (with scipy; without it, not: said on stderr); outside the mask the scan is 0 and the rest
 is segmented as a skull-stripped scan.
 
 Segmentation: the scan is brought to the network's grid (LAS axes, 1 mm: reoriented, and resampled when

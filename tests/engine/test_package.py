@@ -355,7 +355,8 @@ def strip_dir(tmp_path_factory):
     (asymmetric, so channel order and slice layout matter) to the head, which gives the brain class
     J - 10 relu(J - 0.85) - 0.45 (grey and white matter, marrow: in; CSF, bone, scalp, air: out), plus
     a little of the random deeper levels. An untrained one marks most of the field of view, which
-    is then not a skull-stripped scan and the tissue network labels outside the mask, in the app too."""
+    is then not a skull-stripped scan and the tissue network labels outside the mask, in the app too.
+    Its model.json sets its own threshold (STRIP_T, not the default 0.5), as the shipped one does."""
     from engine.nets import get_model
     from engine.nets.weights import write_model_dir
 
@@ -388,8 +389,11 @@ def strip_dir(tmp_path_factory):
     _fill(net.head.weight, head)
     _fill(net.head.bias, lambda a: a.__setitem__(1, -0.45))
     d = tmp_path_factory.mktemp("strip_model")
-    write_model_dir(d, net, "unet", kw, version="tiny-strip")
+    write_model_dir(d, net, "unet", kw, version="tiny-strip", threshold=STRIP_T)
     return d
+
+
+STRIP_T = 0.56  # the tiny extractor's own threshold (model.json): the runner must follow it
 
 
 def _head(crop=6, zooms=(1.2, 1.2, 1.5)):
@@ -426,7 +430,7 @@ def strip_packages(tmp_path_factory, tiny_model_dir, strip_dir):
 
 @pytest.fixture(scope="module")
 def strip_reference(skull_scan, strip_dir, tiny_model_dir):
-    """The app on the skull scan: BrainExtractor's result, its uncleaned mask (probability > 0.5),
+    """The app on the skull scan: BrainExtractor's result, its uncleaned mask (probability > STRIP_T),
     and Segmenter's labels and margins on the masked scan and on the scan as it is."""
     from engine.infer.inference import SegmentConfig, Segmenter
     from engine.infer.scan import decide_strip, masked_scan
@@ -434,8 +438,13 @@ def strip_reference(skull_scan, strip_dir, tiny_model_dir):
 
     _, vol, aff = skull_scan
     assert decide_strip(vol, aff, "auto").run  # a head with its skull on: auto extracts
-    res = BrainExtractor(strip_dir).extract(vol, aff)
-    raw = StripGrid.for_scan(vol, aff).to_scan(res.probability, vol.shape, aff) > 0.5
+    ex = BrainExtractor(strip_dir)
+    assert ex.threshold == STRIP_T
+    res = ex.extract(vol, aff)
+    native = StripGrid.for_scan(vol, aff).to_scan(res.probability, vol.shape, aff)
+    raw = native > STRIP_T
+    # the model's threshold matters on this head: a runner at 0.5 would give another mask
+    assert (native > 0.5).sum() > 1.05 * raw.sum(), ((native > 0.5).sum(), raw.sum())
     seg = Segmenter(tiny_model_dir)
     out = {"strip": res, "raw": raw}
     for key, v in (("masked", masked_scan(vol, res.mask)), ("off", vol)):
@@ -503,7 +512,7 @@ def test_package_carries_the_brain_extractor(strip_packages):
         assert s["slices"]["plane_axis"] == {"sagittal": 0, "coronal": 1, "axial": 2}
         assert s["grid"]["size"] == 128 and s["grid"]["voxel_mm"] == 2.0
         assert s["intensity"]["percentile"] == 98 and s["intensity"]["clip"] == [0.0, 2.0]
-        assert s["threshold"] == 0.5 and s["export_check"]["label_agreement"] >= 0.999
+        assert s["threshold"] == STRIP_T and s["export_check"]["label_agreement"] >= 0.999
         files = set(json.loads((pkg / "MANIFEST.json").read_text())["files"])
         assert set(s["network"]["files"].values()) | {"strip-model.json"} <= files
         rules = spec["strip_decision"]
