@@ -238,6 +238,8 @@ def assess(mask: np.ndarray, prob: np.ndarray, voxel_ml: float,
            bare: float = 0.0) -> tuple[float, float, int, list[str]]:
     """(volume mL, shell uncertainty, edge voxels, reasons to be unsure); `bare`: bare_fraction()."""
     vol = float(mask.sum()) * voxel_ml
+    # the shell sits at p = 0.5 whatever the model's threshold: it measures the band of doubt
+    # (0.2-0.8) around the network's own boundary, and UNSURE_SHELL_FRACTION was calibrated there
     pm = prob > 0.5
     shell = ndi.binary_dilation(pm, iterations=2) & ~ndi.binary_erosion(pm, iterations=2)
     unsure_frac = float(((prob > 0.2) & (prob < 0.8) & shell).sum()) / max(int(shell.sum()), 1)
