@@ -77,7 +77,7 @@ class MainWindow(QtWidgets.QMainWindow):
             strip_mode=lambda: self.prefs.strip)
         self.segmentation.stripWarning.connect(
             lambda why: dialogs.show_info(self, "Brain extraction unsure",
-                                          f"The brain mask may be wrong: {why}.\n\nLook at the cyan outline in all "
+                                          f"The brain mask may be wrong: {why}.\n\nLook at the magenta outline in all "
                                           "three views; correct the labels with the brush and eraser (painting a "
                                           "class adds to the brain, erasing removes from it)."))
         self.session.brainMaskChanged.connect(self.segment_actions._show_brain_mask)
@@ -272,6 +272,9 @@ class MainWindow(QtWidgets.QMainWindow):
         sb.addPermanentWidget(self.readout)
         sb.addPermanentWidget(self.edit_label)
         sb.addPermanentWidget(self.autosave_label)
+        # a long message (what opening a scan found, where a file was saved) is cut at the read-out
+        # and goes after a while: the last one stays readable as the status bar's tooltip
+        sb.messageChanged.connect(lambda text: sb.setToolTip(text) if text else None)
 
     def _group_actions(self) -> None:
         # the families of actions whose slot only differs by an argument

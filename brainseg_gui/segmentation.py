@@ -217,7 +217,7 @@ class SegmentationController(QtCore.QObject):
         extracted = getattr(result, "extracted", None)
         if extracted is not None:
             self._take_mask(extracted, in_labels=ticket.slices is None)
-            kept += f"; brain extracted first ({extracted.volume_ml:,.0f} mL, cyan outline)"
+            kept += f"; brain extracted first ({extracted.volume_ml:,.0f} mL, magenta outline)"
         elif self.session.brain_mask is not None and ticket.slices is None:
             # segmented inside the mask the user had (extracted, perhaps corrected): the labels now hold it
             self.session.set_brain_mask(self.session.labelmap.labels > 0, self.session.brain_mask_note, in_labels=True)
@@ -231,7 +231,7 @@ class SegmentationController(QtCore.QObject):
         note = res.summary()
         self.session.set_brain_mask(res.mask, note, in_labels=in_labels)
         self.message.emit(f"Brain extracted: {res.volume_ml:,.0f} mL intracranial in {res.seconds:.1f} s "
-                          "(cyan outline; correct it with the brush and eraser once segmented)", 15000)
+                          "(magenta outline; correct it with the brush and eraser once segmented)", 15000)
         if res.unsure:
             self.stripWarning.emit("; ".join(res.unsure_reasons))
 
@@ -406,13 +406,15 @@ class SegmentActions(QtCore.QObject):
         a = self.win.actions["toggle_brain_outline"]
         if mask is not None and not a.isChecked():
             a.setChecked(True)
+        follows = self.win.session.brain_mask_in_labels
         for v in self.win.views.values():
-            v.set_brain_mask(mask, a.isChecked())
+            v.set_brain_mask(mask, a.isChecked(), follows)
         self.win.update_state()
 
     def on_toggle_brain_outline(self):
         for v in self.win.views.values():
-            v.set_brain_mask(self.win.session.brain_mask, self.win.actions["toggle_brain_outline"].isChecked())
+            v.set_brain_mask(self.win.session.brain_mask, self.win.actions["toggle_brain_outline"].isChecked(),
+                             self.win.session.brain_mask_in_labels)
 
     def on_segment_slice(self):
         if self.win.scan is not None:

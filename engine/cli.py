@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -762,7 +763,12 @@ def cmd_gui(args) -> int:
     imports the GUI, not even dynamically (issue #20: a dynamic import passed around the
     import-linter contract)."""
     argv = [args.scan] if args.scan else ["--demo"] if args.demo else []
-    return subprocess.call([sys.executable, "-m", "brainseg_gui", *argv])
+    cmd = [sys.executable, "-m", "brainseg_gui", *argv]
+    if os.name == "posix":  # the app takes this process's place: a signal sent to `brainseg gui` (a
+        sys.stdout.flush()  # terminal closing, a kill from a script) reaches the app itself
+        sys.stderr.flush()  # instead of leaving it running without its launcher
+        os.execv(sys.executable, cmd)
+    return subprocess.call(cmd)
 
 
 # ----------------------------------------------------------------------------- parser

@@ -249,7 +249,8 @@ class ReorientDialog(QtWidgets.QDialog):
     @staticmethod
     def _source_text(vol: Volume) -> str:
         if vol.orientation_source == "anatomy":
-            text = f"Found from the anatomy: {vol.geometry_note}"
+            note, prefix = vol.geometry_note or "", "orientation found from the anatomy: "
+            text = "Found from the anatomy: " + (note[len(prefix):] if note.startswith(prefix) else note)
         elif vol.orientation_source == "assumed":
             text = f"Assumed, not stored: {vol.geometry_note}" if vol.geometry_note else "Assumed, not stored"
         elif vol.source == "dicom":

@@ -46,7 +46,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("toggle_outline", "Out&line mode", ("O",), "Draw class boundaries only", True, "View"),
     ActionSpec("opacity_down", "Overlay more transparent", ("Ctrl+[",), "", menu="View"),
     ActionSpec("opacity_up", "Overlay more opaque", ("Ctrl+]",), "", menu="View"),
-    ActionSpec("toggle_brain_outline", "Show &brain outline", (), "The brain mask's outline (cyan) from brain extraction", True, "View"),
+    ActionSpec("toggle_brain_outline", "Show &brain outline", (), "The brain mask's outline (magenta) from brain extraction", True, "View"),
     ActionSpec("toggle_uncertainty", "Show &uncertainty", ("U",), "Heat map of the model's uncertainty (softmax entropy)", True, "View"),
     ActionSpec("single_view", "&One view (plane switch)", ("Ctrl+1",), "Show one large view", True, "View"),
     ActionSpec("plane_axial", "&Axial", ("Alt+1",), "Axial plane in one-view layout", True, "View"),

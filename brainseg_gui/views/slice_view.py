@@ -60,6 +60,11 @@ def heat_legend_pixmap(width: int = 160, height: int = 12):
     return QtGui.QPixmap.fromImage(qimg.copy())
 
 
+# the brain mask's outline: magenta stands apart from the three class colours (Okabe-Ito sky blue,
+# orange, bluish green) and from a grey scan; the cyan it used to be sat on the CSF rim's sky blue
+BRAIN_OUTLINE_RGBA = (255, 64, 200, 235)
+
+
 def outline_of(labels2d: np.ndarray) -> np.ndarray:
     """Labels kept only where a neighbour differs (the class boundaries)."""
     edge = np.zeros(labels2d.shape, dtype=bool)
@@ -155,11 +160,12 @@ class SliceView(QtWidgets.QFrame):
         self.range_item = pg.ImageItem(axisOrder="row-major")
         self.range_item.setZValue(9)  # under the label overlay: painted labels stay visible
         self.range_item.setVisible(False)
-        # the brain mask's outline (brain extraction), cyan, above the labels
+        # the brain mask's outline (brain extraction), magenta, above the labels
         self.mask_item = pg.ImageItem(axisOrder="row-major")
         self.mask_item.setZValue(12)
         self.mask_item.setVisible(False)
         self.brain_mask: np.ndarray | None = None
+        self.brain_mask_follows_labels = False
         self.vb.addItem(self.image)
         self.vb.addItem(self.mask_item)
         self.vb.addItem(self.overlay)
@@ -219,6 +225,8 @@ class SliceView(QtWidgets.QFrame):
     def set_labelmap(self, lm: LabelMap | None) -> None:
         self.labelmap = lm
         self.redraw_overlay()
+        if self.brain_mask_follows_labels:
+            self.redraw_mask()
 
     def set_levels(self, lo: float, hi: float) -> None:
         self.image.setLevels((lo, hi))
@@ -301,21 +309,34 @@ class SliceView(QtWidgets.QFrame):
         self.range_item.setRect(self._rect)
         self.range_item.setVisible(True)
 
-    def set_brain_mask(self, mask: np.ndarray | None, visible: bool = True) -> None:
+    def set_brain_mask(self, mask: np.ndarray | None, visible: bool = True, follows_labels: bool = False) -> None:
+        """`follows_labels`: a segmentation landed inside the mask, so the mask is now the labels'
+        nonzero voxels (ScanDocument.current_brain_mask): the outline follows every brush and
+        eraser stroke, as what Save brain mask writes does."""
         self.brain_mask = mask
+        self.brain_mask_follows_labels = bool(follows_labels)
         self.mask_item.setVisible(visible and mask is not None)
         self.redraw_mask()
 
-    def redraw_mask(self) -> None:
-        """The outline of the brain mask on this slice (one pixel wide, cyan)."""
+    def _brain_mask_slice(self) -> np.ndarray | None:
         g = self.geometry_
         if self.brain_mask is None or g is None or self.brain_mask.shape != g.shape:
+            return None
+        lm = self.labelmap
+        if self.brain_mask_follows_labels and lm is not None and lm.shape == g.shape and lm.labels.any():
+            return g.display(lm.labels, self.index) > 0
+        return g.display(self.brain_mask, self.index)
+
+    def redraw_mask(self) -> None:
+        """The outline of the brain mask on this slice (one pixel wide, BRAIN_OUTLINE_RGBA)."""
+        mask = self._brain_mask_slice()
+        if mask is None:
             self.mask_item.clear()
             return
-        disp = g.display(self.brain_mask, self.index).astype(np.uint8)
+        disp = mask.astype(np.uint8)
         edge = outline_of(disp) > 0
         rgba = np.zeros(disp.shape + (4,), np.uint8)
-        rgba[edge] = (0, 230, 255, 230)
+        rgba[edge] = BRAIN_OUTLINE_RGBA
         self.mask_item.setImage(rgba, autoLevels=False, levels=(0, 255))
         self.mask_item.setRect(self._rect)
 
@@ -340,6 +361,8 @@ class SliceView(QtWidgets.QFrame):
         b = box[g.axis]
         if not (b.start <= self.index < b.stop):
             return
+        if self.brain_mask_follows_labels and self.brain_mask is not None:
+            self.redraw_mask()
         if self.outline:
             self.redraw_overlay()
             return

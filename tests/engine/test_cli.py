@@ -1,5 +1,6 @@
 """The `brainseg` command line: info, stats, evaluate, segment, finetune; errors are one line."""
 import json
+import os
 import subprocess
 import sys
 
@@ -555,3 +556,33 @@ def test_int8_is_never_the_default_on_a_gpu_machine(tmp_path, tiny_model_dir, mo
     (offered / "model.json").write_text(_json.dumps(meta))
     monkeypatch.setattr(hw, "gpu_available", lambda: False)
     assert int8_offer(offered) == (False, "the model's INT8 record is incomplete (run bench/int8_eval.py again)")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="exec replaces the process on POSIX only")
+def test_gui_launcher_hands_its_process_to_the_app(tmp_path):
+    """`brainseg gui SCAN` becomes the app (exec): a signal sent to the launcher's PID ends the app,
+    instead of leaving its window open without a parent. A stand-in `brainseg_gui` in the working
+    folder records its PID and arguments and waits."""
+    import signal
+    import time
+
+    fake = tmp_path / "brainseg_gui"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text(
+        "import os, sys, time, pathlib\n"
+        "pathlib.Path('started.tmp').write_text(f'{os.getpid()} {sys.argv[1:]}')\n"
+        "os.replace('started.tmp', 'started')\n"
+        "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "gui", "my scan.nii.gz"], cwd=tmp_path)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "started").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        pid, argv = (tmp_path / "started").read_text().split(" ", 1)
+        assert int(pid) == proc.pid and argv == str(["my scan.nii.gz"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -59,6 +59,8 @@ def test_head_scan_is_segmented_inside_its_brain_mask(enet_window, head_scan, ti
     win = enet_window
     assert win.open_scan(head_scan)
     assert "skull on: Segment extracts the brain first" in win.statusBar().currentMessage()
+    win.statusBar().clearMessage()  # gone from the bar (a timeout), still readable as its tooltip
+    assert "skull on: Segment extracts the brain first" in win.statusBar().toolTip()
     assert not win.actions["save_brain_mask"].isEnabled()
     with qtbot.waitSignal(win.segmentationFinished, timeout=120000):
         win.actions["segment"].trigger()
@@ -69,11 +71,13 @@ def test_head_scan_is_segmented_inside_its_brain_mask(enet_window, head_scan, ti
     assert not labels[~mask].any() and (labels[mask] > 0).all()  # FSL_SEG inside, nothing outside
     assert tiny_extractor[0].calls == 1
     assert "brain extracted first" in win.statusBar().currentMessage()
-    # the outline is drawn in cyan on the views, and can be hidden
+    # the outline is drawn in magenta on the views, and can be hidden
     ax = win.views["axial"]
     ax.set_slice(int(np.argmax(mask.sum(axis=(0, 1)))))
     assert ax.mask_item.isVisible() and ax.mask_item.image is not None
-    assert (ax.mask_item.image[..., 2] == 255).any()
+    from brainseg_gui.views.slice_view import BRAIN_OUTLINE_RGBA
+
+    assert (ax.mask_item.image == BRAIN_OUTLINE_RGBA).all(axis=-1).any()
     win.actions["toggle_brain_outline"].trigger()
     assert not ax.mask_item.isVisible()
     # the user erases a slab of the brain: the next segmentation keeps it out (the mask follows the labels)
@@ -112,3 +116,43 @@ def test_extract_brain_action_and_a_stripped_scan(enet_window, head_scan, tiny_e
     with qtbot.waitSignal(win.segmentationFinished, timeout=120000):
         win.actions["segment"].trigger()
     assert not tiny_extractor and win.session.brain_mask is None
+
+
+def test_the_brain_outline_follows_brush_eraser_and_undo(enet_window, head_scan, tiny_extractor, qtbot):
+    """Once the labels hold the mask, the magenta outline drawn is the outline of what Save brain mask
+    writes (the labels' nonzero voxels): it moves with each eraser and brush stroke, and back on
+    undo. (It used to stay where extraction drew it while the saved mask changed.)"""
+    from brainseg_gui.views.slice_view import outline_of
+
+    win = enet_window
+    assert win.open_scan(head_scan)
+    with qtbot.waitSignal(win.segmentationFinished, timeout=120000):
+        win.actions["segment"].trigger()
+    mask = win.session.brain_mask
+    k = int(np.argmax(mask.sum(axis=(0, 1))))
+    ax = win.views["axial"]
+    ax.set_slice(k)
+
+    def drawn():
+        return ax.mask_item.image[..., 3] > 0
+
+    def expected():
+        return outline_of(ax.geometry_.display(win.session.current_brain_mask(), k).astype(np.uint8)) > 0
+
+    extracted = drawn().copy()
+    assert extracted.any() and (extracted == expected()).all()
+    # erase a band through the right side of the brain (array x 6-14 of 60): the outline moves in
+    win.labelmap.paint(2, k, [(10.0, 0.0), (10.0, 69.0)], radius=4, value=0)
+    erased = drawn().copy()
+    assert (erased == expected()).all() and (erased != extracted).sum() > 20
+    # paint grey matter beyond the brain's front (array y 60-69, outside the phantom's mask): it grows
+    outside = ~mask[:, :, k]
+    win.labelmap.paint(2, k, [(25.0, 66.0), (35.0, 66.0)], radius=3, value=2)
+    assert (win.labelmap.labels[:, :, k][outside] == 2).any()
+    grown = drawn().copy()
+    assert (grown == expected()).all() and (grown != erased).sum() > 5
+    # undo, stroke by stroke: back to the extraction's outline
+    win.actions["undo"].trigger()
+    assert (drawn() == erased).all()
+    win.actions["undo"].trigger()
+    assert (drawn() == extracted).all()

@@ -114,3 +114,21 @@ def test_the_scans_own_file_is_refused_and_a_pair_used_twice_disables_save(windo
     assert "mirrors the scan" in dlg.result_label.text(), "ASR has the other handedness than LAS"
     dlg.combos[2].setCurrentIndex(dlg.combos[2].findData("L"))
     assert "mirrors" not in dlg.result_label.text()
+
+
+def test_the_source_of_an_orientation_found_from_the_anatomy_is_said_once():
+    """The dialog's source line for a scan oriented from its anatomy (a silent Analyze header) reads
+    "Found from the anatomy: stored ASL, ..." - not the engine's note with the same words again."""
+    from types import SimpleNamespace
+
+    from brainseg_gui.dialogs.reorient_dialog import ReorientDialog
+    from engine.io.anatomy import OrientationFinding, describe
+
+    rotation = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]])  # a proper permutation, not the identity
+    finding = OrientationFinding(rotation, score=0.9, assumed_score=0.2, template="head", before="LAS", after="ASL")
+    assert finding.changed
+    note = describe(finding, "Analyze's convention LAS")
+    vol = SimpleNamespace(orientation_source="anatomy", geometry_note=note, source="analyze", warnings=[])
+    text = ReorientDialog._source_text(vol)
+    assert text.startswith("Found from the anatomy: stored ASL, not LAS")
+    assert text.lower().count("from the anatomy") == 1
