@@ -100,15 +100,26 @@ class EditController(QtCore.QObject):
         self.win.session.flush_deferred()  # a prediction that arrived during the stroke lands now
         self.win.update_state()
 
+    def _describe(self, atom) -> str:
+        """What an edit was, for the undo/redo message: "erase, 59 voxels, axial slice 129"."""
+        planes = {ax: p for p, ax in self.win.session.plane_axes.items()}
+        where = sorted({f"{planes.get(ax, f'axis {ax}')} slice {k + 1}" for ax, k in atom.slices})
+        text = f"{atom.kind}, {atom.voxels:,} voxel{'s' if atom.voxels != 1 else ''}"
+        if where:
+            text += ", " + (", ".join(where) if len(where) <= 2 else f"{len(where)} slices")
+        return text
+
     def on_undo(self) -> None:
-        if self.win.labelmap is not None and self.win.labelmap.undo() is not None:
-            self.win.statusBar().showMessage("Undone", 2000)
+        atom = self.win.labelmap.undo() if self.win.labelmap is not None else None
+        if atom is not None:
+            self.win.statusBar().showMessage(f"Undone: {self._describe(atom)}", 4000)
         self.win.session.flush_deferred()  # undo during a drag ends the stroke: a waiting prediction lands
         self.win.update_state()
 
     def on_redo(self) -> None:
-        if self.win.labelmap is not None and self.win.labelmap.redo() is not None:
-            self.win.statusBar().showMessage("Redone", 2000)
+        atom = self.win.labelmap.redo() if self.win.labelmap is not None else None
+        if atom is not None:
+            self.win.statusBar().showMessage(f"Redone: {self._describe(atom)}", 4000)
         self.win.session.flush_deferred()
         self.win.update_state()
 

@@ -151,8 +151,13 @@ def test_the_brain_outline_follows_brush_eraser_and_undo(enet_window, head_scan,
     assert (win.labelmap.labels[:, :, k][outside] == 2).any()
     grown = drawn().copy()
     assert (grown == expected()).all() and (grown != erased).sum() > 5
-    # undo, stroke by stroke: back to the extraction's outline
+    # undo, stroke by stroke: back to the extraction's outline; each undo says what it took back
     win.actions["undo"].trigger()
     assert (drawn() == erased).all()
+    assert win.statusBar().currentMessage().startswith("Undone: stroke, ")
+    assert f"axial slice {k + 1}" in win.statusBar().currentMessage()
     win.actions["undo"].trigger()
     assert (drawn() == extracted).all()
+    assert win.statusBar().currentMessage().startswith("Undone: erase, ")
+    win.actions["redo"].trigger()
+    assert (drawn() == erased).all() and win.statusBar().currentMessage().startswith("Redone: erase, ")
