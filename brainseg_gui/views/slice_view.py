@@ -323,8 +323,10 @@ class SliceView(QtWidgets.QFrame):
         if self.brain_mask is None or g is None or self.brain_mask.shape != g.shape:
             return None
         lm = self.labelmap
-        if self.brain_mask_follows_labels and lm is not None and lm.shape == g.shape and lm.labels.any():
-            return g.display(lm.labels, self.index) > 0
+        if self.brain_mask_follows_labels and lm is not None and lm.shape == g.shape:
+            here = g.display(lm.labels, self.index) > 0
+            if here.any() or lm.labels.any():  # (the whole map only on a slice without labels)
+                return here
         return g.display(self.brain_mask, self.index)
 
     def redraw_mask(self) -> None:
