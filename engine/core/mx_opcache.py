@@ -41,8 +41,37 @@ log = logging.getLogger(__name__)
 MODULES = ("mxnet.ndarray.register", "mxnet.symbol.register")
 HEADER = b"brainseg-mx-opcache-2\n" + importlib.util.MAGIC_NUMBER
 # `return _imperative_invoke(<handle>, ...` (ndarray) and `return _symbol_creator(<handle>, ...` (symbol)
-_HANDLE = re.compile(r"\b(_imperative_invoke|_symbol_creator)\((\d+),")
+_HANDLE = re.compile(r"\b(_imperative_invoke|_symbol_creator)\((\d+),")  # what _normalised finds
+_CALLS = ("_imperative_invoke(", "_symbol_creator(")
 SENTINEL = (1 << 62) + 0x5EED  # stands for the handle in cached code; no operator's source has it
+
+
+def _normalised(source: str) -> tuple[str, set[int]]:
+    """(source with every operator handle replaced by SENTINEL, the handles found): _HANDLE's
+    matches, found by str.find of the two call names, as most of the 2,556 sources are searched for
+    nothing else. Two regex passes over the 5 MB of source (finditer, then sub) took 0.14 s of each
+    start-up here (cProfile, 2026-12-04); this takes about 0.01 s. Same result as
+    `_HANDLE.sub(...)` with the handles of `_HANDLE.finditer(source)` (tests/engine/test_mx_opcache.py)."""
+    spans = []
+    for name in _CALLS:
+        i = source.find(name)
+        while i >= 0:
+            j = k = i + len(name)
+            while k < len(source) and source[k] in "0123456789":
+                k += 1
+            start_ok = i == 0 or not (source[i - 1].isalnum() or source[i - 1] == "_")
+            if k > j and source.startswith(",", k) and start_ok:
+                spans.append((j, k))
+            i = source.find(name, max(k, i + 1))
+    if not spans:
+        return source, set()
+    spans.sort()
+    parts, at = [], 0
+    for j, k in spans:
+        parts += [source[at:j], str(SENTINEL)]
+        at = k
+    parts.append(source[at:])
+    return "".join(parts), {int(source[j:k]) for j, k in spans}
 
 
 def _compile(source: str) -> CodeType:
@@ -117,11 +146,10 @@ class OpCodeCache:
         """The code object of `source`, from the cache when it has it. Anything unexpected compiles
         `source` itself (counted in `fallbacks`), as exec would."""
         try:
-            handles = {int(m.group(2)) for m in _HANDLE.finditer(source)}
+            norm, handles = _normalised(source)
             if len(handles) > 1 or str(SENTINEL) in source:  # not the shape we know: no cache
                 self.fallbacks += 1
                 return _compile(source)
-            norm = _HANDLE.sub(lambda m: f"{m.group(1)}({SENTINEL},", source) if handles else source
             key = hashlib.sha1(norm.encode("utf-8")).digest()
             code = self.codes.get(key)
             if code is None:

@@ -133,3 +133,32 @@ def test_a_cache_file_with_other_values_is_not_trusted(tmp_path):
     cache = OpCodeCache(path)
     assert _call(cache.compiled(SOURCE.format(h=31))) == 31
     assert cache.misses == 1 and cache.hits == 0
+
+
+def _by_regex(source: str):
+    from engine.core.mx_opcache import _HANDLE, SENTINEL
+
+    handles = {int(m.group(2)) for m in _HANDLE.finditer(source)}
+    return _HANDLE.sub(lambda m: f"{m.group(1)}({SENTINEL},", source), handles
+
+
+def test_the_handle_search_finds_what_the_pattern_finds():
+    """_normalised (str.find, for start-up speed) must find exactly _HANDLE's matches: a missed
+    handle would cache one process's pointer, a false one would corrupt a function's source."""
+    from engine.core.mx_opcache import _normalised
+
+    cases = [
+        "def relu(data=None, out=None, name=None, **kwargs):\n    ...\n"
+        "    return _imperative_invoke(94325038483216, ndargs, keys, vals, out, name, False)\n",
+        "    return _symbol_creator(140011, sym_args, sym_kwargs, keys, vals, name, False, False)",
+        "_imperative_invoke(7, a)",                      # at the very start
+        "x_imperative_invoke(7, a) and 2_symbol_creator(8, b)",  # inside a longer name: not a call
+        "_imperative_invoke(, a) _imperative_invoke(12 , a) _imperative_invoke(x12, a)",  # no handle
+        "_symbol_creator(5, a) + _imperative_invoke(6, b) + _symbol_creator(5, c)",  # several, mixed
+        "_imperative_invoke(_imperative_invoke(9, a)",   # a call name right after another's bracket
+        "nothing to see here",
+        "",
+        " _symbol_creator(123",                          # runs off the end
+    ]
+    for src in cases:
+        assert _normalised(src) == _by_regex(src), src
