@@ -57,6 +57,36 @@ def start_mxnet_below_gui_priority() -> None:
     t.join()
 
 
+def _stdlib_distutils() -> list[str]:
+    """Put the standard library's distutils (Python <= 3.11) in sys.modules, bypassing setuptools'
+    import shim, unless some distutils is already there. Returns the module names it added, for
+    the caller to take out again; [] where there is none (Python 3.12 has no distutils)."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import sysconfig
+    import warnings
+
+    if "distutils" in sys.modules:
+        return []
+    try:
+        spec = importlib.machinery.PathFinder.find_spec("distutils", [sysconfig.get_paths()["stdlib"]])
+        if spec is None or spec.loader is None:
+            return []
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["distutils"] = module
+        with warnings.catch_warnings():  # "distutils is deprecated": it is mxnet's import, not ours
+            warnings.simplefilter("ignore", DeprecationWarning)
+            spec.loader.exec_module(module)
+            importlib.import_module("distutils.version")
+    except Exception as e:  # noqa: BLE001 - never why mxnet fails to import: the shim answers instead
+        log.debug("standard distutils not lent to mxnet's import (%s)", e)
+        for m in [m for m in sys.modules if m == "distutils" or m.startswith("distutils.")]:
+            del sys.modules[m]
+        return []
+    return [m for m in sys.modules if m == "distutils" or m.startswith("distutils.")]
+
+
 def get_mx():
     """The mxnet module, imported once after configure_threads()."""
     global _mx
@@ -74,11 +104,14 @@ def get_mx():
         # - onnx (with protobuf; mxnet.onnx's translations keep it as a module global: onnx_for_export()
         #   gives it back before an export) and scipy.sparse (mxnet converts scipy sparse matrices,
         #   which nothing here passes it): 0.1 s together.
-        # (setuptools' distutils shim costs another 0.1 s through numpy_dispatch_protocol; it is
-        # installed at interpreter start, and taking it out would make setuptools warn later.)
         hidden = [m for m in ("sklearn", "scipy.stats", "onnx", "scipy.sparse") if m not in sys.modules]
         for m in hidden:
             sys.modules[m] = None  # type: ignore[assignment]
+        # - setuptools, which its distutils shim imports (0.09 s) when mxnet.numpy_dispatch_protocol
+        #   asks for distutils.version: the standard library's distutils answers during the import
+        #   (_stdlib_distutils), and is taken out of sys.modules afterwards, so that a later import
+        #   of distutils or setuptools finds the shim as before (and setuptools has nothing to warn about);
+        lent = _stdlib_distutils()
         # - and the 2,556 operator functions mxnet compiles from generated source at every import
         #   come from a disk cache of their bytecode (engine/core/mx_opcache.py).
         try:
@@ -89,6 +122,8 @@ def get_mx():
             for m in hidden:
                 if sys.modules.get(m, 0) is None:
                     del sys.modules[m]
+            for m in lent:
+                sys.modules.pop(m, None)
 
         _mx = mx
         log.info("mxnet %s loaded, OMP_NUM_THREADS=%s", mx.__version__, os.environ.get("OMP_NUM_THREADS"))

@@ -496,13 +496,17 @@ def test_models_list_activate_rollback(tmp_path, tiny_model_dir, capsys, monkeyp
 
 def test_loading_mxnet_leaves_out_what_nothing_here_uses():
     """Start-up (issue #21): scikit-learn and scipy.stats are not pulled in by mxnet's import any more
-    (about 0.5 s of each start on this machine); later imports of them work."""
+    (about 0.5 s of each start on this machine), nor setuptools through its distutils shim (0.08 s);
+    later imports of them work, and setuptools then finds no stray distutils to warn about."""
     import subprocess
     import sys
 
-    code = ("import sys; from engine.core.mx_env import get_mx; mx = get_mx(); "
-            "bad = [m for m in ('sklearn', 'scipy.stats') if m in sys.modules]; "
+    code = ("import sys, warnings; shim = any(type(f).__module__ == '_distutils_hack' for f in sys.meta_path); "
+            "from engine.core.mx_env import get_mx; mx = get_mx(); "
+            "bad = [m for m in ('sklearn', 'scipy.stats', 'setuptools', 'distutils') if m in sys.modules]; "
             "assert not bad, bad; import sklearn.base, scipy.stats; "
+            "warnings.simplefilter('error'); import setuptools, distutils.version; "
+            "assert not shim or 'setuptools' in distutils.__file__, distutils.__file__; "
             "from mxnet.contrib import quantization; print(mx.nd.ones((2,)).sum().asscalar())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "2.0", out.stderr[-1500:]
