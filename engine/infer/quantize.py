@@ -188,105 +188,39 @@ def _cache_key(info, calib_source: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def _params_ok(path) -> bool:
-    """An exported parameter file that holds parameters (MXNet writes an empty one, without an
-    error, for a block that never ran forward)."""
-    return get_mx().nd.load(str(path)) != {}
-
-
-def _drop_stale_writes(folder, age_s: float = 3600.0) -> None:
-    """Remove half-written entries (".writing-*") left by a process killed while writing, once they
-    are an hour old (a younger one may belong to a process writing now)."""
-    import shutil
-    import time
-
-    for d in folder.glob(".writing-*"):
-        try:
-            if time.time() - d.stat().st_mtime > age_s:
-                shutil.rmtree(d, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def _entry_files(folder, key: str):
-    """(symbol file, parameter file) of a cache entry, as SymbolBlock.export names them."""
-    return folder / f"{key}-symbol.json", folder / f"{key}-0000.params"
-
-
-def _evict(folder) -> None:
-    """Keep the CACHE_ENTRIES most recently used entries (a hit touches its symbol file) and remove the
-    rest, the symbol first: an entry without its symbol is never loaded."""
-    entries = []
-    for sym in folder.glob("*-symbol.json"):
-        try:
-            entries.append((sym.stat().st_mtime, sym))
-        except OSError:
-            pass
-    for _, sym in sorted(entries, reverse=True)[CACHE_ENTRIES:]:
-        for f in _entry_files(folder, sym.name[: -len("-symbol.json")]):
-            try:
-                f.unlink()
-            except OSError:
-                pass
-
-
 def quantized_network(net, info, ctx=None):
     """The INT8 network of a model, calibrated on the demo scan - the calibration bench/int8_eval.py
     validated (model.json "int8") - and kept in the start-up cache folder (engine.core.mx_opcache.
     cache_dir, "int8/"), so only the first use pays the quantization (4.3 s for U-Net here; loading
     the cached graph 0.02 s, with the same logits). A missing, corrupt or unwritable cache falls back
     to quantizing; a model changed by a byte, another MXNet or another calibration gets another key."""
-    import os
-    import tempfile
     from pathlib import Path
 
-    from engine.core.mx_opcache import cache_dir
     from engine.core.paths import DEMO_SCAN
+    from engine.infer.graph_cache import GraphCache
     from engine.nets.weights import sha256
 
     mx = get_mx()
     ctx = ctx or mx.cpu()
-    folder = cache_dir() / "int8"
+    cache = GraphCache("int8", log)
     try:
         demo_id = sha256(Path(DEMO_SCAN))
     except OSError:
         demo_id = "missing"
     key = _cache_key(info, f"demo:{demo_id}")
-    sym, params = _entry_files(folder, key)
-    if sym.exists() and params.exists():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                qnet = mx.gluon.SymbolBlock.imports(str(sym), ["data"], str(params), ctx=ctx)
-            qnet.multiple = int(net.multiple)
-            try:
-                os.utime(sym)  # recently used: the last to be evicted
-            except OSError:
-                pass  # a read-only cache still serves
-            log.info("INT8 network of %s from the cache (%s)", info.version, sym.name)
-            return qnet
-        except Exception as exc:  # noqa: BLE001 - a damaged cache must never stop a segmentation
-            log.warning("INT8 cache %s is unreadable (%s); quantizing again", sym, exc)
+    qnet = cache.load(key, ctx)
+    if qnet is not None:
+        qnet.multiple = int(net.multiple)
+        log.info("INT8 network of %s from the cache (%s)", info.version, key)
+        return qnet
     from engine.io.volume import read_volume
 
     calib = calibration_slices(read_volume(DEMO_SCAN).data, count=CALIBRATION_SLICES)
     qnet = quantize_model(net, calib, ctx)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _drop_stale_writes(folder)
         qnet(mx.nd.array(_padded_batch(calib[:1], int(net.multiple))[0], ctx=ctx))  # export needs one forward
-        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".writing-"))
-        try:
-            qnet.export(str(tmp / "q"))
-            if not _params_ok(tmp / "q-0000.params"):
-                raise OSError("the exported parameters are empty")
-            os.replace(tmp / "q-0000.params", params)  # the symbol last: it is what marks an entry complete
-            os.replace(tmp / "q-symbol.json", sym)
-        finally:
-            for f in tmp.iterdir():
-                f.unlink()
-            tmp.rmdir()
-        _evict(folder)
-    except Exception as exc:  # noqa: BLE001 - disk full, quota (MXNetError): never fails the segmentation
+    except Exception as exc:  # noqa: BLE001 - as a failed write: this start is not stopped by it
         log.warning("INT8 cache not written (%s): the next start quantizes again", exc)
+        return qnet
+    cache.store(key, qnet, CACHE_ENTRIES, multiple=int(net.multiple))
     return qnet

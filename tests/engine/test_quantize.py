@@ -167,7 +167,7 @@ def test_the_int8_network_is_cached_reused_and_requantized_when_damaged_or_chang
     caplog.set_level(logging.INFO, logger="engine.infer.quantize")
     first = Segmenter(small_unet_dir, precision="int8").segment(vol, SegmentConfig(planes=("axial",)))
     entries = sorted((tmp_path / "cache" / "int8").iterdir())
-    assert [p.name.split("-", 1)[1] for p in entries] == ["0000.params", "symbol.json"]
+    assert [p.name.split("-", 1)[1] for p in entries] == ["0000.params", "meta.json", "symbol.json"]
     assert "quantized UNet" in caplog.text and "from the cache" not in caplog.text
     caplog.clear()
     again = Segmenter(small_unet_dir, precision="int8").segment(vol, SegmentConfig(planes=("axial",)))
@@ -195,7 +195,7 @@ def test_the_int8_network_is_cached_reused_and_requantized_when_damaged_or_chang
     caplog.clear()
     Segmenter(other, precision="int8")
     assert "quantized UNet" in caplog.text
-    assert len(list((tmp_path / "cache" / "int8").iterdir())) == 4
+    assert len(list((tmp_path / "cache" / "int8").iterdir())) == 6
 
 
 def test_a_write_killed_halfway_leaves_no_entry_and_is_cleaned_up_later(small_unet_dir, tmp_path, monkeypatch):
@@ -217,7 +217,7 @@ def test_a_write_killed_halfway_leaves_no_entry_and_is_cleaned_up_later(small_un
     Segmenter(small_unet_dir, precision="int8")
     assert not stale.exists() and fresh.exists()
     assert sorted(p.name.split("-", 1)[1] for p in folder.iterdir() if not p.name.startswith(".")) == [
-        "0000.params", "symbol.json"]
+        "0000.params", "meta.json", "symbol.json"]
 
 
 def test_an_unwritable_cache_still_segments_in_int8(small_unet_dir, tmp_path, monkeypatch):
@@ -250,7 +250,7 @@ def test_the_cache_keeps_the_most_recently_used_entries_only(small_unet_dir, tmp
             os.utime(folder / (name + suffix), (now - age, now - age))
     Segmenter(small_unet_dir, precision="int8")  # a third entry: the least recently used goes
     names = sorted(p.name for p in folder.iterdir())
-    assert len(names) == 4 and "older-symbol.json" not in names and "older-0000.params" not in names
+    assert len(names) == 5 and "older-symbol.json" not in names and "older-0000.params" not in names
     assert "old-symbol.json" in names
     own = next(p for p in folder.glob("*-symbol.json") if not p.name.startswith("old"))
     os.utime(own, (now - 5000, now - 5000))  # our entry is now the oldest ...
