@@ -1,9 +1,18 @@
 """Fixtures shared by the engine and GUI tests."""
+import atexit
 import os
+import shutil
+import tempfile
 
 # Tests run many short MXNet calls in several processes on 2 cores: idle OpenMP workers must
 # sleep, not spin (spinning made a tiny ENet forward 4-5 s instead of 0.07 s here).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The start-up caches (MXNet's operator code, the fused and INT8 graphs of every test model) go to a
+# folder of this test run, not the user's ~/.cache/brainseg, whose entries the tests' tiny models
+# would otherwise evict. Subprocesses inherit it.
+if "BRAINSEG_CACHE" not in os.environ:
+    os.environ["BRAINSEG_CACHE"] = tempfile.mkdtemp(prefix="brainseg-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["BRAINSEG_CACHE"], True)
 
 import pytest  # noqa: E402
 
