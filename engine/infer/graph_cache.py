@@ -43,12 +43,18 @@ class GraphCache:
     def __init__(self, name: str, log: logging.Logger | None = None):
         from engine.core.mx_opcache import cache_dir
 
-        self.folder = cache_dir() / name
         self.log = log or _log  # the caller's logger: its messages read as the caller's
+        try:
+            self.folder: Path | None = cache_dir() / name
+        except Exception as e:  # noqa: BLE001 - e.g. Path.home() without HOME and a passwd entry
+            self.log.info("no cache folder (%s): graphs are built at every start", e)
+            self.folder = None
 
     def load(self, key: str, ctx=None):
         """The cached SymbolBlock of `key` (with `multiple` and `parameter_count` set from its meta),
         or None when there is no complete, readable entry."""
+        if self.folder is None:
+            return None
         sym, params, meta = entry_files(self.folder, key)
         if not sym.exists():
             return None
@@ -73,6 +79,8 @@ class GraphCache:
     def store(self, key: str, net, entries: int, **meta) -> bool:
         """Export `net` (a hybridized block that has run forward once) as the entry `key`, then keep the
         `entries` most recently used. False, with a warning, when it could not be written."""
+        if self.folder is None:
+            return False
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._drop_stale_writes()

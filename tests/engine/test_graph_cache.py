@@ -88,3 +88,12 @@ def test_a_damaged_or_unwritable_cache_still_segments(gentle_model_dir, tmp_path
     _, blocked = _segment(gentle_model_dir, vol)
     assert "not written" in caplog.text
     np.testing.assert_array_equal(blocked.probabilities, first.probabilities)
+    import engine.core.mx_opcache as opcache
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("BRAINSEG_CACHE")
+    monkeypatch.setattr(opcache, "cache_dir", no_home)  # no folder for caches at all
+    _, homeless = _segment(gentle_model_dir, vol)
+    np.testing.assert_array_equal(homeless.probabilities, first.probabilities)
