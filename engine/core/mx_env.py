@@ -111,10 +111,11 @@ def get_mx():
         #   asks for distutils.version: the standard library's distutils answers during the import
         #   (_stdlib_distutils), and is taken out of sys.modules afterwards, so that a later import
         #   of distutils or setuptools finds the shim as before (and setuptools has nothing to warn about);
-        lent = _stdlib_distutils()
         # - and the 2,556 operator functions mxnet compiles from generated source at every import
         #   come from a disk cache of their bytecode (engine/core/mx_opcache.py).
+        lent = {}
         try:
+            lent = {m: sys.modules[m] for m in _stdlib_distutils()}
             from engine.core.mx_opcache import import_mxnet_cached
 
             mx = import_mxnet_cached()  # deliberately late: env must be set first
@@ -122,8 +123,9 @@ def get_mx():
             for m in hidden:
                 if sys.modules.get(m, 0) is None:
                     del sys.modules[m]
-            for m in lent:
-                sys.modules.pop(m, None)
+            for m, module in lent.items():  # only what was lent: not a distutils set up meanwhile
+                if sys.modules.get(m) is module:
+                    del sys.modules[m]
 
         _mx = mx
         log.info("mxnet %s loaded, OMP_NUM_THREADS=%s", mx.__version__, os.environ.get("OMP_NUM_THREADS"))

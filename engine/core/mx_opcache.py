@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 MODULES = ("mxnet.ndarray.register", "mxnet.symbol.register")
 HEADER = b"brainseg-mx-opcache-2\n" + importlib.util.MAGIC_NUMBER
 # `return _imperative_invoke(<handle>, ...` (ndarray) and `return _symbol_creator(<handle>, ...` (symbol)
-_HANDLE = re.compile(r"\b(_imperative_invoke|_symbol_creator)\((\d+),")  # what _normalised finds
+_HANDLE = re.compile(r"\b(_imperative_invoke|_symbol_creator)\((\d+),", re.ASCII)  # what _normalised finds
 _CALLS = ("_imperative_invoke(", "_symbol_creator(")
 SENTINEL = (1 << 62) + 0x5EED  # stands for the handle in cached code; no operator's source has it
 
@@ -106,9 +106,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "brainseg"
 
 
-def cache_path() -> Path:
-    """One file per Python and MXNet build (libmxnet.so's size and time: two venvs with different
-    builds would otherwise keep rewriting one file)."""
+def mxnet_build() -> str:
+    """Which MXNet build is installed: libmxnet.so's size and time ("0" when not found). Two venvs
+    can share a version string with different builds."""
     build = "0"
     spec = importlib.machinery.PathFinder.find_spec("mxnet")
     if spec is not None and spec.submodule_search_locations:
@@ -118,7 +118,13 @@ def cache_path() -> Path:
             build = f"{st.st_size:x}-{st.st_mtime_ns:x}"
         except OSError:
             pass
-    return cache_dir() / f"mxnet-ops.{sys.implementation.cache_tag}.{build}.marshal"
+    return build
+
+
+def cache_path() -> Path:
+    """One file per Python and MXNet build (two venvs with different builds would otherwise keep
+    rewriting one file)."""
+    return cache_dir() / f"mxnet-ops.{sys.implementation.cache_tag}.{mxnet_build()}.marshal"
 
 
 class OpCodeCache:

@@ -56,10 +56,10 @@ class GraphCache:
         if self.folder is None:
             return None
         sym, params, meta = entry_files(self.folder, key)
-        if not sym.exists():
-            return None
         mx = get_mx()
         try:
+            if not sym.exists():  # (inside the try: a folder we may not search raises PermissionError)
+                return None
             info = json.loads(meta.read_text()) if meta.exists() else {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
@@ -87,8 +87,10 @@ class GraphCache:
             tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=".writing-"))
             try:
                 net.export(str(tmp / "g"))
-                if get_mx().nd.load(str(tmp / "g-0000.params")) == {}:
-                    # MXNet writes an empty file, without an error, for a block that never ran forward
+                exported = tmp / "g-0000.params"
+                # MXNet writes an empty file, without an error, for a block that never ran forward (a
+                # small file is read to tell; a network's own is megabytes)
+                if exported.stat().st_size < 65536 and get_mx().nd.load(str(exported)) == {}:
                     raise OSError("the exported parameters are empty")
                 (tmp / "g-meta.json").write_text(json.dumps(meta))
                 sym, params, meta_file = entry_files(self.folder, key)
@@ -113,9 +115,17 @@ class GraphCache:
             except OSError:
                 pass
 
-    def _evict(self, keep: int) -> None:
+    def _evict(self, keep: int, orphan_age_s: float = 3600.0) -> None:
         """Keep the `keep` most recently used entries and remove the rest, the symbol first: an entry
-        without its symbol is never loaded."""
+        without its symbol is never loaded. Parameter and meta files without a symbol (a removal that
+        failed half-way, a process killed between its renames) go once they are an hour old."""
+        for f in [*self.folder.glob("*-0000.params"), *self.folder.glob("*-meta.json")]:
+            key = f.name.rsplit("-", 1)[0] if f.name.endswith("-meta.json") else f.name[: -len("-0000.params")]
+            try:
+                if not entry_files(self.folder, key)[0].exists() and time.time() - f.stat().st_mtime > orphan_age_s:
+                    f.unlink()
+            except OSError:
+                pass
         found = []
         for sym in self.folder.glob("*-symbol.json"):
             try:

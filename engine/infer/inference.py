@@ -105,33 +105,45 @@ GRAPH_CACHE_ENTRIES = 6
 
 
 def _onednn(ctx) -> bool:
-    """MXNet's oneDNN subgraph backend fuses this context's graphs (a CPU build with MKLDNN)."""
-    return ctx.device_type == "cpu" and get_mx().runtime.Features().is_enabled("MKLDNN")
+    """MXNet's oneDNN subgraph backend fuses this context's graphs (a CPU build with MKLDNN, not
+    switched off with MXNET_MKLDNN_ENABLED=0)."""
+    import os
+
+    return (ctx.device_type == "cpu" and get_mx().runtime.Features().is_enabled("MKLDNN")
+            and os.environ.get("MXNET_MKLDNN_ENABLED", "1") != "0")
 
 
 def _fused_graph_key(info: ModelInfo) -> str:
     """What makes a model's fused FP32 graph: its weights (model.json's checksum, which read_model_dir
-    verified, else the file's), its architecture, MXNet, and the code of the networks (their
-    definitions and ENet's fuse_for_inference), so that a change to any of them gets a new entry."""
+    verified, else the file's), its architecture, the MXNet build and its oneDNN switches
+    (MXNET_*MKLDNN* variables change what the backend fuses), and the code that builds the graph -
+    the networks (their definitions and ENet's fuse_for_inference), this module (the partitioning
+    call) and the cache's own - so that a change to any of them gets a new entry."""
     import hashlib
+    import os
 
+    import engine.infer.graph_cache as graph_cache
     import engine.nets as nets
+    from engine.core.mx_opcache import mxnet_build
     from engine.nets.weights import sha256
 
     code = hashlib.sha256()
-    for f in sorted(Path(nets.__file__).parent.glob("*.py")):
+    for f in [*sorted(Path(nets.__file__).parent.glob("*.py")), Path(__file__), Path(graph_cache.__file__)]:
         code.update(f.read_bytes())
+    switches = sorted((k, v) for k, v in os.environ.items() if k.startswith("MXNET_") and "MKLDNN" in k)
     parts = [str(GRAPH_CACHE_FORMAT), info.meta.get("sha256") or sha256(info.params_path), info.arch,
-             repr(sorted(info.arch_kwargs.items())), get_mx().__version__, code.hexdigest()]
+             repr(sorted(info.arch_kwargs.items())), get_mx().__version__, mxnet_build(), repr(switches),
+             code.hexdigest()]
     return "fp32-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def load_network(model_dir: str | Path, ctx=None):
-    """Build the network described by a model directory and load its parameters."""
+def load_network(model_dir: str | Path, ctx=None, info: ModelInfo | None = None):
+    """Build the network described by a model directory and load its parameters (`info`: the
+    directory's record when the caller has just read and verified it)."""
     from engine.nets import get_model
 
     get_mx()
-    info = read_model_dir(model_dir)
+    info = info or read_model_dir(model_dir)
     net = get_model(info.arch, **info.arch_kwargs)
     ctx = ctx or default_context()
     net.load_parameters(str(info.params_path), ctx=ctx)
@@ -148,13 +160,13 @@ class Segmenter:
         self.precision = precision
         # FP32 on oneDNN: the fused graph from the cache when a start before this one made it
         # (engine/infer/graph_cache.py: about 0.2 s of each start), else built and then cached
-        key = None
+        key = info = None
         if precision == "fp32" and hybridize and _onednn(self.ctx):
             info = read_model_dir(self.model_dir)
             key = _fused_graph_key(info)
             if self._from_graph_cache(info, key):
                 return
-        self.net, self.info = load_network(self.model_dir, self.ctx)
+        self.net, self.info = load_network(self.model_dir, self.ctx, info)
         self.class_weights = self.info.class_weights
         self.multiple = int(self.net.multiple)
         self.parameter_count = count_parameters(self.net)  # before any inference rewrite
@@ -176,13 +188,13 @@ class Segmenter:
         from engine.infer.graph_cache import GraphCache
 
         net = GraphCache("fp32", log).load(key, self.ctx)
-        if net is None or not hasattr(net, "multiple"):
+        if net is None or not hasattr(net, "multiple") or not hasattr(net, "parameter_count"):
             return False
         net.hybridize(static_alloc=True, static_shape=True)  # (already partitioned: no backend pass)
         self.net, self.info = net, info
         self.class_weights = info.class_weights
         self.multiple = int(net.multiple)
-        self.parameter_count = int(getattr(net, "parameter_count", 0))
+        self.parameter_count = int(net.parameter_count)
         log.info("fused %s network of %s from the cache (%s)", info.arch, info.version, key)
         return True
 
@@ -201,7 +213,7 @@ class Segmenter:
         if not hybridize:
             return
         if _onednn(self.ctx):
-            if cache_key is None:
+            if cache_key is None:  # (not from __init__, which always has a key here)
                 self.net.hybridize(backend="MKLDNN", static_alloc=True, static_shape=True)
                 return
             # the same partitioning as hybridize(backend=...), done now on a small input, so that the

@@ -505,7 +505,8 @@ def test_loading_mxnet_leaves_out_what_nothing_here_uses():
             "from engine.core.mx_env import get_mx; mx = get_mx(); "
             "bad = [m for m in ('sklearn', 'scipy.stats', 'setuptools', 'distutils') if m in sys.modules]; "
             "assert not bad, bad; import sklearn.base, scipy.stats; "
-            "warnings.simplefilter('error'); import setuptools, distutils.version; "
+            "[warnings.filterwarnings('error', message=m) for m in ('Setuptools is replacing distutils', "
+            "'Distutils was imported before Setuptools')]; import setuptools, distutils.version; "
             "assert not shim or 'setuptools' in distutils.__file__, distutils.__file__; "
             "from mxnet.contrib import quantization; print(mx.nd.ones((2,)).sum().asscalar())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -97,3 +97,98 @@ def test_a_damaged_or_unwritable_cache_still_segments(gentle_model_dir, tmp_path
     monkeypatch.setattr(opcache, "cache_dir", no_home)  # no folder for caches at all
     _, homeless = _segment(gentle_model_dir, vol)
     np.testing.assert_array_equal(homeless.probabilities, first.probabilities)
+
+
+def test_a_calibrated_model_is_the_same_model_whether_its_graph_was_cached_or_built(gentle_model_dir, tmp_path,
+                                                                                   cache):
+    """What the Segmenter says of the model (name, calibration) and its labels do not depend on
+    where the graph came from; a calibration edited in model.json takes effect with a cached graph."""
+    import json
+
+    from engine.infer.inference import SegmentConfig, Segmenter
+
+    model = tmp_path / "calibrated"
+    shutil.copytree(gentle_model_dir, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["calibration"] = {"class_weights": [1.0, 0.5, 1.0, 2.0]}
+    (model / "model.json").write_text(json.dumps(meta))
+    vol = _scan()
+    built = Segmenter(model)
+    loaded = Segmenter(model)
+    assert type(loaded.net).__name__ == "SymbolBlock"
+    for attr in ("name", "class_weights", "multiple", "parameter_count", "precision", "model_dir"):
+        assert getattr(loaded, attr) == getattr(built, attr), attr
+    assert loaded.class_weights == (1.0, 0.5, 1.0, 2.0)
+    cfg = SegmentConfig(return_probabilities=True)
+    np.testing.assert_array_equal(loaded.segment(vol, cfg).probabilities, built.segment(vol, cfg).probabilities)
+    meta["calibration"] = {"class_weights": [1.0, 2.0, 1.0, 1.0]}  # edited after the graph was cached
+    (model / "model.json").write_text(json.dumps(meta))
+    again = Segmenter(model)
+    assert type(again.net).__name__ == "SymbolBlock" and again.class_weights == (1.0, 2.0, 1.0, 1.0)
+
+
+def test_the_key_changes_with_everything_that_makes_the_graph(gentle_model_dir, tmp_path, monkeypatch):
+    import json
+
+    import engine.core.mx_opcache as opcache
+    from engine.infer import inference
+    from engine.nets.weights import read_model_dir
+
+    info = read_model_dir(gentle_model_dir)
+    base = inference._fused_graph_key(info)
+    assert inference._fused_graph_key(read_model_dir(gentle_model_dir)) == base  # stable
+    changed = {}
+    info.meta["sha256"] = "0" * 64
+    changed["weights"] = inference._fused_graph_key(info)
+    info = read_model_dir(gentle_model_dir)
+    info.arch_kwargs["skips"] = not info.arch_kwargs.get("skips", True)
+    changed["arch_kwargs"] = inference._fused_graph_key(info)
+    info = read_model_dir(gentle_model_dir)
+    monkeypatch.setattr(opcache, "mxnet_build", lambda: "another-build")
+    changed["MXNet build"] = inference._fused_graph_key(info)
+    monkeypatch.undo()
+    monkeypatch.setenv("MXNET_DISABLE_MKLDNN_FC_OPT", "1")
+    changed["oneDNN switch"] = inference._fused_graph_key(info)
+    monkeypatch.undo()
+    monkeypatch.setattr(inference, "GRAPH_CACHE_FORMAT", inference.GRAPH_CACHE_FORMAT + 1)
+    changed["format"] = inference._fused_graph_key(info)
+    monkeypatch.undo()
+    for part, key in changed.items():
+        assert key != base, part
+    # model folders without a checksum in model.json: keyed by their parameter files' own
+    keys = []
+    for i, magnitude in enumerate((0.5, 0.6)):
+        d = tmp_path / f"nosum{i}"
+        shutil.copytree(gentle_model_dir, d)
+        from engine.nets import get_model
+        from engine.nets.weights import write_model_dir
+
+        mx = get_mx()
+        net = get_model("enet")
+        net.initialize(mx.init.Xavier(magnitude=magnitude))
+        net(mx.nd.zeros((1, 1, 32, 32)))
+        write_model_dir(d, net, "enet", version="same")
+        meta = json.loads((d / "model.json").read_text())
+        del meta["sha256"]
+        (d / "model.json").write_text(json.dumps(meta))
+        keys.append(inference._fused_graph_key(read_model_dir(d)))
+    assert keys[0] != keys[1]
+    monkeypatch.setenv("MXNET_MKLDNN_ENABLED", "0")  # oneDNN switched off: no fused graph at all
+    assert not inference._onednn(get_mx().cpu())
+
+
+def test_files_left_without_their_symbol_are_removed_once_stale(gentle_model_dir, cache):
+    import os
+    import time
+
+    cache.mkdir(parents=True)
+    old, fresh = cache / "fp32-gone-0000.params", cache / "fp32-writing-meta.json"
+    for f in (old, fresh, cache / "fp32-gone-meta.json"):
+        f.write_text("x")
+    then = time.time() - 7200
+    os.utime(old, (then, then))
+    os.utime(cache / "fp32-gone-meta.json", (then, then))
+    _segment(gentle_model_dir, _scan())  # a miss: writes its entry and tidies the folder
+    names = sorted(p.name for p in cache.iterdir())
+    assert "fp32-gone-0000.params" not in names and "fp32-gone-meta.json" not in names
+    assert "fp32-writing-meta.json" in names and len(names) == 4

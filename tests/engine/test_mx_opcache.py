@@ -159,6 +159,33 @@ def test_the_handle_search_finds_what_the_pattern_finds():
         "nothing to see here",
         "",
         " _symbol_creator(123",                          # runs off the end
+        "__imperative_invoke(7, a)",                     # an underscore before the name: not a call
+        "_imperative_invoke(7, ab",                      # at the very start, a word character at the end
+        "_symbol_creator(\u0663, a)",                    # a non-ASCII digit is no handle
     ]
     for src in cases:
         assert _normalised(src) == _by_regex(src), src
+
+
+def test_the_handle_search_agrees_with_the_pattern_on_every_real_operator_source(tmp_path):
+    """The same check on the 2,556 sources MXNet itself generates at import (a fresh process)."""
+    code = r"""
+import sys
+from engine.core import mx_opcache as m
+sys.path.insert(0, "tests/engine")
+from test_mx_opcache import _by_regex
+seen, bad, orig = [0], [], m.OpCodeCache.compiled
+def compiled(self, source):
+    seen[0] += 1
+    if m._normalised(source) != _by_regex(source):
+        bad.append(source[:200])
+    return orig(self, source)
+m.OpCodeCache.compiled = compiled
+m.import_mxnet_cached()
+print("CHECKED", seen[0], len(bad), bad[:1])
+"""
+    env = dict(os.environ, BRAINSEG_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("CHECKED")).split()
+    assert int(line[1]) > 2000 and line[2] == "0", line
