@@ -150,6 +150,41 @@ def load_network(model_dir: str | Path, ctx=None, info: ModelInfo | None = None)
     return net, info
 
 
+def fused_network(model_dir: str | Path, ctx, in_channels: int = 1):
+    """(net, info): the model's FP32 network as MXNet's oneDNN subgraph pass fuses it for inference
+    (conv + BatchNorm + activation (+ add); ENet first rewritten by its fuse_for_inference), from
+    the graph cache (engine/infer/graph_cache.py, "fp32/") when a start before this one made it,
+    else built, partitioned on a small input of `in_channels` channels and cached. `net.multiple`
+    and `net.parameter_count` (of the network as trained) are set either way. None on a context
+    without oneDNN. Used by the Segmenter and the brain extractor."""
+    from engine.infer.graph_cache import GraphCache
+
+    if not _onednn(ctx):
+        return None
+    info = read_model_dir(model_dir)
+    key = _fused_graph_key(info)
+    cache = GraphCache("fp32", log)
+    net = cache.load(key, ctx)
+    if net is not None and hasattr(net, "multiple") and hasattr(net, "parameter_count"):
+        net.hybridize(static_alloc=True, static_shape=True)  # (already partitioned: no backend pass)
+        log.info("fused %s network of %s from the cache (%s)", info.arch, info.version, key)
+        return net, info
+    mx = get_mx()
+    net, info = load_network(model_dir, ctx, info)
+    count = count_parameters(net)  # before the rewrite
+    fuse = getattr(net, "fuse_for_inference", None)
+    if fuse is not None:
+        fuse()
+    m = int(net.multiple)
+    # the same partitioning as hybridize(backend="MKLDNN") does at the first call, done now so that
+    # the partitioned graph can be exported for the next start
+    net.optimize_for(mx.nd.zeros((1, in_channels, 4 * m, 4 * m), ctx=ctx), backend="MKLDNN",
+                     static_alloc=True, static_shape=True)
+    cache.store(key, net, GRAPH_CACHE_ENTRIES, multiple=m, parameter_count=count)
+    net.parameter_count = count
+    return net, info
+
+
 class Segmenter:
     """A loaded model ready to segment volumes. Not thread-safe: use from one thread."""
 
@@ -160,13 +195,14 @@ class Segmenter:
         self.precision = precision
         # FP32 on oneDNN: the fused graph from the cache when a start before this one made it
         # (engine/infer/graph_cache.py: about 0.2 s of each start), else built and then cached
-        key = info = None
-        if precision == "fp32" and hybridize and _onednn(self.ctx):
-            info = read_model_dir(self.model_dir)
-            key = _fused_graph_key(info)
-            if self._from_graph_cache(info, key):
-                return
-        self.net, self.info = load_network(self.model_dir, self.ctx, info)
+        fused = fused_network(self.model_dir, self.ctx) if precision == "fp32" and hybridize else None
+        if fused is not None:
+            self.net, self.info = fused
+            self.class_weights = self.info.class_weights
+            self.multiple = int(self.net.multiple)
+            self.parameter_count = int(self.net.parameter_count)
+            return
+        self.net, self.info = load_network(self.model_dir, self.ctx)
         self.class_weights = self.info.class_weights
         self.multiple = int(self.net.multiple)
         self.parameter_count = count_parameters(self.net)  # before any inference rewrite
@@ -182,50 +218,21 @@ class Segmenter:
         elif precision != "fp32":
             raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
         else:
-            self._prepare_for_inference(hybridize, key)
+            self._prepare_for_inference(hybridize)
 
-    def _from_graph_cache(self, info: ModelInfo, key: str) -> bool:
-        from engine.infer.graph_cache import GraphCache
-
-        net = GraphCache("fp32", log).load(key, self.ctx)
-        if net is None or not hasattr(net, "multiple") or not hasattr(net, "parameter_count"):
-            return False
-        net.hybridize(static_alloc=True, static_shape=True)  # (already partitioned: no backend pass)
-        self.net, self.info = net, info
-        self.class_weights = info.class_weights
-        self.multiple = int(net.multiple)
-        self.parameter_count = int(net.parameter_count)
-        log.info("fused %s network of %s from the cache (%s)", info.arch, info.version, key)
-        return True
-
-    def _prepare_for_inference(self, hybridize: bool, cache_key: str | None = None) -> None:
+    def _prepare_for_inference(self, hybridize: bool) -> None:
         """Let MXNet's oneDNN subgraph pass fuse conv + BatchNorm + ReLU (+ add) for inference.
         ENet first becomes the same function in fusable operators (ENet.fuse_for_inference):
         20.5 -> 7.2 ms per slice at batch 16 here. U-Net: 73 -> 68 ms per slice at batch 8 and 32.
         Outputs agree within float rounding (tests/engine/test_models.py). static_shape re-plans
         per crop shape, a few per volume.
         Without hybridize (low-memory mode: no static buffers), ENet is still rewritten: its
-        PReLUs are as slow imperatively."""
-        mx = get_mx()
+        PReLUs are as slow imperatively. With oneDNN and hybridize, fused_network does all this
+        (and caches the graph); this is what is left: no hybridize, or no oneDNN."""
         fuse = getattr(self.net, "fuse_for_inference", None)
         if fuse is not None:
             fuse()
-        if not hybridize:
-            return
-        if _onednn(self.ctx):
-            if cache_key is None:  # (not from __init__, which always has a key here)
-                self.net.hybridize(backend="MKLDNN", static_alloc=True, static_shape=True)
-                return
-            # the same partitioning as hybridize(backend=...), done now on a small input, so that the
-            # partitioned graph can be exported for the next start
-            m = self.multiple
-            self.net.optimize_for(mx.nd.zeros((1, 1, 4 * m, 4 * m), ctx=self.ctx), backend="MKLDNN",
-                                  static_alloc=True, static_shape=True)
-            from engine.infer.graph_cache import GraphCache
-
-            GraphCache("fp32", log).store(cache_key, self.net, GRAPH_CACHE_ENTRIES, multiple=m,
-                                          parameter_count=self.parameter_count)
-        else:
+        if hybridize:
             self.net.hybridize(static_alloc=True)
 
     @classmethod

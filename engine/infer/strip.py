@@ -264,14 +264,20 @@ class BrainExtractor:
 
     def __init__(self, model_dir: str | Path | None = None, ctx=None, batch_size: int = 16):
         from engine.core.mx_env import get_mx
-        from engine.infer.inference import default_context, load_network
+        from engine.infer.inference import default_context, fused_network, load_network
         from engine.nets.weights import shipped_model_dir
 
         self.mx = get_mx()
         self.model_dir = Path(model_dir) if model_dir else shipped_model_dir("strip")
         self.ctx = ctx or default_context()
-        self.net, self.info = load_network(self.model_dir, self.ctx)
-        self.net.hybridize(static_alloc=True, static_shape=True)
+        # oneDNN's fusion, cached like the tissue networks' graphs: 37 -> 33 ms per batch of 16 here,
+        # and the network ready in a fraction of the build (logits within 2e-5, 2026-12-04)
+        fused = fused_network(self.model_dir, self.ctx, in_channels=CHANNELS)
+        if fused is not None:
+            self.net, self.info = fused
+        else:
+            self.net, self.info = load_network(self.model_dir, self.ctx)
+            self.net.hybridize(static_alloc=True, static_shape=True)
         self.batch_size = batch_size
         self.threshold = float(self.info.meta.get("threshold", THRESHOLD))
         self.flip = flip_enabled(self.info.meta)

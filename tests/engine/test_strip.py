@@ -255,3 +255,23 @@ def test_extraction_averages_the_head_with_its_mirror_image(tiny_strip_dir, tmp_
     ex_off = BrainExtractor(off)
     assert not ex_off.flip
     np.testing.assert_allclose(ex_off.extract(head, aff).probability, plain, atol=1e-5)
+
+
+def test_the_extractor_loads_its_fused_graph_from_the_cache_with_the_same_mask(tiny_strip_dir, tmp_path,
+                                                                               monkeypatch):
+    """Like the tissue networks (tests/engine/test_graph_cache.py), the extractor's oneDNN-fused
+    graph is cached: the second start loads it, and the brain found is the same; the threshold and
+    flip of its model.json still apply."""
+    from engine.infer.strip import BrainExtractor
+
+    monkeypatch.setenv("BRAINSEG_CACHE", str(tmp_path / "cache"))
+    shape, zooms = (60, 70, 64), (3.0, 2.6, 2.8)
+    head, _ = phantom_head(shape, zooms, seed=5)
+    aff = las(zooms, shape)
+    built = BrainExtractor(tiny_strip_dir)
+    loaded = BrainExtractor(tiny_strip_dir)
+    assert type(built.net).__name__ == "UNet" and type(loaded.net).__name__ == "SymbolBlock"
+    assert (loaded.threshold, loaded.flip, loaded.version) == (built.threshold, built.flip, built.version)
+    a, b = built.extract(head, aff), loaded.extract(head, aff)
+    np.testing.assert_array_equal(b.probability, a.probability)
+    np.testing.assert_array_equal(b.mask, a.mask)
