@@ -346,8 +346,9 @@ class Segmenter:
             acc = np.transpose(probs, [0] + [a + 1 for a in order])
             sparse = p != planes[0] and stride > 1
             ks_all = todo[p]
-            if sparse:  # only the computed slices, compact; interpolated into the sum below
-                total_acc, acc = acc, np.zeros(acc.shape[:3] + (len(ks_all),), np.float32)
+            if sparse:  # only the computed slices, compact and slice-major (each one contiguous for
+                # the interpolation's reads); interpolated into the sum below
+                computed = np.zeros((len(ks_all),) + acc.shape[:3], np.float32)
             full = slice(0, w.shape[0]), slice(0, w.shape[1])
             for start in range(0, len(ks_all), bs):
                 if cancel is not None and cancel.cancelled:
@@ -361,13 +362,15 @@ class Segmenter:
                 prob = self.predict_probabilities(batch)  # (N, C, h, w)
                 if cfg.flip and p != "sagittal":  # in-plane axis 0 is the left-right axis here
                     prob = 0.5 * (prob + self.predict_probabilities(batch[:, ::-1].copy())[:, :, ::-1])
-                at = slice(start, start + len(ks)) if sparse else _as_index(ks)
-                acc[:, bx, by, at] += np.moveaxis(prob, 0, 3)
+                if sparse:
+                    computed[start:start + len(ks), :, bx, by] = prob
+                else:
+                    acc[:, bx, by, _as_index(ks)] += np.moveaxis(prob, 0, 3)
                 done += len(ks)
                 if progress:
                     progress(done, total)
             if sparse:
-                _add_interpolated(total_acc, acc, ks_all)
+                _add_interpolated(acc, computed, ks_all)
         need_probs = cfg.uncertainty or cfg.return_probabilities or (stripped and cfg.refine)
         if len(planes) > 1 and need_probs:  # argmax alone does not need the mean
             probs /= len(planes)
@@ -479,20 +482,20 @@ def _as_index(ks: list[int]):
 
 
 def _add_interpolated(total: np.ndarray, computed: np.ndarray, ks: list[int]) -> None:
-    """total[..., k] += computed[..., i] for each computed slice k = ks[i] (total: (C, a, b, n),
-    computed: (C, a, b, len(ks))), and the linear interpolation of its two neighbours for every k
-    between two computed slices. Slices outside ks[0]..ks[-1] get nothing. Compact: no full-size
-    copy of the plane's probabilities (it used to be a second (C, a, b, n) array, filled, then added)."""
-    tmp = np.empty(computed.shape[:3], np.float32)
+    """total[..., k] += computed[i] for each computed slice k = ks[i] (total: (C, a, b, n),
+    computed: (len(ks), C, a, b), slice-major so that each slice read is contiguous), and the linear
+    interpolation of its two neighbours for every k between two computed slices. Slices outside
+    ks[0]..ks[-1] get nothing. Compact: no full-size copy of the plane's probabilities."""
+    tmp = np.empty(computed.shape[1:], np.float32)
     for i, k0 in enumerate(ks):
-        total[..., k0] += computed[..., i]
+        total[..., k0] += computed[i]
         if i + 1 == len(ks):
             break
         k1 = ks[i + 1]
         for k in range(k0 + 1, k1):
             w = (k - k0) / (k1 - k0)
-            np.multiply(computed[..., i], 1 - w, out=tmp)
-            tmp += w * computed[..., i + 1]
+            np.multiply(computed[i], 1 - w, out=tmp)
+            tmp += w * computed[i + 1]
             total[..., k] += tmp
 
 

@@ -363,9 +363,9 @@ def test_a_sparse_planes_slices_between_computed_ones_are_linear_interpolations_
 
     total = np.ones((2, 1, 1, 9), np.float32)
     ks = [1, 2, 5, 7]
-    computed = np.zeros((2, 1, 1, 4), np.float32)
-    computed[0, 0, 0] = [10, 20, 50, 30]
-    computed[1, 0, 0] = [1, 1, 4, 0]
+    computed = np.zeros((4, 2, 1, 1), np.float32)  # slice-major: (computed slice, class, a, b)
+    computed[:, 0, 0, 0] = [10, 20, 50, 30]
+    computed[:, 1, 0, 0] = [1, 1, 4, 0]
     _add_interpolated(total, computed, ks)
     assert total[0, 0, 0].tolist() == pytest.approx([1, 11, 21, 31, 41, 51, 41, 31, 1])
     assert total[1, 0, 0].tolist() == pytest.approx([1, 2, 2, 3, 4, 5, 3, 1, 1])
