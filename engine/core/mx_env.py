@@ -57,10 +57,10 @@ def start_mxnet_below_gui_priority() -> None:
     t.join()
 
 
-def _stdlib_distutils() -> list[str]:
+def _stdlib_distutils() -> dict:
     """Put the standard library's distutils (Python <= 3.11) in sys.modules, bypassing setuptools'
-    import shim, unless some distutils is already there. Returns the module names it added, for
-    the caller to take out again; [] where there is none (Python 3.12 has no distutils)."""
+    import shim, unless some distutils is already there. Returns the modules it added, by name, for
+    the caller to take out again; {} where there is none (Python 3.12 has no distutils)."""
     import importlib.machinery
     import importlib.util
     import sys
@@ -68,11 +68,11 @@ def _stdlib_distutils() -> list[str]:
     import warnings
 
     if "distutils" in sys.modules:
-        return []
+        return {}
     try:
         spec = importlib.machinery.PathFinder.find_spec("distutils", [sysconfig.get_paths()["stdlib"]])
         if spec is None or spec.loader is None:
-            return []
+            return {}
         module = importlib.util.module_from_spec(spec)
         sys.modules["distutils"] = module
         with warnings.catch_warnings():  # "distutils is deprecated": it is mxnet's import, not ours
@@ -83,8 +83,8 @@ def _stdlib_distutils() -> list[str]:
         log.debug("standard distutils not lent to mxnet's import (%s)", e)
         for m in [m for m in sys.modules if m == "distutils" or m.startswith("distutils.")]:
             del sys.modules[m]
-        return []
-    return [m for m in sys.modules if m == "distutils" or m.startswith("distutils.")]
+        return {}
+    return {m: mod for m, mod in sys.modules.items() if m == "distutils" or m.startswith("distutils.")}
 
 
 def get_mx():
@@ -115,7 +115,7 @@ def get_mx():
         #   come from a disk cache of their bytecode (engine/core/mx_opcache.py).
         lent = {}
         try:
-            lent = {m: sys.modules[m] for m in _stdlib_distutils()}
+            lent = _stdlib_distutils()
             from engine.core.mx_opcache import import_mxnet_cached
 
             mx = import_mxnet_cached()  # deliberately late: env must be set first

@@ -23,6 +23,7 @@ as marshal data written by this user, like Python's own .pyc files.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import importlib.abc
 import importlib.machinery
@@ -106,9 +107,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "brainseg"
 
 
+@functools.lru_cache(maxsize=1)
 def mxnet_build() -> str:
     """Which MXNet build is installed: libmxnet.so's size and time ("0" when not found). Two venvs
-    can share a version string with different builds."""
+    can share a version string with different builds. Looked up once per process."""
     build = "0"
     spec = importlib.machinery.PathFinder.find_spec("mxnet")
     if spec is not None and spec.submodule_search_locations:

@@ -119,13 +119,14 @@ class GraphCache:
         """Keep the `keep` most recently used entries and remove the rest, the symbol first: an entry
         without its symbol is never loaded. Parameter and meta files without a symbol (a removal that
         failed half-way, a process killed between its renames) go once they are an hour old."""
-        for f in [*self.folder.glob("*-0000.params"), *self.folder.glob("*-meta.json")]:
-            key = f.name.rsplit("-", 1)[0] if f.name.endswith("-meta.json") else f.name[: -len("-0000.params")]
-            try:
-                if not entry_files(self.folder, key)[0].exists() and time.time() - f.stat().st_mtime > orphan_age_s:
-                    f.unlink()
-            except OSError:
-                pass
+        for suffix in ("-0000.params", "-meta.json"):
+            for f in self.folder.glob("*" + suffix):
+                try:
+                    no_symbol = not entry_files(self.folder, f.name[: -len(suffix)])[0].exists()
+                    if no_symbol and time.time() - f.stat().st_mtime > orphan_age_s:
+                        f.unlink()
+                except OSError:
+                    pass
         found = []
         for sym in self.folder.glob("*-symbol.json"):
             try:

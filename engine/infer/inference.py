@@ -16,6 +16,7 @@ Dice against the reference is unchanged (U-Net: CSF/GM/WM 0.908/0.958/0.950 crop
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -113,6 +114,21 @@ def _onednn(ctx) -> bool:
             and os.environ.get("MXNET_MKLDNN_ENABLED", "1") != "0")
 
 
+@functools.lru_cache(maxsize=1)
+def _graph_code_digest() -> str:
+    """SHA-256 of the code that builds a fused graph (the networks, this module, the cache's), read
+    once per process: the Segmenter and the brain extractor both need it."""
+    import hashlib
+
+    import engine.infer.graph_cache as graph_cache
+    import engine.nets as nets
+
+    code = hashlib.sha256()
+    for f in [*sorted(Path(nets.__file__).parent.glob("*.py")), Path(__file__), Path(graph_cache.__file__)]:
+        code.update(f.read_bytes())
+    return code.hexdigest()
+
+
 def _fused_graph_key(info: ModelInfo) -> str:
     """What makes a model's fused FP32 graph: its weights (model.json's checksum, which read_model_dir
     verified, else the file's), its architecture, the MXNet build and its oneDNN switches
@@ -122,18 +138,13 @@ def _fused_graph_key(info: ModelInfo) -> str:
     import hashlib
     import os
 
-    import engine.infer.graph_cache as graph_cache
-    import engine.nets as nets
     from engine.core.mx_opcache import mxnet_build
     from engine.nets.weights import sha256
 
-    code = hashlib.sha256()
-    for f in [*sorted(Path(nets.__file__).parent.glob("*.py")), Path(__file__), Path(graph_cache.__file__)]:
-        code.update(f.read_bytes())
     switches = sorted((k, v) for k, v in os.environ.items() if k.startswith("MXNET_") and "MKLDNN" in k)
     parts = [str(GRAPH_CACHE_FORMAT), info.meta.get("sha256") or sha256(info.params_path), info.arch,
              repr(sorted(info.arch_kwargs.items())), get_mx().__version__, mxnet_build(), repr(switches),
-             code.hexdigest()]
+             _graph_code_digest()]
     return "fp32-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -196,16 +207,13 @@ class Segmenter:
         # FP32 on oneDNN: the fused graph from the cache when a start before this one made it
         # (engine/infer/graph_cache.py: about 0.2 s of each start), else built and then cached
         fused = fused_network(self.model_dir, self.ctx) if precision == "fp32" and hybridize else None
-        if fused is not None:
-            self.net, self.info = fused
-            self.class_weights = self.info.class_weights
-            self.multiple = int(self.net.multiple)
-            self.parameter_count = int(self.net.parameter_count)
-            return
-        self.net, self.info = load_network(self.model_dir, self.ctx)
+        self.net, self.info = fused or load_network(self.model_dir, self.ctx)
         self.class_weights = self.info.class_weights
         self.multiple = int(self.net.multiple)
-        self.parameter_count = count_parameters(self.net)  # before any inference rewrite
+        # of the network as trained: before any inference rewrite (fused_network counted it so)
+        self.parameter_count = int(self.net.parameter_count) if fused else count_parameters(self.net)
+        if fused:
+            return
         if precision == "int8":
             from engine.infer.quantize import calibration_slices, quantize_model, quantized_network
 

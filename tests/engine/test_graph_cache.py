@@ -188,7 +188,11 @@ def test_files_left_without_their_symbol_are_removed_once_stale(gentle_model_dir
     then = time.time() - 7200
     os.utime(old, (then, then))
     os.utime(cache / "fp32-gone-meta.json", (then, then))
+    kept = [cache / f"fp32-kept{suffix}" for suffix in ("-symbol.json", "-0000.params", "-meta.json")]
+    for f in kept:  # a whole entry of another model, as old: it stays
+        f.write_text("x")
+        os.utime(f, (then, then))
     _segment(gentle_model_dir, _scan())  # a miss: writes its entry and tidies the folder
     names = sorted(p.name for p in cache.iterdir())
     assert "fp32-gone-0000.params" not in names and "fp32-gone-meta.json" not in names
-    assert "fp32-writing-meta.json" in names and len(names) == 4
+    assert "fp32-writing-meta.json" in names and all(f.name in names for f in kept) and len(names) == 7
