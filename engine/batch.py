@@ -299,9 +299,19 @@ def resolve_precision(model_dir, precision: str = "auto") -> str:
 def version_label(model_dir, precision: str) -> str:
     """The model_version a row records: the version, and " (INT8)" for INT8 rows - INT8 and FP32
     labels differ a little, so one table must not mix them silently (the resume check below)."""
+    from engine.infer.inference import SECONDARY_DIR
     from engine.nets.weights import read_model_dir
 
-    return read_model_dir(model_dir, verify=False).version + (" (INT8)" if precision == "int8" else "")
+    version = read_model_dir(model_dir, verify=False).version
+    if precision != "int8" and (Path(model_dir) / SECONDARY_DIR / "model.json").exists():
+        version += " + " + read_model_dir(Path(model_dir) / SECONDARY_DIR, verify=False).version
+    return version + (" (INT8)" if precision == "int8" else "")
+
+
+def _row_version(seg) -> str:
+    """version_label of a loaded Segmenter: the secondary planes' network too, when it ran them."""
+    second = f" + {seg.secondary_info.version}" if getattr(seg, "secondary_info", None) is not None else ""
+    return seg.info.version + second + (" (INT8)" if seg.precision == "int8" else "")
 
 
 def _segmenter(model_dir: str, precision: str = "auto"):
@@ -468,7 +478,7 @@ def process_scan(item: ScanItem, outdir: str, model_dir: str, uncertainty: bool 
             ent = float(res.uncertainty[res.labels > 0].mean())
         row.update({
             "status": "ok", "model": seg.info.arch,
-            "model_version": seg.info.version + (" (INT8)" if seg.precision == "int8" else ""),
+            "model_version": _row_version(seg),
             "csf_ml": round(ml["csf"], 3), "gm_ml": round(ml["gm"], 3), "wm_ml": round(ml["wm"], 3),
             "brain_ml": round(brain, 3), "tiv_ml": round(tiv, 3),
             "stripped": "yes" if stripped is not None else "no",

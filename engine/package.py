@@ -482,6 +482,22 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     return tmp
 
 
+def _secondary_note(model_dir: Path) -> dict | None:
+    """package.json's note on the model's secondary planes' network (engine.infer.inference), or None."""
+    from engine.infer.inference import SECONDARY_DIR
+    from engine.nets.weights import read_model_dir
+
+    d = Path(model_dir) / SECONDARY_DIR
+    if not (d / "model.json").exists():
+        return None
+    log.info("%s: the package runs the model's own network in every plane (its secondary planes' network "
+             "is not carried)", model_dir)
+    return {"carried": False, "version": read_model_dir(d, verify=False).version,
+            "note": "the app runs the planes after the first with this smaller network, distilled from the "
+                    "model; this package runs the model's own network in every plane: slower, and a few "
+                    "labels differ from the app's"}
+
+
 def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "onnx",
                    int8: bool = False, calib_volume=None, strip_model: str | os.PathLike | None = None,
                    include_strip: bool = True) -> Path:
@@ -533,6 +549,9 @@ def export_package(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt
                         if info.class_weights else None),
         "classes": classes,
         "strip_decision": strip_decision_spec(),
+        # the app's smaller network for the planes after the first stays out: the runner runs this
+        # network in every plane (slower, and a few labels differ from the app's)
+        "secondary_network": _secondary_note(model_dir),
         "strip": None,  # the brain extractor, when the package carries one (strip_spec)
         "brainseg_version": __version__,
     }

@@ -38,6 +38,7 @@ from engine.core.mx_env import configure_threads, get_mx  # noqa: E402
 CROP = (144, 160)  # training crop (multiple of 16); inference runs on whole slices
 PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}  # anatomical plane -> fixed axis of the LAS grid
 PLANE_P = (0.4, 0.3, 0.3)
+SECONDARY_P = (0.0, 0.5, 0.5)  # --planes secondary: the secondary planes' network sees only these
 VAL_SEEDS = (900_001, 900_002)  # validation proxies: seeds never used for training subjects
 POOL = 10
 LABEL_CACHE = ROOT / "runs" / "data" / "template_tissue.npz"
@@ -92,7 +93,7 @@ class SlicePool:
     """Synthetic subjects, one replaced every `refresh` batches; yields 2-D training batches."""
 
     def __init__(self, t1, labels, csf_mean, seed: int, size: int, refresh: int, batch_size: int, aug_cfg,
-                 log, p_tight: float = 0.0):
+                 log, p_tight: float = 0.0, plane_p=PLANE_P):
         from engine.train.synth import SubjectConfig
 
         self.t1, self.labels, self.csf_mean = t1, labels, csf_mean
@@ -100,6 +101,7 @@ class SlicePool:
         self.cfg = SubjectConfig(p_tight=p_tight)
         self.refresh, self.bs, self.aug = refresh, batch_size, aug_cfg
         self.log = log
+        self.plane_p = plane_p
         self.subjects = [self._new() for _ in range(size)]
         self.count = 0
 
@@ -137,7 +139,7 @@ class SlicePool:
             self.count += 1
             if self.refresh and self.count % self.refresh == 0:
                 self.subjects[int(self.rng.integers(len(self.subjects)))] = self._new()
-            plane = self.rng.choice(list(PLANES), p=PLANE_P)
+            plane = self.rng.choice(list(PLANES), p=self.plane_p)
             axis = PLANES[plane]
             cfg = self.aug if plane != "sagittal" else dataclasses.replace(self.aug, flip_lr=False)
             xs, ys = [], []
@@ -171,10 +173,17 @@ def main(argv=None) -> int:
     ap.add_argument("--p-tight", type=float, default=0.0,
                     help="share of training subjects whose mask is tightened towards the pial surface "
                          "(engine.train.synth.tighten_mask); validation then adds a tight copy of a proxy")
+    ap.add_argument("--width", type=int, default=None, help="ENet's stage-1 channels (default 64)")
+    ap.add_argument("--repeats", type=int, default=None, help="ENet's stage 2-3 repeats (default 2)")
+    ap.add_argument("--planes", choices=("all", "secondary"), default="all",
+                    help="secondary: coronal and sagittal slices only (a secondary planes' network)")
+    ap.add_argument("--teacher", default=None, help="a model folder whose logits are distilled into the network")
+    ap.add_argument("--distill-weight", type=float, default=1.0)
+    ap.add_argument("--distill-temperature", type=float, default=2.0)
     args = ap.parse_args(argv)
 
     configure_threads()
-    get_mx()
+    mx = get_mx()
     from engine.core.metrics import dice_scores, mean_tissue_dice
     from engine.infer.inference import SegmentConfig, Segmenter
     from engine.nets import count_parameters, get_model
@@ -205,7 +214,12 @@ def main(argv=None) -> int:
     bs = args.batch_size or (4 if args.model == "unet" else 8)
     aug = AugmentConfig(p_synthetic=0.0, rotate_deg=8.0, scale=(0.93, 1.07), elastic_alpha_px=3.0)
 
-    net = get_model(args.model)
+    arch_kwargs = {"skips": True} if args.model == "enet" else {}
+    if args.model == "enet":
+        arch_kwargs.update({k: v for k, v in (("width", args.width), ("repeats", args.repeats)) if v is not None})
+    plane_p = SECONDARY_P if args.planes == "secondary" else PLANE_P
+    val_planes = ("coronal", "sagittal") if args.planes == "secondary" else ("axial", "coronal")
+    net = get_model(args.model, **arch_kwargs)
     init_network(net)
     if args.init:
         net.load_parameters(args.init, allow_missing=True)
@@ -216,29 +230,40 @@ def main(argv=None) -> int:
         state = json.loads((work / "state.json").read_text())
         log.info("resumed at step %d (%.0f s trained)", state["step"], state["elapsed_s"])
     budget = args.minutes * 60.0
-    cfg = FitConfig(steps=10**9, batch_size=bs, lr=args.lr, log_every=25, warmup_steps=50)
+    cfg = FitConfig(steps=10**9, batch_size=bs, lr=args.lr, log_every=25, warmup_steps=50,
+                    distill_weight=args.distill_weight if args.teacher else 0.0,
+                    distill_temperature=args.distill_temperature)
+    teacher = None
+    if args.teacher:
+        from engine.infer.inference import fused_network, load_network
+
+        fused = fused_network(args.teacher, mx.cpu())
+        teacher = (fused or load_network(args.teacher, mx.cpu()))[0]
+        log.info("distilling %s (weight %.2f, T %.1f)", args.teacher, cfg.distill_weight, cfg.distill_temperature)
     trainer = make_trainer(net, cfg)
     if args.resume and (work / "ckpt.states").exists():
         trainer.load_states(str(work / "ckpt.states"))
-    pool = SlicePool(t1, labels, csf_mean, args.seed + state["step"], POOL, 40, bs, aug, log, p_tight=args.p_tight)
+    pool = SlicePool(t1, labels, csf_mean, args.seed + state["step"], POOL, 40, bs, aug, log, p_tight=args.p_tight,
+                     plane_p=plane_p)
     if state.get("total_steps"):
         cfg.steps = state["total_steps"]
     else:
         t = time.time()
-        fit(net, iter(pool), FitConfig(steps=6, batch_size=bs, lr=1e-6, log_every=1000), trainer=trainer)
+        fit(net, iter(pool), FitConfig(steps=6, batch_size=bs, lr=1e-6, log_every=1000,
+                                       distill_weight=cfg.distill_weight), trainer=trainer, teacher=teacher)
         per_step = (time.time() - t) / 6
         cfg.steps = int(budget / per_step * 0.85)
         state["total_steps"] = cfg.steps
         log.info("%s: %d parameters, %.2f s/step at batch %d -> %d steps in %.0f min", args.model,
                  count_parameters(net), per_step, bs, cfg.steps, args.minutes)
 
-    info = ModelInfo(work, args.model, {}, {"version": "training"})
+    info = ModelInfo(work, args.model, arch_kwargs, {"version": "training"})
     seg = Segmenter.from_network(net, info)
 
     def validate():
         res = {}
         for name, vol, lab in val:
-            for plane in ("axial", "coronal"):
+            for plane in val_planes:
                 axis = PLANES[plane]
                 n = vol.shape[axis]
                 ks = tuple(range(n // 2 - 30, n // 2 + 30, 3))
@@ -280,7 +305,8 @@ def main(argv=None) -> int:
     cfg.max_seconds = max(0.0, remaining)
     cfg.schedule_seconds = budget * 0.97
     last = fit(net, iter(pool), cfg, trainer=trainer, start_step=state["step"], on_progress=on_progress,
-               on_checkpoint=on_checkpoint, checkpoint_every=args.val_every, elapsed_offset=state["elapsed_s"])
+               on_checkpoint=on_checkpoint, checkpoint_every=args.val_every, elapsed_offset=state["elapsed_s"],
+               teacher=teacher)
     on_checkpoint(last)
     net.load_parameters(str(work / "best.params"))
     record = {
@@ -290,7 +316,12 @@ def main(argv=None) -> int:
         "data": "engine/train/synth.py synthetic subjects (affine + elastic deformation, atrophy opening sulci, "
                 "template or label-drawn intensities, thick slices) -> 2-D slices of all three planes, "
                 f"crops {CROP[0]}x{CROP[1]}, engine/train/augment.py intensity/spatial augmentation",
-        "planes": dict(zip(PLANES, PLANE_P)),
+        "planes": dict(zip(PLANES, plane_p)),
+        "distilled_from": {"teacher": args.teacher, "weight": cfg.distill_weight,
+                           "temperature": cfg.distill_temperature,
+                           "what": "loss + weight * T^2 * KL(teacher || network) at temperature T "
+                                   "(engine.train.loop.distill_loss), the teacher's logits on each batch"}
+        if teacher is not None else None,
         "initialised_from": args.init,
         "script": "tools/train_shipped.py",
         "steps": last, "best_step": state.get("best_step"), "batch_size": bs,
@@ -307,7 +338,6 @@ def main(argv=None) -> int:
         "validation_proxies": state.get("best_val"),
         "trained_at": time.strftime("%Y-%m-%d %H:%M"),
     }
-    arch_kwargs = {"skips": True} if args.model == "enet" else {}
     version = args.version or f"{args.model}-shipped-4"
     info = write_model_dir(out, net, args.model, arch_kwargs, version=version, parent=None, training=record)
     if out.resolve().parent == (ROOT / "resources" / "weights").resolve():

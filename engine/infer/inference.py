@@ -39,7 +39,7 @@ from engine.infer.preprocess import (
 from engine.io.anatomy import STRIPPED_MAX_ML, STRIPPED_ZERO_FRACTION, skull_stripped  # noqa: F401 (re-exported)
 from engine.io.conform import PLANE_AXIS, Conform
 from engine.nets import count_parameters
-from engine.nets.weights import ModelInfo, read_model_dir, shipped_model_dir
+from engine.nets.weights import ModelInfo, WeightsError, read_model_dir, shipped_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class SegmentConfig:
     # linearly along the plane's normal (sparse view aggregation: 1 + 2/n passes instead of 3).
     # None: the network's default (SECONDARY_STRIDE, chosen from docs/BENCHMARKS.md)
     secondary_stride: int | None = None
+    # the planes after the first run by the model's secondary planes' network when its folder has
+    # one (SECONDARY_DIR: a smaller network distilled from it, for speed); False: its own network
+    secondary_network: bool = True
     return_probabilities: bool = False
 
 
@@ -196,8 +199,17 @@ def fused_network(model_dir: str | Path, ctx, in_channels: int = 1):
     return net, info
 
 
+SECONDARY_DIR = "secondary"  # in a model folder: the network for the planes after the first (below)
+
+
 class Segmenter:
-    """A loaded model ready to segment volumes. Not thread-safe: use from one thread."""
+    """A loaded model ready to segment volumes. Not thread-safe: use from one thread.
+
+    A model folder may hold a `secondary/` model folder: a smaller network of the same kind,
+    distilled from this one, which then runs the planes after the first (coronal and sagittal by
+    default) for speed (tools/train_shipped.py --planes secondary --teacher; docs/BENCHMARKS.md).
+    Only the shipped ENet has one: a fine-tuned version never does, so the user's corrections
+    reach every plane. Its model.json version names it, so tables and reports say which ran."""
 
     def __init__(self, model_dir: str | Path | None = None, arch: str = "enet", ctx=None,
                  hybridize: bool = True, precision: str = "fp32", calib_volume: np.ndarray | None = None):
@@ -212,6 +224,7 @@ class Segmenter:
         self.multiple = int(self.net.multiple)
         # of the network as trained: before any inference rewrite (fused_network counted it so)
         self.parameter_count = int(self.net.parameter_count) if fused else count_parameters(self.net)
+        self.secondary, self.secondary_info = self._secondary_network(hybridize) if precision == "fp32" else (None, None)
         if fused:
             return
         if precision == "int8":
@@ -227,6 +240,27 @@ class Segmenter:
             raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
         else:
             self._prepare_for_inference(hybridize)
+
+    def _secondary_network(self, hybridize: bool):
+        """(net, info) of the model folder's secondary planes' network, or (None, None) when it has
+        none. A damaged one is an error naming its file, as the model's own network would be: the
+        model's version promises it."""
+        d = self.model_dir / SECONDARY_DIR
+        if not (d / "model.json").exists():
+            return None, None
+        fused = fused_network(d, self.ctx) if hybridize else None
+        net, info = fused or load_network(d, self.ctx)
+        if info.arch != self.info.arch or int(net.multiple) != self.multiple:
+            raise WeightsError(f"{d / 'model.json'}: the secondary planes' network must be a {self.info.arch} "
+                               f"like {self.model_dir}, not a {info.arch}")
+        if not fused:
+            fuse = getattr(net, "fuse_for_inference", None)
+            if fuse is not None:
+                fuse()
+            if hybridize:
+                net.hybridize(static_alloc=True)
+        log.info("planes after the first: %s (%s)", info.version, d)
+        return net, info
 
     def _prepare_for_inference(self, hybridize: bool) -> None:
         """Let MXNet's oneDNN subgraph pass fuse conv + BatchNorm + ReLU (+ add) for inference.
@@ -250,6 +284,7 @@ class Segmenter:
         self.ctx = ctx or get_mx().cpu()
         self.model_dir = info.directory
         self.net, self.info = net, info
+        self.secondary = self.secondary_info = None
         self.class_weights = info.class_weights
         self.multiple = int(net.multiple)
         self.parameter_count = count_parameters(net)
@@ -257,7 +292,8 @@ class Segmenter:
 
     @property
     def name(self) -> str:
-        return f"{self.info.arch} ({self.info.version}{', INT8' if self.precision == 'int8' else ''})"
+        second = f"; later planes {self.secondary_info.version}" if self.secondary_info is not None else ""
+        return f"{self.info.arch} ({self.info.version}{', INT8' if self.precision == 'int8' else ''}{second})"
 
     def predict_slices(self, slices: np.ndarray, uncertainty: bool = False):
         """Normalised slices (N, H, W) -> labels (N, H, W) uint8 [, entropy (N, H, W)]."""
@@ -267,12 +303,13 @@ class Segmenter:
             return lab, _entropy(prob, axis=1)
         return lab, None
 
-    def predict_probabilities(self, slices: np.ndarray) -> np.ndarray:
-        """Normalised slices (N, H, W) -> softmax class probabilities (N, C, H, W) float32."""
+    def predict_probabilities(self, slices: np.ndarray, net=None) -> np.ndarray:
+        """Normalised slices (N, H, W) -> softmax class probabilities (N, C, H, W) float32, by the
+        model's network or `net` (its secondary planes' network)."""
         mx = get_mx()
         pad = SlicePadding.for_shape(slices.shape[1:], self.multiple)
         x = mx.nd.array(pad.pad(slices)[:, None], ctx=self.ctx)
-        prob = mx.nd.softmax(self.net(x), axis=1)
+        prob = mx.nd.softmax((net or self.net)(x), axis=1)
         return pad.unpad(prob.asnumpy())
 
     def _calibrate(self, probs: np.ndarray, normalise: bool, axis: int = 0) -> None:
@@ -345,8 +382,10 @@ class Segmenter:
         if progress:
             progress(0, total)
         bs = max(1, int(cfg.batch_size or BEST_BATCH.get(self.info.arch, 8)))
+        second = self.secondary if cfg.secondary_network else None
         for p in planes:
             ax = PLANE_AXIS[p]
+            net = second if p != planes[0] else None
             # view the work volume with this plane's normal last, so slices are [:, :, k]
             order = [a for a in range(3) if a != ax] + [ax]
             w = np.transpose(work, order)
@@ -367,9 +406,9 @@ class Segmenter:
                 # plan - was slower: ENet's demo segment 4.7 -> 5.6 s, more pixels; 2026-12-03)
                 bx, by = foreground_box(fg[:, :, ks], self.multiple) if cfg.crop_to_foreground else full
                 batch = normalise(np.moveaxis(w[bx, by][:, :, ks], 2, 0).astype(np.float32), scale)
-                prob = self.predict_probabilities(batch)  # (N, C, h, w)
+                prob = self.predict_probabilities(batch, net)  # (N, C, h, w)
                 if cfg.flip and p != "sagittal":  # in-plane axis 0 is the left-right axis here
-                    prob = 0.5 * (prob + self.predict_probabilities(batch[:, ::-1].copy())[:, :, ::-1])
+                    prob = 0.5 * (prob + self.predict_probabilities(batch[:, ::-1].copy(), net)[:, :, ::-1])
                 if sparse:
                     computed[start:start + len(ks), :, bx, by] = prob
                 else:

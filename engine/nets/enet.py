@@ -244,34 +244,41 @@ class ENet(mx.gluon.HybridBlock):
 
     multiple = 8
 
-    def __init__(self, classes: int = NUM_CLASSES, in_channels: int = 1, skips: bool = True, **kw):
+    def __init__(self, classes: int = NUM_CLASSES, in_channels: int = 1, skips: bool = True,
+                 width: int = 64, repeats: int = 2, **kw):
+        """width: stage 1's channels (stages 2-3 have twice as many); repeats: how many times the
+        eight bottlenecks of stages 2-3 are stacked. The defaults are the paper's network; a smaller
+        one (width 32, repeats 1) is the secondary planes' network (engine/infer/inference.py)."""
         super().__init__(**kw)
+        if width % 16 or width < 32 or repeats < 1:
+            raise ValueError(f"ENet width must be a multiple of 16 from 32 (got {width}), repeats >= 1 (got {repeats})")
         self.skips = skips
+        w1, w2 = width, 2 * width
         with self.name_scope():
             self.initial = InitialBlock(in_channels, 16)
-            self.b10 = Bottleneck(16, 64, "down", dropout=0.01)
+            self.b10 = Bottleneck(16, w1, "down", dropout=0.01)
             self.stage1 = nn.HybridSequential()
             for _ in range(4):
-                self.stage1.add(Bottleneck(64, 64, dropout=0.01))
-            self.b20 = Bottleneck(64, 128, "down")
+                self.stage1.add(Bottleneck(w1, w1, dropout=0.01))
+            self.b20 = Bottleneck(w1, w2, "down")
             self.stage23 = nn.HybridSequential()
-            for _ in range(2):
+            for _ in range(repeats):
                 self.stage23.add(
-                    Bottleneck(128, 128), Bottleneck(128, 128, "dilated", 2),
-                    Bottleneck(128, 128, "asymmetric"), Bottleneck(128, 128, "dilated", 4),
-                    Bottleneck(128, 128), Bottleneck(128, 128, "dilated", 8),
-                    Bottleneck(128, 128, "asymmetric"), Bottleneck(128, 128, "dilated", 16),
+                    Bottleneck(w2, w2), Bottleneck(w2, w2, "dilated", 2),
+                    Bottleneck(w2, w2, "asymmetric"), Bottleneck(w2, w2, "dilated", 4),
+                    Bottleneck(w2, w2), Bottleneck(w2, w2, "dilated", 8),
+                    Bottleneck(w2, w2, "asymmetric"), Bottleneck(w2, w2, "dilated", 16),
                 )
-            self.b40 = Bottleneck(128, 64, "up")
+            self.b40 = Bottleneck(w2, w1, "up")
             self.stage4 = nn.HybridSequential()
-            self.stage4.add(Bottleneck(64, 64), Bottleneck(64, 64))
-            self.b50 = Bottleneck(64, 16, "up")
+            self.stage4.add(Bottleneck(w1, w1), Bottleneck(w1, w1))
+            self.b50 = Bottleneck(w1, 16, "up")
             self.stage5 = nn.HybridSequential()
             self.stage5.add(Bottleneck(16, 16))
             self.fullconv = nn.Conv2DTranspose(classes, 2, strides=2)
             if skips:
                 zero = mx.init.Zero()
-                self.skip4 = nn.Conv2D(64, 1, use_bias=False, weight_initializer=zero)
+                self.skip4 = nn.Conv2D(w1, 1, use_bias=False, weight_initializer=zero)
                 self.skip5 = nn.Conv2D(16, 1, use_bias=False, weight_initializer=zero)
                 self.refine_logits = nn.Conv2D(8, 3, padding=1, use_bias=False)
                 self.refine_image = nn.Conv2D(8, 3, padding=1)

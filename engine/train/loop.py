@@ -36,6 +36,10 @@ class FitConfig:
     # anneal by wall-clock time as well: the cosine reaches lr_min at schedule_seconds even when
     # steps run slower than estimated (a time-budgeted run on a shared machine)
     schedule_seconds: float | None = None
+    # knowledge distillation (Hinton et al. 2015), used when fit() is given a teacher: this weight
+    # times T^2 times KL(teacher || student) on both softmaxes at temperature T, added to seg_loss
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
 
 @dataclass
@@ -87,6 +91,14 @@ def seg_loss(F, logits, labels, class_weights, dice_weight: float):
     return ce + dice_weight * (1.0 - F.mean(dice[1:]))
 
 
+def distill_loss(F, logits, teacher_logits, temperature: float):
+    """T^2 * mean over pixels of KL(softmax(teacher/T) || softmax(student/T)) (Hinton et al. 2015:
+    the T^2 keeps its gradients' scale independent of T). Teacher logits carry no gradient."""
+    t = F.softmax(F.BlockGrad(teacher_logits) / temperature, axis=1)
+    kl = F.sum(t * (F.log(t + 1e-8) - F.log_softmax(logits / temperature, axis=1)), axis=1)
+    return (temperature ** 2) * F.mean(kl)
+
+
 def cosine_lr(step: int, cfg: FitConfig, elapsed_s: float = 0.0) -> float:
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -120,8 +132,11 @@ def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, c
         on_progress: Callable[[FitProgress], None] | None = None, cancel: CancelToken | None = None,
         trainer=None, start_step: int = 0, on_checkpoint: Callable[[int], None] | None = None,
         checkpoint_every: int = 0, grad_scale: float = 1.0, elapsed_offset: float = 0.0,
-        on_step: Callable[[int], None] | None = None) -> int:
+        on_step: Callable[[int], None] | None = None, teacher=None) -> int:
     """Train on batches of (images (N,1,H,W) float32, labels (N,H,W) uint8). Returns the last step.
+
+    `teacher` (a network of the same input and classes, e.g. the shipped ENet): its logits on each
+    batch are distilled into `net` with cfg.distill_weight and cfg.distill_temperature.
 
     `on_step(step)` runs after every optimiser step (e.g. a weight average), before `on_checkpoint`.
 
@@ -143,8 +158,12 @@ def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, c
         trainer.set_learning_rate(lr)
         x = mx.nd.array(images, ctx=ctx)
         y = mx.nd.array(labels, ctx=ctx, dtype="int32")
+        soft = teacher(x) if teacher is not None else None  # (not recorded: inference)
         with mx.autograd.record():
-            loss = seg_loss(mx.nd, net(x), y, cfg.class_weights, cfg.dice_weight)
+            logits = net(x)
+            loss = seg_loss(mx.nd, logits, y, cfg.class_weights, cfg.dice_weight)
+            if soft is not None and cfg.distill_weight > 0:
+                loss = loss + cfg.distill_weight * distill_loss(mx.nd, logits, soft, cfg.distill_temperature)
         loss.backward()
         trainer.step(grad_scale)
         step += 1

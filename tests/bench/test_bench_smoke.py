@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 HELPERS = {"__init__", "common"}  # modules under bench/ that are not benchmarks
 SCRIPTS = ["batch_bench", "candidate_eval", "csf_calibration", "fine_grid_eval", "finetune_gui_bench", "finetune_shift", "gui_bench", "int8_eval", "n4_eval",
-           "proxy_eval", "slice_click_bench", "strip_eval", "strip_unsure", "val21_eval"]
+           "proxy_eval", "secondary_eval", "slice_click_bench", "strip_eval", "strip_unsure", "val21_eval"]
 TIMEOUT_S = 240
 
 
