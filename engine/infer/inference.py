@@ -209,7 +209,9 @@ class Segmenter:
     distilled from this one, which then runs the planes after the first (coronal and sagittal by
     default) for speed (tools/train_shipped.py --planes secondary --teacher; docs/BENCHMARKS.md).
     Only the shipped ENet has one: a fine-tuned version never does, so the user's corrections
-    reach every plane. Its model.json version names it, so tables and reports say which ran."""
+    reach every plane. Its model.json version names it, so tables and reports say which ran. Its
+    model.json may carry its own `calibration.class_weights`: those of the fused pass it takes part
+    in (the model's own stay for every pass it does not: one plane, one slice, packages)."""
 
     def __init__(self, model_dir: str | Path | None = None, arch: str = "enet", ctx=None,
                  hybridize: bool = True, precision: str = "fp32", calib_volume: np.ndarray | None = None):
@@ -225,6 +227,9 @@ class Segmenter:
         # of the network as trained: before any inference rewrite (fused_network counted it so)
         self.parameter_count = int(self.net.parameter_count) if fused else count_parameters(self.net)
         self.secondary, self.secondary_info = self._secondary_network(hybridize) if precision == "fp32" else (None, None)
+        # the calibration of a fused pass whose later planes the secondary network ran
+        self.fused_class_weights = self.class_weights if self.secondary_info is None else \
+            self.secondary_info.class_weights or self.class_weights
         if fused:
             return
         if precision == "int8":
@@ -285,7 +290,7 @@ class Segmenter:
         self.model_dir = info.directory
         self.net, self.info = net, info
         self.secondary = self.secondary_info = None
-        self.class_weights = info.class_weights
+        self.class_weights = self.fused_class_weights = info.class_weights
         self.multiple = int(net.multiple)
         self.parameter_count = count_parameters(net)
         return self
@@ -312,12 +317,13 @@ class Segmenter:
         prob = mx.nd.softmax((net or self.net)(x), axis=1)
         return pad.unpad(prob.asnumpy())
 
-    def _calibrate(self, probs: np.ndarray, normalise: bool, axis: int = 0) -> None:
+    def _calibrate(self, probs: np.ndarray, normalise: bool, axis: int = 0, weights=None) -> None:
         """In place: the model's calibration.class_weights (model.json; engine.nets.weights.ModelInfo)
         applied to class probabilities along `axis`, renormalised where they are read as
         probabilities. Applied on the scan's own grid, after the fused probabilities were brought
-        back: a renormalisation per work voxel before the interpolation would not commute with it."""
-        w = self.class_weights
+        back: a renormalisation per work voxel before the interpolation would not commute with it.
+        `weights`: other class weights (a fused pass's with the secondary network), else the model's."""
+        w = weights or self.class_weights
         if w is None or all(x == 1.0 for x in w):
             return
         shape = [1] * probs.ndim
@@ -425,7 +431,8 @@ class Segmenter:
             untouched = probs.sum(axis=0) <= 0
             probs[0][untouched] = 1.0  # voxels no network saw are background
         native = geo.probs_to_native(probs)
-        self._calibrate(native, normalise=need_probs)
+        ran_second = second is not None and len(planes) > 1
+        self._calibrate(native, normalise=need_probs, weights=self.fused_class_weights if ran_second else None)
         if stripped and cfg.refine and (vol > 0).sum() > 1000:
             from engine.labels.tissue_model import refine_with_intensities
 

@@ -80,6 +80,40 @@ def test_the_later_planes_are_run_by_the_secondary_network(model_with_secondary)
     assert version_label(root / "plain", "fp32") == "prim-test"
 
 
+def test_a_fused_pass_with_the_secondary_network_takes_its_calibration(model_with_secondary, tmp_path):
+    """The secondary's model.json class weights calibrate the fused passes it runs in; the model's
+    own calibrate everything else (one plane; its own network in every plane)."""
+    import json
+
+    from engine.infer.inference import SegmentConfig, Segmenter
+
+    root = model_with_secondary
+    model = tmp_path / "calibrated"
+    shutil.copytree(root / "model", model)
+    for f, w in ((model / "model.json", [1.0, 0.5, 1.0, 1.0]), (model / "secondary" / "model.json", [1.0, 2.0, 1.0, 1.0])):
+        meta = json.loads(f.read_text())
+        meta["calibration"] = {"class_weights": w}
+        f.write_text(json.dumps(meta))
+    vol, aff = _scan()
+    inside = vol > 0
+
+    def probs(s, planes, **kw):
+        cfg = SegmentConfig(planes=planes, secondary_stride=1, return_probabilities=True, **kw)
+        return s.segment(vol, cfg, affine=aff).probabilities[:, inside]
+
+    def calibrated(p, w):
+        p = p * np.asarray(w, np.float32)[:, None]
+        return p / p.sum(axis=0, keepdims=True)
+
+    seg, plain, small = Segmenter(model), Segmenter(root / "plain"), Segmenter(root / "small")
+    three = ("axial", "coronal", "sagittal")
+    fused = (probs(plain, ("axial",)) + probs(small, ("coronal",)) + probs(small, ("sagittal",))) / 3
+    np.testing.assert_allclose(probs(seg, three), calibrated(fused, [1, 2, 1, 1]), atol=2e-5)
+    np.testing.assert_allclose(probs(seg, ("axial",)), calibrated(probs(plain, ("axial",)), [1, 0.5, 1, 1]), atol=2e-5)
+    np.testing.assert_allclose(probs(seg, three, secondary_network=False),
+                               calibrated(probs(plain, three), [1, 0.5, 1, 1]), atol=2e-5)
+
+
 def test_a_damaged_secondary_network_is_an_error_naming_its_file(model_with_secondary, tmp_path):
     from engine.infer.inference import Segmenter
     from engine.nets.weights import WeightsError
