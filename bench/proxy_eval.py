@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -222,6 +223,14 @@ def main(argv=None) -> int:
             cmds[f"brainseg segment {arch} {planes}"] = [sys.executable, "-m", "engine.cli", "segment", str(scan),
                                                          "-o", str(tmp / "m.nii.gz"), "--model", arch,
                                                          "--planes", planes]
+        if arch == "enet" and not args.smoke and (shipped_model_dir("enet") / "secondary" / "model.json").exists():
+            own = tmp / "enet-own-network"  # the same model without its secondary planes' network
+            own.mkdir(exist_ok=True)
+            for name in ("model.json", "model.params"):
+                shutil.copyfile(shipped_model_dir("enet") / name, own / name)
+            cmds["brainseg segment enet axial,coronal,sagittal, own network in every plane"] = [
+                sys.executable, "-m", "engine.cli", "segment", str(scan), "-o", str(tmp / "m.nii.gz"),
+                "--weights", str(own), "--planes", "axial,coronal,sagittal"]
         if arch == "unet" and not args.smoke:  # U-Net runs INT8 by default (its record offers it): FP32 beside it
             cmds["brainseg segment unet axial,coronal,sagittal --precision fp32"] = [
                 sys.executable, "-m", "engine.cli", "segment", str(scan), "-o", str(tmp / "m.nii.gz"), "--model", "unet",
