@@ -208,8 +208,8 @@ class Segmenter:
     A model folder may hold a `secondary/` model folder: a smaller network of the same kind,
     distilled from this one, which then runs the planes after the first (coronal and sagittal by
     default) for speed (tools/train_shipped.py --planes secondary --teacher; docs/BENCHMARKS.md).
-    Only the shipped ENet has one: a fine-tuned version never does, so the user's corrections
-    reach every plane. Its model.json version names it, so tables and reports say which ran. Its
+    No shipped model has one (a trained candidate: resources/weights/candidates/): a fine-tuned
+    version never does, so the user's corrections reach every plane. Its model.json version names it, so tables and reports say which ran. Its
     model.json may carry its own `calibration.class_weights`: those of the fused pass it takes part
     in (the model's own stay for every pass it does not: one plane, one slice, packages)."""
 

@@ -247,8 +247,8 @@ class ENet(mx.gluon.HybridBlock):
     def __init__(self, classes: int = NUM_CLASSES, in_channels: int = 1, skips: bool = True,
                  width: int = 64, repeats: int = 2, **kw):
         """width: stage 1's channels (stages 2-3 have twice as many); repeats: how many times the
-        eight bottlenecks of stages 2-3 are stacked. The defaults are the paper's network; a smaller
-        one (width 32, repeats 1) is the secondary planes' network (engine/infer/inference.py)."""
+        eight bottlenecks of stages 2-3 are stacked. The defaults are the paper's network; smaller
+        ones serve as a model's secondary planes' network (engine/infer/inference.py)."""
         super().__init__(**kw)
         if width % 16 or width < 32 or repeats < 1:
             raise ValueError(f"ENet width must be a multiple of 16 from 32 (got {width}), repeats >= 1 (got {repeats})")

@@ -89,7 +89,7 @@ def test_wheel_installs_and_segments_outside_the_checkout(tmp_path):
         z.extractall(site)  # a wheel is a zip laid out for site-packages: installing it is unpacking it
         names = z.namelist()
     assert "brainseg_resources/weights/enet/model.params" in names
-    assert "brainseg_resources/weights/enet/secondary/model.params" in names  # its secondary planes' network
+    assert not any("candidates" in n for n in names)  # trained, not shipped: resources/weights/candidates
     assert "brainseg_resources/demo/demo_t88_masked_gfc.img" in names
     work = tmp_path / "elsewhere"
     work.mkdir()
