@@ -110,7 +110,7 @@ def main(argv=None) -> int:
 
     model = Path(args.model) if args.model else shipped_model_dir(args.arch)
     seg = Segmenter(model)
-    seg.class_weights = seg.fused_class_weights = None  # absolute weights: the model's own calibration taken out
+    seg.class_weights = seg.secondary_class_weights = None  # absolute weights: the model's own calibration taken out
     cfg = SegmentConfig(return_probabilities=True)
     t0 = time.time()
 

@@ -485,14 +485,18 @@ def _prepare_out_dir(out_dir: Path) -> Path:
 def _secondary_note(model_dir: Path) -> dict | None:
     """package.json's note on the model's secondary planes' network (engine.infer.inference), or None."""
     from engine.infer.inference import SECONDARY_DIR
-    from engine.nets.weights import read_model_dir
+    from engine.nets.weights import WeightsError, read_model_dir
 
     d = Path(model_dir) / SECONDARY_DIR
     if not (d / "model.json").exists():
         return None
     log.info("%s: the package runs the model's own network in every plane (its secondary planes' network "
              "is not carried)", model_dir)
-    return {"carried": False, "version": read_model_dir(d, verify=False).version,
+    try:
+        version = read_model_dir(d, verify=False).version
+    except WeightsError as exc:  # not carried: an unreadable one must not stop the export
+        version = f"unreadable ({exc})"
+    return {"carried": False, "version": version,
             "note": "the app runs the planes after the first with this smaller network, distilled from the "
                     "model; this package runs the model's own network in every plane: slower, and a few "
                     "labels differ from the app's"}

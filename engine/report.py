@@ -188,7 +188,9 @@ def model_summary(model_dir: str | Path | None) -> str:
                 f"{t['minutes']:g} min" if isinstance(t.get("minutes"), (int, float)) else ""]
         bits = [b for b in bits if b]
         text += " (shipped" + (": " + ", ".join(bits) if bits else "") + ")"
-    second = Path(model_dir) / "secondary"  # engine.infer.inference.SECONDARY_DIR
+    from engine.infer.inference import SECONDARY_DIR
+
+    second = Path(model_dir) / SECONDARY_DIR
     if (second / "model.json").exists():
         try:
             text += (f"; coronal and sagittal planes by {read_model_dir(second, verify=False).version}, "

@@ -181,6 +181,9 @@ def main(argv=None) -> int:
     ap.add_argument("--distill-weight", type=float, default=1.0)
     ap.add_argument("--distill-temperature", type=float, default=2.0)
     args = ap.parse_args(argv)
+    if args.planes == "secondary" and not (args.out and args.version):
+        ap.error("--planes secondary trains a secondary planes' network: give --out (e.g. a model folder's "
+                 "secondary/) and --version, so it never overwrites the shipped model")
 
     configure_threads()
     mx = get_mx()
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
     from engine.train.augment import AugmentConfig
     from engine.train.loop import FitConfig, fit, hybridize_for_training, init_network, make_trainer
 
-    work = Path(args.workdir or ROOT / "runs" / args.model)
+    work = Path(args.workdir or ROOT / "runs" / (args.model + ("-secondary" if args.planes == "secondary" else "")))
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out or ROOT / "resources" / "weights" / args.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
@@ -225,9 +228,22 @@ def main(argv=None) -> int:
         net.load_parameters(args.init, allow_missing=True)
     hybridize_for_training(net)
     state = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
+    teacher_sha = None
+    if args.teacher:
+        from engine.nets.weights import read_model_dir
+
+        teacher_sha = read_model_dir(args.teacher).meta.get("sha256")
+    run = {"arch_kwargs": arch_kwargs, "planes": args.planes, "teacher_sha256": teacher_sha,
+           "distill": [args.distill_weight, args.distill_temperature] if args.teacher else None}
+    state["run"] = run
     if args.resume and (work / "ckpt.params").exists():
+        saved = json.loads((work / "state.json").read_text())
+        if saved.get("run", run) != run:  # (state files from before this check have no "run")
+            raise SystemExit(f"{work / 'state.json'}: that run trained {saved['run']}, not {run}: resume it "
+                             "with the same --width/--repeats/--planes/--teacher/--distill-*, or use another --workdir")
         net.load_parameters(str(work / "ckpt.params"))
-        state = json.loads((work / "state.json").read_text())
+        state = saved
+        state["run"] = run
         log.info("resumed at step %d (%.0f s trained)", state["step"], state["elapsed_s"])
     budget = args.minutes * 60.0
     cfg = FitConfig(steps=10**9, batch_size=bs, lr=args.lr, log_every=25, warmup_steps=50,
@@ -250,7 +266,8 @@ def main(argv=None) -> int:
     else:
         t = time.time()
         fit(net, iter(pool), FitConfig(steps=6, batch_size=bs, lr=1e-6, log_every=1000,
-                                       distill_weight=cfg.distill_weight), trainer=trainer, teacher=teacher)
+                                       distill_weight=cfg.distill_weight,
+                                       distill_temperature=cfg.distill_temperature), trainer=trainer, teacher=teacher)
         per_step = (time.time() - t) / 6
         cfg.steps = int(budget / per_step * 0.85)
         state["total_steps"] = cfg.steps
@@ -314,10 +331,10 @@ def main(argv=None) -> int:
         "labels": "FSL_SEG semantics: tissue_model.tissue_em (GMM + MRF on the template's own intensities, "
                   "whole skull-stripped mask incl. the CSF rim)",
         "data": "engine/train/synth.py synthetic subjects (affine + elastic deformation, atrophy opening sulci, "
-                "template or label-drawn intensities, thick slices) -> 2-D slices of all three planes, "
-                f"crops {CROP[0]}x{CROP[1]}, engine/train/augment.py intensity/spatial augmentation",
+                "template or label-drawn intensities, thick slices) -> 2-D slices of "
+                f"{'the coronal and sagittal planes' if args.planes == 'secondary' else 'all three planes'}, crops {CROP[0]}x{CROP[1]}, engine/train/augment.py intensity/spatial augmentation",
         "planes": dict(zip(PLANES, plane_p)),
-        "distilled_from": {"teacher": args.teacher, "weight": cfg.distill_weight,
+        "distilled_from": {"teacher": args.teacher, "teacher_sha256": teacher_sha, "weight": cfg.distill_weight,
                            "temperature": cfg.distill_temperature,
                            "what": "loss + weight * T^2 * KL(teacher || network) at temperature T "
                                    "(engine.train.loop.distill_loss), the teacher's logits on each batch"}

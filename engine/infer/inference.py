@@ -200,14 +200,15 @@ def fused_network(model_dir: str | Path, ctx, in_channels: int = 1):
 
 
 SECONDARY_DIR = "secondary"  # in a model folder: the network for the planes after the first (below)
+SECONDARY_PLANES = ("coronal", "sagittal")  # the planes it was trained on and may run
 
 
 class Segmenter:
     """A loaded model ready to segment volumes. Not thread-safe: use from one thread.
 
     A model folder may hold a `secondary/` model folder: a smaller network of the same kind,
-    distilled from this one, which then runs the planes after the first (coronal and sagittal by
-    default) for speed (tools/train_shipped.py --planes secondary --teacher; docs/BENCHMARKS.md).
+    distilled from this one, which then runs the coronal and sagittal planes of a fused pass when
+    they are not its first plane (the first plane is always the model's own), for speed (tools/train_shipped.py --planes secondary --teacher; docs/BENCHMARKS.md).
     No shipped model has one (a trained candidate: resources/weights/candidates/): a fine-tuned
     version never does, so the user's corrections reach every plane. Its model.json version names it, so tables and reports say which ran. Its
     model.json may carry its own `calibration.class_weights`: those of the fused pass it takes part
@@ -227,9 +228,8 @@ class Segmenter:
         # of the network as trained: before any inference rewrite (fused_network counted it so)
         self.parameter_count = int(self.net.parameter_count) if fused else count_parameters(self.net)
         self.secondary, self.secondary_info = self._secondary_network(hybridize) if precision == "fp32" else (None, None)
-        # the calibration of a fused pass whose later planes the secondary network ran
-        self.fused_class_weights = self.class_weights if self.secondary_info is None else \
-            self.secondary_info.class_weights or self.class_weights
+        # the calibration of a fused pass the secondary network ran in (None: the model's own)
+        self.secondary_class_weights = self.secondary_info.class_weights if self.secondary_info else None
         if fused:
             return
         if precision == "int8":
@@ -257,7 +257,8 @@ class Segmenter:
         net, info = fused or load_network(d, self.ctx)
         if info.arch != self.info.arch or int(net.multiple) != self.multiple:
             raise WeightsError(f"{d / 'model.json'}: the secondary planes' network must be a {self.info.arch} "
-                               f"like {self.model_dir}, not a {info.arch}")
+                               f"taking multiples of {self.multiple} like {self.model_dir}, not a {info.arch} "
+                               f"taking multiples of {int(net.multiple)}")
         if not fused:
             fuse = getattr(net, "fuse_for_inference", None)
             if fuse is not None:
@@ -289,16 +290,16 @@ class Segmenter:
         self.ctx = ctx or get_mx().cpu()
         self.model_dir = info.directory
         self.net, self.info = net, info
-        self.secondary = self.secondary_info = None
-        self.class_weights = self.fused_class_weights = info.class_weights
+        self.secondary = self.secondary_info = self.secondary_class_weights = None
+        self.class_weights = info.class_weights
         self.multiple = int(net.multiple)
         self.parameter_count = count_parameters(net)
         return self
 
     @property
     def name(self) -> str:
-        second = f"; later planes {self.secondary_info.version}" if self.secondary_info is not None else ""
-        return f"{self.info.arch} ({self.info.version}{', INT8' if self.precision == 'int8' else ''}{second})"
+        """The model; a segmentation's result.model adds the secondary network when it ran."""
+        return f"{self.info.arch} ({self.info.version}{', INT8' if self.precision == 'int8' else ''})"
 
     def predict_slices(self, slices: np.ndarray, uncertainty: bool = False):
         """Normalised slices (N, H, W) -> labels (N, H, W) uint8 [, entropy (N, H, W)]."""
@@ -389,9 +390,11 @@ class Segmenter:
             progress(0, total)
         bs = max(1, int(cfg.batch_size or BEST_BATCH.get(self.info.arch, 8)))
         second = self.secondary if cfg.secondary_network else None
+        ran_second = False
         for p in planes:
             ax = PLANE_AXIS[p]
-            net = second if p != planes[0] else None
+            net = second if p != planes[0] and p in SECONDARY_PLANES and todo[p] else None
+            ran_second = ran_second or net is not None
             # view the work volume with this plane's normal last, so slices are [:, :, k]
             order = [a for a in range(3) if a != ax] + [ax]
             w = np.transpose(work, order)
@@ -431,8 +434,8 @@ class Segmenter:
             untouched = probs.sum(axis=0) <= 0
             probs[0][untouched] = 1.0  # voxels no network saw are background
         native = geo.probs_to_native(probs)
-        ran_second = second is not None and len(planes) > 1
-        self._calibrate(native, normalise=need_probs, weights=self.fused_class_weights if ran_second else None)
+        self._calibrate(native, normalise=need_probs,
+                        weights=(self.secondary_class_weights or self.class_weights) if ran_second else None)
         if stripped and cfg.refine and (vol > 0).sum() > 1000:
             from engine.labels.tissue_model import refine_with_intensities
 
@@ -453,9 +456,10 @@ class Segmenter:
             p_wrong = (1.0 - np.take_along_axis(native, labels[None].astype(np.intp), 0)[0]).astype(np.float16)
             p_wrong[labels == 0] = 0
         secs = time.time() - t0
-        log.info("segmented %s in %.2f s with %s, planes %s (%d slices run)", vol.shape, secs, self.name,
+        name = self.name[:-1] + f"; later planes {self.secondary_info.version})" if ran_second else self.name
+        log.info("segmented %s in %.2f s with %s, planes %s (%d slices run)", vol.shape, secs, name,
                  "+".join(planes), total)
-        return SegmentResult(labels, unc, secs, self.name, total, geo.describe(), planes,
+        return SegmentResult(labels, unc, secs, name, total, geo.describe(), planes,
                              native if cfg.return_probabilities else None, p_wrong)
 
 

@@ -158,7 +158,7 @@ def fit(net, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: FitConfig, c
         trainer.set_learning_rate(lr)
         x = mx.nd.array(images, ctx=ctx)
         y = mx.nd.array(labels, ctx=ctx, dtype="int32")
-        soft = teacher(x) if teacher is not None else None  # (not recorded: inference)
+        soft = teacher(x) if teacher is not None and cfg.distill_weight > 0 else None  # (not recorded: inference)
         with mx.autograd.record():
             logits = net(x)
             loss = seg_loss(mx.nd, logits, y, cfg.class_weights, cfg.dice_weight)

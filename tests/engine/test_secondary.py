@@ -54,7 +54,7 @@ def test_the_later_planes_are_run_by_the_secondary_network(model_with_secondary)
     """Fused with a secondary network = the model's axial probabilities averaged with the small
     network's coronal and sagittal ones; the first plane and single-plane runs are the model's own;
     secondary_network=False is the model without the folder."""
-    from engine.batch import version_label
+    from engine.batch import _row_version, version_label
     from engine.infer.inference import SegmentConfig, Segmenter
 
     root = model_with_secondary
@@ -73,11 +73,21 @@ def test_the_later_planes_are_run_by_the_secondary_network(model_with_secondary)
     assert np.abs(own - fused).max() > 0.01  # the two networks differ: the test can tell them apart
     np.testing.assert_allclose(probs(seg, ("axial", "coronal", "sagittal"), secondary_network=False), own, atol=1e-6)
     np.testing.assert_allclose(probs(seg, ("coronal",)), probs(plain, ("coronal",)), atol=1e-6)
-    # users see which networks ran: the name, and the batch table's model_version
-    assert "later planes sec-test" in seg.name and "sec-test" not in plain.name
-    assert version_label(root / "model", "fp32") == "prim-test + sec-test"
+    # the first plane is always the model's own, and only coronal and sagittal planes (what the
+    # small network was trained on) are ever given to it, whatever the order asked for
+    order = probs(seg, ("coronal", "axial", "sagittal"))
+    np.testing.assert_allclose(order, (probs(plain, ("coronal",)) + probs(plain, ("axial",))
+                                       + probs(small, ("sagittal",))) / 3, atol=2e-5)
+    # users see which networks ran: each result's model, and the batch table's model_version
+    def model(**kw):
+        return seg.segment(vol, SegmentConfig(secondary_stride=1, **kw), affine=aff).model
+
+    assert model().endswith("; later planes sec-test)") and "sec-test" not in model(planes=("axial",))
+    assert "sec-test" not in model(secondary_network=False) and "sec-test" not in seg.name
+    assert "sec-test" not in model(slices=(10, 11), slice_plane="coronal")
+    assert version_label(root / "model", "fp32") == "prim-test + sec-test" == _row_version(seg)
     assert version_label(root / "model", "int8") == "prim-test (INT8)"
-    assert version_label(root / "plain", "fp32") == "prim-test"
+    assert version_label(root / "plain", "fp32") == "prim-test" == _row_version(plain)
 
 
 def test_a_fused_pass_with_the_secondary_network_takes_its_calibration(model_with_secondary, tmp_path):
@@ -151,6 +161,32 @@ def test_enet_width_and_depth_are_its_arch_kwargs(tmp_path):
     assert count_parameters(net) < count_parameters(full) / 3
     with pytest.raises(ValueError, match="multiple of 16"):
         get_model("enet", width=40)
+
+
+def test_distill_loss_is_the_tempered_kl_and_its_gradient():
+    """T^2 * mean over pixels of KL(softmax(t/T) || softmax(s/T)); its gradient in the student's
+    logits is T * (softmax(s/T) - softmax(t/T)) / pixels; none reaches the teacher."""
+    from engine.train.loop import distill_loss
+
+    rng = np.random.default_rng(3)
+    s_np, t_np = rng.normal(0, 3, (2, 4, 5, 6)), rng.normal(0, 3, (2, 4, 5, 6))
+    T, pixels = 2.0, 2 * 5 * 6
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    p, q = softmax(t_np / T), softmax(s_np / T)
+    want = T * T * float((p * (np.log(p) - np.log(q))).sum(axis=1).mean())
+    s, t = mx.nd.array(s_np), mx.nd.array(t_np)
+    s.attach_grad()
+    t.attach_grad()
+    with mx.autograd.record():
+        loss = distill_loss(mx.nd, s, t, T)
+    loss.backward()
+    assert abs(float(loss.asscalar()) - want) < 1e-4 * max(1.0, abs(want))
+    np.testing.assert_allclose(s.grad.asnumpy(), T * (q - p) / pixels, atol=1e-6)
+    assert np.abs(t.grad.asnumpy()).max() == 0
 
 
 def test_distillation_moves_the_student_towards_the_teacher():
