@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--distill-weight", type=float, default=1.0)
     ap.add_argument("--distill-temperature", type=float, default=2.0)
     args = ap.parse_args(argv)
+    if args.model != "enet" and (args.width or args.repeats):
+        ap.error("--width and --repeats are ENet's")
     if args.planes == "secondary" and not (args.out and args.version):
         ap.error("--planes secondary trains a secondary planes' network: give --out (e.g. a model folder's "
                  "secondary/) and --version, so it never overwrites the shipped model")

@@ -255,6 +255,11 @@ class Segmenter:
             return None, None
         fused = fused_network(d, self.ctx) if hybridize else None
         net, info = fused or load_network(d, self.ctx)
+        teacher = ((info.meta.get("training") or {}).get("distilled_from") or {}).get("teacher_sha256")
+        if teacher and teacher != self.info.meta.get("sha256"):  # the model was retrained since
+            raise WeightsError(f"{d / 'model.json'}: this secondary planes' network was distilled from other "
+                               f"weights ({teacher[:12]}...) than {self.model_dir / 'model.params'}: train it "
+                               "again from them, or remove the folder")
         if info.arch != self.info.arch or int(net.multiple) != self.multiple:
             raise WeightsError(f"{d / 'model.json'}: the secondary planes' network must be a {self.info.arch} "
                                f"taking multiples of {self.multiple} like {self.model_dir}, not a {info.arch} "

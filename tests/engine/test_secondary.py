@@ -138,6 +138,28 @@ def test_a_damaged_secondary_network_is_an_error_naming_its_file(model_with_seco
         Segmenter(model)
 
 
+def test_a_secondary_network_distilled_from_other_weights_is_refused(model_with_secondary, tmp_path):
+    """A model retrained after its secondary network was distilled: the pair is refused, naming the
+    folder, instead of fusing two networks that no longer belong together."""
+    import json
+
+    from engine.infer.inference import Segmenter
+    from engine.nets.weights import WeightsError
+
+    model = tmp_path / "model"
+    shutil.copytree(model_with_secondary / "model", model)
+    meta_path = model / "secondary" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    own = json.loads((model / "model.json").read_text())["sha256"]
+    meta["training"] = {"distilled_from": {"teacher_sha256": own}}
+    meta_path.write_text(json.dumps(meta))
+    assert Segmenter(model).secondary is not None  # distilled from these very weights
+    meta["training"]["distilled_from"]["teacher_sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="secondary/model.json: this secondary planes' network was distilled"):
+        Segmenter(model)
+
+
 def test_the_qc_report_names_the_secondary_network(model_with_secondary):
     from engine.report import model_summary
 
