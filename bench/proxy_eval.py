@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -145,7 +144,7 @@ def main(argv=None) -> int:
     from engine.bench import cpu_info
     from engine.core.metrics import dice_scores
     from engine.core.paths import DEMO_LABELS, DEMO_SCAN
-    from engine.infer.inference import SegmentConfig, Segmenter
+    from engine.infer.inference import SegmentConfig, Segmenter, secondary_folder
     from engine.io.volume import read_volume
     from engine.nets.weights import read_model_dir, shipped_model_dir
 
@@ -223,11 +222,10 @@ def main(argv=None) -> int:
             cmds[f"brainseg segment {arch} {planes}"] = [sys.executable, "-m", "engine.cli", "segment", str(scan),
                                                          "-o", str(tmp / "m.nii.gz"), "--model", arch,
                                                          "--planes", planes]
-        if arch == "enet" and not args.smoke and (shipped_model_dir("enet") / "secondary" / "model.json").exists():
-            own = tmp / "enet-own-network"  # the same model without its secondary planes' network
-            own.mkdir(exist_ok=True)
-            for name in ("model.json", "model.params"):
-                shutil.copyfile(shipped_model_dir("enet") / name, own / name)
+        if arch == "enet" and not args.smoke and secondary_folder(shipped_model_dir("enet")):
+            from bench.secondary_eval import model_pair
+
+            own = model_pair(shipped_model_dir("enet"), None, tmp / "enet-pair")[1]  # without it
             cmds["brainseg segment enet axial,coronal,sagittal, own network in every plane"] = [
                 sys.executable, "-m", "engine.cli", "segment", str(scan), "-o", str(tmp / "m.nii.gz"),
                 "--weights", str(own), "--planes", "axial,coronal,sagittal"]

@@ -298,20 +298,24 @@ def resolve_precision(model_dir, precision: str = "auto") -> str:
 
 def version_label(model_dir, precision: str) -> str:
     """The model_version a row records: the version, and " (INT8)" for INT8 rows - INT8 and FP32
-    labels differ a little, so one table must not mix them silently (the resume check below)."""
-    from engine.infer.inference import SECONDARY_DIR
+    labels differ a little, so one table must not mix them silently (the resume check below) - and
+    " + " the secondary planes' network's version where one runs (FP32 only)."""
+    from engine.infer.inference import secondary_folder
     from engine.nets.weights import read_model_dir
 
-    version = read_model_dir(model_dir, verify=False).version
-    if precision != "int8" and (Path(model_dir) / SECONDARY_DIR / "model.json").exists():
-        version += " + " + read_model_dir(Path(model_dir) / SECONDARY_DIR, verify=False).version
-    return version + (" (INT8)" if precision == "int8" else "")
+    second = secondary_folder(model_dir) if precision != "int8" else None
+    return _version_text(read_model_dir(model_dir, verify=False).version,
+                         read_model_dir(second, verify=False).version if second else None, precision)
 
 
 def _row_version(seg) -> str:
-    """version_label of a loaded Segmenter: the secondary planes' network too, when it ran them."""
-    second = f" + {seg.secondary_info.version}" if getattr(seg, "secondary_info", None) is not None else ""
-    return seg.info.version + second + (" (INT8)" if seg.precision == "int8" else "")
+    """version_label of a loaded Segmenter."""
+    second = getattr(seg, "secondary_info", None)
+    return _version_text(seg.info.version, second.version if second else None, seg.precision)
+
+
+def _version_text(version: str, second: str | None, precision: str) -> str:
+    return version + (f" + {second}" if second else "") + (" (INT8)" if precision == "int8" else "")
 
 
 def _segmenter(model_dir: str, precision: str = "auto"):

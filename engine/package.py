@@ -484,11 +484,11 @@ def _prepare_out_dir(out_dir: Path) -> Path:
 
 def _secondary_note(model_dir: Path) -> dict | None:
     """package.json's note on the model's secondary planes' network (engine.infer.inference), or None."""
-    from engine.infer.inference import SECONDARY_DIR
+    from engine.infer.inference import secondary_folder
     from engine.nets.weights import WeightsError, read_model_dir
 
-    d = Path(model_dir) / SECONDARY_DIR
-    if not (d / "model.json").exists():
+    d = secondary_folder(model_dir)
+    if d is None:
         return None
     log.info("%s: the package runs the model's own network in every plane (its secondary planes' network "
              "is not carried)", model_dir)

@@ -188,10 +188,10 @@ def model_summary(model_dir: str | Path | None) -> str:
                 f"{t['minutes']:g} min" if isinstance(t.get("minutes"), (int, float)) else ""]
         bits = [b for b in bits if b]
         text += " (shipped" + (": " + ", ".join(bits) if bits else "") + ")"
-    from engine.infer.inference import SECONDARY_DIR
+    from engine.infer.inference import secondary_folder
 
-    second = Path(model_dir) / SECONDARY_DIR
-    if (second / "model.json").exists():
+    second = secondary_folder(model_dir)
+    if second is not None:
         try:
             text += (f"; coronal and sagittal planes by {read_model_dir(second, verify=False).version}, "
                      "a smaller network distilled from it (FP32 runs; INT8 runs use the model's own)")

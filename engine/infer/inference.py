@@ -203,6 +203,24 @@ SECONDARY_DIR = "secondary"  # in a model folder: the network for the planes aft
 SECONDARY_PLANES = ("coronal", "sagittal")  # the planes it was trained on and may run
 
 
+def secondary_folder(model_dir: str | Path) -> Path | None:
+    """The model folder's secondary planes' network folder (SECONDARY_DIR), or None without one."""
+    d = Path(model_dir) / SECONDARY_DIR
+    return d if (d / "model.json").exists() else None
+
+
+def _prepare_network(net, hybridize: bool):
+    """A loaded network made ready for inference where fused_network could not: ENet rewritten into
+    the same function in fast operators (ENet.fuse_for_inference; its PReLUs are as slow
+    imperatively), hybridized with static buffers unless in low-memory mode."""
+    fuse = getattr(net, "fuse_for_inference", None)
+    if fuse is not None:
+        fuse()
+    if hybridize:
+        net.hybridize(static_alloc=True)
+    return net
+
+
 class Segmenter:
     """A loaded model ready to segment volumes. Not thread-safe: use from one thread.
 
@@ -250,8 +268,8 @@ class Segmenter:
         """(net, info) of the model folder's secondary planes' network, or (None, None) when it has
         none. A damaged one is an error naming its file, as the model's own network would be: the
         model's version promises it."""
-        d = self.model_dir / SECONDARY_DIR
-        if not (d / "model.json").exists():
+        d = secondary_folder(self.model_dir)
+        if d is None:
             return None, None
         fused = fused_network(d, self.ctx) if hybridize else None
         net, info = fused or load_network(d, self.ctx)
@@ -265,11 +283,7 @@ class Segmenter:
                                f"taking multiples of {self.multiple} like {self.model_dir}, not a {info.arch} "
                                f"taking multiples of {int(net.multiple)}")
         if not fused:
-            fuse = getattr(net, "fuse_for_inference", None)
-            if fuse is not None:
-                fuse()
-            if hybridize:
-                net.hybridize(static_alloc=True)
+            _prepare_network(net, hybridize)
         log.info("planes after the first: %s (%s)", info.version, d)
         return net, info
 
@@ -282,11 +296,7 @@ class Segmenter:
         Without hybridize (low-memory mode: no static buffers), ENet is still rewritten: its
         PReLUs are as slow imperatively. With oneDNN and hybridize, fused_network does all this
         (and caches the graph); this is what is left: no hybridize, or no oneDNN."""
-        fuse = getattr(self.net, "fuse_for_inference", None)
-        if fuse is not None:
-            fuse()
-        if hybridize:
-            self.net.hybridize(static_alloc=True)
+        _prepare_network(self.net, hybridize)
 
     @classmethod
     def from_network(cls, net, info: ModelInfo, ctx=None) -> "Segmenter":
@@ -304,7 +314,11 @@ class Segmenter:
     @property
     def name(self) -> str:
         """The model; a segmentation's result.model adds the secondary network when it ran."""
-        return f"{self.info.arch} ({self.info.version}{', INT8' if self.precision == 'int8' else ''})"
+        return self._label()
+
+    def _label(self, ran_second: bool = False) -> str:
+        second = f"; later planes {self.secondary_info.version}" if ran_second else ""
+        return f"{self.info.arch} ({self.info.version}{', INT8' if self.precision == 'int8' else ''}{second})"
 
     def predict_slices(self, slices: np.ndarray, uncertainty: bool = False):
         """Normalised slices (N, H, W) -> labels (N, H, W) uint8 [, entropy (N, H, W)]."""
@@ -461,7 +475,7 @@ class Segmenter:
             p_wrong = (1.0 - np.take_along_axis(native, labels[None].astype(np.intp), 0)[0]).astype(np.float16)
             p_wrong[labels == 0] = 0
         secs = time.time() - t0
-        name = self.name[:-1] + f"; later planes {self.secondary_info.version})" if ran_second else self.name
+        name = self._label(ran_second)
         log.info("segmented %s in %.2f s with %s, planes %s (%d slices run)", vol.shape, secs, name,
                  "+".join(planes), total)
         return SegmentResult(labels, unc, secs, name, total, geo.describe(), planes,
