@@ -363,18 +363,34 @@ def check_output(path: str, formats: tuple[str, ...], inputs: tuple[str, ...] = 
 
 def cmd_segment(args) -> int:
     from engine.core.mx_env import configure_threads
-    from engine.io.labeldesc import BRAIN_MASK_CLASSES
+    from engine.infer import helper as helpers
 
-    configure_threads()
+    threads = helpers.plan(args.processes)  # (this process's threads, the helper's) or one process
+    configure_threads(threads=threads[0] if threads else None)
     t0 = time.time()
-    from engine.document import open_scan
-    from engine.io.volume import save_image, save_labels
-
     planes = parse_planes(args.planes)
     check_output(args.output, LABEL_FORMATS, (args.scan,))
     if args.uncertainty:
         check_output(args.uncertainty, IMAGE_FORMATS, (args.scan, args.output))
+    model_dir, arch, reason = resolve_model(args.model, args.weights)
+    if args.int8 and args.precision not in ("auto", "int8"):
+        raise CliError(f"--int8 and --precision {args.precision}: choose one")
+    precision, precision_note = resolve_precision(model_dir, "int8" if args.int8 else args.precision)
+    # the helper loads its copy of the model while this process reads the scan and loads its own
+    helper = helpers.start(model_dir, precision, threads[1]) if threads and not args.slices else None
+    try:
+        return _segment(args, t0, planes, (model_dir, arch, reason), (precision, precision_note), helper)
+    finally:
+        if helper is not None:
+            helper.close()
 
+
+def _segment(args, t0, planes, model, precision, helper) -> int:
+    from engine.document import open_scan
+    from engine.io.labeldesc import BRAIN_MASK_CLASSES
+    from engine.io.volume import save_image, save_labels
+
+    (model_dir, arch, reason), (precision, precision_note) = model, precision
     doc = open_scan(args.scan, series=args.series)  # as the app and batch open it, and say the same
     vol = doc.scan
     space = scan_space(vol, args)
@@ -384,15 +400,12 @@ def cmd_segment(args) -> int:
               "outside the brain are unreliable", file=sys.stderr)
     if args.mask_out:
         check_output(args.mask_out, LABEL_FORMATS, (args.scan, args.output))
-    model_dir, arch, reason = resolve_model(args.model, args.weights)
     for line in doc.facts(check_skull=False).lines(vol.path):  # (after the checks that end with one error line)
         print(line, file=sys.stderr)
     from engine.infer.inference import SegmentConfig, Segmenter
 
-    if args.int8 and args.precision not in ("auto", "int8"):
-        raise CliError(f"--int8 and --precision {args.precision}: choose one")
-    precision, precision_note = resolve_precision(model_dir, "int8" if args.int8 else args.precision)
     seg = Segmenter(model_dir, precision=precision)
+    seg.helper = helper
     from engine.infer.scan import segment_scan
 
     bar = _Progress(f"segment ({arch}, {'+'.join(planes) if not slices else 'axial'})")
@@ -404,6 +417,8 @@ def cmd_segment(args) -> int:
             strip=args.strip, progress=bar)
     finally:
         bar.close()
+    if helper is not None:  # its part is done: let it go while this process writes (reaped at the end)
+        helper.close(wait=False)
     _report_strip(vol, decision, strip)
     from engine.io.space import mask_xform_code
 
@@ -824,6 +839,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--strip", default="auto", choices=("auto", "on", "off"),
                    help="brain extraction: auto (when a skull is found; default), on (always), off (never)")
     p.add_argument("--mask-out", metavar="FILE", help="also write the brain mask used (0/1)")
+    p.add_argument("--processes", default="auto", choices=("auto", "1", "2"),
+                   help="auto (default): a second process shares the network's batches on a machine with 2+ cores "
+                        "and no GPU, unless OMP_NUM_THREADS is set; the same labels either way (engine/infer/helper.py)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("strip", help="brain extraction: an intracranial mask of a head scan")

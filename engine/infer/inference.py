@@ -16,8 +16,11 @@ Dice against the reference is unchanged (U-Net: CSF/GM/WM 0.908/0.958/0.950 crop
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ import numpy as np
 from engine.core.cancel import Cancelled, CancelToken
 from engine.core.classes import NUM_CLASSES
 from engine.core.mx_env import default_context, get_mx
+from engine.infer.helper import FLIP, SECONDARY, HelperError
 from engine.infer.preprocess import (
     SlicePadding,
     foreground_box,
@@ -237,6 +241,7 @@ class Segmenter:
         self.ctx = ctx or default_context()
         self.model_dir = Path(model_dir) if model_dir else shipped_model_dir(arch)
         self.precision = precision
+        self.helper = None  # a NetworkHelper (engine/infer/helper.py) sharing whole-volume passes, if attached
         # FP32 on oneDNN: the fused graph from the cache when a start before this one made it
         # (engine/infer/graph_cache.py: about 0.2 s of each start), else built and then cached
         fused = fused_network(self.model_dir, self.ctx) if precision == "fp32" and hybridize else None
@@ -306,6 +311,7 @@ class Segmenter:
         self.model_dir = info.directory
         self.net, self.info = net, info
         self.secondary = self.secondary_info = self.secondary_class_weights = None
+        self.helper = None
         self.class_weights = info.class_weights
         self.multiple = int(net.multiple)
         self.parameter_count = count_parameters(net)
@@ -336,6 +342,93 @@ class Segmenter:
         x = mx.nd.array(pad.pad(slices)[:, None], ctx=self.ctx)
         prob = mx.nd.softmax((net or self.net)(x), axis=1)
         return pad.unpad(prob.asnumpy())
+
+    def batch_probabilities(self, batch: np.ndarray, second: bool = False, flip: bool = False) -> np.ndarray:
+        """One batch of a whole-volume pass: by the secondary planes' network if `second`, averaged
+        with the left-right flipped batch if `flip` (in-plane axis 0 is left-right there). What a
+        helper process computes for the jobs it takes (engine/infer/helper.py)."""
+        net = self.secondary if second else None
+        prob = self.predict_probabilities(batch, net)
+        if flip:
+            prob = 0.5 * (prob + self.predict_probabilities(batch[:, ::-1].copy(), net)[:, :, ::-1])
+        return prob
+
+    def _run_batches(self, jobs: list, batch_of: Callable, flags_of: Callable, cancel: CancelToken | None):
+        """Yield (job, probabilities) in the jobs' order. With a helper process attached (self.helper),
+        it and this thread each take the next job when free; results are yielded in order, so the
+        caller's sums are the same as one process's to the bit. The helper's jobs are fed by a thread
+        that only moves arrays through its pipes (never MXNet). If it dies, the job it held is
+        computed here. Cancelling stops both after their current job."""
+        helper = self.helper if self.helper is not None and self.helper.usable and len(jobs) > 1 else None
+        if helper is None:
+            for job in jobs:
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled()
+                f = flags_of(job)
+                yield job, self.batch_probabilities(batch_of(job), bool(f & SECONDARY), bool(f & FLIP))
+            return
+        lock, taken, stop, q = threading.Lock(), [0], threading.Event(), queue.Queue()
+
+        def take():
+            with lock:
+                if taken[0] >= len(jobs):
+                    return None
+                taken[0] += 1
+                return taken[0] - 1
+
+        def feed():
+            i = None
+            try:
+                helper.wait_ready()
+                while not stop.is_set() and (i := take()) is not None:
+                    q.put((i, helper.run(batch_of(jobs[i]), flags_of(jobs[i]))))
+                    i = None
+            except HelperError:
+                q.put((i, None))  # None: the held job (if any) is the parent's now
+            except BaseException as exc:  # a bug here must not hang the pass: surface it
+                q.put((i, exc))
+            finally:
+                q.put((-1, None))
+
+        before = helper.batches
+        feeder = threading.Thread(target=feed, name="helper-feed", daemon=True)
+        feeder.start()
+        results, mine, nxt, fed = {}, [], 0, True
+        try:
+            while nxt < len(jobs):
+                while True:  # what the helper finished, or gave back
+                    try:
+                        i, r = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if i == -1:
+                        fed = False
+                    elif isinstance(r, BaseException):
+                        raise r
+                    elif r is None:
+                        if i is not None:
+                            mine.append(i)
+                    else:
+                        results[i] = r
+                while nxt in results:
+                    yield jobs[nxt], results.pop(nxt)
+                    nxt += 1
+                if nxt >= len(jobs):
+                    break
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled()
+                i = mine.pop() if mine else take()
+                if i is not None:
+                    f = flags_of(jobs[i])
+                    results[i] = self.batch_probabilities(batch_of(jobs[i]), bool(f & SECONDARY), bool(f & FLIP))
+                elif fed:  # all taken; the helper holds the next in order: wait for it
+                    q.put(q.get())
+                else:
+                    raise RuntimeError("a job was lost between the two processes")  # (cannot happen)
+        finally:
+            stop.set()
+            feeder.join()
+            log.info("helper process computed %d of %d batches", helper.batches - before, len(jobs))
 
     def _calibrate(self, probs: np.ndarray, normalise: bool, axis: int = 0, weights=None) -> None:
         """In place: the model's calibration.class_weights (model.json; engine.nets.weights.ModelInfo)
@@ -408,44 +501,50 @@ class Segmenter:
         if progress:
             progress(0, total)
         bs = max(1, int(cfg.batch_size or BEST_BATCH.get(self.info.arch, 8)))
-        second = self.secondary if cfg.secondary_network else None
+        use_second = cfg.secondary_network and self.secondary is not None
         ran_second = False
-        for p in planes:
+        views, jobs = [], []  # per plane: its views and buffers; per batch: (plane index, start, ks, bx, by)
+        for i, p in enumerate(planes):
             ax = PLANE_AXIS[p]
-            net = second if p != planes[0] and p in SECONDARY_PLANES and todo[p] else None
-            ran_second = ran_second or net is not None
             # view the work volume with this plane's normal last, so slices are [:, :, k]
             order = [a for a in range(3) if a != ax] + [ax]
             w = np.transpose(work, order)
             fg = np.transpose(region, order)
             acc = np.transpose(probs, [0] + [a + 1 for a in order])
-            sparse = p != planes[0] and stride > 1
             ks_all = todo[p]
-            if sparse:  # only the computed slices, compact and slice-major (each one contiguous for
-                # the interpolation's reads); interpolated into the sum below
-                computed = np.zeros((len(ks_all),) + acc.shape[:3], np.float32)
+            second = use_second and i > 0 and p in SECONDARY_PLANES and bool(ks_all)
+            ran_second = ran_second or second
+            # only the computed slices of a sparse plane, compact and slice-major (each one contiguous
+            # for the interpolation's reads); interpolated into the sum below
+            computed = np.zeros((len(ks_all),) + acc.shape[:3], np.float32) if i > 0 and stride > 1 else None
+            flags = (SECONDARY if second else 0) | (FLIP if cfg.flip and p != "sagittal" else 0)
+            views.append((w, acc, computed, flags))
             full = slice(0, w.shape[0]), slice(0, w.shape[1])
             for start in range(0, len(ks_all), bs):
-                if cancel is not None and cancel.cancelled:
-                    raise Cancelled()
                 ks = ks_all[start:start + bs]
                 # the in-plane box holding this batch's foreground: outer slices are small
                 # (one box per plane instead - 13 -> 6 input shapes, each new one costing oneDNN a
                 # plan - was slower: ENet's demo segment 4.7 -> 5.6 s, more pixels; 2026-12-03)
                 bx, by = foreground_box(fg[:, :, ks], self.multiple) if cfg.crop_to_foreground else full
-                batch = normalise(np.moveaxis(w[bx, by][:, :, ks], 2, 0).astype(np.float32), scale)
-                prob = self.predict_probabilities(batch, net)  # (N, C, h, w)
-                if cfg.flip and p != "sagittal":  # in-plane axis 0 is the left-right axis here
-                    prob = 0.5 * (prob + self.predict_probabilities(batch[:, ::-1].copy(), net)[:, :, ::-1])
-                if sparse:
+                jobs.append((i, start, ks, bx, by))
+
+        def batch_of(job):
+            i, _, ks, bx, by = job
+            return normalise(np.moveaxis(views[i][0][bx, by][:, :, ks], 2, 0).astype(np.float32), scale)
+
+        with contextlib.closing(self._run_batches(jobs, batch_of, lambda job: views[job[0]][3], cancel)) as results:
+            for (i, start, ks, bx, by), prob in results:  # in the jobs' order, whichever process ran them
+                _, acc, computed, _ = views[i]
+                if computed is not None:
                     computed[start:start + len(ks), :, bx, by] = prob
                 else:
                     acc[:, bx, by, _as_index(ks)] += np.moveaxis(prob, 0, 3)
                 done += len(ks)
                 if progress:
                     progress(done, total)
-            if sparse:
-                _add_interpolated(acc, computed, ks_all)
+        for p, (_, acc, computed, _) in zip(planes, views):
+            if computed is not None:
+                _add_interpolated(acc, computed, todo[p])
         need_probs = cfg.uncertainty or cfg.return_probabilities or (stripped and cfg.refine)
         if len(planes) > 1 and need_probs:  # argmax alone does not need the mean
             probs /= len(planes)
