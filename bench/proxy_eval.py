@@ -138,6 +138,9 @@ def main(argv=None) -> int:
         args.models, args.proxies, args.timing_runs = "enet", 1, 1
     from engine.core.mx_env import configure_threads
 
+    # the timed commands get the caller's environment, not this process's thread settings: a user's
+    # shell has no OMP_NUM_THREADS, and with one `brainseg segment` keeps to one process
+    user_env = dict(os.environ)
     configure_threads()
     from train_shipped import perturb, proxy_subject
 
@@ -222,6 +225,10 @@ def main(argv=None) -> int:
             cmds[f"brainseg segment {arch} {planes}"] = [sys.executable, "-m", "engine.cli", "segment", str(scan),
                                                          "-o", str(tmp / "m.nii.gz"), "--model", arch,
                                                          "--planes", planes]
+        if not args.smoke:  # the default shares its batches with a helper process: one process beside it
+            cmds[f"brainseg segment {arch} axial,coronal,sagittal --processes 1"] = [
+                sys.executable, "-m", "engine.cli", "segment", str(scan), "-o", str(tmp / "m.nii.gz"), "--model", arch,
+                "--planes", "axial,coronal,sagittal", "--processes", "1"]
         if arch == "enet" and not args.smoke and secondary_folder(shipped_model_dir("enet")):
             from bench.secondary_eval import model_pair
 
@@ -239,7 +246,7 @@ def main(argv=None) -> int:
     for _ in range(args.timing_runs):
         for name, cmd in cmds.items():
             t = time.time()
-            subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+            subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=user_env)
             timing.setdefault(name, []).append(time.time() - t)
 
     # ---- report
