@@ -29,6 +29,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,9 +38,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # tests: "kill:N" - the helper SIGKILLs itself on receiving its N-th batch; "slow:N:S" - it sleeps S
-# seconds before answering its N-th batch (results then arrive out of order)
+# seconds before answering its N-th batch (results then arrive out of order); "start:S" - it sleeps S
+# seconds before loading the model
 FAULT_ENV = "BRAINSEG_HELPER_FAULT"
-START_TIMEOUT_S = 120.0  # a helper not ready by then is given up (the parent has long finished alone)
+ANSWER_TIMEOUT_S = 120.0  # a helper silent this long on one batch is killed and its batch computed by the parent
 SECONDARY, FLIP = 1, 2
 
 
@@ -94,7 +96,9 @@ def _read(stream) -> tuple[bytes, int, np.ndarray | None]:
 
 
 class NetworkHelper:
-    """The parent's end of one helper process. Used by one thread at a time (Segmenter's scheduler)."""
+    """The parent's end of one helper process. Its pipe is used under a lock, so a pass that starts
+    while a thread of the last one still waits for the helper's start, or for the answer to a batch
+    of a cancelled pass, waits its turn instead of reading that answer."""
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int = 1):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE" if threads > 1 else
@@ -107,23 +111,39 @@ class NetworkHelper:
         self.error: str | None = None
         self.batches = 0  # batches it computed (tests, logs)
         self.started = time.time()
+        self._lock = threading.Lock()
+        self._fail_lock = threading.Lock()
 
     @property
     def usable(self) -> bool:
         return self.error is None and self.proc.poll() is None
 
+    def abandon(self, why: str) -> None:
+        """Kill it (a thread blocked on its pipe then gets HelperError)."""
+        self._fail(why)
+
     def _fail(self, why: str) -> HelperError:
-        if self.error is None:
-            self.proc.kill()
-            self.proc.wait()
-            self._stderr.seek(0)
-            tail = self._stderr.read().decode("utf-8", "replace").strip().splitlines()[-1:]
-            self.error = why + (f" (exit code {self.proc.returncode}{': ' + tail[0] if tail else ''})")
-            log.warning("helper process: %s; the parent computes the rest alone", self.error)
+        """Kill it and keep the first reason (a thread blocked on its pipe then fails too)."""
+        with self._fail_lock:
+            if self.error is None:
+                self.error = why
+                self.proc.kill()
+                self.proc.wait()
+                tail = ""
+                if self.proc.returncode > 0:  # it exited by itself: its last words
+                    self._stderr.seek(0)
+                    lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+                    tail = f": {lines[-1]}" if lines else ""
+                self.error = f"{why} (exit code {self.proc.returncode}{tail})"
+                log.warning("helper process: %s; the parent computes the rest alone", self.error)
         return HelperError(self.error)
 
     def wait_ready(self) -> None:
         """Block until the helper has loaded its model; HelperError when it cannot."""
+        with self._lock:
+            self._wait_ready()
+
+    def _wait_ready(self) -> None:
         if self.ready:
             return
         if self.error is not None:
@@ -139,16 +159,19 @@ class NetworkHelper:
 
     def run(self, batch: np.ndarray, flags: int = 0) -> np.ndarray:
         """The batch's class probabilities, computed by the helper (as Segmenter.batch_probabilities)."""
-        self.wait_ready()
-        try:
-            _write(self.proc.stdin, b"J", batch, flags)
-            tag, _, prob = _read(self.proc.stdout)
-        except (EOFError, OSError, struct.error, ValueError) as exc:
-            raise self._fail(f"it died: {exc}") from None
-        if tag != b"P":
-            raise self._fail(_message(tag, prob))
-        self.batches += 1
-        return prob
+        with self._lock:
+            self._wait_ready()
+            if self.error is not None:
+                raise HelperError(self.error)
+            try:
+                _write(self.proc.stdin, b"J", batch, flags)
+                tag, _, prob = _read(self.proc.stdout)
+            except (EOFError, OSError, struct.error, ValueError) as exc:
+                raise self._fail(f"it died: {exc}") from None
+            if tag != b"P":
+                raise self._fail(_message(tag, prob))
+            self.batches += 1
+            return prob
 
     def close(self, wait: bool = True) -> None:
         """End the helper: end of file on its stdin makes it exit at once. wait=False returns
@@ -201,6 +224,8 @@ def main(argv=None) -> int:
     fault = os.environ.get(FAULT_ENV, "").split(":")
     kill_at = int(fault[1]) if fault[0] == "kill" else 0
     slow_at, slow_s = (int(fault[1]), float(fault[2])) if fault[0] == "slow" else (0, 0.0)
+    if fault[0] == "start":
+        time.sleep(float(fault[1]))
     try:
         from engine.core.mx_env import configure_threads
 

@@ -31,7 +31,7 @@ import numpy as np
 from engine.core.cancel import Cancelled, CancelToken
 from engine.core.classes import NUM_CLASSES
 from engine.core.mx_env import default_context, get_mx
-from engine.infer.helper import FLIP, SECONDARY, HelperError
+from engine.infer.helper import ANSWER_TIMEOUT_S, FLIP, SECONDARY, HelperError
 from engine.infer.preprocess import (
     SlicePadding,
     foreground_box,
@@ -422,12 +422,14 @@ class Segmenter:
                     f = flags_of(jobs[i])
                     results[i] = self.batch_probabilities(batch_of(jobs[i]), bool(f & SECONDARY), bool(f & FLIP))
                 elif fed:  # all taken; the helper holds the next in order: wait for it
-                    q.put(q.get())
+                    try:
+                        q.put(q.get(timeout=ANSWER_TIMEOUT_S))
+                    except queue.Empty:  # alive but silent: kill it, and its batch comes back (above)
+                        helper.abandon(f"no answer in {ANSWER_TIMEOUT_S:.0f} s")
                 else:
                     raise RuntimeError("a job was lost between the two processes")  # (cannot happen)
-        finally:
-            stop.set()
-            feeder.join()
+        finally:  # (not joined: a feeder still waiting for the helper's start takes no job after this;
+            stop.set()  # one still waiting for a batch of a cancelled pass holds the helper's lock)
             log.info("helper process computed %d of %d batches", helper.batches - before, len(jobs))
 
     def _calibrate(self, probs: np.ndarray, normalise: bool, axis: int = 0, weights=None) -> None:

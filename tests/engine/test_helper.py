@@ -3,6 +3,7 @@ probabilities to the bit as one process, and nothing lost when it dies or cannot
 from __future__ import annotations
 
 import logging
+import time
 
 import nibabel as nib
 import numpy as np
@@ -133,6 +134,42 @@ def test_a_helper_killed_mid_pass_loses_nothing(model_dir, alone, monkeypatch, c
         np.testing.assert_array_equal(again.labels, alone["default"].labels)
     finally:
         seg.helper.close()
+
+
+def test_a_helper_silent_on_a_batch_is_killed_and_its_batch_computed_here(model_dir, alone, monkeypatch):
+    from engine.infer.helper import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "slow:1:60")  # stuck on its first batch
+    monkeypatch.setattr("engine.infer.inference.ANSWER_TIMEOUT_S", 1.0)
+    seg = _helped(model_dir)
+    try:
+        t = time.time()
+        res = seg.segment(_phantom(), _config(), affine=AFFINE)
+        assert time.time() - t < 40  # did not wait out the helper's minute
+        assert "no answer in 1 s" in seg.helper.error
+    finally:
+        seg.helper.close()
+    np.testing.assert_array_equal(res.probabilities, alone["default"].probabilities)
+
+
+def test_a_pass_does_not_wait_for_a_helper_that_is_still_starting(model_dir, alone, monkeypatch):
+    from engine.infer import helper as helpers
+    from engine.infer.helper import FAULT_ENV
+    from engine.infer.inference import Segmenter
+
+    monkeypatch.setenv(FAULT_ENV, "start:60")
+    seg = Segmenter(model_dir)
+    seg.helper = helpers.NetworkHelper(model_dir, "fp32", threads=1)
+    try:
+        t = time.time()
+        res = seg.segment(_phantom(), _config(), affine=AFFINE)
+        again = seg.segment(_phantom(), _config(flip=True), affine=AFFINE)  # a second pass: no crossed pipes
+        assert time.time() - t < 40
+        assert seg.helper.batches == 0 and seg.helper.error is None
+    finally:
+        seg.helper.close()
+    np.testing.assert_array_equal(res.probabilities, alone["default"].probabilities)
+    np.testing.assert_array_equal(again.probabilities, alone["flip"].probabilities)
 
 
 def test_a_helper_that_cannot_load_the_model_says_why(model_dir, alone, tmp_path):
