@@ -365,7 +365,8 @@ def cmd_segment(args) -> int:
     from engine.core.mx_env import configure_threads
     from engine.infer import helper as helpers
 
-    threads = helpers.plan(args.processes)  # (this process's threads, the helper's) or one process
+    # (this process's threads, the helper's) or one process; a few slices are not shared: all cores here
+    threads = helpers.plan(args.processes) if not args.slices else None
     configure_threads(threads=threads[0] if threads else None)
     t0 = time.time()
     planes = parse_planes(args.planes)
@@ -377,7 +378,7 @@ def cmd_segment(args) -> int:
         raise CliError(f"--int8 and --precision {args.precision}: choose one")
     precision, precision_note = resolve_precision(model_dir, "int8" if args.int8 else args.precision)
     # the helper loads its copy of the model while this process reads the scan and loads its own
-    helper = helpers.start(model_dir, precision, threads[1]) if threads and not args.slices else None
+    helper = helpers.start(model_dir, precision, threads[1]) if threads else None
     try:
         return _segment(args, t0, planes, (model_dir, arch, reason), (precision, precision_note), helper)
     finally:

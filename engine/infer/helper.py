@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # tests: "kill:N" - the helper SIGKILLs itself on receiving its N-th batch; "slow:N:S" - it sleeps S
 # seconds before answering its N-th batch (results then arrive out of order); "start:S" - it sleeps S
-# seconds before loading the model
+# seconds before loading the model; "fail:N" - its N-th batch raises (it answers E and exits)
 FAULT_ENV = "BRAINSEG_HELPER_FAULT"
 ANSWER_TIMEOUT_S = 120.0  # a helper silent this long on one batch is killed and its batch computed by the parent
 SECONDARY, FLIP = 1, 2
@@ -52,7 +52,8 @@ class HelperError(RuntimeError):
 def plan(requested: str = "auto", cores: int | None = None) -> tuple[int, int] | None:
     """(parent's OpenMP threads, helper's) for `requested` processes ("auto", "1" or "2"), or None
     for one process. auto: two processes where there are two or more cores, no GPU, and the user has
-    not set OMP_NUM_THREADS. Call before MXNet loads (the parent's thread count is read then)."""
+    not set OMP_NUM_THREADS. Call before MXNet loads (the parent's thread count is read then): a
+    command that will not share a pass (one slice, say) must not call it, or it runs on half the cores."""
     from engine.core.hardware import cpu_cores, gpu_available
 
     if requested not in ("auto", "1", "2"):
@@ -62,8 +63,11 @@ def plan(requested: str = "auto", cores: int | None = None) -> tuple[int, int] |
     cores = cores or cpu_cores()
     if requested == "auto" and (cores < 2 or "OMP_NUM_THREADS" in os.environ or gpu_available()):
         return None
-    child = max(1, cores // 2)
-    return max(1, cores - child), child
+    if cores <= 3:  # 1 + 1, or 2 + 1: oneDNN's outputs at 1 and 2 threads were checked identical
+        return max(1, cores - 1), 1
+    # else the same count in both, so which process runs a batch cannot matter whatever the count
+    # does to oneDNN's last bits (one core left idle on odd counts)
+    return cores // 2, cores // 2
 
 
 def _write(stream, tag: bytes, arr: np.ndarray, flags: int = 0) -> None:
@@ -101,10 +105,11 @@ class NetworkHelper:
     of a cancelled pass, waits its turn instead of reading that answer."""
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int = 1):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE" if threads > 1 else
-               os.environ.get("OMP_WAIT_POLICY", "ACTIVE")}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.infer.helper", str(model_dir), "--precision", precision],
+        # -P: not the current folder first on the path, where another checkout's engine/ could be found
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "engine.infer.helper", str(model_dir),
+                                      "--precision", precision],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self.model_dir, self.precision, self.threads = Path(model_dir), precision, threads
         self.ready = False
@@ -113,10 +118,6 @@ class NetworkHelper:
         self.started = time.time()
         self._lock = threading.Lock()
         self._fail_lock = threading.Lock()
-
-    @property
-    def usable(self) -> bool:
-        return self.error is None and self.proc.poll() is None
 
     def abandon(self, why: str) -> None:
         """Kill it (a thread blocked on its pipe then gets HelperError)."""
@@ -127,16 +128,29 @@ class NetworkHelper:
         with self._fail_lock:
             if self.error is None:
                 self.error = why
+                by_itself = self.proc.poll() is not None
                 self.proc.kill()
                 self.proc.wait()
                 tail = ""
-                if self.proc.returncode > 0:  # it exited by itself: its last words
+                if by_itself:  # its last words
                     self._stderr.seek(0)
                     lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
                     tail = f": {lines[-1]}" if lines else ""
                 self.error = f"{why} (exit code {self.proc.returncode}{tail})"
                 log.warning("helper process: %s; the parent computes the rest alone", self.error)
         return HelperError(self.error)
+
+    def check_alive(self) -> bool:
+        """Whether it can take batches; one found dead gets its reason recorded (its last frame,
+        an E telling why it could not start, is still in the pipe) and logged."""
+        if self.error is None and self.proc.poll() is not None:
+            with self._lock:
+                try:
+                    self._wait_ready()
+                except HelperError:
+                    pass
+            self._fail("it exited")
+        return self.error is None
 
     def wait_ready(self) -> None:
         """Block until the helper has loaded its model; HelperError when it cannot."""
@@ -182,6 +196,8 @@ class NetworkHelper:
             pass
         if not wait:
             return
+        if not self.ready and self.error is None:  # still loading: nothing in flight, no need to wait
+            self.proc.kill()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -224,6 +240,7 @@ def main(argv=None) -> int:
     fault = os.environ.get(FAULT_ENV, "").split(":")
     kill_at = int(fault[1]) if fault[0] == "kill" else 0
     slow_at, slow_s = (int(fault[1]), float(fault[2])) if fault[0] == "slow" else (0, 0.0)
+    fail_at = int(fault[1]) if fault[0] == "fail" else 0
     if fault[0] == "start":
         time.sleep(float(fault[1]))
     try:
@@ -251,7 +268,14 @@ def main(argv=None) -> int:
             os.kill(os.getpid(), signal.SIGKILL)
         if n == slow_at:
             time.sleep(slow_s)
-        _write(out, b"P", seg.batch_probabilities(batch, second=bool(flags & SECONDARY), flip=bool(flags & FLIP)))
+        try:
+            if n == fail_at:
+                raise MemoryError("injected for a test")
+            prob = seg.batch_probabilities(batch, second=bool(flags & SECONDARY), flip=bool(flags & FLIP))
+        except Exception as exc:  # say why, then leave: the parent computes this batch and the rest
+            _write(out, b"E", np.frombuffer(f"{type(exc).__name__}: {exc}".encode(), np.uint8).astype(np.float32))
+            return 1
+        _write(out, b"P", prob)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # (2026-11-24): U-Net 7.3 s at 2, 7.5 s at 4, 7.8 s at 8, 8.3 s at 16; ENet 2.1 s at 4, 1.4 s at 8,
 # 1.35 s at 16, 1.5 s at 32.
 BEST_BATCH = {"unet": 2, "enet": 16}
+HELPER_LOOKAHEAD = 4  # results held for the in-order sum while the helper computes an earlier batch
 DEFAULT_PLANES = ("axial", "coronal", "sagittal")
 # every 3rd coronal and sagittal slice: 2.1x the single-plane time for about three quarters of the
 # full fusion's gain on the REPORT proxies (docs/BENCHMARKS.md, "Choosing the defaults")
@@ -347,6 +348,8 @@ class Segmenter:
         """One batch of a whole-volume pass: by the secondary planes' network if `second`, averaged
         with the left-right flipped batch if `flip` (in-plane axis 0 is left-right there). What a
         helper process computes for the jobs it takes (engine/infer/helper.py)."""
+        if second and self.secondary is None:
+            raise ValueError(f"{self.model_dir}: asked for the secondary planes' network, and it has none")
         net = self.secondary if second else None
         prob = self.predict_probabilities(batch, net)
         if flip:
@@ -358,8 +361,9 @@ class Segmenter:
         it and this thread each take the next job when free; results are yielded in order, so the
         caller's sums are the same as one process's to the bit. The helper's jobs are fed by a thread
         that only moves arrays through its pipes (never MXNet). If it dies, the job it held is
-        computed here. Cancelling stops both after their current job."""
-        helper = self.helper if self.helper is not None and self.helper.usable and len(jobs) > 1 else None
+        computed here. Cancelling stops both after their current job. This thread runs at most
+        HELPER_LOOKAHEAD batches ahead of the next one in order (memory)."""
+        helper = self.helper if self.helper is not None and len(jobs) > 1 and self.helper.check_alive() else None
         if helper is None:
             for job in jobs:
                 if cancel is not None and cancel.cancelled:
@@ -417,17 +421,24 @@ class Segmenter:
                     break
                 if cancel is not None and cancel.cancelled:
                     raise Cancelled()
-                i = mine.pop() if mine else take()
+                i = mine.pop() if mine else take() if not fed or len(results) < HELPER_LOOKAHEAD else None
                 if i is not None:
                     f = flags_of(jobs[i])
                     results[i] = self.batch_probabilities(batch_of(jobs[i]), bool(f & SECONDARY), bool(f & FLIP))
-                elif fed:  # all taken; the helper holds the next in order: wait for it
-                    try:
-                        q.put(q.get(timeout=ANSWER_TIMEOUT_S))
-                    except queue.Empty:  # alive but silent: kill it, and its batch comes back (above)
-                        helper.abandon(f"no answer in {ANSWER_TIMEOUT_S:.0f} s")
-                else:
+                    continue
+                if not fed:
                     raise RuntimeError("a job was lost between the two processes")  # (cannot happen)
+                # the helper holds the next in order: wait for it (or for its giving it back)
+                waited = time.time()
+                while True:
+                    if cancel is not None and cancel.cancelled:
+                        raise Cancelled()
+                    try:
+                        q.put(q.get(timeout=0.2))
+                        break
+                    except queue.Empty:
+                        if time.time() - waited > ANSWER_TIMEOUT_S and helper.error is None:
+                            helper.abandon(f"no answer in {ANSWER_TIMEOUT_S:.0f} s")  # its batch comes back
         finally:  # (not joined: a feeder still waiting for the helper's start takes no job after this;
             stop.set()  # one still waiting for a batch of a cancelled pass holds the helper's lock)
             log.info("helper process computed %d of %d batches", helper.batches - before, len(jobs))
@@ -534,19 +545,20 @@ class Segmenter:
             i, _, ks, bx, by = job
             return normalise(np.moveaxis(views[i][0][bx, by][:, :, ks], 2, 0).astype(np.float32), scale)
 
+        last = {job[0]: n for n, job in enumerate(jobs)}  # each plane's last batch
         with contextlib.closing(self._run_batches(jobs, batch_of, lambda job: views[job[0]][3], cancel)) as results:
-            for (i, start, ks, bx, by), prob in results:  # in the jobs' order, whichever process ran them
-                _, acc, computed, _ = views[i]
+            for n, ((i, start, ks, bx, by), prob) in enumerate(results):  # in the jobs' order, whoever ran them
+                w, acc, computed, flags = views[i]
                 if computed is not None:
                     computed[start:start + len(ks), :, bx, by] = prob
+                    if n == last[i]:  # the plane is complete: into the sum, in the planes' order
+                        _add_interpolated(acc, computed, todo[planes[i]])
+                        views[i] = w, acc, None, flags
                 else:
                     acc[:, bx, by, _as_index(ks)] += np.moveaxis(prob, 0, 3)
                 done += len(ks)
                 if progress:
                     progress(done, total)
-        for p, (_, acc, computed, _) in zip(planes, views):
-            if computed is not None:
-                _add_interpolated(acc, computed, todo[p])
         need_probs = cfg.uncertainty or cfg.return_probabilities or (stripped and cfg.refine)
         if len(planes) > 1 and need_probs:  # argmax alone does not need the mean
             probs /= len(planes)

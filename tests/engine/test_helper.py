@@ -164,10 +164,10 @@ def test_a_pass_does_not_wait_for_a_helper_that_is_still_starting(model_dir, alo
         t = time.time()
         res = seg.segment(_phantom(), _config(), affine=AFFINE)
         again = seg.segment(_phantom(), _config(flip=True), affine=AFFINE)  # a second pass: no crossed pipes
-        assert time.time() - t < 40
         assert seg.helper.batches == 0 and seg.helper.error is None
     finally:
-        seg.helper.close()
+        seg.helper.close()  # (killed: it has nothing in flight while it loads)
+    assert time.time() - t < 40
     np.testing.assert_array_equal(res.probabilities, alone["default"].probabilities)
     np.testing.assert_array_equal(again.probabilities, alone["flip"].probabilities)
 
@@ -181,6 +181,7 @@ def test_a_helper_that_cannot_load_the_model_says_why(model_dir, alone, tmp_path
     (broken / "model.json").write_text("{not json")
     seg = Segmenter(model_dir)
     seg.helper = helpers.NetworkHelper(broken, "fp32", threads=1)
+    seg.helper.proc.wait(timeout=120)  # it tells why on its stdout and exits; the pass reads that
     try:
         res = seg.segment(_phantom(), _config(), affine=AFFINE)
     finally:
@@ -188,6 +189,41 @@ def test_a_helper_that_cannot_load_the_model_says_why(model_dir, alone, tmp_path
     assert seg.helper.batches == 0
     assert "did not start" in seg.helper.error and "model.json" in seg.helper.error
     np.testing.assert_array_equal(res.probabilities, alone["default"].probabilities)
+
+
+def test_a_helper_failing_on_a_batch_says_why(model_dir, alone, monkeypatch):
+    from engine.infer.helper import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "fail:2")
+    seg = _helped(model_dir)
+    try:
+        res = seg.segment(_phantom(), _config(), affine=AFFINE)
+    finally:
+        seg.helper.close()
+    assert seg.helper.batches == 1 and "MemoryError: injected for a test" in seg.helper.error
+    np.testing.assert_array_equal(res.probabilities, alone["default"].probabilities)
+
+
+def test_a_helper_that_exited_before_the_pass_is_not_used(model_dir, alone, caplog):
+    seg = _helped(model_dir)
+    seg.helper.proc.kill()
+    seg.helper.proc.wait()
+    try:
+        with caplog.at_level(logging.WARNING, logger="engine.infer.helper"):
+            res = seg.segment(_phantom(), _config(), affine=AFFINE)
+    finally:
+        seg.helper.close()
+    assert seg.helper.batches == 0 and seg.helper.error.startswith("it exited")
+    assert any("it exited" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(res.probabilities, alone["default"].probabilities)
+
+
+def test_asking_for_a_secondary_network_that_is_not_there_is_an_error(tmp_path):
+    from engine.infer.inference import Segmenter
+
+    seg = Segmenter(_enet_dir(tmp_path / "plain", "plain-test", 23))
+    with pytest.raises(ValueError, match="secondary"):
+        seg.batch_probabilities(np.zeros((1, 16, 16), np.float32), second=True)
 
 
 def test_cancel_with_a_helper_stops_and_leaves_it_usable(model_dir, alone):
@@ -249,3 +285,16 @@ def test_cli_segment_with_two_processes_writes_the_same_mask(model_dir, tmp_path
     a, b = (np.asarray(nib.load(f"out{n}.nii.gz").dataobj) for n in ("1", "2"))
     np.testing.assert_array_equal(a, b)
     assert len(np.unique(a)) > 2
+
+
+def test_cli_segment_of_a_few_slices_keeps_all_cores_in_one_process(model_dir, tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+
+    def no_plan(*a, **k):
+        raise AssertionError("a few slices must not plan a helper: that halves this process's threads")
+
+    monkeypatch.setattr("engine.infer.helper.plan", no_plan)
+    nib.save(nib.Nifti1Image(_phantom(), AFFINE), str(tmp_path / "scan.nii.gz"))
+    assert main(["segment", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "s.nii.gz"), "--weights",
+                 str(model_dir), "--slices", "10-11", "--processes", "2", "--strip", "off", "-v"]) == 0
+    assert "helper process" not in capsys.readouterr().err
