@@ -70,9 +70,9 @@ def masked_scan(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, np.maximum(inside, floor), np.float32(0)).astype(np.float32)
 
 
-def extract(data, affine, mode="auto", progress=None, cancel=None, model_dir=None):
-    """(decision, StripResult or None)."""
-    decision = decide_strip(data, affine, mode)
+def extract(data, affine, mode="auto", progress=None, cancel=None, model_dir=None, decision=None):
+    """(decision, StripResult or None). `decision`: decide_strip's, when the caller made it already."""
+    decision = decision or decide_strip(data, affine, mode)
     if not decision.run:
         return decision, None
     res = get_extractor(model_dir).extract(data, np.asarray(affine, float), progress=progress, cancel=cancel)
@@ -80,14 +80,15 @@ def extract(data, affine, mode="auto", progress=None, cancel=None, model_dir=Non
 
 
 def segment_scan(segmenter, data, affine, config=None, strip: str = "auto", progress=None, cancel=None,
-                 mask: np.ndarray | None = None):
+                 mask: np.ndarray | None = None, decision: StripDecision | None = None):
     """(SegmentResult, StripDecision, StripResult or None). `mask` (an intracranial mask the user
-    already has, e.g. corrected in the GUI) is used as it is instead of extracting."""
+    already has, e.g. corrected in the GUI) is used as it is instead of extracting. `decision`:
+    decide_strip(data, affine, strip), when the caller made it already."""
     if mask is not None:
         decision, res = StripDecision(strip, True, "the given brain mask"), None
         brain = np.asarray(mask, bool)
     else:
-        decision, res = extract(data, affine, strip, cancel=cancel)
+        decision, res = extract(data, affine, strip, cancel=cancel, decision=decision)
         brain = res.mask if res is not None else None
     if brain is not None:
         import dataclasses

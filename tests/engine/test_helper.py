@@ -298,3 +298,15 @@ def test_cli_segment_of_a_few_slices_keeps_all_cores_in_one_process(model_dir, t
     assert main(["segment", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "s.nii.gz"), "--weights",
                  str(model_dir), "--slices", "10-11", "--processes", "2", "--strip", "off", "-v"]) == 0
     assert "helper process" not in capsys.readouterr().err
+
+
+def test_cli_segment_of_a_raw_head_extracts_with_all_cores_and_no_helper(model_dir, tmp_path, capsys):
+    """--strip on: the brain extractor runs first, in this process: it must not run on half the
+    threads beside an idle helper (a raw head took 10.2 s instead of 8.5 s)."""
+    from engine.cli import main
+
+    nib.save(nib.Nifti1Image(_phantom(), AFFINE), str(tmp_path / "head.nii.gz"))
+    assert main(["segment", str(tmp_path / "head.nii.gz"), "-o", str(tmp_path / "s.nii.gz"), "--weights",
+                 str(model_dir), "--processes", "2", "--strip", "on", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "brain extraction first: one process" in err and "helper process computed" not in err
