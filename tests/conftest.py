@@ -16,29 +16,17 @@ if "BRAINSEG_CACHE" not in os.environ:
 
 import pytest  # noqa: E402
 
-
-def _untrained_enet(directory, magnitude: float, version: str):
-    from engine.core.mx_env import get_mx
-
-    mx = get_mx()
-    from engine.nets import get_model
-    from engine.nets.weights import write_model_dir
-
-    net = get_model("enet")
-    net.initialize(mx.init.Xavier(magnitude=magnitude))
-    net(mx.nd.zeros((1, 1, 32, 32)))
-    write_model_dir(directory, net, "enet", version=version)
-    return directory
+from tests.models import untrained_enet  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """An untrained ENet model directory (real MXNet, random weights) for pipeline tests."""
-    return _untrained_enet(tmp_path_factory.mktemp("enet_model"), 6, "tiny-test")
+    return untrained_enet(tmp_path_factory.mktemp("enet_model"), "tiny-test", magnitude=6, record_arch=False)
 
 
 @pytest.fixture(scope="session")
 def gentle_model_dir(tmp_path_factory):
     """An untrained ENet with small weights: no class probability underflows to 0 in float32, so a
     large enough calibration weight moves every voxel (tiny_model_dir's softmax saturates)."""
-    return _untrained_enet(tmp_path_factory.mktemp("gentle_enet"), 0.5, "gentle-test")
+    return untrained_enet(tmp_path_factory.mktemp("gentle_enet"), "gentle-test", magnitude=0.5, record_arch=False)

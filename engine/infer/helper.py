@@ -19,7 +19,7 @@ Wire format (this module both ends): a frame is 1 tag byte, 1 flags byte, 1 byte
 ndim little-endian uint32 dimensions, then the float32 array's bytes in C order. Parent -> helper:
 tag J (flags: 1 the secondary planes' network, 2 the left-right flip) with a batch (N, H, W);
 helper -> parent: R once when the model is loaded, then P with the probabilities (N, C, H, W) of each
-batch, or E with an error message (utf-8 bytes as a uint8 array) and exit.
+batch, or E with an error message (a little-endian uint32 length, then utf-8) and exit.
 """
 from __future__ import annotations
 
@@ -88,11 +88,20 @@ def _read_exact(stream, n: int, what: str) -> bytearray:
     return buf
 
 
-def _read(stream) -> tuple[bytes, int, np.ndarray | None]:
-    """(tag, flags, array); tag R carries no array."""
+def _write_error(stream, exc: BaseException) -> None:
+    text = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
+    stream.write(b"E" + struct.pack("<I", len(text)) + text)
+    stream.flush()
+
+
+def _read(stream) -> tuple[bytes, int, np.ndarray | str | None]:
+    """(tag, flags, payload): an array, the message of an E, or None for R."""
     head = _read_exact(stream, 1, "a frame")
     if head == b"R":
         return b"R", 0, None
+    if head == b"E":
+        (n,) = struct.unpack("<I", _read_exact(stream, 4, "a message length"))
+        return b"E", 0, bytes(_read_exact(stream, n, "a message")).decode("utf-8", "replace")
     tag, flags, ndim = bytes(head), *struct.unpack("<BBx", _read_exact(stream, 3, "a frame header"))
     shape = struct.unpack(f"<{ndim}I", _read_exact(stream, 4 * ndim, "a shape"))
     data = _read_exact(stream, 4 * int(np.prod(shape, dtype=np.int64)), "an array")
@@ -210,10 +219,8 @@ class NetworkHelper:
                 pass
 
 
-def _message(tag: bytes, arr) -> str:
-    if tag == b"E" and arr is not None:
-        return np.asarray(arr, np.float32).astype(np.uint8).tobytes().decode("utf-8", "replace")
-    return f"unexpected reply {tag!r}"
+def _message(tag: bytes, payload) -> str:
+    return payload if tag == b"E" else f"unexpected reply {tag!r}"
 
 
 def start(model_dir: str | Path, precision: str, threads: int) -> NetworkHelper | None:
@@ -251,7 +258,7 @@ def main(argv=None) -> int:
 
         seg = Segmenter(args.model_dir, precision=args.precision)
     except Exception as exc:  # say why, so the parent's log does
-        _write(out, b"E", np.frombuffer(f"{type(exc).__name__}: {exc}".encode(), np.uint8).astype(np.float32))
+        _write_error(out, exc)
         return 1
     out.write(b"R")
     out.flush()
@@ -271,9 +278,9 @@ def main(argv=None) -> int:
         try:
             if n == fail_at:
                 raise MemoryError("injected for a test")
-            prob = seg.batch_probabilities(batch, second=bool(flags & SECONDARY), flip=bool(flags & FLIP))
+            prob = seg.batch_probabilities(batch, flags)
         except Exception as exc:  # say why, then leave: the parent computes this batch and the rest
-            _write(out, b"E", np.frombuffer(f"{type(exc).__name__}: {exc}".encode(), np.uint8).astype(np.float32))
+            _write_error(out, exc)
             return 1
         _write(out, b"P", prob)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import queue
 import threading
@@ -344,20 +345,20 @@ class Segmenter:
         prob = mx.nd.softmax((net or self.net)(x), axis=1)
         return pad.unpad(prob.asnumpy())
 
-    def batch_probabilities(self, batch: np.ndarray, second: bool = False, flip: bool = False) -> np.ndarray:
-        """One batch of a whole-volume pass: by the secondary planes' network if `second`, averaged
-        with the left-right flipped batch if `flip` (in-plane axis 0 is left-right there). What a
-        helper process computes for the jobs it takes (engine/infer/helper.py)."""
-        if second and self.secondary is None:
+    def batch_probabilities(self, batch: np.ndarray, flags: int = 0) -> np.ndarray:
+        """One batch of a whole-volume pass: by the secondary planes' network if flags has SECONDARY,
+        averaged with the left-right flipped batch if it has FLIP (in-plane axis 0 is left-right
+        there). What a helper process computes for the jobs it takes (engine/infer/helper.py)."""
+        if flags & SECONDARY and self.secondary is None:
             raise ValueError(f"{self.model_dir}: asked for the secondary planes' network, and it has none")
-        net = self.secondary if second else None
+        net = self.secondary if flags & SECONDARY else None
         prob = self.predict_probabilities(batch, net)
-        if flip:
+        if flags & FLIP:
             prob = 0.5 * (prob + self.predict_probabilities(batch[:, ::-1].copy(), net)[:, :, ::-1])
         return prob
 
-    def _run_batches(self, jobs: list, batch_of: Callable, flags_of: Callable, cancel: CancelToken | None):
-        """Yield (job, probabilities) in the jobs' order. With a helper process attached (self.helper),
+    def _run_batches(self, jobs: list, inputs: Callable, cancel: CancelToken | None):
+        """Yield (job, probabilities) in the jobs' order; inputs(job) is (batch, flags). With a helper process attached (self.helper),
         it and this thread each take the next job when free; results are yielded in order, so the
         caller's sums are the same as one process's to the bit. The helper's jobs are fed by a thread
         that only moves arrays through its pipes (never MXNet). If it dies, the job it held is
@@ -368,24 +369,20 @@ class Segmenter:
             for job in jobs:
                 if cancel is not None and cancel.cancelled:
                     raise Cancelled()
-                f = flags_of(job)
-                yield job, self.batch_probabilities(batch_of(job), bool(f & SECONDARY), bool(f & FLIP))
+                yield job, self.batch_probabilities(*inputs(job))
             return
-        lock, taken, stop, q = threading.Lock(), [0], threading.Event(), queue.Queue()
+        counter, stop, q = itertools.count(), threading.Event(), queue.Queue()
 
-        def take():
-            with lock:
-                if taken[0] >= len(jobs):
-                    return None
-                taken[0] += 1
-                return taken[0] - 1
+        def take():  # (next() of a count is atomic: the two threads never get the same job)
+            i = next(counter)
+            return i if i < len(jobs) else None
 
         def feed():
             i = None
             try:
                 helper.wait_ready()
                 while not stop.is_set() and (i := take()) is not None:
-                    q.put((i, helper.run(batch_of(jobs[i]), flags_of(jobs[i]))))
+                    q.put((i, helper.run(*inputs(jobs[i]))))
                     i = None
             except HelperError:
                 q.put((i, None))  # None: the held job (if any) is the parent's now
@@ -423,8 +420,7 @@ class Segmenter:
                     raise Cancelled()
                 i = mine.pop() if mine else take() if not fed or len(results) < HELPER_LOOKAHEAD else None
                 if i is not None:
-                    f = flags_of(jobs[i])
-                    results[i] = self.batch_probabilities(batch_of(jobs[i]), bool(f & SECONDARY), bool(f & FLIP))
+                    results[i] = self.batch_probabilities(*inputs(jobs[i]))
                     continue
                 if not fed:
                     raise RuntimeError("a job was lost between the two processes")  # (cannot happen)
@@ -541,12 +537,12 @@ class Segmenter:
                 bx, by = foreground_box(fg[:, :, ks], self.multiple) if cfg.crop_to_foreground else full
                 jobs.append((i, start, ks, bx, by))
 
-        def batch_of(job):
+        def inputs(job):
             i, _, ks, bx, by = job
-            return normalise(np.moveaxis(views[i][0][bx, by][:, :, ks], 2, 0).astype(np.float32), scale)
+            return normalise(np.moveaxis(views[i][0][bx, by][:, :, ks], 2, 0).astype(np.float32), scale), views[i][3]
 
         last = {job[0]: n for n, job in enumerate(jobs)}  # each plane's last batch
-        with contextlib.closing(self._run_batches(jobs, batch_of, lambda job: views[job[0]][3], cancel)) as results:
+        with contextlib.closing(self._run_batches(jobs, inputs, cancel)) as results:
             for n, ((i, start, ks, bx, by), prob) in enumerate(results):  # in the jobs' order, whoever ran them
                 w, acc, computed, flags = views[i]
                 if computed is not None:

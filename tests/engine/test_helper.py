@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.core.mx_env import get_mx
+from tests.models import untrained_enet
 
 mx = get_mx()
 
@@ -28,24 +29,12 @@ def _phantom(shape=(64, 56, 22), seed=3):
     return np.where(lab > 0, np.clip(vol, 1, None), 0).astype(np.float32)
 
 
-def _enet_dir(directory, version: str, seed: int, **arch_kwargs):
-    from engine.nets import get_model
-    from engine.nets.weights import write_model_dir
-
-    mx.random.seed(seed)
-    net = get_model("enet", **arch_kwargs)
-    net.initialize(mx.init.Xavier(magnitude=3))
-    net(mx.nd.zeros((1, 1, 32, 32)))
-    write_model_dir(directory, net, "enet", {"skips": True, **arch_kwargs}, version=version)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """An ENet with a secondary planes' network, so that the helper must run both."""
     root = tmp_path_factory.mktemp("helper_model")
-    _enet_dir(root / "model", "helper-test", 21)
-    _enet_dir(root / "model" / "secondary", "helper-sec", 22, width=32, repeats=1)
+    untrained_enet(root / "model", "helper-test", 21)
+    untrained_enet(root / "model" / "secondary", "helper-sec", 22, width=32, repeats=1)
     return root / "model"
 
 
@@ -219,11 +208,12 @@ def test_a_helper_that_exited_before_the_pass_is_not_used(model_dir, alone, capl
 
 
 def test_asking_for_a_secondary_network_that_is_not_there_is_an_error(tmp_path):
+    from engine.infer.helper import SECONDARY
     from engine.infer.inference import Segmenter
 
-    seg = Segmenter(_enet_dir(tmp_path / "plain", "plain-test", 23))
+    seg = Segmenter(untrained_enet(tmp_path / "plain", "plain-test", 23))
     with pytest.raises(ValueError, match="secondary"):
-        seg.batch_probabilities(np.zeros((1, 16, 16), np.float32), second=True)
+        seg.batch_probabilities(np.zeros((1, 16, 16), np.float32), SECONDARY)
 
 
 def test_cancel_with_a_helper_stops_and_leaves_it_usable(model_dir, alone):

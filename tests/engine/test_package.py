@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from engine.core.mx_env import get_mx
+from tests.models import untrained_enet
 
 mx = get_mx()
 
@@ -52,16 +53,8 @@ def enet_dir(tmp_path_factory):
     conftest's shared tiny model, whose weights depend on what moved mx.random before, one draw in
     twelve changed one plane's logits by ~30 on a few dozen pixels, and 4 decisive voxels. The
     runner is not at fault there, so the draw is fixed, as unet_dir's is."""
-    from engine.nets import get_model
-    from engine.nets.weights import write_model_dir
-
-    mx.random.seed(1986)
-    net = get_model("enet")
-    net.initialize(mx.init.Xavier(magnitude=6))
-    net(mx.nd.zeros((1, 1, 32, 32)))
-    d = tmp_path_factory.mktemp("enet_model")
-    write_model_dir(d, net, "enet", version="tiny-test")
-    return d
+    return untrained_enet(tmp_path_factory.mktemp("enet_model"), "tiny-test", seed=1986, magnitude=6,
+                          record_arch=False)
 
 
 @pytest.fixture(scope="module")

@@ -8,29 +8,17 @@ import numpy as np
 import pytest
 
 from engine.core.mx_env import get_mx
+from tests.models import untrained_enet
 
 mx = get_mx()
-
-
-def _enet_dir(directory, version: str, seed: int, **arch_kwargs):
-    """A random ENet model folder."""
-    from engine.nets import get_model
-    from engine.nets.weights import write_model_dir
-
-    mx.random.seed(seed)
-    net = get_model("enet", **arch_kwargs)
-    net.initialize(mx.init.Xavier(magnitude=3))
-    net(mx.nd.zeros((1, 1, 32, 32)))
-    write_model_dir(directory, net, "enet", {"skips": True, **arch_kwargs}, version=version)
-    return directory
 
 
 @pytest.fixture(scope="module")
 def model_with_secondary(tmp_path_factory):
     root = tmp_path_factory.mktemp("with_secondary")
-    _enet_dir(root / "model", "prim-test", 11)
-    _enet_dir(root / "model" / "secondary", "sec-test", 12, width=32, repeats=1)
-    _enet_dir(root / "small", "sec-test", 12, width=32, repeats=1)  # the same network on its own
+    untrained_enet(root / "model", "prim-test", 11)
+    untrained_enet(root / "model" / "secondary", "sec-test", 12, width=32, repeats=1)
+    untrained_enet(root / "small", "sec-test", 12, width=32, repeats=1)  # the same network on its own
     plain = root / "plain"  # the model's own files only
     plain.mkdir()
     for name in ("model.json", "model.params"):
@@ -173,7 +161,7 @@ def test_enet_width_and_depth_are_its_arch_kwargs(tmp_path):
     from engine.infer.inference import load_network
     from engine.nets import count_parameters, get_model
 
-    small = _enet_dir(tmp_path / "s", "s", 3, width=32, repeats=1)
+    small = untrained_enet(tmp_path / "s", "s", 3, width=32, repeats=1)
     net, info = load_network(small, mx.cpu())
     x = mx.nd.array(np.random.default_rng(0).random((2, 1, 40, 56)))
     assert net(x).shape == (2, 4, 40, 56) and info.arch_kwargs == {"skips": True, "width": 32, "repeats": 1}
